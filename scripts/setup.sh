@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs everything leakhound needs to build and test, idempotently.
+# Measured facts behind each step: shared/TOOLCHAIN.md (kernel 6.18, Debian 12, root).
+set -euo pipefail
+
+# The eBPF crate needs nightly for `-Z build-std=core`. Pinned by date: bpf-linker is built
+# against this toolchain's own libLLVM (22), and a later nightly may move to another LLVM major.
+NIGHTLY="${LEAKHOUND_NIGHTLY:-nightly-2026-05-20}"
+BPF_LINKER_VERSION=0.13.0
+CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+export PATH="$CARGO_HOME/bin:$PATH"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Debian packages the build and the tests use. gcc/g++ build the ground-truth targets;
+# bpftool lets the tests check that no BPF link outlives a run; golang provides `go tool pprof`.
+DEB_PACKAGES=(gcc g++ libc6-dev bpftool)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 ||
+    ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "installing $NIGHTLY with rust-src"
+    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+fi
+
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    # bpf-linker links against any libLLVM found under LLVM_PREFIX. The nightly ships its own
+    # libLLVM; expose it as <prefix>/lib/libLLVM.so plus a link named by its soname. The
+    # binary's RUNPATH points at the prefix, so it lives under CARGO_HOME, not /tmp.
+    sysroot="$(rustup run "$NIGHTLY" rustc --print sysroot)"
+    libllvm="$(find "$sysroot/lib" -maxdepth 1 -name 'libLLVM.so.*' | head -n1)"
+    [[ -n "$libllvm" ]] || { log "no libLLVM.so.* in $sysroot/lib"; exit 1; }
+    prefix="$CARGO_HOME/leakhound-llvm"
+    mkdir -p "$prefix/lib"
+    ln -sf "$libllvm" "$prefix/lib/libLLVM.so"
+    ln -sf "$libllvm" "$prefix/lib/$(basename "$libllvm")"
+    llvm_major="$(basename "$libllvm" | sed -E 's/libLLVM\.so\.([0-9]+).*/\1/')"
+    log "building bpf-linker $BPF_LINKER_VERSION against LLVM $llvm_major ($libllvm)"
+    LLVM_PREFIX="$prefix" cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked \
+        --no-default-features --features "llvm-$llvm_major" --quiet
+fi
+log "ready: $(rustup run "$NIGHTLY" rustc --version), $(bpf-linker --version)"

@@ -1,0 +1,225 @@
+//! Every byte that crosses the boundary between leakhound's eBPF programs and its user side.
+//!
+//! All types are `#[repr(C)]` with explicit padding, and tags stay plain `u32`s: user space
+//! decodes them with `TryFrom`, so a value the kernel wrote can never be an invalid enum.
+#![no_std]
+
+/// Stack key recorded when the kernel could not store a stack (its stack map was full, or the
+/// walk failed). The bytes still count, under a visible `[lost stack]` frame.
+pub const LOST_STACK: u64 = u64::MAX;
+
+/// The allocation functions that share one entry and one return program. The attach cookie
+/// carries the value, so one program serves them all.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocKind {
+    /// `malloc(size)`
+    Malloc = 0,
+    /// `calloc(nmemb, size)`
+    Calloc = 1,
+    /// `realloc(ptr, size)`
+    Realloc = 2,
+    /// `reallocarray(ptr, nmemb, size)`
+    Reallocarray = 3,
+    /// `posix_memalign(memptr, alignment, size)`: the result is written through `memptr`.
+    PosixMemalign = 4,
+    /// `aligned_alloc(alignment, size)` and `memalign(alignment, size)`.
+    Memalign = 5,
+    /// `valloc(size)`
+    Valloc = 6,
+    /// `pvalloc(size)`: the size is rounded up to whole pages.
+    Pvalloc = 7,
+}
+
+impl TryFrom<u32> for AllocKind {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            0 => Self::Malloc,
+            1 => Self::Calloc,
+            2 => Self::Realloc,
+            3 => Self::Reallocarray,
+            4 => Self::PosixMemalign,
+            5 => Self::Memalign,
+            6 => Self::Valloc,
+            7 => Self::Pvalloc,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Per-thread state between an allocation function's entry and its return.
+///
+/// `depth` counts probed allocation calls that are in flight on the thread. Only the outermost
+/// call is recorded: glibc's `realloc(NULL, n)` calls `malloc`, `memalign` may call `malloc`,
+/// and an `mmap` made inside `malloc` is the allocator's own chunk, already counted by the
+/// allocation that lives in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadState {
+    /// User stack pointer at the outermost entry. A later entry at or above it means the
+    /// outermost call never returned (a longjmp, a lost return probe), so its state is stale.
+    pub entry_sp: u64,
+    /// Requested size in bytes (already multiplied for calloc and reallocarray).
+    pub size: u64,
+    /// The block that realloc and reallocarray replace.
+    pub old_ptr: u64,
+    /// Where posix_memalign writes the new block's address.
+    pub out_ptr: u64,
+    /// An [`AllocKind`].
+    pub kind: u32,
+    /// Probed allocation calls in flight on this thread.
+    pub depth: u32,
+}
+
+/// One live allocation, keyed by its address in the kernel's allocation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllocInfo {
+    pub size: u64,
+    /// `bpf_ktime_get_ns` at the allocation's return.
+    pub timestamp_ns: u64,
+    /// The stack's key in the per-stack totals, or [`LOST_STACK`].
+    pub stack_key: u64,
+}
+
+/// What one stack holds, kept up to date in the kernel so a report reads these rather than
+/// walking every live allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    /// Outstanding bytes. Updated with wrapping atomic adds; read it as `i64`, since a reader
+    /// can observe a free's subtraction before the matching allocation's addition.
+    pub live_bytes: u64,
+    /// Outstanding allocations (wrapping, as `live_bytes`).
+    pub live_allocations: u64,
+    /// Bytes ever allocated on this stack since attach.
+    pub total_bytes: u64,
+    /// Allocations ever made on this stack since attach.
+    pub total_allocations: u64,
+}
+
+/// Kinds of [`MapEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapEventKind {
+    /// An anonymous mapping was created at `addr..addr+len`.
+    Map = 0,
+    /// `addr..addr+len` was unmapped; parts of tracked mappings in it are gone.
+    Unmap = 1,
+    /// `old_addr..old_addr+old_len` moved or resized to `addr..addr+len`.
+    Remap = 2,
+}
+
+impl TryFrom<u32> for MapEventKind {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            0 => Self::Map,
+            1 => Self::Unmap,
+            2 => Self::Remap,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Anonymous-memory mapping changes, sent to user space through a ring buffer. They are rare
+/// next to malloc calls, and a partial munmap needs an interval map that BPF does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapEvent {
+    /// A [`MapEventKind`].
+    pub kind: u32,
+    pub _pad: u32,
+    pub addr: u64,
+    pub len: u64,
+    pub old_addr: u64,
+    pub old_len: u64,
+    pub stack_key: u64,
+    pub timestamp_ns: u64,
+}
+
+/// Arguments of a mapping syscall, kept between its entry and exit tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapArgs {
+    /// A [`MapEventKind`].
+    pub kind: u32,
+    pub _pad: u32,
+    pub addr: u64,
+    pub len: u64,
+    pub new_len: u64,
+}
+
+/// Indexes of the kernel's loss and activity counters (a per-CPU array).
+pub mod counter {
+    /// Allocations recorded.
+    pub const ALLOCATIONS: u32 = 0;
+    /// Frees of a tracked address.
+    pub const FREES: u32 = 1;
+    /// Allocations not tracked because the allocation map was full.
+    pub const ALLOC_MAP_FULL: u32 = 2;
+    /// Bytes of those allocations.
+    pub const ALLOC_MAP_FULL_BYTES: u32 = 3;
+    /// Stacks that could not be stored (the bytes count under `[lost stack]`).
+    pub const STACK_FAILED: u32 = 4;
+    /// Frees of an address that was not tracked (allocated before attach, or lost).
+    pub const FREE_UNKNOWN: u32 = 5;
+    /// Return probes that fired with no entry state on the thread.
+    pub const RETURN_WITHOUT_ENTRY: u32 = 6;
+    /// Entry states overwritten because their call never returned.
+    pub const STALE_ENTRY: u32 = 7;
+    /// Entries that found the per-thread state map full.
+    pub const THREAD_MAP_FULL: u32 = 8;
+    /// Mapping events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = 9;
+    /// Allocations whose stack totals could not be created.
+    pub const TOTALS_MAP_FULL: u32 = 10;
+    /// Allocations returned at an address that was still live: its free was missed.
+    pub const ADDRESS_REUSED: u32 = 11;
+    /// Calls that failed (returned NULL or an error) and so count nothing.
+    pub const FAILED_CALLS: u32 = 12;
+    /// How many counters there are.
+    pub const COUNT: u32 = 13;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{AllocInfo, MapEvent, StackTotals, ThreadState};
+
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of `u64`/`u32` fields with explicit
+    // padding, so every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for AllocInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MapEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ThreadState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        for kind in 0..8 {
+            assert_eq!(AllocKind::try_from(kind).map(|k| k as u32), Ok(kind));
+        }
+        assert_eq!(AllocKind::try_from(8), Err(8));
+        assert_eq!(MapEventKind::try_from(2), Ok(MapEventKind::Remap));
+        assert_eq!(MapEventKind::try_from(3), Err(3));
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<ThreadState>(), 40);
+        assert_eq!(core::mem::size_of::<AllocInfo>(), 24);
+        assert_eq!(core::mem::size_of::<StackTotals>(), 32);
+        assert_eq!(core::mem::size_of::<MapEvent>(), 56);
+        assert_eq!(core::mem::size_of::<MapArgs>(), 32);
+    }
+}

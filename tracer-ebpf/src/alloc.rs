@@ -1,0 +1,149 @@
+//! The malloc family: one entry program and one return program for every allocation
+//! function (the attach cookie says which), and an entry program for free.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::{AllocKind, ThreadState, counter};
+
+use crate::state::{THREADS, count, inside_allocator, record, release_tracked, target_thread};
+
+const PAGE_SIZE: u64 = 4096;
+
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_alloc_enter(&ctx);
+    0
+}
+
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    let _ = try_alloc_exit(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_free_enter(&ctx);
+    0
+}
+
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
+    let Some(pid_tgid) = target_thread() else {
+        return Ok(());
+    };
+    // SAFETY: `ctx` is the kprobe-type context that the helper expects.
+    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    // SAFETY: kprobe-type programs may read their pt_regs context directly.
+    let sp = unsafe { (*ctx.regs).rsp };
+
+    let (size, old_ptr, out_ptr) = match AllocKind::try_from(kind) {
+        Ok(AllocKind::Malloc | AllocKind::Valloc) => (arg(ctx, 0), 0, 0),
+        // An overflowing product makes the call fail, so its value does not matter.
+        Ok(AllocKind::Calloc) => (arg(ctx, 0).wrapping_mul(arg(ctx, 1)), 0, 0),
+        Ok(AllocKind::Realloc) => (arg(ctx, 1), arg(ctx, 0), 0),
+        Ok(AllocKind::Reallocarray) => (arg(ctx, 1).wrapping_mul(arg(ctx, 2)), arg(ctx, 0), 0),
+        Ok(AllocKind::PosixMemalign) => (arg(ctx, 2), 0, arg(ctx, 0)),
+        Ok(AllocKind::Memalign) => (arg(ctx, 1), 0, 0),
+        Ok(AllocKind::Pvalloc) => (arg(ctx, 0).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1), 0, 0),
+        Err(_) => return Ok(()),
+    };
+
+    if let Some(state) = THREADS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: the pointer is to this thread's own live map value; only this thread writes it.
+        let state = unsafe { &mut *state };
+        if state.depth > 0 {
+            if sp < state.entry_sp {
+                // Called from inside the outer allocation call: that call accounts for it.
+                state.depth += 1;
+                return Ok(());
+            }
+            count(counter::STALE_ENTRY, 1);
+        }
+        *state = ThreadState { entry_sp: sp, size, old_ptr, out_ptr, kind, depth: 1 };
+        return Ok(());
+    }
+    let state = ThreadState { entry_sp: sp, size, old_ptr, out_ptr, kind, depth: 1 };
+    THREADS.insert(&pid_tgid, &state, u64::from(BPF_NOEXIST)).map_err(|err| {
+        count(counter::THREAD_MAP_FULL, 1);
+        i64::from(err)
+    })
+}
+
+fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
+    let Some(pid_tgid) = target_thread() else {
+        return Ok(());
+    };
+    let Some(state) = THREADS.get_ptr_mut(&pid_tgid) else {
+        count(counter::RETURN_WITHOUT_ENTRY, 1);
+        return Ok(());
+    };
+    // SAFETY: the pointer is to this thread's own live map value; only this thread writes it.
+    let state = unsafe { &mut *state };
+    if state.depth == 0 {
+        count(counter::RETURN_WITHOUT_ENTRY, 1);
+        return Ok(());
+    }
+    state.depth -= 1;
+    if state.depth > 0 {
+        return Ok(());
+    }
+    let ThreadState { size, old_ptr, out_ptr, kind, .. } = *state;
+    let ret: u64 = ctx.ret();
+
+    match AllocKind::try_from(kind) {
+        Ok(AllocKind::Realloc | AllocKind::Reallocarray) => {
+            if ret != 0 {
+                if old_ptr != 0 {
+                    release_tracked(old_ptr);
+                }
+                record(ctx, ret, size);
+            } else if size == 0 && old_ptr != 0 {
+                // glibc's realloc(p, 0) frees p and returns NULL.
+                release_tracked(old_ptr);
+            } else {
+                // A failed realloc leaves the old block untouched.
+                count(counter::FAILED_CALLS, 1);
+            }
+        }
+        Ok(AllocKind::PosixMemalign) => {
+            // It returns 0 on success and writes the block through its first argument.
+            if ret as u32 != 0 {
+                count(counter::FAILED_CALLS, 1);
+                return Ok(());
+            }
+            // SAFETY: bpf_probe_read_user validates the user address.
+            let addr = unsafe { bpf_probe_read_user(out_ptr as *const u64) }?;
+            record(ctx, addr, size);
+        }
+        Ok(_) if ret != 0 => record(ctx, ret, size),
+        Ok(_) => count(counter::FAILED_CALLS, 1),
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
+    let Some(pid_tgid) = target_thread() else {
+        return Ok(());
+    };
+    let addr = arg(ctx, 0);
+    // free(NULL) is a no-op; a free inside realloc is accounted when realloc returns.
+    if addr == 0 || inside_allocator(pid_tgid) {
+        return Ok(());
+    }
+    if release_tracked(addr) {
+        count(counter::FREES, 1);
+    } else {
+        count(counter::FREE_UNKNOWN, 1);
+    }
+    Ok(())
+}

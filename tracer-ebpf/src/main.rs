@@ -1,0 +1,33 @@
+//! leakhound's eBPF programs.
+//!
+//! The real build targets `bpfel-unknown-none` (run by tracer-user's build.rs). The host build
+//! exists only so that `cargo clippy --workspace` and `cargo test --workspace` cover the crate,
+//! hence the `target_arch` gates.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds on map values: see state::add.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd is the only atomic add on bpf"))]
+
+#[cfg(target_arch = "bpf")]
+mod alloc;
+#[cfg(target_arch = "bpf")]
+mod mapping;
+#[cfg(target_arch = "bpf")]
+mod state;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program that could reach this, so it is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// GPL-compatible, as bpf_probe_read_user and the stack helpers require.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,173 @@
+//! Maps, load-time options and the bookkeeping that every probe shares.
+//!
+//! Map sizes here are defaults; the loader sizes each map from the user's options at load time.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::tracing::StackIdContext,
+};
+use tracer_common::{AllocInfo, LOST_STACK, MapArgs, StackTotals, ThreadState, counter};
+
+/// The traced process (its tgid as the root PID namespace sees it). uprobes are already scoped
+/// to its memory, but syscall tracepoints fire for every process.
+#[unsafe(no_mangle)]
+static TARGET_TGID: Global<u32> = Global::new(0);
+
+#[map]
+pub static THREADS: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(16384, 0);
+
+// No preallocation: memory follows the live allocations rather than the configured maximum.
+#[map]
+pub static ALLOCS: HashMap<u64, AllocInfo> =
+    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+// Sized by the loader to the stack map's size + 1, so that every stack id (and LOST_STACK)
+// always has room: a full totals map would leave live allocations with no total to update.
+#[map]
+pub static STACK_TOTALS: HashMap<u64, StackTotals> = HashMap::with_max_entries(16385, 0);
+
+// No BPF_F_REUSE_STACKID: live allocations point at these ids, and reuse would silently move
+// their bytes to another stack.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map]
+pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map]
+pub static MAP_ARGS: HashMap<u64, MapArgs> = HashMap::with_max_entries(16384, 0);
+
+/// The calling thread's `pid_tgid`, or `None` when it belongs to another process.
+#[inline(always)]
+pub fn target_thread() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32 == TARGET_TGID.load()).then_some(pid_tgid)
+}
+
+#[inline(always)]
+pub fn count(index: u32, amount: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer is to this CPU's slot of a live per-CPU array element.
+        unsafe { *slot += amount };
+    }
+}
+
+/// Whether the thread is inside a probed allocation call, whose own work (nested calls, the
+/// allocator's mmaps) is accounted by that outer call.
+#[inline(always)]
+pub fn inside_allocator(pid_tgid: u64) -> bool {
+    // SAFETY: the value is copied out at once; a concurrent update can only change `depth`.
+    unsafe { THREADS.get(&pid_tgid) }.is_some_and(|state| state.depth > 0)
+}
+
+#[inline(always)]
+pub fn stack_key<C: StackIdContext>(ctx: &C) -> u64 {
+    match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as u64,
+        Err(_) => {
+            count(counter::STACK_FAILED, 1);
+            LOST_STACK
+        }
+    }
+}
+
+/// Records a new live block at `addr`. Its bytes go to the current stack's totals.
+#[inline(always)]
+pub fn record<C: EbpfContext + StackIdContext>(ctx: &C, addr: u64, size: u64) {
+    let stack_key = stack_key(ctx);
+    // An address that is still live had its free missed (freed before attach, or through a
+    // path that is not hooked). Retire it so the totals match the allocation map.
+    if release_tracked(addr) {
+        count(counter::ADDRESS_REUSED, 1);
+    }
+    let info = AllocInfo {
+        size,
+        // SAFETY: a plain helper call with no arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_key,
+    };
+    if ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST)).is_err() {
+        count(counter::ALLOC_MAP_FULL, 1);
+        count(counter::ALLOC_MAP_FULL_BYTES, size);
+        return;
+    }
+    count(counter::ALLOCATIONS, 1);
+    add_to_totals(stack_key, size);
+}
+
+/// Releases a block by address. Returns whether it was tracked.
+#[inline(always)]
+pub fn release_tracked(addr: u64) -> bool {
+    // SAFETY: the value is copied out before the element is removed.
+    let Some(info) = (unsafe { ALLOCS.get(&addr) }).copied() else {
+        return false;
+    };
+    // Only the caller whose delete succeeds subtracts, so a race cannot subtract twice.
+    if ALLOCS.remove(&addr).is_err() {
+        return false;
+    }
+    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&info.stack_key) {
+        // SAFETY: the pointer is to a live map value; the fields are updated atomically.
+        unsafe {
+            add(&raw mut (*totals).live_bytes, info.size.wrapping_neg());
+            add(&raw mut (*totals).live_allocations, u64::MAX);
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn add_to_totals(stack_key: u64, size: u64) {
+    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&stack_key) {
+        add_to(totals, size);
+        return;
+    }
+    let fresh = StackTotals {
+        live_bytes: size,
+        live_allocations: 1,
+        total_bytes: size,
+        total_allocations: 1,
+    };
+    if STACK_TOTALS
+        .insert(&stack_key, &fresh, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return;
+    }
+    // Another CPU created it first, or the map is full.
+    match STACK_TOTALS.get_ptr_mut(&stack_key) {
+        Some(totals) => add_to(totals, size),
+        None => count(counter::TOTALS_MAP_FULL, 1),
+    }
+}
+
+#[inline(always)]
+fn add_to(totals: *mut StackTotals, size: u64) {
+    // SAFETY: the pointer is to a live map value; the fields are updated atomically.
+    unsafe {
+        add(&raw mut (*totals).live_bytes, size);
+        add(&raw mut (*totals).live_allocations, 1);
+        add(&raw mut (*totals).total_bytes, size);
+        add(&raw mut (*totals).total_allocations, 1);
+    }
+}
+
+/// An atomic add whose result is unused, which the BPF backend lowers to `lock xadd`.
+/// `AtomicU64::fetch_add` is not offered on this target (it has no compare-and-swap).
+///
+/// # Safety
+/// `dst` must point to a live, aligned map value field.
+#[inline(always)]
+unsafe fn add(dst: *mut u64, value: u64) {
+    // SAFETY: guaranteed by the caller.
+    let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, value) };
+}
