@@ -147,7 +147,9 @@ pub struct MapEvent {
 pub struct MapArgs {
     /// A [`MapEventKind`].
     pub kind: u32,
-    pub _pad: u32,
+    /// 1 when libc's wrapper was entered: its return probe reports the call, with a stack
+    /// that starts at the wrapper's caller, and the syscall tracepoints stand aside.
+    pub from_wrapper: u32,
     pub addr: u64,
     pub len: u64,
     pub new_len: u64,

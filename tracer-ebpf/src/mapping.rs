@@ -1,15 +1,21 @@
-//! Anonymous mappings: mmap, munmap and mremap, seen at the syscall tracepoints so that raw
-//! syscalls count as well as libc's wrappers. Calls made inside a probed allocation function are
-//! the allocator's own chunks and are skipped: the allocations in them already count.
+//! Anonymous mappings: mmap, munmap and mremap.
 //!
-//! Field offsets are those of `/sys/kernel/tracing/events/syscalls/sys_*_*/format`: eight
-//! bytes of common fields, the syscall number, then one 8-byte slot per argument from 16.
+//! Calls through libc's wrappers are seen by a uprobe and a uretprobe on the wrapper, so that
+//! the stack is taken at the return, where its first frame is the caller (the wrapper keeps no
+//! frame pointer, so a stack taken inside it loses the caller). Raw syscalls, as the Go runtime
+//! makes them, are seen at the syscall tracepoints, which stand aside while a wrapper call is
+//! in flight on the thread. Calls made inside a probed allocation function are the allocator's
+//! own chunks and are skipped: the allocations in them already count.
+//!
+//! Tracepoint field offsets are those of `/sys/kernel/tracing/events/syscalls/sys_*/format`:
+//! eight bytes of common fields, the syscall number, then one 8-byte slot per argument from 16.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_ANY,
-    helpers::bpf_ktime_get_ns,
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{MapArgs, MapEvent, MapEventKind, counter};
 
@@ -19,82 +25,160 @@ const ARG0: usize = 16;
 const RET: usize = 16;
 const MAP_ANONYMOUS: u64 = 0x20;
 
+#[uprobe]
+pub fn map_call_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_call_enter(&ctx);
+    0
+}
+
+#[uretprobe]
+pub fn map_call_exit(ctx: RetProbeContext) -> u32 {
+    let _ = try_call_exit(&ctx);
+    0
+}
+
 #[tracepoint]
 pub fn mmap_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, MapEventKind::Map);
+    let _ = try_syscall_enter(&ctx, MapEventKind::Map);
     0
 }
 
 #[tracepoint]
 pub fn munmap_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, MapEventKind::Unmap);
+    let _ = try_syscall_enter(&ctx, MapEventKind::Unmap);
     0
 }
 
 #[tracepoint]
 pub fn mremap_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, MapEventKind::Remap);
+    let _ = try_syscall_enter(&ctx, MapEventKind::Remap);
     0
 }
 
 #[tracepoint]
 pub fn mapping_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
+    let _ = try_syscall_exit(&ctx);
     0
 }
 
-fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, i64> {
-    // SAFETY: the offset is inside the syscall tracepoint's fixed record.
-    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.map_err(i64::from)
+/// The arguments of a mapping call, given its first four arguments in order (mmap's are
+/// addr, len, prot, flags; munmap's addr, len; mremap's old_addr, old_len, new_len). `None`
+/// for a mapping that is not anonymous.
+fn args_of(kind: MapEventKind, args: [u64; 4], from_wrapper: u32) -> Option<MapArgs> {
+    let kind_tag = kind as u32;
+    match kind {
+        MapEventKind::Map => (args[3] & MAP_ANONYMOUS != 0).then_some(MapArgs {
+            kind: kind_tag,
+            from_wrapper,
+            addr: 0,
+            len: args[1],
+            new_len: 0,
+        }),
+        MapEventKind::Unmap => {
+            Some(MapArgs { kind: kind_tag, from_wrapper, addr: args[0], len: args[1], new_len: 0 })
+        }
+        MapEventKind::Remap => {
+            Some(MapArgs { kind: kind_tag, from_wrapper, addr: args[0], len: args[1], new_len: args[2] })
+        }
+    }
 }
 
-fn try_enter(ctx: &TracePointContext, kind: MapEventKind) -> Result<(), i64> {
+fn try_call_enter(ctx: &ProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
     if inside_allocator(pid_tgid) {
         return Ok(());
     }
-    let args = match kind {
-        MapEventKind::Map => {
-            if arg(ctx, 3)? & MAP_ANONYMOUS == 0 {
-                return Ok(());
-            }
-            MapArgs { kind: kind as u32, _pad: 0, addr: 0, len: arg(ctx, 1)?, new_len: 0 }
-        }
-        MapEventKind::Unmap => {
-            MapArgs { kind: kind as u32, _pad: 0, addr: arg(ctx, 0)?, len: arg(ctx, 1)?, new_len: 0 }
-        }
-        MapEventKind::Remap => MapArgs {
-            kind: kind as u32,
-            _pad: 0,
-            addr: arg(ctx, 0)?,
-            len: arg(ctx, 1)?,
-            new_len: arg(ctx, 2)?,
-        },
+    // SAFETY: `ctx` is the kprobe-type context that the helper expects.
+    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Ok(kind) = MapEventKind::try_from(kind) else {
+        return Ok(());
     };
-    MAP_ARGS.insert(&pid_tgid, &args, u64::from(BPF_ANY)).map_err(i64::from)
+    let raw = [0, 1, 2, 3].map(|n| ctx.arg::<u64>(n).unwrap_or(0));
+    match args_of(kind, raw, 1) {
+        Some(args) => MAP_ARGS.insert(&pid_tgid, &args, u64::from(BPF_ANY)).map_err(i64::from),
+        None => Ok(()),
+    }
 }
 
-fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
-    // SAFETY: the value is copied out before the element is removed.
+    let Some(args) = take_args(pid_tgid) else {
+        return Ok(());
+    };
+    if args.from_wrapper == 0 {
+        return Ok(());
+    }
+    let ret: i64 = ctx.ret();
+    // mmap and mremap return MAP_FAILED (-1) on failure, munmap returns -1.
+    let failed = ret == -1 || (args.kind == MapEventKind::Unmap as u32 && ret != 0);
+    emit(ctx, args, (!failed).then_some(ret as u64));
+    Ok(())
+}
+
+fn tracepoint_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: the offset is inside the syscall tracepoint's fixed record.
+    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
+}
+
+fn try_syscall_enter(ctx: &TracePointContext, kind: MapEventKind) -> Result<(), i64> {
+    let Some(pid_tgid) = target_thread() else {
+        return Ok(());
+    };
+    if inside_allocator(pid_tgid) {
+        return Ok(());
+    }
+    // SAFETY: the value is only read.
+    if unsafe { MAP_ARGS.get(&pid_tgid) }.is_some_and(|args| args.from_wrapper != 0) {
+        return Ok(());
+    }
+    let raw = [0, 1, 2, 3].map(|n| tracepoint_arg(ctx, n));
+    match args_of(kind, raw, 0) {
+        Some(args) => MAP_ARGS.insert(&pid_tgid, &args, u64::from(BPF_ANY)).map_err(i64::from),
+        None => Ok(()),
+    }
+}
+
+fn try_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(pid_tgid) = target_thread() else {
+        return Ok(());
+    };
+    // SAFETY: the value is copied out.
     let Some(args) = (unsafe { MAP_ARGS.get(&pid_tgid) }).copied() else {
         return Ok(());
     };
+    if args.from_wrapper != 0 {
+        // The wrapper's return probe reports this call.
+        return Ok(());
+    }
     let _ = MAP_ARGS.remove(&pid_tgid);
     // SAFETY: the offset is inside the syscall tracepoint's fixed record.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.map_err(i64::from)?;
-    if ret < 0 {
+    emit(ctx, args, (ret >= 0).then_some(ret as u64));
+    Ok(())
+}
+
+fn take_args(pid_tgid: u64) -> Option<MapArgs> {
+    // SAFETY: the value is copied out before the element is removed.
+    let args = (unsafe { MAP_ARGS.get(&pid_tgid) }).copied()?;
+    let _ = MAP_ARGS.remove(&pid_tgid);
+    Some(args)
+}
+
+/// Sends one mapping change to user space. `result` is the call's return value, `None` when
+/// it failed.
+fn emit<C: StackIdContext>(ctx: &C, args: MapArgs, result: Option<u64>) {
+    let Some(result) = result else {
         count(counter::FAILED_CALLS, 1);
-        return Ok(());
-    }
+        return;
+    };
     let event = match MapEventKind::try_from(args.kind) {
         Ok(MapEventKind::Map) => MapEvent {
             kind: args.kind,
-            addr: ret as u64,
+            addr: result,
             len: args.len,
             stack_key: stack_key(ctx),
             ..MapEvent::default()
@@ -104,13 +188,13 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         }
         Ok(MapEventKind::Remap) => MapEvent {
             kind: args.kind,
-            addr: ret as u64,
+            addr: result,
             len: args.new_len,
             old_addr: args.addr,
             old_len: args.len,
             ..MapEvent::default()
         },
-        Err(_) => return Ok(()),
+        Err(_) => return,
     };
     let event = MapEvent {
         // SAFETY: a plain helper call with no arguments.
@@ -120,5 +204,4 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if MAP_EVENTS.output::<MapEvent>(&event, 0).is_err() {
         count(counter::EVENTS_LOST, 1);
     }
-    Ok(())
 }

@@ -1,0 +1,197 @@
+//! Loads the embedded eBPF object, sized from the user's options, and attaches it. Every link
+//! belongs to the loaded programs: dropping [`Probes`] detaches them all, which is how a normal
+//! exit, a signal and a failed attach all leave the kernel as it was. (Links are perf-event
+//! file descriptors, so even a killed leakhound loses them when its descriptors close.)
+
+use std::{num::NonZeroU32, path::Path, time::Instant};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope}},
+};
+
+use crate::{
+    errors::TracerError,
+    kernel::tracefs::TracefsGuard,
+    process::elf::{Hook, HookPoint},
+};
+
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// Live allocations tracked at once.
+    pub max_allocs: u32,
+    /// Distinct stacks.
+    pub max_stacks: u32,
+    /// Threads with an allocation call in flight.
+    pub max_threads: u32,
+    /// Bytes of the ring buffer for mapping events (a power of two, at least a page).
+    pub event_buffer: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self { max_allocs: 1 << 20, max_stacks: 1 << 14, max_threads: 1 << 14, event_buffer: 1 << 20 }
+    }
+}
+
+/// The loaded and attached programs.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub uprobes_attached: usize,
+    pub tracepoints_attached: usize,
+    /// Why mapping syscalls are not tracked, if they are not.
+    pub mapping_unavailable: Option<String>,
+    _tracefs: Option<TracefsGuard>,
+}
+
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+const UPROBE_PROGRAMS: [&str; 5] = ["alloc_enter", "alloc_exit", "free_enter", "map_call_enter", "map_call_exit"];
+const TRACEPOINTS: [(&str, &str); 6] = [
+    ("mmap_enter", "sys_enter_mmap"),
+    ("munmap_enter", "sys_enter_munmap"),
+    ("mremap_enter", "sys_enter_mremap"),
+    ("mapping_exit", "sys_exit_mmap"),
+    ("mapping_exit", "sys_exit_munmap"),
+    ("mapping_exit", "sys_exit_mremap"),
+];
+
+impl Probes {
+    /// Loads every program for the process `tgid` (as the root PID namespace sees it).
+    pub fn load(tgid: u32, sizes: MapSizes) -> Result<Self, TracerError> {
+        raise_memlock_limit();
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("TARGET_TGID", &tgid, true)
+            .map_max_entries("ALLOCS", sizes.max_allocs)
+            .map_max_entries("STACKS", sizes.max_stacks)
+            // One more than the stack ids, for LOST_STACK: this map must never fill.
+            .map_max_entries("STACK_TOTALS", sizes.max_stacks + 1)
+            .map_max_entries("THREADS", sizes.max_threads)
+            .map_max_entries("MAP_ARGS", sizes.max_threads)
+            .map_max_entries("MAP_EVENTS", sizes.event_buffer);
+        let mut ebpf = loader.load(OBJECT).map_err(|err| {
+            if TracerError::is_permission(&err) {
+                TracerError::PermissionDenied { what: "the kernel refused to create BPF maps".into() }
+            } else {
+                TracerError::Load(err)
+            }
+        })?;
+
+        for name in UPROBE_PROGRAMS {
+            let program: &mut UProbe = program(&mut ebpf, name)?;
+            program.load().map_err(|source| verifier_error(name, source))?;
+        }
+        for name in ["mmap_enter", "munmap_enter", "mremap_enter", "mapping_exit"] {
+            let program: &mut TracePoint = program(&mut ebpf, name)?;
+            program.load().map_err(|source| verifier_error(name, source))?;
+        }
+        Ok(Self { ebpf, uprobes_attached: 0, tracepoints_attached: 0, mapping_unavailable: None, _tracefs: None })
+    }
+
+    /// Attaches the allocator hooks in `library` (a path this process can open, such as one
+    /// under `/proc/PID/root`) for the process `pid`.
+    pub fn attach_allocator(&mut self, library: &Path, points: &[HookPoint], pid: u32) -> Result<(), TracerError> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(TracerError::NoSuchProcess { pid })?);
+        for point in points {
+            let attach = |program: &str, ebpf: &mut Ebpf, cookie: Option<u64>| -> Result<(), TracerError> {
+                let program: &mut UProbe = self::program(ebpf, program)?;
+                let location = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                    cookie,
+                };
+                program.attach(location, library, scope).map(drop).map_err(|source| {
+                    attach_error(format!("{} in {}", point.name, library.display()), source, pid)
+                })
+            };
+            match point.hook {
+                Hook::Alloc(kind) => {
+                    attach("alloc_enter", &mut self.ebpf, Some(kind as u64))?;
+                    attach("alloc_exit", &mut self.ebpf, Some(kind as u64))?;
+                    self.uprobes_attached += 2;
+                }
+                Hook::Free => {
+                    attach("free_enter", &mut self.ebpf, None)?;
+                    self.uprobes_attached += 1;
+                }
+                Hook::Map(kind) => {
+                    attach("map_call_enter", &mut self.ebpf, Some(kind as u64))?;
+                    attach("map_call_exit", &mut self.ebpf, Some(kind as u64))?;
+                    self.uprobes_attached += 2;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the mapping-syscall tracepoints. Without tracefs, mapping tracking is off and
+    /// the report says so; malloc tracking does not depend on it.
+    pub fn attach_mapping_tracepoints(&mut self) -> Result<(), TracerError> {
+        let guard = match TracefsGuard::ensure() {
+            Ok(guard) => guard,
+            Err(why) => {
+                log::warn!("anonymous mmap tracking is off: {why}");
+                self.mapping_unavailable = Some(why);
+                return Ok(());
+            }
+        };
+        for (name, event) in TRACEPOINTS {
+            let program: &mut TracePoint = program(&mut self.ebpf, name)?;
+            program.attach("syscalls", event).map(drop).map_err(|source| TracerError::Attach {
+                what: format!("tracepoint syscalls/{event}"),
+                source,
+            })?;
+            self.tracepoints_attached += 1;
+        }
+        self._tracefs = Some(guard);
+        Ok(())
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, TracerError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| TracerError::Load(aya::EbpfError::ProgramError(ProgramError::NotLoaded)))?;
+    program.try_into().map_err(|source| TracerError::Attach { what: name.into(), source })
+}
+
+fn verifier_error(program: &str, source: ProgramError) -> TracerError {
+    if TracerError::is_permission(&source) {
+        return TracerError::PermissionDenied { what: format!("the kernel refused to load program {program}") };
+    }
+    let verifier_log = match &source {
+        ProgramError::LoadError { verifier_log, .. } => verifier_log.to_string(),
+        _ => String::new(),
+    };
+    TracerError::Verifier { program: program.into(), source, verifier_log }
+}
+
+fn attach_error(what: String, source: ProgramError, pid: u32) -> TracerError {
+    if TracerError::is_permission(&source) {
+        return TracerError::PermissionDenied { what: format!("cannot attach {what}") };
+    }
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return TracerError::ProcessExited { pid };
+    }
+    TracerError::Attach { what, source }
+}
+
+/// Kernels since 5.11 charge BPF memory to the memory cgroup and ignore RLIMIT_MEMLOCK. On
+/// older ones a low limit makes map creation fail, so raise it when allowed; where it cannot
+/// be raised (a missing capability) the load may still work, so this is never fatal.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// How long loading and attaching took, for the attach line and the benchmark.
+pub fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}

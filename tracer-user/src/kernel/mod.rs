@@ -1,0 +1,8 @@
+//! The kernel side as user space sees it: loading and attaching the programs, and reading
+//! what they gathered.
+
+pub mod loader;
+pub mod reader;
+pub mod tracefs;
+
+pub use loader::{MapSizes, Probes};

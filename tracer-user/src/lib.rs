@@ -1,0 +1,18 @@
+//! leakhound: an eBPF tracer of native allocations that a process still holds.
+//!
+//! The kernel side (tracer-ebpf) keeps live allocations and per-stack totals; this crate loads
+//! it, attaches it to a running process or a command it launches, and turns what it gathered
+//! into reports.
+
+pub mod cli;
+pub mod config;
+pub mod errors;
+pub mod exit_watch;
+pub mod kernel;
+pub mod model;
+pub mod process;
+pub mod regions;
+pub mod report;
+pub mod session;
+pub mod symbolize;
+pub mod target;

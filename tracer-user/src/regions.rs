@@ -1,0 +1,152 @@
+//! Anonymous mappings that are still mapped, by address, with the stack that made them.
+//!
+//! The kernel reports mmap, munmap and mremap; this interval map applies them, including an
+//! munmap of part of a mapping (which shrinks or splits it) and a MAP_FIXED mapping over an
+//! old one (which replaces that part).
+
+use std::collections::{BTreeMap, HashMap};
+
+const PAGE: u64 = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    end: u64,
+    stack_key: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Regions {
+    by_start: BTreeMap<u64, Region>,
+}
+
+/// Bytes and region count that one stack holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub bytes: u64,
+    pub regions: u64,
+}
+
+fn page_up(len: u64) -> u64 {
+    len.div_ceil(PAGE).saturating_mul(PAGE)
+}
+
+impl Regions {
+    pub fn map(&mut self, addr: u64, len: u64, stack_key: u64) {
+        let end = addr.saturating_add(page_up(len));
+        self.remove_range(addr, end);
+        if end > addr {
+            self.by_start.insert(addr, Region { end, stack_key });
+        }
+    }
+
+    /// Removes `addr..addr+len`; returns the bytes that were tracked in it.
+    pub fn unmap(&mut self, addr: u64, len: u64) -> u64 {
+        self.remove_range(addr, addr.saturating_add(page_up(len)))
+    }
+
+    /// Moves or resizes a mapping. The result keeps the stack of the mapping it came from; a
+    /// remap of untracked memory stays untracked.
+    pub fn remap(&mut self, old_addr: u64, old_len: u64, new_addr: u64, new_len: u64) -> bool {
+        let Some(stack_key) = self.stack_at(old_addr) else {
+            return false;
+        };
+        self.unmap(old_addr, old_len);
+        self.map(new_addr, new_len, stack_key);
+        true
+    }
+
+    pub fn stack_at(&self, addr: u64) -> Option<u64> {
+        let (_, region) = self.by_start.range(..=addr).next_back()?;
+        (addr < region.end).then_some(region.stack_key)
+    }
+
+    pub fn held_by_stack(&self) -> HashMap<u64, Held> {
+        let mut held: HashMap<u64, Held> = HashMap::new();
+        for (start, region) in &self.by_start {
+            let entry = held.entry(region.stack_key).or_default();
+            entry.bytes += region.end - start;
+            entry.regions += 1;
+        }
+        held
+    }
+
+    fn remove_range(&mut self, start: u64, end: u64) -> u64 {
+        if end <= start {
+            return 0;
+        }
+        // Regions that overlap [start, end): the one that begins before `start` and reaches
+        // into it, and every one that begins inside.
+        let mut overlapping: Vec<u64> = self.by_start.range(start..end).map(|(s, _)| *s).collect();
+        if let Some((s, region)) = self.by_start.range(..start).next_back()
+            && region.end > start
+        {
+            overlapping.push(*s);
+        }
+        let mut removed = 0;
+        for s in overlapping {
+            let region = self.by_start.remove(&s).expect("key just listed");
+            let cut_start = s.max(start);
+            let cut_end = region.end.min(end);
+            removed += cut_end - cut_start;
+            if s < cut_start {
+                self.by_start.insert(s, Region { end: cut_start, ..region });
+            }
+            if cut_end < region.end {
+                self.by_start.insert(cut_end, region);
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(regions: &Regions, stack: u64) -> Held {
+        regions.held_by_stack().get(&stack).copied().unwrap_or_default()
+    }
+
+    #[test]
+    fn partial_unmap_shrinks_and_splits() {
+        let mut regions = Regions::default();
+        regions.map(0x10000, 0x10000, 1);
+        assert_eq!(regions.unmap(0x1c000, 0x4000), 0x4000); // tail
+        assert_eq!(held(&regions, 1), Held { bytes: 0xc000, regions: 1 });
+        assert_eq!(regions.unmap(0x12000, 0x1000), 0x1000); // middle: splits in two
+        assert_eq!(held(&regions, 1), Held { bytes: 0xb000, regions: 2 });
+        assert_eq!(regions.unmap(0x10000, 0x1000), 0x1000); // head
+        assert_eq!(held(&regions, 1), Held { bytes: 0xa000, regions: 2 });
+    }
+
+    #[test]
+    fn unmap_across_regions_and_untracked_memory() {
+        let mut regions = Regions::default();
+        regions.map(0x10000, 0x2000, 1);
+        regions.map(0x20000, 0x2000, 2);
+        assert_eq!(regions.unmap(0x0, 0x100000), 0x4000);
+        assert!(regions.held_by_stack().is_empty());
+        assert_eq!(regions.unmap(0x50000, 0x1000), 0);
+    }
+
+    #[test]
+    fn lengths_round_up_to_pages_and_fixed_maps_replace() {
+        let mut regions = Regions::default();
+        regions.map(0x10000, 100, 1);
+        assert_eq!(held(&regions, 1).bytes, PAGE);
+        regions.map(0x10000, 0x3000, 2);
+        assert_eq!(held(&regions, 1).bytes, 0);
+        assert_eq!(held(&regions, 2).bytes, 0x3000);
+    }
+
+    #[test]
+    fn remap_keeps_the_origin_stack() {
+        let mut regions = Regions::default();
+        regions.map(0x10000, 0x2000, 7);
+        assert!(regions.remap(0x10000, 0x2000, 0x40000, 0x8000));
+        assert_eq!(held(&regions, 7), Held { bytes: 0x8000, regions: 1 });
+        assert!(!regions.remap(0x90000, 0x1000, 0xa0000, 0x2000));
+        assert_eq!(regions.stack_at(0x47fff), Some(7));
+        assert_eq!(regions.stack_at(0x48000), None);
+    }
+}

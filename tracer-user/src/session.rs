@@ -1,0 +1,441 @@
+//! One recording session: prepare the target, load and attach, gather until told to stop,
+//! then read everything out, detach, and name the frames.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::OwnedFd,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::oneshot,
+};
+use tracer_common::{LOST_STACK, MapEvent, MapEventKind, StackTotals};
+
+use crate::{
+    config::RecordConfig,
+    errors::TracerError,
+    exit_watch::{self, ChildExit},
+    kernel::{Probes, loader::elapsed_ms, reader},
+    model::{Frame, MappingCounters, Origin, Recording, StackRecord},
+    process::{TargetProcess, elf},
+    regions::Regions,
+    report::human_bytes,
+    symbolize::{CodeAddress, FrameNamer, Modules},
+    target,
+};
+
+/// What a session produced: whatever was gathered, and the error that ended it early, if any.
+pub struct Outcome {
+    pub recording: Option<Recording>,
+    pub error: Option<TracerError>,
+}
+
+pub fn record(config: &RecordConfig) -> Outcome {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return Outcome { recording: None, error: Some(err.into()) },
+    };
+    runtime.block_on(record_async(config))
+}
+
+async fn record_async(config: &RecordConfig) -> Outcome {
+    // Handlers go in first, so a Ctrl-C during attach still ends in an orderly detach.
+    let (mut sigint, mut sigterm) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(sigint), Ok(sigterm)) => (sigint, sigterm),
+        (Err(err), _) | (_, Err(err)) => return Outcome { recording: None, error: Some(err.into()) },
+    };
+    let mut session = match Session::start(config) {
+        Ok(session) => session,
+        Err(error) => return Outcome { recording: None, error: Some(error) },
+    };
+
+    let started = Instant::now();
+    let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
+    let report_every = config.interval;
+    let mut last_report = Instant::now();
+    // Mappings are reread at least every second, so frames of code loaded later get names.
+    let mut tick = tokio::time::interval(report_every.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)));
+    let mut error = None;
+
+    let ended_by = loop {
+        tokio::select! {
+            guard = session.events.readable_mut() => {
+                match guard {
+                    Ok(mut guard) => {
+                        drain_events(guard.get_inner_mut(), &mut session.mapping);
+                        guard.clear_ready();
+                    }
+                    Err(err) => { error = Some(err.into()); break "an error".to_owned(); }
+                }
+            }
+            _ = sigint.recv() => break "SIGINT".to_owned(),
+            _ = sigterm.recv() => break "SIGTERM".to_owned(),
+            exit = session.exit.wait() => break format!("the target exiting ({exit})"),
+            () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
+            _ = tick.tick() => {
+                if session.launched.is_none() {
+                    session.modules.lock().expect("modules lock").refresh(&session.target);
+                }
+                if let Some(every) = report_every && last_report.elapsed() >= every {
+                    last_report = Instant::now();
+                    session.print_progress(started);
+                }
+            }
+        }
+    };
+    drain_events(session.events.get_mut(), &mut session.mapping);
+    let recording = session.finish(started.elapsed(), ended_by);
+    match recording {
+        Ok(recording) => Outcome { recording: Some(recording), error },
+        Err(err) => Outcome { recording: None, error: Some(err) },
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How the session learns that the target exited.
+enum ExitSignal {
+    Attached(AsyncFd<OwnedFd>),
+    Launched(oneshot::Receiver<ChildExit>),
+    Gone,
+}
+
+impl ExitSignal {
+    async fn wait(&mut self) -> String {
+        match self {
+            Self::Attached(fd) => {
+                let _ = fd.readable().await;
+                *self = Self::Gone;
+                "exited".to_owned()
+            }
+            Self::Launched(rx) => {
+                let exit = rx.await;
+                *self = Self::Gone;
+                exit.map_or_else(|_| "exited".to_owned(), |exit| exit.to_string())
+            }
+            Self::Gone => std::future::pending().await,
+        }
+    }
+}
+
+/// Anonymous mappings, as user space rebuilds them from the kernel's events.
+#[derive(Default)]
+struct MappingState {
+    regions: Regions,
+    /// Bytes and mappings ever made per stack while traced.
+    made: HashMap<u64, (u64, u64)>,
+    counters: MappingCounters,
+}
+
+struct Session {
+    probes: Option<Probes>,
+    events: AsyncFd<RingBuf<MapData>>,
+    exit: ExitSignal,
+    target: TargetProcess,
+    command: String,
+    /// Set for a launched command, which is stopped when tracing ends before it does.
+    launched: Option<u32>,
+    modules: Arc<Mutex<Modules>>,
+    mapping: MappingState,
+    mapping_unavailable: Option<String>,
+}
+
+impl Session {
+    fn start(config: &RecordConfig) -> Result<Self, TracerError> {
+        preflight()?;
+        let attach_started = Instant::now();
+        let mut prepared = target::prepare(&config.target)?;
+        let pid = prepared.process.pid;
+        let attached = (|| {
+            let points = elf::hook_points(&prepared.library)?;
+            if !points.iter().any(|point| point.name == "malloc") {
+                return Err(TracerError::NoLibc { what: prepared.library_display.display().to_string() });
+            }
+            let mut probes = Probes::load(pid, config.sizes)?;
+            probes.attach_allocator(&prepared.library, &points, pid)?;
+            probes.attach_mapping_tracepoints()?;
+            Ok(probes)
+        })();
+        let mut probes = match attached {
+            Ok(probes) => probes,
+            Err(err) => {
+                // Dropping whatever was loaded detaches it; a launched child never runs.
+                if let Some(child) = prepared.child.take() {
+                    child.abort();
+                }
+                return Err(err);
+            }
+        };
+
+        let ring = probes.ebpf.take_map("MAP_EVENTS").ok_or(TracerError::Map {
+            map: "MAP_EVENTS",
+            source: aya::maps::MapError::InvalidName { name: "MAP_EVENTS".into() },
+        })?;
+        let ring = RingBuf::try_from(ring).map_err(|source| TracerError::Map { map: "MAP_EVENTS", source })?;
+        // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
+        let events = unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
+
+        let modules = Arc::new(Mutex::new(Modules::default()));
+        let (exit, launched) = match prepared.child.take() {
+            Some(mut child) => {
+                let exit = exit_watch::watch_child(prepared.process.clone(), Arc::clone(&modules))?;
+                child.release()?;
+                (ExitSignal::Launched(exit), Some(pid))
+            }
+            None => {
+                modules.lock().expect("modules lock").refresh(&prepared.process);
+                let fd = exit_watch::pidfd(pid).map_err(|_| TracerError::ProcessExited { pid })?;
+                // SAFETY: the pidfd is owned here and stays open while registered.
+                (ExitSignal::Attached(unsafe { AsyncFd::register(fd) }.map_err(|err| TracerError::Io(err.into()))?), None)
+            }
+        };
+        eprintln!(
+            "leakhound: attached to pid {pid} ({}, {} probes) in {:.0} ms",
+            prepared.library_display.display(),
+            probes.uprobes_attached + probes.tracepoints_attached,
+            elapsed_ms(attach_started)
+        );
+        let mapping_unavailable = probes.mapping_unavailable.clone();
+        Ok(Self {
+            probes: Some(probes),
+            events,
+            exit,
+            target: prepared.process,
+            command: prepared.command,
+            launched,
+            modules,
+            mapping: MappingState::default(),
+            mapping_unavailable,
+        })
+    }
+
+    fn print_progress(&self, started: Instant) {
+        let Some(probes) = &self.probes else { return };
+        let totals = reader::stack_totals(&probes.ebpf).unwrap_or_default();
+        let (mut bytes, mut allocations) = (0u64, 0u64);
+        for totals in totals.values() {
+            bytes += live(totals.live_bytes);
+            allocations += live(totals.live_allocations);
+        }
+        let held = self.mapping.regions.held_by_stack();
+        let mapped: u64 = held.values().map(|held| held.bytes).sum();
+        let counters = reader::counters(&probes.ebpf).unwrap_or_default();
+        let lost = counters.alloc_map_full + counters.stack_failed + counters.events_lost + counters.thread_map_full;
+        eprintln!(
+            "leakhound: [{:>6.1}s] outstanding {} in {allocations} allocations + {} mapped, {} stacks, lost {lost}",
+            started.elapsed().as_secs_f64(),
+            human_bytes(bytes),
+            human_bytes(mapped),
+            totals.len() + held.len(),
+        );
+    }
+
+    /// Reads everything out of the kernel, detaches, then names frames (which can be slow and
+    /// needs no probes).
+    fn finish(mut self, traced: Duration, mut ended_by: String) -> Result<Recording, TracerError> {
+        let probes = self.probes.take().expect("finish runs once");
+        let totals = reader::stack_totals(&probes.ebpf)?;
+        let counters = reader::counters(&probes.ebpf)?;
+        let held = self.mapping.regions.held_by_stack();
+
+        let mut stacks = reader::StackCache::default();
+        let mut raw: Vec<(Origin, u64, StackTotals)> = totals
+            .into_iter()
+            .filter(|(_, t)| live(t.live_bytes) > 0 || t.total_bytes > 0)
+            .map(|(key, t)| (Origin::Malloc, key, t))
+            .collect();
+        for (key, (made_bytes, made_count)) in &self.mapping.made {
+            let now = held.get(key).copied().unwrap_or_default();
+            raw.push((
+                Origin::Mmap,
+                *key,
+                StackTotals {
+                    live_bytes: now.bytes,
+                    live_allocations: now.regions,
+                    total_bytes: *made_bytes,
+                    total_allocations: *made_count,
+                },
+            ));
+        }
+        let mut addresses: HashMap<u64, Vec<CodeAddress>> = HashMap::new();
+        for (_, key, _) in &raw {
+            if *key != LOST_STACK && !addresses.contains_key(key) {
+                let ips = stacks.get(&probes.ebpf, *key as u32)?;
+                // Every frame of a user stack taken at a return or a syscall exit is a
+                // return address (the syscall's is where execution resumes).
+                addresses.insert(*key, ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)).collect());
+            }
+        }
+        if self.launched.is_none() && self.target.is_alive() {
+            self.modules.lock().expect("modules lock").refresh(&self.target);
+        }
+        drop(probes);
+
+        if let Some(pid) = self.launched
+            && TargetProcess::open(pid).is_ok()
+        {
+            // Tracing ended first (duration or signal): stop the command, as `timeout` would.
+            // SAFETY: sends a signal to our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            ended_by.push_str("; the launched command was sent SIGTERM");
+        }
+
+        let modules = self.modules.lock().expect("modules lock");
+        let mut namer = FrameNamer::default();
+        let unique: HashSet<CodeAddress> = addresses.values().flatten().copied().collect();
+        namer.name_all(&modules, unique);
+        let stacks = raw
+            .into_iter()
+            .map(|(origin, key, t)| StackRecord {
+                origin,
+                frames: match addresses.get(&key) {
+                    Some(addrs) if !addrs.is_empty() => namer.stack(&modules, addrs),
+                    _ => vec![Frame::named("[lost stack]")],
+                },
+                live_bytes: live(t.live_bytes),
+                live_allocations: live(t.live_allocations),
+                total_bytes: t.total_bytes,
+                total_allocations: t.total_allocations,
+            })
+            .collect();
+        let stacks = merge_equal_stacks(stacks);
+        Ok(Recording {
+            pid: self.target.pid,
+            command: self.command,
+            duration_secs: traced.as_secs_f64(),
+            ended_by,
+            counters,
+            mapping: self.mapping.counters,
+            mapping_unavailable: self.mapping_unavailable,
+            stacks,
+        })
+    }
+}
+
+/// Stacks that differ only in addresses (two call sites on one line, or garbage cut from a
+/// frame-pointer walk) read the same to a person, so they are one stack in every report.
+fn merge_equal_stacks(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
+    let mut merged: Vec<StackRecord> = Vec::with_capacity(stacks.len());
+    let mut index: HashMap<(Origin, Vec<Frame>), usize> = HashMap::new();
+    for stack in stacks {
+        match index.get(&(stack.origin, stack.frames.clone())) {
+            Some(&i) => {
+                let into = &mut merged[i];
+                into.live_bytes += stack.live_bytes;
+                into.live_allocations += stack.live_allocations;
+                into.total_bytes += stack.total_bytes;
+                into.total_allocations += stack.total_allocations;
+            }
+            None => {
+                index.insert((stack.origin, stack.frames.clone()), merged.len());
+                merged.push(stack);
+            }
+        }
+    }
+    merged
+}
+
+/// A kernel total is a wrapping sum; a reader can see a free before its allocation's add.
+fn live(value: u64) -> u64 {
+    (value as i64).max(0) as u64
+}
+
+fn drain_events(ring: &mut RingBuf<MapData>, state: &mut MappingState) {
+    while let Some(item) = ring.next() {
+        state.counters.events += 1;
+        let Some(event) = parse_event(&item) else {
+            state.counters.malformed_events += 1;
+            continue;
+        };
+        match MapEventKind::try_from(event.kind) {
+            Ok(MapEventKind::Map) => {
+                state.regions.map(event.addr, event.len, event.stack_key);
+                let made = state.made.entry(event.stack_key).or_default();
+                made.0 += event.len.div_ceil(4096) * 4096;
+                made.1 += 1;
+            }
+            Ok(MapEventKind::Unmap) => {
+                if state.regions.unmap(event.addr, event.len) == 0 {
+                    state.counters.untracked_unmaps += 1;
+                }
+            }
+            Ok(MapEventKind::Remap) => {
+                state.regions.remap(event.old_addr, event.old_len, event.addr, event.len);
+            }
+            Err(_) => state.counters.malformed_events += 1,
+        }
+    }
+}
+
+fn parse_event(bytes: &[u8]) -> Option<MapEvent> {
+    (bytes.len() >= size_of::<MapEvent>()).then(|| {
+        // SAFETY: the buffer holds at least one MapEvent, a plain-old-data type; the read is
+        // unaligned because ring buffer records are only 8-byte aligned by convention.
+        unsafe { bytes.as_ptr().cast::<MapEvent>().read_unaligned() }
+    })
+}
+
+/// Checks that fail fast with a clear cause, before anything is loaded.
+fn preflight() -> Result<(), TracerError> {
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        return Err(TracerError::NoUprobes { missing: "/sys/bus/event_source/devices/uprobe" });
+    }
+    if !has_tracing_privileges() {
+        return Err(TracerError::PermissionDenied {
+            what: "leakhound needs root, or CAP_BPF and CAP_PERFMON, to load its probes".into(),
+        });
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        // The programs use no CO-RE relocations, so a kernel without BTF still works.
+        log::debug!("no kernel BTF at /sys/kernel/btf/vmlinux; continuing");
+    }
+    Ok(())
+}
+
+fn has_tracing_privileges() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Some(effective) = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        status.lines().find_map(|line| line.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    }) else {
+        return false;
+    };
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_totals_read_as_zero() {
+        assert_eq!(live(5), 5);
+        assert_eq!(live(0u64.wrapping_sub(3)), 0);
+    }
+
+    #[test]
+    fn short_records_are_malformed() {
+        assert!(parse_event(&[0u8; 8]).is_none());
+        let event = MapEvent { kind: 1, addr: 0x1000, len: 4096, ..MapEvent::default() };
+        // SAFETY: MapEvent is plain old data; the slice covers exactly one value.
+        let bytes = unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<MapEvent>()) };
+        assert_eq!(parse_event(bytes).map(|e| (e.kind, e.addr, e.len)), Some((1, 0x1000, 4096)));
+    }
+}
