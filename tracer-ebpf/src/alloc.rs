@@ -53,7 +53,11 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
         Ok(AllocKind::Reallocarray) => (arg(ctx, 1).wrapping_mul(arg(ctx, 2)), arg(ctx, 0), 0),
         Ok(AllocKind::PosixMemalign) => (arg(ctx, 2), 0, arg(ctx, 0)),
         Ok(AllocKind::Memalign) => (arg(ctx, 1), 0, 0),
-        Ok(AllocKind::Pvalloc) => (arg(ctx, 0).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1), 0, 0),
+        Ok(AllocKind::Pvalloc) => (
+            arg(ctx, 0).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
+            0,
+            0,
+        ),
         Err(_) => return Ok(()),
     };
 
@@ -68,14 +72,30 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
             }
             count(counter::STALE_ENTRY, 1);
         }
-        *state = ThreadState { entry_sp: sp, size, old_ptr, out_ptr, kind, depth: 1 };
+        *state = ThreadState {
+            entry_sp: sp,
+            size,
+            old_ptr,
+            out_ptr,
+            kind,
+            depth: 1,
+        };
         return Ok(());
     }
-    let state = ThreadState { entry_sp: sp, size, old_ptr, out_ptr, kind, depth: 1 };
-    THREADS.insert(&pid_tgid, &state, u64::from(BPF_NOEXIST)).map_err(|err| {
-        count(counter::THREAD_MAP_FULL, 1);
-        i64::from(err)
-    })
+    let state = ThreadState {
+        entry_sp: sp,
+        size,
+        old_ptr,
+        out_ptr,
+        kind,
+        depth: 1,
+    };
+    THREADS
+        .insert(&pid_tgid, &state, u64::from(BPF_NOEXIST))
+        .map_err(|err| {
+            count(counter::THREAD_MAP_FULL, 1);
+            i64::from(err)
+        })
 }
 
 fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
@@ -96,7 +116,13 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     if state.depth > 0 {
         return Ok(());
     }
-    let ThreadState { size, old_ptr, out_ptr, kind, .. } = *state;
+    let ThreadState {
+        size,
+        old_ptr,
+        out_ptr,
+        kind,
+        ..
+    } = *state;
     let ret: u64 = ctx.ret();
 
     match AllocKind::try_from(kind) {

@@ -7,7 +7,13 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds on map values: see state::add.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd is the only atomic add on bpf"))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "atomic_xadd is the only atomic add on bpf"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod alloc;

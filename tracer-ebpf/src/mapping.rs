@@ -74,12 +74,20 @@ fn args_of(kind: MapEventKind, args: [u64; 4], from_wrapper: u32) -> Option<MapA
             len: args[1],
             new_len: 0,
         }),
-        MapEventKind::Unmap => {
-            Some(MapArgs { kind: kind_tag, from_wrapper, addr: args[0], len: args[1], new_len: 0 })
-        }
-        MapEventKind::Remap => {
-            Some(MapArgs { kind: kind_tag, from_wrapper, addr: args[0], len: args[1], new_len: args[2] })
-        }
+        MapEventKind::Unmap => Some(MapArgs {
+            kind: kind_tag,
+            from_wrapper,
+            addr: args[0],
+            len: args[1],
+            new_len: 0,
+        }),
+        MapEventKind::Remap => Some(MapArgs {
+            kind: kind_tag,
+            from_wrapper,
+            addr: args[0],
+            len: args[1],
+            new_len: args[2],
+        }),
     }
 }
 
@@ -97,7 +105,9 @@ fn try_call_enter(ctx: &ProbeContext) -> Result<(), i64> {
     };
     let raw = [0, 1, 2, 3].map(|n| ctx.arg::<u64>(n).unwrap_or(0));
     match args_of(kind, raw, 1) {
-        Some(args) => MAP_ARGS.insert(&pid_tgid, &args, u64::from(BPF_ANY)).map_err(i64::from),
+        Some(args) => MAP_ARGS
+            .insert(&pid_tgid, &args, u64::from(BPF_ANY))
+            .map_err(i64::from),
         None => Ok(()),
     }
 }
@@ -137,7 +147,9 @@ fn try_syscall_enter(ctx: &TracePointContext, kind: MapEventKind) -> Result<(), 
     }
     let raw = [0, 1, 2, 3].map(|n| tracepoint_arg(ctx, n));
     match args_of(kind, raw, 0) {
-        Some(args) => MAP_ARGS.insert(&pid_tgid, &args, u64::from(BPF_ANY)).map_err(i64::from),
+        Some(args) => MAP_ARGS
+            .insert(&pid_tgid, &args, u64::from(BPF_ANY))
+            .map_err(i64::from),
         None => Ok(()),
     }
 }
@@ -183,9 +195,12 @@ fn emit<C: StackIdContext>(ctx: &C, args: MapArgs, result: Option<u64>) {
             stack_key: stack_key(ctx),
             ..MapEvent::default()
         },
-        Ok(MapEventKind::Unmap) => {
-            MapEvent { kind: args.kind, addr: args.addr, len: args.len, ..MapEvent::default() }
-        }
+        Ok(MapEventKind::Unmap) => MapEvent {
+            kind: args.kind,
+            addr: args.addr,
+            len: args.len,
+            ..MapEvent::default()
+        },
         Ok(MapEventKind::Remap) => MapEvent {
             kind: args.kind,
             addr: result,

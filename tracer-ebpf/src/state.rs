@@ -24,8 +24,7 @@ pub static THREADS: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(
 
 // No preallocation: memory follows the live allocations rather than the configured maximum.
 #[map]
-pub static ALLOCS: HashMap<u64, AllocInfo> =
-    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+pub static ALLOCS: HashMap<u64, AllocInfo> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
 // Sized by the loader to the stack map's size + 1, so that every stack id (and LOST_STACK)
 // always has room: a full totals map would leave live allocations with no total to update.

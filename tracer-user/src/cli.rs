@@ -11,7 +11,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "leakhound", version, about = "Find the native memory a running process keeps, by call stack.")]
+#[command(
+    name = "leakhound",
+    version,
+    about = "Find the native memory a running process keeps, by call stack."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,7 +30,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// The process to attach to.
-    #[arg(short, long, conflicts_with = "command", required_unless_present = "command")]
+    #[arg(
+        short,
+        long,
+        conflicts_with = "command",
+        required_unless_present = "command"
+    )]
     pub pid: Option<u32>,
     /// Stop after this long (e.g. 30s, 500ms, 5m; a bare number is seconds).
     #[arg(short, long, value_parser = parse_duration)]
@@ -62,13 +71,21 @@ impl RecordArgs {
             None => TargetSpec::Command(self.command),
         };
         let outputs = if self.outputs.is_empty() {
-            vec![Output { path: None, format: self.format.unwrap_or(Format::Text) }]
+            vec![Output {
+                path: None,
+                format: self.format.unwrap_or(Format::Text),
+            }]
         } else {
             self.outputs
                 .into_iter()
                 .map(|path| {
-                    let format = Format::from_path(&path).or(self.format).unwrap_or(Format::Folded);
-                    Output { path: Some(path), format }
+                    let format = Format::from_path(&path)
+                        .or(self.format)
+                        .unwrap_or(Format::Folded);
+                    Output {
+                        path: Some(path),
+                        format,
+                    }
                 })
                 .collect()
         };
@@ -77,7 +94,11 @@ impl RecordArgs {
             duration: self.duration,
             interval: self.interval,
             outputs,
-            sizes: MapSizes { max_allocs: self.max_allocs, max_stacks: self.max_stacks, ..MapSizes::default() },
+            sizes: MapSizes {
+                max_allocs: self.max_allocs,
+                max_stacks: self.max_stacks,
+                ..MapSizes::default()
+            },
             top: self.top,
         }
     }
@@ -87,15 +108,23 @@ impl RecordArgs {
 /// duration or interval is always a mistake.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration (try 10s, 500ms or 2m)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (try 10s, 500ms or 2m)"))?;
     let scale = match unit.trim() {
         "" | "s" | "sec" => 1.0,
         "ms" => 1e-3,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+            ));
+        }
     };
     let seconds = value * scale;
     if !seconds.is_finite() || seconds <= 0.0 {
@@ -129,7 +158,9 @@ mod tests {
         let config = parse(&["leakhound", "record", "--pid", "42"]).unwrap();
         assert!(matches!(config.target, TargetSpec::Pid(42)));
         let config = parse(&["leakhound", "record", "--", "./demo", "--flag"]).unwrap();
-        let TargetSpec::Command(argv) = config.target else { panic!("expected a command") };
+        let TargetSpec::Command(argv) = config.target else {
+            panic!("expected a command")
+        };
         assert_eq!(argv, ["./demo", "--flag"]);
         assert!(parse(&["leakhound", "record", "--pid", "1", "--", "/bin/true"]).is_err());
         assert!(parse(&["leakhound", "record"]).is_err());
@@ -139,9 +170,21 @@ mod tests {
 
     #[test]
     fn outputs_take_their_format_from_the_extension() {
-        let config =
-            parse(&["leakhound", "record", "-p", "1", "-o", "a.folded", "-o", "b.txt", "-o", "c", "--format", "text"])
-                .unwrap();
+        let config = parse(&[
+            "leakhound",
+            "record",
+            "-p",
+            "1",
+            "-o",
+            "a.folded",
+            "-o",
+            "b.txt",
+            "-o",
+            "c",
+            "--format",
+            "text",
+        ])
+        .unwrap();
         let formats: Vec<_> = config.outputs.iter().map(|o| o.format).collect();
         assert_eq!(formats, [Format::Folded, Format::Text, Format::Text]);
         let config = parse(&["leakhound", "record", "-p", "1"]).unwrap();

@@ -28,22 +28,35 @@ pub enum TracerError {
     NoLibc { what: String },
 
     #[error("cannot read ELF file {}: {source}", path.display())]
-    ReadElf { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    ReadElf {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     #[error("cannot start {}: {source}", program.display())]
     Launch { program: PathBuf, source: io::Error },
 
     #[error("cannot load the eBPF programs: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
 
     #[error("the kernel rejected program {program}: {source}\n{verifier_log}")]
-    Verifier { program: String, source: aya::programs::ProgramError, verifier_log: String },
+    Verifier {
+        program: String,
+        source: Box<aya::programs::ProgramError>,
+        verifier_log: String,
+    },
 
     #[error("cannot attach {what}: {source}")]
-    Attach { what: String, source: aya::programs::ProgramError },
+    Attach {
+        what: String,
+        source: Box<aya::programs::ProgramError>,
+    },
 
     #[error("cannot read kernel map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
 
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -56,11 +69,15 @@ impl TracerError {
             Self::NoSuchProcess { .. } => {
                 "check the PID; for a process in a container, give the PID that leakhound's PID namespace sees"
             }
-            Self::ProcessExited { .. } => "the target is gone; start it again and attach while it runs",
+            Self::ProcessExited { .. } => {
+                "the target is gone; start it again and attach while it runs"
+            }
             Self::ProcRead { .. } | Self::PermissionDenied { .. } => {
                 "run as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE; in Kubernetes use a privileged debug pod"
             }
-            Self::NoUprobes { .. } => "use a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS",
+            Self::NoUprobes { .. } => {
+                "use a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS"
+            }
             Self::StaticBinary { .. } => {
                 "trace a dynamically linked build of the program; statically linked allocators are not hooked yet"
             }
@@ -72,7 +89,9 @@ impl TracerError {
             Self::Load(_) | Self::Verifier { .. } => {
                 "this kernel may be too old or restricted for leakhound's programs; run with RUST_LOG=debug and report the log"
             }
-            Self::Attach { .. } => "the target may have exited or unmapped the library; check it is still running",
+            Self::Attach { .. } => {
+                "the target may have exited or unmapped the library; check it is still running"
+            }
             Self::Map { .. } | Self::Io(_) => "run with RUST_LOG=debug for details",
         }
     }

@@ -50,46 +50,59 @@ pub fn watch_child(
 ) -> io::Result<oneshot::Receiver<ChildExit>> {
     let (seized_tx, seized_rx) = std::sync::mpsc::channel();
     let (exit_tx, exit_rx) = oneshot::channel();
-    std::thread::Builder::new().name("leakhound-child".into()).spawn(move || {
-        let pid = target.pid as libc::pid_t;
-        // SAFETY: plain ptrace request on our own child.
-        let seized = unsafe {
-            libc::ptrace(libc::PTRACE_SEIZE, pid, 0, libc::PTRACE_O_TRACEEXIT as libc::c_ulong)
-        };
-        let _ = seized_tx.send(if seized == 0 { Ok(()) } else { Err(io::Error::last_os_error()) });
-        loop {
-            let mut status = 0;
-            // SAFETY: waits for our own child; `status` is a valid out pointer.
-            if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } < 0 {
-                break;
-            }
-            if libc::WIFEXITED(status) {
-                let _ = exit_tx.send(ChildExit::Code(libc::WEXITSTATUS(status)));
-                return;
-            }
-            if libc::WIFSIGNALED(status) {
-                let _ = exit_tx.send(ChildExit::Signal(libc::WTERMSIG(status)));
-                return;
-            }
-            if !libc::WIFSTOPPED(status) {
-                continue;
-            }
-            let event = status >> 16;
-            let (request, signal) = if event == libc::PTRACE_EVENT_EXIT {
-                if let Ok(mut modules) = modules.lock() {
-                    modules.refresh(&target);
-                }
-                (libc::PTRACE_CONT, 0)
-            } else if event == libc::PTRACE_EVENT_STOP {
-                // A group stop (SIGSTOP and friends): stay stopped as without a tracer.
-                (libc::PTRACE_LISTEN, 0)
-            } else {
-                (libc::PTRACE_CONT, libc::WSTOPSIG(status))
+    std::thread::Builder::new()
+        .name("leakhound-child".into())
+        .spawn(move || {
+            let pid = target.pid as libc::pid_t;
+            // SAFETY: plain ptrace request on our own child.
+            let seized = unsafe {
+                libc::ptrace(
+                    libc::PTRACE_SEIZE,
+                    pid,
+                    0,
+                    libc::PTRACE_O_TRACEEXIT as libc::c_ulong,
+                )
             };
-            // SAFETY: plain ptrace request on our stopped tracee.
-            unsafe { libc::ptrace(request, pid, 0, signal as libc::c_ulong) };
-        }
-    })?;
-    seized_rx.recv().map_err(|_| io::Error::other("watcher thread ended"))??;
+            let _ = seized_tx.send(if seized == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            });
+            loop {
+                let mut status = 0;
+                // SAFETY: waits for our own child; `status` is a valid out pointer.
+                if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } < 0 {
+                    break;
+                }
+                if libc::WIFEXITED(status) {
+                    let _ = exit_tx.send(ChildExit::Code(libc::WEXITSTATUS(status)));
+                    return;
+                }
+                if libc::WIFSIGNALED(status) {
+                    let _ = exit_tx.send(ChildExit::Signal(libc::WTERMSIG(status)));
+                    return;
+                }
+                if !libc::WIFSTOPPED(status) {
+                    continue;
+                }
+                let event = status >> 16;
+                let (request, signal) = if event == libc::PTRACE_EVENT_EXIT {
+                    if let Ok(mut modules) = modules.lock() {
+                        modules.refresh(&target);
+                    }
+                    (libc::PTRACE_CONT, 0)
+                } else if event == libc::PTRACE_EVENT_STOP {
+                    // A group stop (SIGSTOP and friends): stay stopped as without a tracer.
+                    (libc::PTRACE_LISTEN, 0)
+                } else {
+                    (libc::PTRACE_CONT, libc::WSTOPSIG(status))
+                };
+                // SAFETY: plain ptrace request on our stopped tracee.
+                unsafe { libc::ptrace(request, pid, 0, signal as libc::c_ulong) };
+            }
+        })?;
+    seized_rx
+        .recv()
+        .map_err(|_| io::Error::other("watcher thread ended"))??;
     Ok(exit_rx)
 }

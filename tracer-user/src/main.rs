@@ -10,7 +10,9 @@ use tracer_user::{
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let Cli { command: Command::Record(args) } = Cli::parse();
+    let Cli {
+        command: Command::Record(args),
+    } = Cli::parse();
     let config = args.into_config();
     let outcome = session::record(&config);
 
@@ -28,7 +30,11 @@ fn main() -> ExitCode {
         eprintln!("  hint: {}", error.hint());
         failed = true;
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn write_outputs(config: &RecordConfig, recording: &Recording) -> anyhow::Result<()> {
@@ -37,8 +43,11 @@ fn write_outputs(config: &RecordConfig, recording: &Recording) -> anyhow::Result
         let renderer = output.format.renderer(config.top);
         match &output.path {
             Some(path) => {
-                let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-                renderer.render(recording, &mut file).with_context(|| format!("writing {}", path.display()))?;
+                let mut file =
+                    File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                renderer
+                    .render(recording, &mut file)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 file.flush()?;
             }
             None => {

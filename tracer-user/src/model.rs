@@ -49,7 +49,13 @@ pub struct Frame {
 
 impl Frame {
     pub fn named(name: impl Into<String>) -> Self {
-        Self { name: name.into(), module: None, file: None, line: None, inlined: false }
+        Self {
+            name: name.into(),
+            module: None,
+            file: None,
+            line: None,
+            inlined: false,
+        }
     }
 }
 
@@ -101,13 +107,25 @@ impl Recording {
     }
 
     pub fn live_bytes_of(&self, origin: Origin) -> u64 {
-        self.stacks.iter().filter(|stack| stack.origin == origin).map(|stack| stack.live_bytes).sum()
+        self.stacks
+            .iter()
+            .filter(|stack| stack.origin == origin)
+            .map(|stack| stack.live_bytes)
+            .sum()
     }
 
     /// Stacks that still hold memory, largest first, ties broken by frames for stable output.
     pub fn holding_stacks(&self) -> Vec<&StackRecord> {
-        let mut stacks: Vec<_> = self.stacks.iter().filter(|stack| stack.live_bytes > 0).collect();
-        stacks.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then_with(|| a.frames.cmp_names(&b.frames)));
+        let mut stacks: Vec<_> = self
+            .stacks
+            .iter()
+            .filter(|stack| stack.live_bytes > 0)
+            .collect();
+        stacks.sort_by(|a, b| {
+            b.live_bytes
+                .cmp(&a.live_bytes)
+                .then_with(|| a.frames.cmp_names(&b.frames))
+        });
         stacks
     }
 }
@@ -118,6 +136,8 @@ trait FrameNames {
 
 impl FrameNames for Vec<Frame> {
     fn cmp_names(&self, other: &Self) -> std::cmp::Ordering {
-        self.iter().map(|f| &f.name).cmp(other.iter().map(|f| &f.name))
+        self.iter()
+            .map(|f| &f.name)
+            .cmp(other.iter().map(|f| &f.name))
     }
 }

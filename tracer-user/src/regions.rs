@@ -89,7 +89,13 @@ impl Regions {
             let cut_end = region.end.min(end);
             removed += cut_end - cut_start;
             if s < cut_start {
-                self.by_start.insert(s, Region { end: cut_start, ..region });
+                self.by_start.insert(
+                    s,
+                    Region {
+                        end: cut_start,
+                        ..region
+                    },
+                );
             }
             if cut_end < region.end {
                 self.by_start.insert(cut_end, region);
@@ -104,7 +110,11 @@ mod tests {
     use super::*;
 
     fn held(regions: &Regions, stack: u64) -> Held {
-        regions.held_by_stack().get(&stack).copied().unwrap_or_default()
+        regions
+            .held_by_stack()
+            .get(&stack)
+            .copied()
+            .unwrap_or_default()
     }
 
     #[test]
@@ -112,11 +122,29 @@ mod tests {
         let mut regions = Regions::default();
         regions.map(0x10000, 0x10000, 1);
         assert_eq!(regions.unmap(0x1c000, 0x4000), 0x4000); // tail
-        assert_eq!(held(&regions, 1), Held { bytes: 0xc000, regions: 1 });
+        assert_eq!(
+            held(&regions, 1),
+            Held {
+                bytes: 0xc000,
+                regions: 1
+            }
+        );
         assert_eq!(regions.unmap(0x12000, 0x1000), 0x1000); // middle: splits in two
-        assert_eq!(held(&regions, 1), Held { bytes: 0xb000, regions: 2 });
+        assert_eq!(
+            held(&regions, 1),
+            Held {
+                bytes: 0xb000,
+                regions: 2
+            }
+        );
         assert_eq!(regions.unmap(0x10000, 0x1000), 0x1000); // head
-        assert_eq!(held(&regions, 1), Held { bytes: 0xa000, regions: 2 });
+        assert_eq!(
+            held(&regions, 1),
+            Held {
+                bytes: 0xa000,
+                regions: 2
+            }
+        );
     }
 
     #[test]
@@ -144,7 +172,13 @@ mod tests {
         let mut regions = Regions::default();
         regions.map(0x10000, 0x2000, 7);
         assert!(regions.remap(0x10000, 0x2000, 0x40000, 0x8000));
-        assert_eq!(held(&regions, 7), Held { bytes: 0x8000, regions: 1 });
+        assert_eq!(
+            held(&regions, 7),
+            Held {
+                bytes: 0x8000,
+                regions: 1
+            }
+        );
         assert!(!regions.remap(0x90000, 0x1000, 0xa0000, 0x2000));
         assert_eq!(regions.stack_at(0x47fff), Some(7));
         assert_eq!(regions.stack_at(0x48000), None);

@@ -37,22 +37,43 @@ pub struct Outcome {
 }
 
 pub fn record(config: &RecordConfig) -> Outcome {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
-        Err(err) => return Outcome { recording: None, error: Some(err.into()) },
+        Err(err) => {
+            return Outcome {
+                recording: None,
+                error: Some(err.into()),
+            };
+        }
     };
     runtime.block_on(record_async(config))
 }
 
 async fn record_async(config: &RecordConfig) -> Outcome {
     // Handlers go in first, so a Ctrl-C during attach still ends in an orderly detach.
-    let (mut sigint, mut sigterm) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    let (mut sigint, mut sigterm) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(sigint), Ok(sigterm)) => (sigint, sigterm),
-        (Err(err), _) | (_, Err(err)) => return Outcome { recording: None, error: Some(err.into()) },
+        (Err(err), _) | (_, Err(err)) => {
+            return Outcome {
+                recording: None,
+                error: Some(err.into()),
+            };
+        }
     };
     let mut session = match Session::start(config) {
         Ok(session) => session,
-        Err(error) => return Outcome { recording: None, error: Some(error) },
+        Err(error) => {
+            return Outcome {
+                recording: None,
+                error: Some(error),
+            };
+        }
     };
 
     let started = Instant::now();
@@ -60,7 +81,11 @@ async fn record_async(config: &RecordConfig) -> Outcome {
     let report_every = config.interval;
     let mut last_report = Instant::now();
     // Mappings are reread at least every second, so frames of code loaded later get names.
-    let mut tick = tokio::time::interval(report_every.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)));
+    let mut tick = tokio::time::interval(
+        report_every
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1)),
+    );
     let mut error = None;
 
     let ended_by = loop {
@@ -92,8 +117,14 @@ async fn record_async(config: &RecordConfig) -> Outcome {
     drain_events(session.events.get_mut(), &mut session.mapping);
     let recording = session.finish(started.elapsed(), ended_by);
     match recording {
-        Ok(recording) => Outcome { recording: Some(recording), error },
-        Err(err) => Outcome { recording: None, error: Some(err) },
+        Ok(recording) => Outcome {
+            recording: Some(recording),
+            error,
+        },
+        Err(err) => Outcome {
+            recording: None,
+            error: Some(err),
+        },
     }
 }
 
@@ -160,7 +191,9 @@ impl Session {
         let attached = (|| {
             let points = elf::hook_points(&prepared.library)?;
             if !points.iter().any(|point| point.name == "malloc") {
-                return Err(TracerError::NoLibc { what: prepared.library_display.display().to_string() });
+                return Err(TracerError::NoLibc {
+                    what: prepared.library_display.display().to_string(),
+                });
             }
             let mut probes = Probes::load(pid, config.sizes)?;
             probes.attach_allocator(&prepared.library, &points, pid)?;
@@ -180,11 +213,17 @@ impl Session {
 
         let ring = probes.ebpf.take_map("MAP_EVENTS").ok_or(TracerError::Map {
             map: "MAP_EVENTS",
-            source: aya::maps::MapError::InvalidName { name: "MAP_EVENTS".into() },
+            source: Box::new(aya::maps::MapError::InvalidName {
+                name: "MAP_EVENTS".into(),
+            }),
         })?;
-        let ring = RingBuf::try_from(ring).map_err(|source| TracerError::Map { map: "MAP_EVENTS", source })?;
+        let ring = RingBuf::try_from(ring).map_err(|source| TracerError::Map {
+            map: "MAP_EVENTS",
+            source: Box::new(source),
+        })?;
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
-        let events = unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
+        let events =
+            unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
 
         let modules = Arc::new(Mutex::new(Modules::default()));
         let (exit, launched) = match prepared.child.take() {
@@ -194,10 +233,19 @@ impl Session {
                 (ExitSignal::Launched(exit), Some(pid))
             }
             None => {
-                modules.lock().expect("modules lock").refresh(&prepared.process);
+                modules
+                    .lock()
+                    .expect("modules lock")
+                    .refresh(&prepared.process);
                 let fd = exit_watch::pidfd(pid).map_err(|_| TracerError::ProcessExited { pid })?;
                 // SAFETY: the pidfd is owned here and stays open while registered.
-                (ExitSignal::Attached(unsafe { AsyncFd::register(fd) }.map_err(|err| TracerError::Io(err.into()))?), None)
+                (
+                    ExitSignal::Attached(
+                        unsafe { AsyncFd::register(fd) }
+                            .map_err(|err| TracerError::Io(err.into()))?,
+                    ),
+                    None,
+                )
             }
         };
         eprintln!(
@@ -231,7 +279,10 @@ impl Session {
         let held = self.mapping.regions.held_by_stack();
         let mapped: u64 = held.values().map(|held| held.bytes).sum();
         let counters = reader::counters(&probes.ebpf).unwrap_or_default();
-        let lost = counters.alloc_map_full + counters.stack_failed + counters.events_lost + counters.thread_map_full;
+        let lost = counters.alloc_map_full
+            + counters.stack_failed
+            + counters.events_lost
+            + counters.thread_map_full;
         eprintln!(
             "leakhound: [{:>6.1}s] outstanding {} in {allocations} allocations + {} mapped, {} stacks, lost {lost}",
             started.elapsed().as_secs_f64(),
@@ -274,11 +325,19 @@ impl Session {
                 let ips = stacks.get(&probes.ebpf, *key as u32)?;
                 // Every frame of a user stack taken at a return or a syscall exit is a
                 // return address (the syscall's is where execution resumes).
-                addresses.insert(*key, ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)).collect());
+                addresses.insert(
+                    *key,
+                    ips.iter()
+                        .map(|ip| CodeAddress::ReturnAddress(*ip))
+                        .collect(),
+                );
             }
         }
         if self.launched.is_none() && self.target.is_alive() {
-            self.modules.lock().expect("modules lock").refresh(&self.target);
+            self.modules
+                .lock()
+                .expect("modules lock")
+                .refresh(&self.target);
         }
         drop(probes);
 
@@ -371,7 +430,9 @@ fn drain_events(ring: &mut RingBuf<MapData>, state: &mut MappingState) {
                 }
             }
             Ok(MapEventKind::Remap) => {
-                state.regions.remap(event.old_addr, event.old_len, event.addr, event.len);
+                state
+                    .regions
+                    .remap(event.old_addr, event.old_len, event.addr, event.len);
             }
             Err(_) => state.counters.malformed_events += 1,
         }
@@ -389,7 +450,9 @@ fn parse_event(bytes: &[u8]) -> Option<MapEvent> {
 /// Checks that fail fast with a clear cause, before anything is loaded.
 fn preflight() -> Result<(), TracerError> {
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
-        return Err(TracerError::NoUprobes { missing: "/sys/bus/event_source/devices/uprobe" });
+        return Err(TracerError::NoUprobes {
+            missing: "/sys/bus/event_source/devices/uprobe",
+        });
     }
     if !has_tracing_privileges() {
         return Err(TracerError::PermissionDenied {
@@ -411,9 +474,15 @@ fn has_tracing_privileges() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let Some(effective) = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
-        status.lines().find_map(|line| line.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    }) else {
+    let Some(effective) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+    else {
         return false;
     };
     let has = |cap: u32| effective & (1 << cap) != 0;
@@ -433,9 +502,19 @@ mod tests {
     #[test]
     fn short_records_are_malformed() {
         assert!(parse_event(&[0u8; 8]).is_none());
-        let event = MapEvent { kind: 1, addr: 0x1000, len: 4096, ..MapEvent::default() };
+        let event = MapEvent {
+            kind: 1,
+            addr: 0x1000,
+            len: 4096,
+            ..MapEvent::default()
+        };
         // SAFETY: MapEvent is plain old data; the slice covers exactly one value.
-        let bytes = unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<MapEvent>()) };
-        assert_eq!(parse_event(bytes).map(|e| (e.kind, e.addr, e.len)), Some((1, 0x1000, 4096)));
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<MapEvent>())
+        };
+        assert_eq!(
+            parse_event(bytes).map(|e| (e.kind, e.addr, e.len)),
+            Some((1, 0x1000, 4096))
+        );
     }
 }

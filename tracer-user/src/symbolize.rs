@@ -12,7 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blazesym::symbolize::{Input, Symbolized, Symbolizer, source::{Elf, Source}};
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Source},
+};
 
 use crate::{model::Frame, process::TargetProcess};
 
@@ -62,7 +65,8 @@ impl Modules {
             }
             let Some(path) = mapping.path.clone() else {
                 // Anonymous executable memory is JIT code: a real frame, with no file.
-                self.pseudo.insert(mapping.start, (mapping.end, "[anon]".to_owned()));
+                self.pseudo
+                    .insert(mapping.start, (mapping.end, "[anon]".to_owned()));
                 continue;
             };
             let key = (mapping.inode, path.clone());
@@ -73,7 +77,9 @@ impl Modules {
                     "/proc/{}/map_files/{:x}-{:x}",
                     target.pid, mapping.start, mapping.end
                 ));
-                let file = File::open(&by_range).or_else(|_| File::open(target.in_root(&path))).ok();
+                let file = File::open(&by_range)
+                    .or_else(|_| File::open(target.in_root(&path)))
+                    .ok();
                 if file.is_none() {
                     log::debug!("cannot open {} for symbols", path.display());
                 }
@@ -81,7 +87,11 @@ impl Modules {
             }
             self.by_start.insert(
                 mapping.start,
-                ModuleRange { end: mapping.end, offset: mapping.offset, file_key: key },
+                ModuleRange {
+                    end: mapping.end,
+                    offset: mapping.offset,
+                    file_key: key,
+                },
             );
         }
     }
@@ -112,7 +122,13 @@ pub struct FrameNamer {
 
 impl Default for FrameNamer {
     fn default() -> Self {
-        Self { symbolizer: Symbolizer::builder().enable_inlined_fns(true).enable_code_info(true).build(), names: HashMap::new() }
+        Self {
+            symbolizer: Symbolizer::builder()
+                .enable_inlined_fns(true)
+                .enable_code_info(true)
+                .build(),
+            names: HashMap::new(),
+        }
     }
 }
 
@@ -126,7 +142,10 @@ impl FrameNamer {
             }
             let lookup = addr.lookup_address();
             match modules.file_offset(lookup) {
-                Some((range, offset)) => by_file.entry(&range.file_key).or_default().push((addr, offset)),
+                Some((range, offset)) => by_file
+                    .entry(&range.file_key)
+                    .or_default()
+                    .push((addr, offset)),
                 None => {
                     let name = modules.pseudo_name(lookup).unwrap_or("[unknown]");
                     self.names.insert(addr, vec![Frame::named(name)]);
@@ -136,14 +155,23 @@ impl FrameNamer {
         for (key, addrs) in by_file {
             let display = module_name(&key.1);
             let offsets: Vec<u64> = addrs.iter().map(|(_, offset)| *offset).collect();
-            let symbolized = modules.files.get(key).and_then(Option::as_ref).and_then(|file| {
-                let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
-                self.symbolizer
-                    .symbolize(&source, Input::FileOffset(&offsets))
-                    .map_err(|err| log::debug!("symbolizing {}: {err}", key.1.display()))
-                    .ok()
-                    .map(|syms| syms.into_iter().map(|sym| frames_of(sym, &key.1)).collect::<Vec<_>>())
-            });
+            let symbolized = modules
+                .files
+                .get(key)
+                .and_then(Option::as_ref)
+                .and_then(|file| {
+                    let source =
+                        Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
+                    self.symbolizer
+                        .symbolize(&source, Input::FileOffset(&offsets))
+                        .map_err(|err| log::debug!("symbolizing {}: {err}", key.1.display()))
+                        .ok()
+                        .map(|syms| {
+                            syms.into_iter()
+                                .map(|sym| frames_of(sym, &key.1))
+                                .collect::<Vec<_>>()
+                        })
+                });
             for (i, (addr, offset)) in addrs.iter().enumerate() {
                 let frames = symbolized
                     .as_ref()
@@ -158,37 +186,62 @@ impl FrameNamer {
     /// walk is cut at the first address outside executable memory, which is where a
     /// frame-pointer walk left real frames and read garbage.
     pub fn stack(&self, modules: &Modules, addrs: &[CodeAddress]) -> Vec<Frame> {
-        let real = addrs.iter().position(|addr| !modules.is_code(addr.lookup_address())).unwrap_or(addrs.len());
+        let real = addrs
+            .iter()
+            .position(|addr| !modules.is_code(addr.lookup_address()))
+            .unwrap_or(addrs.len());
         addrs[..real.max(1)]
             .iter()
             .rev()
-            .flat_map(|addr| self.names.get(addr).cloned().unwrap_or_else(|| vec![Frame::named("[unknown]")]))
+            .flat_map(|addr| {
+                self.names
+                    .get(addr)
+                    .cloned()
+                    .unwrap_or_else(|| vec![Frame::named("[unknown]")])
+            })
             .collect()
     }
 }
 
 fn module_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 /// The frames of one symbolized address, outermost first: the function, then the calls that
 /// were inlined into it at that address.
 fn frames_of(symbolized: Symbolized<'_>, path: &Path) -> Option<Vec<Frame>> {
-    let Symbolized::Sym(sym) = symbolized else { return None };
+    let Symbolized::Sym(sym) = symbolized else {
+        return None;
+    };
     let module = Some(module_name(path));
     let location = |info: Option<&blazesym::symbolize::CodeInfo<'_>>| {
-        info.map(|info| (Some(info.file.to_string_lossy().into_owned()), info.line)).unwrap_or((None, None))
+        info.map(|info| (Some(info.file.to_string_lossy().into_owned()), info.line))
+            .unwrap_or((None, None))
     };
     let (file, line) = location(sym.code_info.as_deref());
-    let mut frames =
-        vec![Frame { name: sym.name.into_owned(), module: module.clone(), file, line, inlined: false }];
+    let mut frames = vec![Frame {
+        name: sym.name.into_owned(),
+        module: module.clone(),
+        file,
+        line,
+        inlined: false,
+    }];
     for inlined in sym.inlined.iter() {
         let (file, line) = location(inlined.code_info.as_ref());
         // glibc inlines helpers into functions of the same name; one frame says it all.
         if frames.last().is_some_and(|last| last.name == inlined.name) {
             continue;
         }
-        frames.push(Frame { name: inlined.name.to_string(), module: module.clone(), file, line, inlined: true });
+        frames.push(Frame {
+            name: inlined.name.to_string(),
+            module: module.clone(),
+            file,
+            line,
+            inlined: true,
+        });
     }
     Some(frames)
 }
@@ -200,7 +253,10 @@ mod tests {
     #[test]
     fn return_addresses_are_looked_up_one_byte_back() {
         assert_eq!(CodeAddress::ReturnAddress(0x1000).lookup_address(), 0xfff);
-        assert_eq!(CodeAddress::InstructionPointer(0x1000).lookup_address(), 0x1000);
+        assert_eq!(
+            CodeAddress::InstructionPointer(0x1000).lookup_address(),
+            0x1000
+        );
         assert_eq!(CodeAddress::ReturnAddress(0).lookup_address(), 0);
     }
 }

@@ -35,8 +35,13 @@ fn attach(pid: u32) -> Result<PreparedTarget, TracerError> {
                 return Err(TracerError::StaticBinary { path: exe_path });
             }
         }
-        Err(err) if err.raw_os_error() == Some(libc::EACCES) || err.raw_os_error() == Some(libc::EPERM) => {
-            return Err(TracerError::PermissionDenied { what: format!("cannot read the executable of process {pid}") });
+        Err(err)
+            if err.raw_os_error() == Some(libc::EACCES)
+                || err.raw_os_error() == Some(libc::EPERM) =>
+        {
+            return Err(TracerError::PermissionDenied {
+                what: format!("cannot read the executable of process {pid}"),
+            });
         }
         Err(_) => {
             // Gone between the checks, or a kernel thread: the maps decide below.
@@ -48,19 +53,33 @@ fn attach(pid: u32) -> Result<PreparedTarget, TracerError> {
         .iter()
         .find(|m| {
             m.executable
-                && m.path.as_ref().and_then(|p| p.file_name()).is_some_and(|n| launch::is_libc_name(&n.to_string_lossy()))
+                && m.path
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .is_some_and(|n| launch::is_libc_name(&n.to_string_lossy()))
         })
-        .ok_or_else(|| TracerError::NoLibc { what: format!("process {pid} ({})", exe_path.display()) })?;
+        .ok_or_else(|| TracerError::NoLibc {
+            what: format!("process {pid} ({})", exe_path.display()),
+        })?;
     let display = libc.path.clone().unwrap_or_default();
     // The kernel resolves this path to the very inode the target mapped, even across mount
     // namespaces; map_files also covers a library replaced on disk since it was mapped.
     let library = if libc.deleted {
-        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", libc.start, libc.end))
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            libc.start, libc.end
+        ))
     } else {
         process.in_root(&display)
     };
     let command = process.command_line();
-    Ok(PreparedTarget { process, library, library_display: display, child: None, command })
+    Ok(PreparedTarget {
+        process,
+        library,
+        library_display: display,
+        child: None,
+        command,
+    })
 }
 
 fn spawn(argv: &[std::ffi::OsString]) -> Result<PreparedTarget, TracerError> {
@@ -72,6 +91,16 @@ fn spawn(argv: &[std::ffi::OsString]) -> Result<PreparedTarget, TracerError> {
     let library = launch::libc_of(&program)?;
     let child = launch::GatedChild::spawn(&program, args)?;
     let process = TargetProcess { pid: child.pid() };
-    let command = argv.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>().join(" ");
-    Ok(PreparedTarget { process, library_display: library.clone(), library, child: Some(child), command })
+    let command = argv
+        .iter()
+        .map(|arg| arg.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(PreparedTarget {
+        process,
+        library_display: library.clone(),
+        library,
+        child: Some(child),
+        command,
+    })
 }

@@ -7,7 +7,10 @@ use std::{num::NonZeroU32, path::Path, time::Instant};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope}},
+    programs::{
+        ProgramError, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
 
 use crate::{
@@ -31,7 +34,12 @@ pub struct MapSizes {
 
 impl Default for MapSizes {
     fn default() -> Self {
-        Self { max_allocs: 1 << 20, max_stacks: 1 << 14, max_threads: 1 << 14, event_buffer: 1 << 20 }
+        Self {
+            max_allocs: 1 << 20,
+            max_stacks: 1 << 14,
+            max_threads: 1 << 14,
+            event_buffer: 1 << 20,
+        }
     }
 }
 
@@ -47,7 +55,13 @@ pub struct Probes {
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
-const UPROBE_PROGRAMS: [&str; 5] = ["alloc_enter", "alloc_exit", "free_enter", "map_call_enter", "map_call_exit"];
+const UPROBE_PROGRAMS: [&str; 5] = [
+    "alloc_enter",
+    "alloc_exit",
+    "free_enter",
+    "map_call_enter",
+    "map_call_exit",
+];
 const TRACEPOINTS: [(&str, &str); 6] = [
     ("mmap_enter", "sys_enter_mmap"),
     ("munmap_enter", "sys_enter_munmap"),
@@ -73,38 +87,65 @@ impl Probes {
             .map_max_entries("MAP_EVENTS", sizes.event_buffer);
         let mut ebpf = loader.load(OBJECT).map_err(|err| {
             if TracerError::is_permission(&err) {
-                TracerError::PermissionDenied { what: "the kernel refused to create BPF maps".into() }
+                TracerError::PermissionDenied {
+                    what: "the kernel refused to create BPF maps".into(),
+                }
             } else {
-                TracerError::Load(err)
+                TracerError::Load(Box::new(err))
             }
         })?;
 
         for name in UPROBE_PROGRAMS {
             let program: &mut UProbe = program(&mut ebpf, name)?;
-            program.load().map_err(|source| verifier_error(name, source))?;
+            program
+                .load()
+                .map_err(|source| verifier_error(name, source))?;
         }
         for name in ["mmap_enter", "munmap_enter", "mremap_enter", "mapping_exit"] {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
-            program.load().map_err(|source| verifier_error(name, source))?;
+            program
+                .load()
+                .map_err(|source| verifier_error(name, source))?;
         }
-        Ok(Self { ebpf, uprobes_attached: 0, tracepoints_attached: 0, mapping_unavailable: None, _tracefs: None })
+        Ok(Self {
+            ebpf,
+            uprobes_attached: 0,
+            tracepoints_attached: 0,
+            mapping_unavailable: None,
+            _tracefs: None,
+        })
     }
 
     /// Attaches the allocator hooks in `library` (a path this process can open, such as one
     /// under `/proc/PID/root`) for the process `pid`.
-    pub fn attach_allocator(&mut self, library: &Path, points: &[HookPoint], pid: u32) -> Result<(), TracerError> {
-        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(TracerError::NoSuchProcess { pid })?);
+    pub fn attach_allocator(
+        &mut self,
+        library: &Path,
+        points: &[HookPoint],
+        pid: u32,
+    ) -> Result<(), TracerError> {
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or(TracerError::NoSuchProcess { pid })?,
+        );
         for point in points {
-            let attach = |program: &str, ebpf: &mut Ebpf, cookie: Option<u64>| -> Result<(), TracerError> {
-                let program: &mut UProbe = self::program(ebpf, program)?;
-                let location = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                    cookie,
+            let attach =
+                |program: &str, ebpf: &mut Ebpf, cookie: Option<u64>| -> Result<(), TracerError> {
+                    let program: &mut UProbe = self::program(ebpf, program)?;
+                    let location = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                        cookie,
+                    };
+                    program
+                        .attach(location, library, scope)
+                        .map(drop)
+                        .map_err(|source| {
+                            attach_error(
+                                format!("{} in {}", point.name, library.display()),
+                                source,
+                                pid,
+                            )
+                        })
                 };
-                program.attach(location, library, scope).map(drop).map_err(|source| {
-                    attach_error(format!("{} in {}", point.name, library.display()), source, pid)
-                })
-            };
             match point.hook {
                 Hook::Alloc(kind) => {
                     attach("alloc_enter", &mut self.ebpf, Some(kind as u64))?;
@@ -138,10 +179,13 @@ impl Probes {
         };
         for (name, event) in TRACEPOINTS {
             let program: &mut TracePoint = program(&mut self.ebpf, name)?;
-            program.attach("syscalls", event).map(drop).map_err(|source| TracerError::Attach {
-                what: format!("tracepoint syscalls/{event}"),
-                source,
-            })?;
+            program
+                .attach("syscalls", event)
+                .map(drop)
+                .map_err(|source| TracerError::Attach {
+                    what: format!("tracepoint syscalls/{event}"),
+                    source: Box::new(source),
+                })?;
             self.tracepoints_attached += 1;
         }
         self._tracefs = Some(guard);
@@ -153,41 +197,63 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, TracerErr
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| TracerError::Load(aya::EbpfError::ProgramError(ProgramError::NotLoaded)))?;
-    program.try_into().map_err(|source| TracerError::Attach { what: name.into(), source })
+    let program = ebpf.program_mut(name).ok_or_else(|| {
+        TracerError::Load(Box::new(aya::EbpfError::ProgramError(
+            ProgramError::NotLoaded,
+        )))
+    })?;
+    program.try_into().map_err(|source| TracerError::Attach {
+        what: name.into(),
+        source: Box::new(source),
+    })
 }
 
 fn verifier_error(program: &str, source: ProgramError) -> TracerError {
     if TracerError::is_permission(&source) {
-        return TracerError::PermissionDenied { what: format!("the kernel refused to load program {program}") };
+        return TracerError::PermissionDenied {
+            what: format!("the kernel refused to load program {program}"),
+        };
     }
     let verifier_log = match &source {
         ProgramError::LoadError { verifier_log, .. } => verifier_log.to_string(),
         _ => String::new(),
     };
-    TracerError::Verifier { program: program.into(), source, verifier_log }
+    TracerError::Verifier {
+        program: program.into(),
+        source: Box::new(source),
+        verifier_log,
+    }
 }
 
 fn attach_error(what: String, source: ProgramError, pid: u32) -> TracerError {
     if TracerError::is_permission(&source) {
-        return TracerError::PermissionDenied { what: format!("cannot attach {what}") };
+        return TracerError::PermissionDenied {
+            what: format!("cannot attach {what}"),
+        };
     }
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return TracerError::ProcessExited { pid };
     }
-    TracerError::Attach { what, source }
+    TracerError::Attach {
+        what,
+        source: Box::new(source),
+    }
 }
 
 /// Kernels since 5.11 charge BPF memory to the memory cgroup and ignore RLIMIT_MEMLOCK. On
 /// older ones a low limit makes map creation fail, so raise it when allowed; where it cannot
 /// be raised (a missing capability) the load may still work, so this is never fatal.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -17,18 +17,33 @@ pub fn stack_totals(ebpf: &Ebpf) -> Result<HashMap<u64, StackTotals>, TracerErro
     let map: BpfHashMap<&MapData, u64, StackTotals> = BpfHashMap::try_from(
         ebpf.map("STACK_TOTALS").ok_or(missing("STACK_TOTALS"))?,
     )
-    .map_err(|source| TracerError::Map { map: "STACK_TOTALS", source })?;
+    .map_err(|source| TracerError::Map {
+        map: "STACK_TOTALS",
+        source: Box::new(source),
+    })?;
     map.iter()
-        .map(|entry| entry.map_err(|source| TracerError::Map { map: "STACK_TOTALS", source }))
+        .map(|entry| {
+            entry.map_err(|source| TracerError::Map {
+                map: "STACK_TOTALS",
+                source: Box::new(source),
+            })
+        })
         .collect()
 }
 
 pub fn counters(ebpf: &Ebpf) -> Result<KernelCounters, TracerError> {
-    let map: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(ebpf.map("COUNTERS").ok_or(missing("COUNTERS"))?)
-            .map_err(|source| TracerError::Map { map: "COUNTERS", source })?;
+    let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+        ebpf.map("COUNTERS").ok_or(missing("COUNTERS"))?,
+    )
+    .map_err(|source| TracerError::Map {
+        map: "COUNTERS",
+        source: Box::new(source),
+    })?;
     let read = |index: u32| -> Result<u64, TracerError> {
-        let values = map.get(&index, 0).map_err(|source| TracerError::Map { map: "COUNTERS", source })?;
+        let values = map.get(&index, 0).map_err(|source| TracerError::Map {
+            map: "COUNTERS",
+            source: Box::new(source),
+        })?;
         Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
     };
     Ok(KernelCounters {
@@ -57,10 +72,14 @@ pub struct StackCache {
 impl StackCache {
     /// The user-space return addresses of a stack, innermost first.
     pub fn get(&mut self, ebpf: &Ebpf, id: u32) -> Result<&[u64], TracerError> {
-        if !self.stacks.contains_key(&id) {
-            let map: StackTraceMap<&MapData> =
-                StackTraceMap::try_from(ebpf.map("STACKS").ok_or(missing("STACKS"))?)
-                    .map_err(|source| TracerError::Map { map: "STACKS", source })?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(id) {
+            let map: StackTraceMap<&MapData> = StackTraceMap::try_from(
+                ebpf.map("STACKS").ok_or(missing("STACKS"))?,
+            )
+            .map_err(|source| TracerError::Map {
+                map: "STACKS",
+                source: Box::new(source),
+            })?;
             let frames = match map.get(&id, 0) {
                 Ok(trace) => trace.frames().iter().map(|frame| frame.ip).collect(),
                 Err(source) => {
@@ -68,12 +87,15 @@ impl StackCache {
                     Vec::new()
                 }
             };
-            self.stacks.insert(id, frames);
+            slot.insert(frames);
         }
         Ok(&self.stacks[&id])
     }
 }
 
 fn missing(map: &'static str) -> TracerError {
-    TracerError::Map { map, source: aya::maps::MapError::InvalidName { name: map.into() } }
+    TracerError::Map {
+        map,
+        source: Box::new(aya::maps::MapError::InvalidName { name: map.into() }),
+    }
 }

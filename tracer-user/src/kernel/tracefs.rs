@@ -15,15 +15,26 @@ impl TracefsGuard {
     /// Makes sure tracefs is reachable. Returns an error text when it is not and cannot be.
     pub fn ensure() -> Result<Self, String> {
         if Path::new(TRACEFS).join("events").is_dir() {
-            return Ok(Self { mounted_here: false });
+            return Ok(Self {
+                mounted_here: false,
+            });
         }
         let target = CString::new(TRACEFS).map_err(|err| err.to_string())?;
         // SAFETY: all arguments are valid NUL-terminated strings or null data.
         let rc = unsafe {
-            libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"tracefs".as_ptr(),
+                target.as_ptr(),
+                c"tracefs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
-            return Err(format!("cannot mount tracefs at {TRACEFS}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot mount tracefs at {TRACEFS}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         log::debug!("mounted tracefs at {TRACEFS} for this session");
         Ok(Self { mounted_here: true })

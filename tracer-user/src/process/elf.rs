@@ -61,9 +61,14 @@ pub fn is_dynamic(data: &[u8]) -> Result<bool, object::Error> {
 /// The hook points a library defines, one per distinct address. glibc exports `aligned_alloc`
 /// as an alias of `memalign`; two probes at one address would both fire for one call.
 pub fn hook_points(path: &Path) -> Result<Vec<HookPoint>, TracerError> {
-    let data = fs::read(path).map_err(|source| TracerError::ReadElf { path: path.into(), source: source.into() })?;
-    let file = object::File::parse(&*data)
-        .map_err(|source| TracerError::ReadElf { path: path.into(), source: source.into() })?;
+    let data = fs::read(path).map_err(|source| TracerError::ReadElf {
+        path: path.into(),
+        source: source.into(),
+    })?;
+    let file = object::File::parse(&*data).map_err(|source| TracerError::ReadElf {
+        path: path.into(),
+        source: source.into(),
+    })?;
     let segments: Vec<(u64, u64, u64)> = file
         .segments()
         .map(|segment| {
@@ -82,17 +87,25 @@ pub fn hook_points(path: &Path) -> Result<Vec<HookPoint>, TracerError> {
             continue;
         };
         let vaddr = symbol.address();
-        let Some(&(seg_addr, _, seg_offset)) =
-            segments.iter().find(|(addr, size, _)| (*addr..addr + size).contains(&vaddr))
+        let Some(&(seg_addr, _, seg_offset)) = segments
+            .iter()
+            .find(|(addr, size, _)| (*addr..addr + size).contains(&vaddr))
         else {
             continue;
         };
         by_offset
             .entry(vaddr - seg_addr + seg_offset)
-            .or_insert(HookPoint { name: function, hook, file_offset: 0 });
+            .or_insert(HookPoint {
+                name: function,
+                hook,
+                file_offset: 0,
+            });
     }
     Ok(by_offset
         .into_iter()
-        .map(|(file_offset, point)| HookPoint { file_offset, ..point })
+        .map(|(file_offset, point)| HookPoint {
+            file_offset,
+            ..point
+        })
         .collect())
 }

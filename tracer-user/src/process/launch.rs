@@ -27,9 +27,13 @@ pub struct GatedChild {
 impl GatedChild {
     pub fn spawn(program: &Path, args: &[OsString]) -> Result<Self, TracerError> {
         use std::os::unix::ffi::OsStrExt as _;
-        let launch_error = |source| TracerError::Launch { program: program.to_owned(), source };
+        let launch_error = |source| TracerError::Launch {
+            program: program.to_owned(),
+            source,
+        };
         let c_string = |bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| launch_error(io::Error::from(io::ErrorKind::InvalidInput)))
+            CString::new(bytes)
+                .map_err(|_| launch_error(io::Error::from(io::ErrorKind::InvalidInput)))
         };
         // Everything the child needs is allocated before the fork: after it, the child may only
         // make async-signal-safe calls.
@@ -59,7 +63,11 @@ impl GatedChild {
                     libc::execv(c_program.as_ptr(), argv.as_ptr());
                 }
                 let errno = *libc::__errno_location();
-                libc::write(status_write.as_raw_fd(), (&raw const errno).cast(), size_of::<i32>());
+                libc::write(
+                    status_write.as_raw_fd(),
+                    (&raw const errno).cast(),
+                    size_of::<i32>(),
+                );
                 libc::_exit(127);
             }
         }
@@ -81,7 +89,9 @@ impl GatedChild {
         if let Some(mut gate) = self.gate.take() {
             gate.write_all(&[1])?;
         }
-        let Some(mut status) = self.exec_status.take() else { return Ok(()) };
+        let Some(mut status) = self.exec_status.take() else {
+            return Ok(());
+        };
         let mut errno = [0u8; 4];
         match status.read(&mut errno) {
             Ok(4) => Err(TracerError::Launch {
@@ -138,7 +148,10 @@ fn real_program(program: &Path) -> Result<PathBuf, TracerError> {
     let mut head = [0u8; 256];
     let n = fs::File::open(program)
         .and_then(|mut file| file.read(&mut head))
-        .map_err(|source| TracerError::Launch { program: program.to_owned(), source })?;
+        .map_err(|source| TracerError::Launch {
+            program: program.to_owned(),
+            source,
+        })?;
     let head = &head[..n];
     if let Some(line) = head.strip_prefix(b"#!") {
         let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -154,8 +167,10 @@ fn real_program(program: &Path) -> Result<PathBuf, TracerError> {
 /// which only resolves and never runs the program).
 pub fn libc_of(program: &Path) -> Result<PathBuf, TracerError> {
     let program = real_program(program)?;
-    let data = fs::read(&program)
-        .map_err(|source| TracerError::Launch { program: program.clone(), source })?;
+    let data = fs::read(&program).map_err(|source| TracerError::Launch {
+        program: program.clone(),
+        source,
+    })?;
     let dynamic = elf::is_dynamic(&data).map_err(|source| TracerError::ReadElf {
         path: program.clone(),
         source: source.into(),
@@ -168,9 +183,14 @@ pub fn libc_of(program: &Path) -> Result<PathBuf, TracerError> {
         .arg("--list")
         .arg(&program)
         .output()
-        .map_err(|source| TracerError::Launch { program: interpreter.clone(), source })?;
+        .map_err(|source| TracerError::Launch {
+            program: interpreter.clone(),
+            source,
+        })?;
     let listing = String::from_utf8_lossy(&output.stdout);
-    parse_libc_from_listing(&listing).ok_or(TracerError::NoLibc { what: program.display().to_string() })
+    parse_libc_from_listing(&listing).ok_or(TracerError::NoLibc {
+        what: program.display().to_string(),
+    })
 }
 
 fn interpreter_of(data: &[u8]) -> Option<PathBuf> {
@@ -217,7 +237,10 @@ mod tests {
             parse_libc_from_listing(listing),
             Some(PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"))
         );
-        assert_eq!(parse_libc_from_listing("\tnot a dynamic executable\n"), None);
+        assert_eq!(
+            parse_libc_from_listing("\tnot a dynamic executable\n"),
+            None
+        );
     }
 
     #[test]

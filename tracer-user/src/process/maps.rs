@@ -108,9 +108,15 @@ garbage line
         assert!(maps[1].executable && maps[1].readable);
         assert_eq!(maps[1].offset, 0x1000);
         assert_eq!(maps[2].pseudo.as_deref(), Some("[heap]"));
-        assert_eq!((maps[3].path.as_ref(), maps[3].pseudo.as_ref()), (None, None));
+        assert_eq!(
+            (maps[3].path.as_ref(), maps[3].pseudo.as_ref()),
+            (None, None)
+        );
         assert_eq!(maps[4].file_offset(0x7f1000028010), 0x28010);
-        assert_eq!(maps[5].path.as_deref(), Some("/tmp/dir with space/lib.so".as_ref()));
+        assert_eq!(
+            maps[5].path.as_deref(),
+            Some("/tmp/dir with space/lib.so".as_ref())
+        );
         assert!(maps[5].deleted);
     }
 }

@@ -45,7 +45,10 @@ impl TargetProcess {
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 Err(TracerError::ProcessExited { pid: self.pid })
             }
-            Err(source) => Err(TracerError::ProcRead { pid: self.pid, source }),
+            Err(source) => Err(TracerError::ProcRead {
+                pid: self.pid,
+                source,
+            }),
         }
     }
 

@@ -14,8 +14,16 @@ impl Render for Folded {
         // sort so that the output is deterministic.
         let mut lines: BTreeMap<String, u64> = BTreeMap::new();
         for stack in recording.stacks.iter().filter(|stack| stack.live_bytes > 0) {
-            let names: Vec<String> = stack.frames.iter().map(|frame| sanitize(&frame.name)).collect();
-            let key = if names.is_empty() { "[no frames]".to_owned() } else { names.join(";") };
+            let names: Vec<String> = stack
+                .frames
+                .iter()
+                .map(|frame| sanitize(&frame.name))
+                .collect();
+            let key = if names.is_empty() {
+                "[no frames]".to_owned()
+            } else {
+                names.join(";")
+            };
             *lines.entry(key).or_default() += stack.live_bytes;
         }
         for (stack, bytes) in lines {
@@ -59,6 +67,9 @@ mod tests {
         };
         let mut out = Vec::new();
         Folded.render(&recording, &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "main;a:b 5\nmain;leak 128\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "main;a:b 5\nmain;leak 128\n"
+        );
     }
 }

@@ -50,7 +50,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]
@@ -59,8 +63,14 @@ mod tests {
 
     #[test]
     fn formats_from_extensions() {
-        assert_eq!(Format::from_path(Path::new("a/b.folded")), Some(Format::Folded));
-        assert_eq!(Format::from_path(Path::new("report.txt")), Some(Format::Text));
+        assert_eq!(
+            Format::from_path(Path::new("a/b.folded")),
+            Some(Format::Folded)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("report.txt")),
+            Some(Format::Text)
+        );
         assert_eq!(Format::from_path(Path::new("report")), None);
     }
 

@@ -13,7 +13,11 @@ pub struct Text {
 impl Render for Text {
     fn render(&self, rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
         writeln!(out, "leakhound report: pid {} ({})", rec.pid, rec.command)?;
-        writeln!(out, "traced for {:.1} s; ended by {}", rec.duration_secs, rec.ended_by)?;
+        writeln!(
+            out,
+            "traced for {:.1} s; ended by {}",
+            rec.duration_secs, rec.ended_by
+        )?;
         writeln!(out)?;
         let holding = rec.holding_stacks();
         writeln!(
@@ -43,7 +47,11 @@ impl Render for Text {
             writeln!(out, "No stack holds memory.")?;
             return Ok(());
         }
-        writeln!(out, "Top {} stacks by outstanding bytes:", self.top.min(holding.len()))?;
+        writeln!(
+            out,
+            "Top {} stacks by outstanding bytes:",
+            self.top.min(holding.len())
+        )?;
         for (rank, stack) in holding.iter().take(self.top).enumerate() {
             let origin = match stack.origin {
                 Origin::Malloc => "malloc",
@@ -62,7 +70,11 @@ impl Render for Text {
                 let location = match (&frame.file, frame.line) {
                     (Some(file), Some(line)) => format!(" at {file}:{line}"),
                     (Some(file), None) => format!(" at {file}"),
-                    _ => frame.module.as_ref().map(|m| format!(" in {m}")).unwrap_or_default(),
+                    _ => frame
+                        .module
+                        .as_ref()
+                        .map(|m| format!(" in {m}"))
+                        .unwrap_or_default(),
                 };
                 let inlined = if frame.inlined { " (inlined)" } else { "" };
                 writeln!(out, "    {}{inlined}{location}", frame.name)?;
@@ -82,13 +94,28 @@ fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
                 human_bytes(c.alloc_map_full_bytes)
             ),
         ),
-        (c.stack_failed, "stacks not stored, counted under [lost stack] (raise --max-stacks)".into()),
-        (c.events_lost, "mapping events lost, event buffer full".into()),
-        (c.totals_map_full, "allocations without a stack total".into()),
+        (
+            c.stack_failed,
+            "stacks not stored, counted under [lost stack] (raise --max-stacks)".into(),
+        ),
+        (
+            c.events_lost,
+            "mapping events lost, event buffer full".into(),
+        ),
+        (
+            c.totals_map_full,
+            "allocations without a stack total".into(),
+        ),
         (c.thread_map_full, "calls missed, thread map full".into()),
-        (c.return_without_entry, "returns without an entry (calls in flight at attach)".into()),
+        (
+            c.return_without_entry,
+            "returns without an entry (calls in flight at attach)".into(),
+        ),
         (c.stale_entry, "calls that never returned".into()),
-        (rec.mapping.malformed_events, "malformed mapping events".into()),
+        (
+            rec.mapping.malformed_events,
+            "malformed mapping events".into(),
+        ),
     ];
     let mut any = false;
     for (count, what) in losses.iter().filter(|(count, _)| *count > 0) {
