@@ -44,7 +44,7 @@ pub struct RecordArgs {
     #[arg(short, long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
     /// Write the report here; repeat for several files. The extension picks the format
-    /// (.folded, .txt); other names use --format. Without it the report goes to stdout.
+    /// (.folded, .txt, .svg); other names use --format. Without it the report goes to stdout.
     #[arg(short, long = "output", value_name = "FILE")]
     pub outputs: Vec<PathBuf>,
     /// Format for stdout and for files whose extension does not say.

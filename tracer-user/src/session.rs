@@ -79,7 +79,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
     let started = Instant::now();
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
     let report_every = config.interval;
-    let mut last_report = Instant::now();
+    let mut next_report = report_every.map(|every| started + every);
     // Mappings are reread at least every second, so frames of code loaded later get names.
     let mut tick = tokio::time::interval(
         report_every
@@ -104,11 +104,9 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             exit = session.exit.wait() => break format!("the target exiting ({exit})"),
             () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
             _ = tick.tick() => {
-                if session.launched.is_none() {
-                    session.modules.lock().expect("modules lock").refresh(&session.target);
-                }
-                if let Some(every) = report_every && last_report.elapsed() >= every {
-                    last_report = Instant::now();
+                session.modules.lock().expect("modules lock").refresh(&session.target);
+                if let Some(every) = report_every && next_report.is_some_and(|due| Instant::now() >= due) {
+                    next_report = Some(started + every * (started.elapsed().as_secs_f64() / every.as_secs_f64()).floor().max(1.0) as u32 + every);
                     session.print_progress(started);
                 }
             }
@@ -333,7 +331,7 @@ impl Session {
                 );
             }
         }
-        if self.launched.is_none() && self.target.is_alive() {
+        if self.target.is_alive() {
             self.modules
                 .lock()
                 .expect("modules lock")

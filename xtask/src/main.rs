@@ -1,1 +1,114 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | demo | test`.
+//!
+//! Each task runs the set-up first (idempotent, quick when already done), so every task works
+//! on a fresh machine as root.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <setup|demo|test>
+  setup  install the toolchain, bpf-linker and the Debian packages the tests use
+  demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
+  test   the whole suite: fmt, clippy, unit tests and the integration tests (as root)";
+
+fn main() -> Result<()> {
+    let task = env::args().nth(1).unwrap_or_default();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match task.as_str() {
+        "setup" => setup(&root),
+        "demo" => demo(&root),
+        "test" => test(&root),
+        _ => {
+            eprintln!("{USAGE}");
+            bail!("unknown task '{task}'")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    eprintln!("xtask: {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn setup(root: &Path) -> Result<()> {
+    run(Command::new("bash").arg(root.join("scripts/setup.sh")))
+}
+
+fn build_leakhound(root: &Path) -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "--package", "tracer-user"]))?;
+    Ok(root.join("target/release/leakhound"))
+}
+
+fn demo(root: &Path) -> Result<()> {
+    setup(root)?;
+    let leakhound = build_leakhound(root)?;
+    let out = root.join("leakhound-out");
+    std::fs::create_dir_all(&out)?;
+    let target = out.join("leaky_service");
+    // Frame pointers in the demo's own code give whole application stacks; glibc keeps none,
+    // so frames inside libc stop at the direct caller (see README, "Stacks").
+    run(Command::new("cc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&target)
+        .arg(root.join("demo/leaky_service.c")))?;
+    run(Command::new(&leakhound)
+        .args(["record", "--duration", "8s", "--interval", "2s"])
+        .arg("-o")
+        .arg(out.join("report.txt"))
+        .arg("-o")
+        .arg(out.join("leaks.folded"))
+        .arg("-o")
+        .arg(out.join("flame.svg"))
+        .arg("--")
+        .arg(&target))?;
+    let report = std::fs::read_to_string(out.join("report.txt"))?;
+    println!("{}", report.lines().take(40).collect::<Vec<_>>().join("\n"));
+    println!(
+        "\nwritten: {0}/report.txt {0}/leaks.folded {0}/flame.svg",
+        out.display()
+    );
+    Ok(())
+}
+
+fn test(root: &Path) -> Result<()> {
+    setup(root)?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    let leakhound = build_leakhound(root)?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The integration tests run the real binary against real processes; they serialize
+    // themselves, since they check that no probe outlives a run.
+    run(cargo()
+        .args(["test", "--workspace", "--release"])
+        .env("LEAKHOUND_BIN", &leakhound))
+}

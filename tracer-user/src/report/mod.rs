@@ -2,11 +2,13 @@
 //! a type.
 
 mod folded;
+mod svg;
 mod text;
 
 use std::{io, path::Path};
 
 pub use folded::Folded;
+pub use svg::Svg;
 pub use text::Text;
 
 use crate::model::Recording;
@@ -21,6 +23,8 @@ pub enum Format {
     Folded,
     /// A report for people: totals, losses and the top stacks.
     Text,
+    /// A flame graph of outstanding bytes (inferno, memory palette).
+    Svg,
 }
 
 impl Format {
@@ -29,6 +33,7 @@ impl Format {
         match path.extension()?.to_str()? {
             "folded" => Some(Self::Folded),
             "txt" | "text" => Some(Self::Text),
+            "svg" => Some(Self::Svg),
             _ => None,
         }
     }
@@ -37,6 +42,7 @@ impl Format {
         match self {
             Self::Folded => Box::new(Folded),
             Self::Text => Box::new(Text { top }),
+            Self::Svg => Box::new(Svg),
         }
     }
 }

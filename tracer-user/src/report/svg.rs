@@ -1,0 +1,40 @@
+//! An SVG flame graph of outstanding bytes, drawn by inferno from the folded lines.
+
+use std::io;
+
+use inferno::flamegraph::{
+    self, Options,
+    color::{BasicPalette, Palette},
+};
+
+use super::{Folded, Render, human_bytes};
+use crate::model::Recording;
+
+pub struct Svg;
+
+impl Render for Svg {
+    fn render(&self, recording: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
+        let mut folded = Vec::new();
+        Folded.render(recording, &mut folded)?;
+        let folded = String::from_utf8_lossy(&folded);
+        let mut options = Options::default();
+        options.colors = Palette::Basic(BasicPalette::Mem);
+        options.count_name = "bytes".to_owned();
+        options.title = "Outstanding native memory by call stack".to_owned();
+        options.subtitle = Some(format!(
+            "pid {} ({}): {} still held after {:.1} s of tracing",
+            recording.pid,
+            recording.command,
+            human_bytes(recording.live_bytes()),
+            recording.duration_secs
+        ));
+        if folded.trim().is_empty() {
+            // inferno refuses empty input; an empty graph still says that nothing is held.
+            return writeln!(
+                out,
+                r#"<svg xmlns="http://www.w3.org/2000/svg" width="600" height="40"><text x="10" y="25">No stack holds memory.</text></svg>"#
+            );
+        }
+        flamegraph::from_lines(&mut options, folded.lines(), out).map_err(io::Error::other)
+    }
+}
