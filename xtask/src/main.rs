@@ -20,6 +20,17 @@ fn main() -> Result<()> {
     let task = env::args().nth(1).unwrap_or_default();
     let root = workspace_root();
     env::set_current_dir(&root)?;
+    // setup.sh installs bpf-linker under CARGO_HOME/bin; the nested eBPF build must find it
+    // even where that directory is not on the caller's PATH.
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    if let Some(bin) = cargo_home.map(|home| home.join("bin")) {
+        let path = env::var_os("PATH").unwrap_or_default();
+        let joined = env::join_paths(std::iter::once(bin).chain(env::split_paths(&path)))?;
+        // SAFETY: single-threaded at this point; nothing else reads the environment yet.
+        unsafe { env::set_var("PATH", joined) };
+    }
     match task.as_str() {
         "setup" => setup(&root),
         "demo" => demo(&root),

@@ -1,0 +1,163 @@
+//! Building the C ground-truth targets, and driving one through the protocol of truth.h.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use crate::paths;
+use crate::process::{Proc, TIMEOUT};
+use crate::report::{Truth, TruthLine, parse_truth_line};
+
+/// Flags from the brief: -O2 without frame pointers is how the tracer meets real code, and
+/// -g gives the symbolizer the function names.
+const CFLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-fomit-frame-pointer",
+    "-pthread",
+    "-Wall",
+    "-Wextra",
+];
+
+/// The dynamically linked target with one function per hooked allocation call.
+pub fn alloc_family() -> PathBuf {
+    build("alloc_family", false)
+}
+
+/// A trivial target linked with -static: there is no libc.so in it to probe.
+pub fn static_target() -> PathBuf {
+    build("static_target", true)
+}
+
+/// Compiles `targets/<name>.c` unless the binary is newer than its sources.
+fn build(name: &str, static_link: bool) -> PathBuf {
+    // Tests in one binary run on parallel threads; one compiler at a time is plenty.
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+
+    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
+    let source = src_dir.join(format!("{name}.c"));
+    let header = src_dir.join("truth.h");
+    let out_dir = paths::target_dir().join("leakhound-targets");
+    let output = out_dir.join(name);
+    if newer_than(&output, &[&source, &header]) {
+        return output;
+    }
+    std::fs::create_dir_all(&out_dir)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
+    // Built under a temporary name and renamed, so a concurrent `cargo test` never runs half a file.
+    let partial = out_dir.join(format!("{name}.partial.{}", std::process::id()));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let mut cmd = Command::new(&cc);
+    cmd.args(CFLAGS);
+    if static_link {
+        cmd.arg("-static");
+    }
+    cmd.arg("-o").arg(&partial).arg(&source);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cc} (install gcc): {e}"));
+    let diagnostics = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{diagnostics}",
+        out.status
+    );
+    if !diagnostics.trim().is_empty() {
+        eprintln!("{cc} warnings for {name}.c:\n{diagnostics}");
+    }
+    std::fs::rename(&partial, &output)
+        .unwrap_or_else(|e| panic!("renaming to {}: {e}", output.display()));
+    output
+}
+
+fn newer_than(output: &Path, sources: &[&Path]) -> bool {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = mtime(output) else {
+        return false;
+    };
+    sources
+        .iter()
+        .all(|s| mtime(s).unwrap_or(SystemTime::UNIX_EPOCH) <= built)
+}
+
+/// A running target that has printed `ready <pid>` and waits for "go".
+pub struct Target {
+    pub proc: Proc,
+}
+
+impl Target {
+    pub fn start(exe: &Path, args: &[&str]) -> Self {
+        let name = exe
+            .file_name()
+            .map_or_else(|| "target".to_owned(), |n| n.to_string_lossy().into_owned());
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        let proc = Proc::spawn(cmd, &name, true);
+        let deadline = Instant::now() + TIMEOUT;
+        let line = proc
+            .stdout
+            .next(deadline, "`ready <pid>`")
+            .unwrap_or_else(|| panic!("{name} closed stdout before `ready`"));
+        let expected = format!("ready {}", proc.pid());
+        assert_eq!(line.trim_end(), expected, "{name}'s first line");
+        Target { proc }
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.proc.pid()
+    }
+
+    /// Lets the target allocate.
+    pub fn go(&mut self) {
+        self.proc.write_line("go");
+    }
+
+    pub fn read_truth(&self) -> Truth {
+        read_truth(&self.proc.stdout, self.proc.name())
+    }
+
+    /// Ends a target that waits after `done` and checks that it exits cleanly; a probe left
+    /// behind in it (a uretprobe's trampoline, say) tends to show up here as a crash.
+    pub fn release(&mut self) {
+        if let Some(status) = self.proc.try_status() {
+            panic!(
+                "{} ended ({status}) before it was released",
+                self.proc.name()
+            );
+        }
+        self.proc.write_line("");
+        let status = self.proc.wait_exit(TIMEOUT);
+        assert!(
+            status.success(),
+            "{} exited with {status} after tracing",
+            self.proc.name()
+        );
+    }
+}
+
+/// Reads `truth` lines until `done`, skipping other lines (`ready`, ...).
+pub fn read_truth(lines: &crate::process::Lines, name: &str) -> Truth {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut truth = Truth::new();
+    loop {
+        let line = lines
+            .next(deadline, "truth lines and `done`")
+            .unwrap_or_else(|| panic!("{name}'s output ended before `done`; got {truth:?}"));
+        match parse_truth_line(&line).unwrap_or_else(|e| panic!("{name}: {e}")) {
+            TruthLine::Truth { function, bytes } => {
+                truth.insert(function, bytes);
+            }
+            TruthLine::Done => break,
+            TruthLine::Other => {}
+        }
+    }
+    assert!(
+        !truth.is_empty(),
+        "{name} printed `done` without any truth line"
+    );
+    truth
+}

@@ -1,0 +1,121 @@
+//! Refusals: a non-zero exit, a `leakhound: error:` line with a cause a user understands, and
+//! a `  hint: ` line. The keywords asserted here are part of the contract with tracer-user.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use tests::process::{Proc, TIMEOUT};
+use tests::targets::{self, Target};
+use tests::{Run, arg, leakhound_bin, require_root, serial};
+
+/// A pid that no process has: counting down from the top of the pid space.
+fn unused_pid() -> libc::pid_t {
+    let max: libc::pid_t = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    (2..max)
+        .rev()
+        .find(|&pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .expect("a free pid")
+}
+
+#[test]
+fn nonexistent_pid() {
+    require_root!("nonexistent_pid");
+    let _serial = serial();
+    let pid = unused_pid().to_string();
+    Run::start(&["record", "--pid", &pid])
+        .finish()
+        .assert_error("no process");
+}
+
+/// A zombie: exited but not yet reaped, so /proc/PID is still there.
+#[test]
+fn exited_pid() {
+    require_root!("exited_pid");
+    let _serial = serial();
+    let zombie = Proc::spawn(Command::new("true"), "true", true);
+    assert!(zombie.wait_exited_unreaped(TIMEOUT), "`true` did not exit");
+    let pid = zombie.pid().to_string();
+    Run::start(&["record", "--pid", &pid])
+        .finish()
+        .assert_error("exited");
+    drop(zombie);
+}
+
+/// Without root (and without CAP_BPF) the hint says which capabilities are needed.
+#[test]
+fn not_root() {
+    require_root!("not_root");
+    let _serial = serial();
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipped: not_root needs setpriv (util-linux)");
+        return;
+    }
+    // Copies in a world-readable directory, so that uid 65534 can run them wherever the
+    // workspace lives.
+    let dir = std::env::temp_dir().join(format!("leakhound-not-root-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = |from: &Path| {
+        let to = dir.join(from.file_name().expect("file name"));
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+        to
+    };
+    let bin = copy(&leakhound_bin());
+    let exe = copy(&targets::alloc_family());
+    for p in [&dir, &bin, &exe] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .current_dir(&dir);
+    // The target waits for "go" on the stdin it shares with leakhound; if leakhound started
+    // it before failing, closing that stdin when leakhound is done makes it exit.
+    let outcome = Run::start_with(cmd, &["record", "--", arg(&exe)]).finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome.assert_hint_mentions("CAP_BPF");
+}
+
+#[test]
+fn static_binary_attach() {
+    require_root!("static_binary_attach");
+    let _serial = serial();
+    let target = Target::start(&targets::static_target(), &[]);
+    let pid = target.pid().to_string();
+    Run::start(&["record", "--pid", &pid])
+        .finish()
+        .assert_error("statically linked");
+    // Dropping the target closes its stdin: it leaves without allocating.
+}
+
+#[test]
+fn static_binary_launch() {
+    require_root!("static_binary_launch");
+    let _serial = serial();
+    let exe = targets::static_target();
+    Run::start(&["record", "--", arg(&exe), "--now", "--exit"])
+        .finish()
+        .assert_error("statically linked");
+}
+
+/// Usage errors need no root: they must be refused before anything is traced.
+#[test]
+fn pid_and_command_conflict() {
+    let _serial = serial();
+    Run::start(&["record", "--pid", "1", "--", "/bin/true"])
+        .finish()
+        .assert_failed();
+}
+
+#[test]
+fn malformed_duration() {
+    let _serial = serial();
+    Run::start(&["record", "--duration", "abc", "--", "/bin/true"])
+        .finish()
+        .assert_failed();
+}
