@@ -6,18 +6,26 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, bpf_pidns_info},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_ns_current_pid_tgid},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
 use tracer_common::{AllocInfo, LOST_STACK, MapArgs, StackTotals, ThreadState, counter};
 
-/// The traced process (its tgid as the root PID namespace sees it). uprobes are already scoped
-/// to its memory, but syscall tracepoints fire for every process.
+/// The traced process, as leakhound's own PID namespace sees it. uprobes are already scoped to
+/// its memory, but syscall tracepoints fire for every process.
 #[unsafe(no_mangle)]
 static TARGET_TGID: Global<u32> = Global::new(0);
+
+/// Leakhound's PID namespace (device and inode of /proc/self/ns/pid), set when that is not the
+/// initial namespace, as in a debug pod that shares the target's PID namespace: the PID the
+/// user gave is then not the one `bpf_get_current_pid_tgid` reports.
+#[unsafe(no_mangle)]
+static PIDNS_DEV: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static PIDNS_INO: Global<u64> = Global::new(0);
 
 #[map]
 pub static THREADS: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(16384, 0);
@@ -48,8 +56,29 @@ pub static MAP_ARGS: HashMap<u64, MapArgs> = HashMap::with_max_entries(16384, 0)
 /// The calling thread's `pid_tgid`, or `None` when it belongs to another process.
 #[inline(always)]
 pub fn target_thread() -> Option<u64> {
+    // Root-namespace ids: unique, so they also key per-thread state.
     let pid_tgid = bpf_get_current_pid_tgid();
-    ((pid_tgid >> 32) as u32 == TARGET_TGID.load()).then_some(pid_tgid)
+    let ino = PIDNS_INO.load();
+    let tgid = if ino == 0 {
+        (pid_tgid >> 32) as u32
+    } else {
+        let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
+        // SAFETY: `ids` is a valid, writable bpf_pidns_info of the size passed.
+        let rc = unsafe {
+            bpf_get_ns_current_pid_tgid(
+                PIDNS_DEV.load(),
+                ino,
+                &raw mut ids,
+                size_of::<bpf_pidns_info>() as u32,
+            )
+        };
+        if rc != 0 {
+            // The task is not visible in leakhound's namespace, so it is not the target.
+            return None;
+        }
+        ids.tgid
+    };
+    (tgid == TARGET_TGID.load()).then_some(pid_tgid)
 }
 
 #[inline(always)]

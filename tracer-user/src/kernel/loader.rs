@@ -75,9 +75,12 @@ impl Probes {
     /// Loads every program for the process `tgid` (as the root PID namespace sees it).
     pub fn load(tgid: u32, sizes: MapSizes) -> Result<Self, TracerError> {
         raise_memlock_limit();
+        let (pidns_dev, pidns_ino) = own_pid_namespace();
         let mut loader = EbpfLoader::new();
         loader
             .override_global("TARGET_TGID", &tgid, true)
+            .override_global("PIDNS_DEV", &pidns_dev, true)
+            .override_global("PIDNS_INO", &pidns_ino, true)
             .map_max_entries("ALLOCS", sizes.max_allocs)
             .map_max_entries("STACKS", sizes.max_stacks)
             // One more than the stack ids, for LOST_STACK: this map must never fill.
@@ -238,6 +241,30 @@ fn attach_error(what: String, source: ProgramError, pid: u32) -> TracerError {
         what,
         source: Box::new(source),
     }
+}
+
+/// The inode number of the initial PID namespace (PROC_PID_INIT_INO in the kernel).
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// Leakhound's own PID namespace as the kernel's `bpf_get_ns_current_pid_tgid` wants it
+/// (a kernel-encoded device number and an inode), or zeros in the initial namespace, where
+/// the plain tgid is already the right one and the cheaper check is used.
+fn own_pid_namespace() -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata("/proc/self/ns/pid") else {
+        return (0, 0);
+    };
+    if meta.ino() == INITIAL_PID_NAMESPACE {
+        return (0, 0);
+    }
+    // The kernel compares against its internal dev_t: major << 20 | minor.
+    let dev = meta.dev();
+    let kernel_dev = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
+    log::debug!(
+        "in a non-initial PID namespace (inode {}); filtering by it",
+        meta.ino()
+    );
+    (kernel_dev, meta.ino())
 }
 
 /// Kernels since 5.11 charge BPF memory to the memory cgroup and ignore RLIMIT_MEMLOCK. On
