@@ -7,7 +7,7 @@ use std::process::Command;
 
 use tests::process::{Proc, TIMEOUT};
 use tests::targets::{self, Target};
-use tests::{Run, arg, leakhound_bin, require_root, serial};
+use tests::{Run, arg, leakhound_bin, probes, require_root, serial};
 
 /// A pid that no process has: counting down from the top of the pid space.
 fn unused_pid() -> libc::pid_t {
@@ -118,4 +118,43 @@ fn malformed_duration() {
     Run::start(&["record", "--duration", "abc", "--", "/bin/true"])
         .finish()
         .assert_failed();
+}
+
+/// An attach that fails half-way (injected after 6 probes) must detach what it had attached,
+/// and a launched command must never run.
+#[test]
+fn failed_attach_leaves_nothing_behind() {
+    require_root!("failed_attach_leaves_nothing_behind");
+    let _serial = serial();
+    let mut target = Target::start(&targets::alloc_family(), &[]);
+    let pid = target.pid().to_string();
+    let mut cmd = Command::new(tests::leakhound_bin());
+    cmd.env("LEAKHOUND_TEST_FAIL_ATTACH_AFTER", "6");
+    let outcome = Run::start_with(cmd, &["record", "--pid", &pid]).finish();
+    outcome.assert_error("injected failure");
+    probes::assert_clean("after a failed attach by pid");
+    target.go();
+    let _ = target.read_truth();
+    target.release();
+
+    let mut cmd = Command::new(tests::leakhound_bin());
+    cmd.env("LEAKHOUND_TEST_FAIL_ATTACH_AFTER", "6");
+    let outcome = Run::start_with(
+        cmd,
+        &[
+            "record",
+            "--",
+            arg(&targets::alloc_family()),
+            "--now",
+            "--exit",
+        ],
+    )
+    .finish();
+    outcome.assert_error("injected failure");
+    assert!(
+        !outcome.stdout.iter().any(|line| line.starts_with("ready")),
+        "the launched command ran although the attach failed: {:?}",
+        outcome.stdout
+    );
+    probes::assert_clean("after a failed attach in launch mode");
 }

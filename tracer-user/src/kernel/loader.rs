@@ -130,7 +130,18 @@ impl Probes {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or(TracerError::NoSuchProcess { pid })?,
         );
+        // Fault injection for the tests: fail once this many probes are attached, to check
+        // that a failed attach leaves nothing behind. Unset in normal use.
+        let fail_after: Option<usize> = std::env::var("LEAKHOUND_TEST_FAIL_ATTACH_AFTER")
+            .ok()
+            .and_then(|n| n.parse().ok());
         for point in points {
+            if fail_after.is_some_and(|n| self.uprobes_attached >= n) {
+                return Err(TracerError::Attach {
+                    what: format!("{} in {} (injected failure)", point.name, library.display()),
+                    source: Box::new(ProgramError::NotAttached),
+                });
+            }
             let attach =
                 |program: &str, ebpf: &mut Ebpf, cookie: Option<u64>| -> Result<(), TracerError> {
                     let program: &mut UProbe = self::program(ebpf, program)?;
