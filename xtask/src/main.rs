@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test`.
+//! Project tasks: `cargo xtask setup | demo | test | bench`.
 //!
 //! Each task runs the set-up first (idempotent, quick when already done), so every task works
 //! on a fresh machine as root.
@@ -11,10 +11,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <setup|demo|test>
+mod bench;
+
+const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench>
   setup  install the toolchain, bpf-linker and the Debian packages the tests use
   demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
-  test   the whole suite: fmt, clippy, unit tests and the integration tests (as root)";
+  test   the whole suite: fmt, clippy, unit tests and the integration tests (as root)
+  bench  overhead per malloc+free against the trap floor, bpftrace and heaptrack, and
+         leakhound's own costs with a million live blocks (as root; prints a table)";
 
 fn main() -> Result<()> {
     let task = env::args().nth(1).unwrap_or_default();
@@ -35,6 +39,10 @@ fn main() -> Result<()> {
         "setup" => setup(&root),
         "demo" => demo(&root),
         "test" => test(&root),
+        "bench" => {
+            setup(&root)?;
+            bench::run(&root, &build_leakhound(&root)?)
+        }
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown task '{task}'")

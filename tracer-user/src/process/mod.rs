@@ -4,6 +4,7 @@
 pub mod elf;
 pub mod launch;
 pub mod maps;
+pub mod probe_offset;
 
 use std::{
     fs,
