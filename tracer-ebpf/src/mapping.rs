@@ -24,6 +24,7 @@ use crate::state::{MAP_ARGS, MAP_EVENTS, count, inside_allocator, stack_key, tar
 const ARG0: usize = 16;
 const RET: usize = 16;
 const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_NONE: u64 = 0;
 
 #[uprobe]
 pub fn map_call_enter(ctx: ProbeContext) -> u32 {
@@ -63,17 +64,22 @@ pub fn mapping_exit(ctx: TracePointContext) -> u32 {
 
 /// The arguments of a mapping call, given its first four arguments in order (mmap's are
 /// addr, len, prot, flags; munmap's addr, len; mremap's old_addr, old_len, new_len). `None`
-/// for a mapping that is not anonymous.
+/// for a mapping that is not counted.
 fn args_of(kind: MapEventKind, args: [u64; 4], from_wrapper: u32) -> Option<MapArgs> {
     let kind_tag = kind as u32;
     match kind {
-        MapEventKind::Map => (args[3] & MAP_ANONYMOUS != 0).then_some(MapArgs {
-            kind: kind_tag,
-            from_wrapper,
-            addr: 0,
-            len: args[1],
-            new_len: 0,
-        }),
+        // Only anonymous mappings that are accessible when made count. A PROT_NONE mapping
+        // reserves address space, not memory: glibc reserves each thread arena that way (also
+        // from inside free, which has no return probe), and the JVM and Go reserve heaps so.
+        MapEventKind::Map => {
+            (args[3] & MAP_ANONYMOUS != 0 && args[2] != PROT_NONE).then_some(MapArgs {
+                kind: kind_tag,
+                from_wrapper,
+                addr: 0,
+                len: args[1],
+                new_len: 0,
+            })
+        }
         MapEventKind::Unmap => Some(MapArgs {
             kind: kind_tag,
             from_wrapper,
