@@ -4,6 +4,24 @@
 //! decodes them with `TryFrom`, so a value the kernel wrote can never be an invalid enum.
 #![no_std]
 
+/// Frames kept per stack: perf's default maximum.
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// One user stack, innermost frame first, stored in the kernel under a 64-bit hash of its
+/// frames. Hashing the frames that were really walked (rather than using the kernel's stack
+/// map, which keeps one stack per hash bucket and drops the next one that lands there) makes a
+/// stack's key depend on nothing but the stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackFrames {
+    /// How many entries of `ips` are frames.
+    pub len: u32,
+    /// 1 when the walk stopped at [`MAX_STACK_DEPTH`] with frames left.
+    pub truncated: u32,
+    /// Return addresses (the first is where execution resumes in the innermost frame).
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
 /// Stack key recorded when the kernel could not store a stack (its stack map was full, or the
 /// walk failed). The bytes still count, under a visible `[lost stack]` frame.
 pub const LOST_STACK: u64 = u64::MAX;
@@ -165,7 +183,8 @@ pub mod counter {
     pub const ALLOC_MAP_FULL: u32 = 2;
     /// Bytes of those allocations.
     pub const ALLOC_MAP_FULL_BYTES: u32 = 3;
-    /// Stacks that could not be stored (the bytes count under `[lost stack]`).
+    /// Stacks that could not be stored, the stack map being full (the bytes count under
+    /// `[lost stack]`).
     pub const STACK_FAILED: u32 = 4;
     /// Frees of an address that was not tracked (allocated before attach, or lost).
     pub const FREE_UNKNOWN: u32 = 5;
@@ -189,7 +208,7 @@ pub mod counter {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, MapEvent, StackTotals, ThreadState};
+    use super::{AllocInfo, MapEvent, StackFrames, StackTotals, ThreadState};
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of `u64`/`u32` fields with explicit
     // padding, so every bit pattern is valid and there are no implicit padding bytes.
@@ -200,6 +219,8 @@ mod user {
     unsafe impl aya::Pod for MapEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ThreadState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackFrames {}
 }
 
 #[cfg(test)]
@@ -223,5 +244,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<StackTotals>(), 32);
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
         assert_eq!(core::mem::size_of::<MapArgs>(), 32);
+        assert_eq!(core::mem::size_of::<StackFrames>(), 8 + 8 * MAX_STACK_DEPTH);
     }
 }

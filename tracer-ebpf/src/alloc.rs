@@ -10,7 +10,10 @@ use aya_ebpf::{
 };
 use tracer_common::{AllocKind, ThreadState, counter};
 
-use crate::state::{THREADS, count, inside_allocator, record, release_tracked, target_thread};
+use crate::{
+    stacks::walk_user_stack,
+    state::{THREADS, count, inside_allocator, record, release_tracked, target_thread},
+};
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -124,6 +127,8 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
         ..
     } = *state;
     let ret: u64 = ctx.ret();
+    // Walked only for a call that allocated.
+    let stack = || walk_user_stack(ctx.regs);
 
     match AllocKind::try_from(kind) {
         Ok(AllocKind::Realloc | AllocKind::Reallocarray) => {
@@ -131,7 +136,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
                 if old_ptr != 0 {
                     release_tracked(old_ptr);
                 }
-                record(ctx, ret, size);
+                record(stack(), ret, size);
             } else if size == 0 && old_ptr != 0 {
                 // glibc's realloc(p, 0) frees p and returns NULL.
                 release_tracked(old_ptr);
@@ -148,9 +153,9 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
             }
             // SAFETY: bpf_probe_read_user validates the user address.
             let addr = unsafe { bpf_probe_read_user(out_ptr as *const u64) }?;
-            record(ctx, addr, size);
+            record(stack(), addr, size);
         }
-        Ok(_) if ret != 0 => record(ctx, ret, size),
+        Ok(_) if ret != 0 => record(stack(), ret, size),
         Ok(_) => count(counter::FAILED_CALLS, 1),
         Err(_) => {}
     }

@@ -15,11 +15,14 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
     macros::{tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{MapArgs, MapEvent, MapEventKind, counter};
 
-use crate::state::{MAP_ARGS, MAP_EVENTS, count, inside_allocator, stack_key, target_thread};
+use crate::{
+    stacks::{kernel_user_stack, walk_user_stack},
+    state::{MAP_ARGS, MAP_EVENTS, count, inside_allocator, target_thread},
+};
 
 const ARG0: usize = 16;
 const RET: usize = 16;
@@ -131,7 +134,11 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     let ret: i64 = ctx.ret();
     // mmap and mremap return MAP_FAILED (-1) on failure, munmap returns -1.
     let failed = ret == -1 || (args.kind == MapEventKind::Unmap as u32 && ret != 0);
-    emit(ctx, args, (!failed).then_some(ret as u64));
+    emit(
+        || walk_user_stack(ctx.regs),
+        args,
+        (!failed).then_some(ret as u64),
+    );
     Ok(())
 }
 
@@ -175,7 +182,11 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = MAP_ARGS.remove(&pid_tgid);
     // SAFETY: the offset is inside the syscall tracepoint's fixed record.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.map_err(i64::from)?;
-    emit(ctx, args, (ret >= 0).then_some(ret as u64));
+    emit(
+        || kernel_user_stack(ctx),
+        args,
+        (ret >= 0).then_some(ret as u64),
+    );
     Ok(())
 }
 
@@ -187,8 +198,8 @@ fn take_args(pid_tgid: u64) -> Option<MapArgs> {
 }
 
 /// Sends one mapping change to user space. `result` is the call's return value, `None` when
-/// it failed.
-fn emit<C: StackIdContext>(ctx: &C, args: MapArgs, result: Option<u64>) {
+/// it failed; `stack` walks the stack, which only a new mapping needs.
+fn emit(stack: impl FnOnce() -> u64, args: MapArgs, result: Option<u64>) {
     let Some(result) = result else {
         count(counter::FAILED_CALLS, 1);
         return;
@@ -198,7 +209,7 @@ fn emit<C: StackIdContext>(ctx: &C, args: MapArgs, result: Option<u64>) {
             kind: args.kind,
             addr: result,
             len: args.len,
-            stack_key: stack_key(ctx),
+            stack_key: stack(),
             ..MapEvent::default()
         },
         Ok(MapEventKind::Unmap) => MapEvent {

@@ -5,14 +5,13 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    EbpfContext, Global,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, bpf_pidns_info},
+    Global,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_pidns_info},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_ns_current_pid_tgid},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, LOST_STACK, MapArgs, StackTotals, ThreadState, counter};
+use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter};
 
 /// The traced process, as leakhound's own PID namespace sees it. uprobes are already scoped to
 /// its memory, but syscall tracepoints fire for every process.
@@ -38,11 +37,6 @@ pub static ALLOCS: HashMap<u64, AllocInfo> = HashMap::with_max_entries(1 << 20, 
 // always has room: a full totals map would leave live allocations with no total to update.
 #[map]
 pub static STACK_TOTALS: HashMap<u64, StackTotals> = HashMap::with_max_entries(16385, 0);
-
-// No BPF_F_REUSE_STACKID: live allocations point at these ids, and reuse would silently move
-// their bytes to another stack.
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -97,21 +91,9 @@ pub fn inside_allocator(pid_tgid: u64) -> bool {
     unsafe { THREADS.get(&pid_tgid) }.is_some_and(|state| state.depth > 0)
 }
 
+/// Records a new live block at `addr`. Its bytes go to the totals of the stack `stack_key`.
 #[inline(always)]
-pub fn stack_key<C: StackIdContext>(ctx: &C) -> u64 {
-    match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-        Ok(id) => id as u64,
-        Err(_) => {
-            count(counter::STACK_FAILED, 1);
-            LOST_STACK
-        }
-    }
-}
-
-/// Records a new live block at `addr`. Its bytes go to the current stack's totals.
-#[inline(always)]
-pub fn record<C: EbpfContext + StackIdContext>(ctx: &C, addr: u64, size: u64) {
-    let stack_key = stack_key(ctx);
+pub fn record(stack_key: u64, addr: u64, size: u64) {
     // An address that is still live had its free missed (freed before attach, or through a
     // path that is not hooked). Retire it so the totals match the allocation map.
     if release_tracked(addr) {

@@ -320,7 +320,7 @@ impl Session {
         let mut addresses: HashMap<u64, Vec<CodeAddress>> = HashMap::new();
         for (_, key, _) in &raw {
             if *key != LOST_STACK && !addresses.contains_key(key) {
-                let ips = stacks.get(&probes.ebpf, *key as u32)?;
+                let ips = stacks.get(&probes.ebpf, *key)?;
                 // Every frame of a user stack taken at a return or a syscall exit is a
                 // return address (the syscall's is where execution resumes).
                 addresses.insert(

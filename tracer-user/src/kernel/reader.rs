@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
-use tracer_common::{StackTotals, counter};
+use tracer_common::{StackFrames, StackTotals, counter};
 
 use crate::{errors::TracerError, model::KernelCounters};
 
@@ -63,33 +63,36 @@ pub fn counters(ebpf: &Ebpf) -> Result<KernelCounters, TracerError> {
     })
 }
 
-/// Caches stacks by id: an id's frames never change, since the stack map never reuses ids.
+/// Caches stacks by key: a key is a hash of the frames, so its frames never change.
 #[derive(Default)]
 pub struct StackCache {
-    stacks: HashMap<u32, Vec<u64>>,
+    stacks: HashMap<u64, Vec<u64>>,
 }
 
 impl StackCache {
     /// The user-space return addresses of a stack, innermost first.
-    pub fn get(&mut self, ebpf: &Ebpf, id: u32) -> Result<&[u64], TracerError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(id) {
-            let map: StackTraceMap<&MapData> = StackTraceMap::try_from(
+    pub fn get(&mut self, ebpf: &Ebpf, key: u64) -> Result<&[u64], TracerError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(key) {
+            let map: BpfHashMap<&MapData, u64, StackFrames> = BpfHashMap::try_from(
                 ebpf.map("STACKS").ok_or(missing("STACKS"))?,
             )
             .map_err(|source| TracerError::Map {
                 map: "STACKS",
                 source: Box::new(source),
             })?;
-            let frames = match map.get(&id, 0) {
-                Ok(trace) => trace.frames().iter().map(|frame| frame.ip).collect(),
+            let frames = match map.get(&key, 0) {
+                Ok(stack) => {
+                    let len = (stack.len as usize).min(stack.ips.len());
+                    stack.ips[..len].to_vec()
+                }
                 Err(source) => {
-                    log::debug!("stack {id} unreadable: {source}");
+                    log::debug!("stack {key:#x} unreadable: {source}");
                     Vec::new()
                 }
             };
             slot.insert(frames);
         }
-        Ok(&self.stacks[&id])
+        Ok(&self.stacks[&key])
     }
 }
 
