@@ -14,7 +14,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages the build and the tests use. gcc/g++ build the ground-truth targets;
 # bpftool lets the tests check that no BPF link outlives a run; golang provides `go tool pprof`.
-DEB_PACKAGES=(gcc g++ libc6-dev bpftool)
+DEB_PACKAGES=(gcc g++ libc6-dev bpftool golang-go)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,6 +14,8 @@ pub const PROGRAMS: &[&str] = &[
     "munmap_enter",
     "mremap_enter",
     "mapping_exit",
+    "map_call_enter",
+    "map_call_exit",
 ];
 
 const UPROBE_EVENTS: &str = "/sys/kernel/tracing/uprobe_events";
@@ -81,10 +83,19 @@ fn bpf_program_names() -> Option<Vec<String>> {
 /// The kernel drops a program when the last fd to it closes, which happens during exit but
 /// may finish on a workqueue just after; so leftovers get a short, bounded grace period.
 pub fn assert_clean(when: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(5);
+    let mut first_seen = None;
     loop {
         let found = leftovers();
         if found.is_empty() {
+            if let Some(seen) = first_seen {
+                // Not a failure, but worth seeing when runs are slow or a tracer runs beside us.
+                eprintln!(
+                    "note: probes {when} went away after {:?}: {seen:?}",
+                    start.elapsed()
+                );
+            }
             return;
         }
         if Instant::now() >= deadline {
@@ -94,6 +105,7 @@ pub fn assert_clean(when: &str) {
                 found.join("\n  ")
             );
         }
+        first_seen.get_or_insert(found);
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -5,7 +5,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    config::{Output, RecordConfig, TargetSpec},
+    config::{Output, RecordConfig, ReportConfig, TargetSpec},
     kernel::MapSizes,
     report::Format,
 };
@@ -25,6 +25,88 @@ pub struct Cli {
 pub enum Command {
     /// Trace a running process (--pid) or a command (after --) and report what it still holds.
     Record(RecordArgs),
+    /// Render a saved recording again (no root needed), or compare two as a diff.
+    Report(ReportArgs),
+}
+
+/// Sampling interval when --interval is not given.
+pub const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+const OUTPUT_HELP: &str = "Write the report here; repeat for several files. The file name's \
+ending picks the format: .folded, .txt, .svg, .json, .pb.gz or .pprof (pprof), .diff.folded \
+(first-to-last change), .leakhound.json (the whole recording, for `leakhound report`); other \
+names use --format, else folded. Without -o the report goes to stdout.";
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    #[arg(
+        short,
+        long = "output",
+        value_name = "FILE",
+        help = "Write the report here (repeatable); the file name's ending picks the format",
+        long_help = OUTPUT_HELP
+    )]
+    pub outputs: Vec<PathBuf>,
+    /// Format for stdout and for files whose ending does not say.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+    /// Stacks listed in the text report.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+}
+
+impl OutputArgs {
+    /// Without -o the report goes to stdout (also when --save writes the recording).
+    fn into_outputs(self, save: Option<PathBuf>, stdout_default: Format) -> Vec<Output> {
+        let mut outputs: Vec<Output> = self
+            .outputs
+            .iter()
+            .map(|path| Output {
+                format: Format::from_path(path)
+                    .or(self.format)
+                    .unwrap_or(Format::Folded),
+                path: Some(path.clone()),
+            })
+            .collect();
+        if outputs.is_empty() {
+            outputs.push(Output {
+                path: None,
+                format: self.format.unwrap_or(stdout_default),
+            });
+        }
+        if let Some(path) = save {
+            outputs.push(Output {
+                path: Some(path),
+                format: Format::Recording,
+            });
+        }
+        outputs
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A recording saved with `-o FILE.leakhound.json` or `--save FILE`; give two (earlier
+    /// first) to write the change between them (--format diff).
+    #[arg(required = true, num_args = 1..=2, value_name = "RECORDING")]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl ReportArgs {
+    pub fn into_config(self) -> ReportConfig {
+        let stdout_default = if self.inputs.len() == 2 {
+            Format::Diff
+        } else {
+            Format::Text
+        };
+        ReportConfig {
+            top: self.output.top,
+            outputs: self.output.into_outputs(None, stdout_default),
+            inputs: self.inputs,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -40,25 +122,25 @@ pub struct RecordArgs {
     /// Stop after this long (e.g. 30s, 500ms, 5m; a bare number is seconds).
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Print a short progress line on stderr this often.
+    /// Sample every stack's outstanding bytes this often, for the trends, and print a progress
+    /// line on stderr. Without it, samples are taken every second and nothing is printed.
     #[arg(short, long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
-    /// Write the report here; repeat for several files. The extension picks the format
-    /// (.folded, .txt, .svg); other names use --format. Without it the report goes to stdout.
-    #[arg(short, long = "output", value_name = "FILE")]
-    pub outputs: Vec<PathBuf>,
-    /// Format for stdout and for files whose extension does not say.
-    #[arg(short, long, value_enum)]
-    pub format: Option<Format>,
+    /// Count only allocations at least this old when tracing ends (e.g. 30s): what the
+    /// process has held for a while, not what it is about to free.
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub min_age: Option<Duration>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Also save the whole recording here (JSON), to render again with `leakhound report`.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
     /// Live allocations tracked at once (kernel map size).
     #[arg(long, default_value_t = MapSizes::default().max_allocs, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
     /// Distinct stacks kept (kernel map size).
     #[arg(long, default_value_t = MapSizes::default().max_stacks, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: u32,
-    /// Stacks listed in the text report.
-    #[arg(long, default_value_t = 20)]
-    pub top: usize,
     /// The command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -70,36 +152,19 @@ impl RecordArgs {
             Some(pid) => TargetSpec::Pid(pid),
             None => TargetSpec::Command(self.command),
         };
-        let outputs = if self.outputs.is_empty() {
-            vec![Output {
-                path: None,
-                format: self.format.unwrap_or(Format::Text),
-            }]
-        } else {
-            self.outputs
-                .into_iter()
-                .map(|path| {
-                    let format = Format::from_path(&path)
-                        .or(self.format)
-                        .unwrap_or(Format::Folded);
-                    Output {
-                        path: Some(path),
-                        format,
-                    }
-                })
-                .collect()
-        };
         RecordConfig {
             target,
             duration: self.duration,
             interval: self.interval,
-            outputs,
+            sample_every: self.interval.unwrap_or(DEFAULT_SAMPLE_EVERY),
+            min_age: self.min_age,
+            top: self.output.top,
+            outputs: self.output.into_outputs(self.save, Format::Text),
             sizes: MapSizes {
                 max_allocs: self.max_allocs,
                 max_stacks: self.max_stacks,
                 ..MapSizes::default()
             },
-            top: self.top,
         }
     }
 }
@@ -138,9 +203,77 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<RecordConfig, clap::Error> {
-        let cli = Cli::try_parse_from(args)?;
-        let Command::Record(record) = cli.command;
-        Ok(record.into_config())
+        match Cli::try_parse_from(args)?.command {
+            Command::Record(record) => Ok(record.into_config()),
+            Command::Report(_) => panic!("expected record"),
+        }
+    }
+
+    fn parse_report(args: &[&str]) -> Result<ReportConfig, clap::Error> {
+        match Cli::try_parse_from(args)?.command {
+            Command::Report(report) => Ok(report.into_config()),
+            Command::Record(_) => panic!("expected report"),
+        }
+    }
+
+    #[test]
+    fn samples_every_second_unless_an_interval_is_given() {
+        let config = parse(&["leakhound", "record", "-p", "1"]).unwrap();
+        assert_eq!(config.interval, None);
+        assert_eq!(config.sample_every, Duration::from_secs(1));
+        assert_eq!(config.min_age, None);
+        let config = parse(&[
+            "leakhound",
+            "record",
+            "-p",
+            "1",
+            "-i",
+            "250ms",
+            "--min-age",
+            "1m",
+        ])
+        .unwrap();
+        assert_eq!(config.interval, Some(Duration::from_millis(250)));
+        assert_eq!(config.sample_every, Duration::from_millis(250));
+        assert_eq!(config.min_age, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn save_adds_a_recording_and_keeps_stdout() {
+        let config = parse(&["leakhound", "record", "-p", "1", "--save", "r.json"]).unwrap();
+        let outputs: Vec<_> = config
+            .outputs
+            .iter()
+            .map(|o| (o.path.clone(), o.format))
+            .collect();
+        assert_eq!(
+            outputs,
+            [
+                (None, Format::Text),
+                (Some(PathBuf::from("r.json")), Format::Recording)
+            ]
+        );
+    }
+
+    #[test]
+    fn report_takes_one_or_two_recordings() {
+        let config = parse_report(&["leakhound", "report", "a.leakhound.json"]).unwrap();
+        assert_eq!(config.outputs[0].format, Format::Text);
+        let config = parse_report(&[
+            "leakhound",
+            "report",
+            "a.leakhound.json",
+            "b.leakhound.json",
+        ])
+        .unwrap();
+        assert_eq!(config.inputs.len(), 2);
+        assert_eq!(config.outputs[0].format, Format::Diff);
+        let config =
+            parse_report(&["leakhound", "report", "a", "-o", "x.pb.gz", "--top", "3"]).unwrap();
+        assert_eq!(config.outputs[0].format, Format::Pprof);
+        assert_eq!(config.top, 3);
+        assert!(parse_report(&["leakhound", "report"]).is_err());
+        assert!(parse_report(&["leakhound", "report", "a", "b", "c"]).is_err());
     }
 
     #[test]

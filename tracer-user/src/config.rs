@@ -22,8 +22,22 @@ pub struct Output {
 pub struct RecordConfig {
     pub target: TargetSpec,
     pub duration: Option<Duration>,
+    /// How often to print a progress line; none without `--interval`.
     pub interval: Option<Duration>,
+    /// How often to sample every stack for the trends (`--interval`, else 1 s).
+    pub sample_every: Duration,
+    /// Count only allocations at least this old at the end.
+    pub min_age: Option<Duration>,
     pub outputs: Vec<Output>,
     pub sizes: MapSizes,
+    pub top: usize,
+}
+
+/// `leakhound report`: render saved recordings again.
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    /// One recording, or two to compare (earlier first).
+    pub inputs: Vec<PathBuf>,
+    pub outputs: Vec<Output>,
     pub top: usize,
 }

@@ -70,6 +70,54 @@ pub struct StackRecord {
     /// Everything allocated on this stack while traced, freed or not.
     pub total_bytes: u64,
     pub total_allocations: u64,
+    /// Outstanding bytes at each of [`Recording::samples`], the same length as it. Empty in a
+    /// recording made before samples existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<u64>,
+    /// How old the live allocations were when tracing ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ages: Option<AgeHistogram>,
+}
+
+/// Upper bounds, in seconds, of the age buckets; a last bucket holds everything older.
+pub const AGE_BOUNDS_SECS: [u64; 4] = [1, 10, 60, 600];
+/// Names of the age buckets, as the text and JSON reports print them.
+pub const AGE_LABELS: [&str; 5] = ["<1s", "<10s", "<1m", "<10m", ">=10m"];
+
+/// Live allocations of one stack by age at the end of the trace: bucket `i` holds the
+/// allocations younger than `AGE_BOUNDS_SECS[i]` and not younger than the bound before it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgeHistogram {
+    pub allocations: [u64; 5],
+    pub bytes: [u64; 5],
+}
+
+impl AgeHistogram {
+    pub fn add(&mut self, other: &Self) {
+        for i in 0..self.bytes.len() {
+            self.allocations[i] += other.allocations[i];
+            self.bytes[i] += other.bytes[i];
+        }
+    }
+}
+
+/// The target's memory as the kernel counts it (`/proc/PID/smaps_rollup`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    /// Resident set size.
+    pub rss_bytes: u64,
+    /// Resident anonymous memory: the heap, anonymous mmap, thread stacks.
+    pub anon_bytes: u64,
+}
+
+/// One point of the timeline that every stack's [`StackRecord::history`] follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since tracing started.
+    pub secs: f64,
+    /// Absent once the target had exited, or when /proc could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ProcessMemory>,
 }
 
 /// User-space counters about mapping events.
@@ -81,9 +129,16 @@ pub struct MappingCounters {
     pub malformed_events: u64,
 }
 
+/// The version of the saved-recording layout that this build writes. Fields added since
+/// version 1 all have defaults, so older files still load.
+pub const RECORDING_VERSION: u32 = 1;
+
 /// A finished trace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
+    /// [`RECORDING_VERSION`] when saved.
+    #[serde(default)]
+    pub version: u32,
     pub pid: u32,
     pub command: String,
     pub duration_secs: f64,
@@ -94,6 +149,16 @@ pub struct Recording {
     /// Why anonymous mappings were not tracked, when they were not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping_unavailable: Option<String>,
+    /// The timeline, oldest first; bounded, so long traces keep every other sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
+    /// With `--min-age`: only allocations at least this old count in each stack's
+    /// `live_bytes` and `live_allocations` (its history still counts everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age_secs: Option<f64>,
+    /// Why allocation ages are missing, when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ages_unavailable: Option<String>,
     pub stacks: Vec<StackRecord>,
 }
 
@@ -124,20 +189,13 @@ impl Recording {
         stacks.sort_by(|a, b| {
             b.live_bytes
                 .cmp(&a.live_bytes)
-                .then_with(|| a.frames.cmp_names(&b.frames))
+                .then_with(|| cmp_frame_names(&a.frames, &b.frames))
         });
         stacks
     }
 }
 
-trait FrameNames {
-    fn cmp_names(&self, other: &Self) -> std::cmp::Ordering;
-}
-
-impl FrameNames for Vec<Frame> {
-    fn cmp_names(&self, other: &Self) -> std::cmp::Ordering {
-        self.iter()
-            .map(|f| &f.name)
-            .cmp(other.iter().map(|f| &f.name))
-    }
+/// Orders stacks by their frame names, for output that does not depend on map order.
+pub fn cmp_frame_names(a: &[Frame], b: &[Frame]) -> std::cmp::Ordering {
+    a.iter().map(|f| &f.name).cmp(b.iter().map(|f| &f.name))
 }

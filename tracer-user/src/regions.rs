@@ -12,6 +12,8 @@ const PAGE: u64 = 4096;
 struct Region {
     end: u64,
     stack_key: u64,
+    /// `bpf_ktime_get_ns` when it was mapped; a moved or split mapping keeps its age.
+    made_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -31,11 +33,18 @@ fn page_up(len: u64) -> u64 {
 }
 
 impl Regions {
-    pub fn map(&mut self, addr: u64, len: u64, stack_key: u64) {
+    pub fn map(&mut self, addr: u64, len: u64, stack_key: u64, made_ns: u64) {
         let end = addr.saturating_add(page_up(len));
         self.remove_range(addr, end);
         if end > addr {
-            self.by_start.insert(addr, Region { end, stack_key });
+            self.by_start.insert(
+                addr,
+                Region {
+                    end,
+                    stack_key,
+                    made_ns,
+                },
+            );
         }
     }
 
@@ -47,17 +56,28 @@ impl Regions {
     /// Moves or resizes a mapping. The result keeps the stack of the mapping it came from; a
     /// remap of untracked memory stays untracked.
     pub fn remap(&mut self, old_addr: u64, old_len: u64, new_addr: u64, new_len: u64) -> bool {
-        let Some(stack_key) = self.stack_at(old_addr) else {
+        let Some(region) = self.region_at(old_addr) else {
             return false;
         };
         self.unmap(old_addr, old_len);
-        self.map(new_addr, new_len, stack_key);
+        self.map(new_addr, new_len, region.stack_key, region.made_ns);
         true
     }
 
     pub fn stack_at(&self, addr: u64) -> Option<u64> {
+        self.region_at(addr).map(|region| region.stack_key)
+    }
+
+    fn region_at(&self, addr: u64) -> Option<Region> {
         let (_, region) = self.by_start.range(..=addr).next_back()?;
-        (addr < region.end).then_some(region.stack_key)
+        (addr < region.end).then_some(*region)
+    }
+
+    /// Every live region as (stack key, bytes, when it was mapped).
+    pub fn live(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.by_start
+            .iter()
+            .map(|(start, region)| (region.stack_key, region.end - start, region.made_ns))
     }
 
     pub fn held_by_stack(&self) -> HashMap<u64, Held> {
@@ -120,7 +140,7 @@ mod tests {
     #[test]
     fn partial_unmap_shrinks_and_splits() {
         let mut regions = Regions::default();
-        regions.map(0x10000, 0x10000, 1);
+        regions.map(0x10000, 0x10000, 1, 5);
         assert_eq!(regions.unmap(0x1c000, 0x4000), 0x4000); // tail
         assert_eq!(
             held(&regions, 1),
@@ -137,6 +157,7 @@ mod tests {
                 regions: 2
             }
         );
+        assert!(regions.live().all(|(_, _, made)| made == 5));
         assert_eq!(regions.unmap(0x10000, 0x1000), 0x1000); // head
         assert_eq!(
             held(&regions, 1),
@@ -150,8 +171,8 @@ mod tests {
     #[test]
     fn unmap_across_regions_and_untracked_memory() {
         let mut regions = Regions::default();
-        regions.map(0x10000, 0x2000, 1);
-        regions.map(0x20000, 0x2000, 2);
+        regions.map(0x10000, 0x2000, 1, 0);
+        regions.map(0x20000, 0x2000, 2, 0);
         assert_eq!(regions.unmap(0x0, 0x100000), 0x4000);
         assert!(regions.held_by_stack().is_empty());
         assert_eq!(regions.unmap(0x50000, 0x1000), 0);
@@ -160,17 +181,17 @@ mod tests {
     #[test]
     fn lengths_round_up_to_pages_and_fixed_maps_replace() {
         let mut regions = Regions::default();
-        regions.map(0x10000, 100, 1);
+        regions.map(0x10000, 100, 1, 0);
         assert_eq!(held(&regions, 1).bytes, PAGE);
-        regions.map(0x10000, 0x3000, 2);
+        regions.map(0x10000, 0x3000, 2, 0);
         assert_eq!(held(&regions, 1).bytes, 0);
         assert_eq!(held(&regions, 2).bytes, 0x3000);
     }
 
     #[test]
-    fn remap_keeps_the_origin_stack() {
+    fn remap_keeps_the_origin_stack_and_age() {
         let mut regions = Regions::default();
-        regions.map(0x10000, 0x2000, 7);
+        regions.map(0x10000, 0x2000, 7, 9);
         assert!(regions.remap(0x10000, 0x2000, 0x40000, 0x8000));
         assert_eq!(
             held(&regions, 7),
@@ -181,6 +202,7 @@ mod tests {
         );
         assert!(!regions.remap(0x90000, 0x1000, 0xa0000, 0x2000));
         assert_eq!(regions.stack_at(0x47fff), Some(7));
+        assert_eq!(regions.live().collect::<Vec<_>>(), [(7, 0x8000, 9)]);
         assert_eq!(regions.stack_at(0x48000), None);
     }
 }

@@ -18,13 +18,20 @@ use tokio::{
 use tracer_common::{LOST_STACK, MapEvent, MapEventKind, StackTotals};
 
 use crate::{
+    analysis::{
+        age::{self, Live},
+        history::{Timeline, add_series},
+        memory::parse_smaps_rollup,
+    },
     config::RecordConfig,
     errors::TracerError,
     exit_watch::{self, ChildExit},
     kernel::{Probes, loader::elapsed_ms, reader},
-    model::{Frame, MappingCounters, Origin, Recording, StackRecord},
+    model::{
+        Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording, StackRecord,
+    },
     process::{TargetProcess, elf},
-    regions::Regions,
+    regions::{Held, Regions},
     report::human_bytes,
     symbolize::{CodeAddress, FrameNamer, Modules},
     target,
@@ -86,6 +93,13 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1)),
     );
+    // Samples for the trends, one interval after attach and every interval after; a late
+    // tick is taken late, not made up in a burst.
+    let mut sample_tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(started + config.sample_every),
+        config.sample_every,
+    );
+    sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut error = None;
 
     let ended_by = loop {
@@ -103,6 +117,10 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             exit = session.exit.wait() => break format!("the target exiting ({exit})"),
             () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
+            _ = sample_tick.tick() => {
+                drain_events(session.events.get_mut(), &mut session.mapping);
+                session.take_sample(started);
+            }
             _ = tick.tick() => {
                 session.modules.lock().expect("modules lock").refresh(&session.target);
                 if let Some(every) = report_every && next_report.is_some_and(|due| Instant::now() >= due) {
@@ -113,7 +131,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
         }
     };
     drain_events(session.events.get_mut(), &mut session.mapping);
-    let recording = session.finish(started.elapsed(), ended_by);
+    let recording = session.finish(started, ended_by, config.min_age);
     match recording {
         Ok(recording) => Outcome {
             recording: Some(recording),
@@ -178,6 +196,8 @@ struct Session {
     modules: Arc<Mutex<Modules>>,
     mapping: MappingState,
     mapping_unavailable: Option<String>,
+    /// Outstanding bytes per stack at every sample, for the trends.
+    timeline: Timeline<(Origin, u64)>,
 }
 
 impl Session {
@@ -263,6 +283,7 @@ impl Session {
             modules,
             mapping: MappingState::default(),
             mapping_unavailable,
+            timeline: Timeline::default(),
         })
     }
 
@@ -290,13 +311,78 @@ impl Session {
         );
     }
 
+    /// One point of the timeline: every stack's outstanding bytes, and the target's memory.
+    fn take_sample(&mut self, started: Instant) {
+        let Some(probes) = &self.probes else { return };
+        let totals = match reader::stack_totals(&probes.ebpf) {
+            Ok(totals) => totals,
+            Err(err) => {
+                log::debug!("sample skipped: {err}");
+                return;
+            }
+        };
+        let held = self.mapping.regions.held_by_stack();
+        let memory = self.memory();
+        self.timeline.offer(
+            started.elapsed().as_secs_f64(),
+            memory,
+            sample_values(&totals, &held),
+        );
+    }
+
+    /// `/proc/PID/smaps_rollup`; none once the target has exited (a zombie's is empty).
+    fn memory(&self) -> Option<ProcessMemory> {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.target.pid)).ok()?;
+        parse_smaps_rollup(&text)
+    }
+
+    /// Ages of every live allocation and mapping, from one batched walk of the kernel's
+    /// allocation map. Per key: the histogram, and the (bytes, allocations) old enough.
+    fn ages(&self, probes: &Probes, min_age: Option<Duration>) -> Result<Ages, TracerError> {
+        let (allocs, _) = reader::live_allocations(&probes.ebpf)?;
+        let now = reader::ktime_now_ns();
+        let min_age_ns = min_age.map_or(0, |d| d.as_nanos() as u64);
+        let malloc = allocs.iter().map(|(_, info)| Live {
+            key: (Origin::Malloc, info.stack_key),
+            bytes: info.size,
+            made_ns: info.timestamp_ns,
+        });
+        let mmap = self
+            .mapping
+            .regions
+            .live()
+            .map(|(stack_key, bytes, made_ns)| Live {
+                key: (Origin::Mmap, stack_key),
+                bytes,
+                made_ns,
+            });
+        Ok(age::ages(malloc.chain(mmap), now, min_age_ns))
+    }
+
     /// Reads everything out of the kernel, detaches, then names frames (which can be slow and
     /// needs no probes).
-    fn finish(mut self, traced: Duration, mut ended_by: String) -> Result<Recording, TracerError> {
+    fn finish(
+        mut self,
+        started: Instant,
+        mut ended_by: String,
+        min_age: Option<Duration>,
+    ) -> Result<Recording, TracerError> {
         let probes = self.probes.take().expect("finish runs once");
         let totals = reader::stack_totals(&probes.ebpf)?;
         let counters = reader::counters(&probes.ebpf)?;
         let held = self.mapping.regions.held_by_stack();
+        let traced = started.elapsed();
+        let memory = self.memory();
+        self.timeline
+            .push(traced.as_secs_f64(), memory, sample_values(&totals, &held));
+        let (ages, ages_unavailable) = match self.ages(&probes, min_age) {
+            Ok(ages) => (Some(ages), None),
+            Err(err) => (
+                None,
+                Some(format!("the allocation map could not be read: {err}")),
+            ),
+        };
 
         let mut stacks = reader::StackCache::default();
         let mut raw: Vec<(Origin, u64, StackTotals)> = totals
@@ -317,6 +403,21 @@ impl Session {
                 },
             ));
         }
+        // A stack seen in a sample always has a total now (totals are never deleted), but a
+        // stack whose mappings were all unmapped may be missing from `made` after a lost event.
+        let present: HashSet<(Origin, u64)> = raw.iter().map(|(o, k, _)| (*o, *k)).collect();
+        let mut missing: Vec<(Origin, u64)> = self
+            .timeline
+            .keys()
+            .filter(|key| !present.contains(key))
+            .copied()
+            .collect();
+        missing.sort_unstable();
+        raw.extend(
+            missing
+                .into_iter()
+                .map(|(origin, key)| (origin, key, StackTotals::default())),
+        );
         let mut addresses: HashMap<u64, Vec<CodeAddress>> = HashMap::new();
         for (_, key, _) in &raw {
             if *key != LOST_STACK && !addresses.contains_key(key) {
@@ -354,20 +455,43 @@ impl Session {
         namer.name_all(&modules, unique);
         let stacks = raw
             .into_iter()
-            .map(|(origin, key, t)| StackRecord {
-                origin,
-                frames: match addresses.get(&key) {
-                    Some(addrs) if !addrs.is_empty() => namer.stack(&modules, addrs),
-                    _ => vec![Frame::named("[lost stack]")],
-                },
-                live_bytes: live(t.live_bytes),
-                live_allocations: live(t.live_allocations),
-                total_bytes: t.total_bytes,
-                total_allocations: t.total_allocations,
+            .map(|(origin, key, t)| {
+                let mut stack = StackRecord {
+                    origin,
+                    frames: match addresses.get(&key) {
+                        Some(addrs) if !addrs.is_empty() => namer.stack(&modules, addrs),
+                        _ => vec![Frame::named("[lost stack]")],
+                    },
+                    live_bytes: live(t.live_bytes),
+                    live_allocations: live(t.live_allocations),
+                    total_bytes: t.total_bytes,
+                    total_allocations: t.total_allocations,
+                    history: self.timeline.series(&(origin, key)),
+                    ages: None,
+                };
+                if let Some(ages) = &ages {
+                    stack.ages = Some(
+                        ages.histograms
+                            .get(&(origin, key))
+                            .copied()
+                            .unwrap_or_default(),
+                    );
+                    if min_age.is_some() {
+                        let (bytes, count) = ages
+                            .old_enough
+                            .get(&(origin, key))
+                            .copied()
+                            .unwrap_or_default();
+                        stack.live_bytes = bytes;
+                        stack.live_allocations = count;
+                    }
+                }
+                stack
             })
             .collect();
         let stacks = merge_equal_stacks(stacks);
         Ok(Recording {
+            version: RECORDING_VERSION,
             pid: self.target.pid,
             command: self.command,
             duration_secs: traced.as_secs_f64(),
@@ -375,6 +499,10 @@ impl Session {
             counters,
             mapping: self.mapping.counters,
             mapping_unavailable: self.mapping_unavailable,
+            samples: self.timeline.samples().to_vec(),
+            // Without ages there is nothing to filter by: say so rather than pretend.
+            min_age_secs: min_age.filter(|_| ages.is_some()).map(|d| d.as_secs_f64()),
+            ages_unavailable,
             stacks,
         })
     }
@@ -393,6 +521,13 @@ fn merge_equal_stacks(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
                 into.live_allocations += stack.live_allocations;
                 into.total_bytes += stack.total_bytes;
                 into.total_allocations += stack.total_allocations;
+                // Every history follows the same samples, so they add pointwise.
+                add_series(&mut into.history, &stack.history);
+                match (&mut into.ages, &stack.ages) {
+                    (Some(into), Some(ages)) => into.add(ages),
+                    (into @ None, Some(ages)) => *into = Some(*ages),
+                    (_, None) => {}
+                }
             }
             None => {
                 index.insert((stack.origin, stack.frames.clone()), merged.len());
@@ -401,6 +536,24 @@ fn merge_equal_stacks(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
         }
     }
     merged
+}
+
+type Ages = age::Ages<(Origin, u64)>;
+
+/// Outstanding bytes per stack at this moment: malloc totals from the kernel, mappings from
+/// the regions user space keeps.
+fn sample_values<'a>(
+    totals: &'a HashMap<u64, StackTotals>,
+    held: &'a HashMap<u64, Held>,
+) -> impl Iterator<Item = ((Origin, u64), u64)> + 'a {
+    let malloc = totals
+        .iter()
+        .map(|(key, t)| ((Origin::Malloc, *key), live(t.live_bytes)))
+        .filter(|(_, bytes)| *bytes > 0);
+    let mmap = held
+        .iter()
+        .map(|(key, held)| ((Origin::Mmap, *key), held.bytes));
+    malloc.chain(mmap)
 }
 
 /// A kernel total is a wrapping sum; a reader can see a free before its allocation's add.
@@ -417,7 +570,9 @@ fn drain_events(ring: &mut RingBuf<MapData>, state: &mut MappingState) {
         };
         match MapEventKind::try_from(event.kind) {
             Ok(MapEventKind::Map) => {
-                state.regions.map(event.addr, event.len, event.stack_key);
+                state
+                    .regions
+                    .map(event.addr, event.len, event.stack_key, event.timestamp_ns);
                 let made = state.made.entry(event.stack_key).or_default();
                 made.0 += event.len.div_ceil(4096) * 4096;
                 made.1 += 1;
@@ -490,6 +645,69 @@ fn has_tracing_privileges() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_stacks_add_their_histories_and_ages_pointwise() {
+        let stack =
+            |bytes: u64, history: Vec<u64>, ages: Option<crate::model::AgeHistogram>| StackRecord {
+                origin: Origin::Malloc,
+                frames: vec![Frame::named("main"), Frame::named("leak")],
+                live_bytes: bytes,
+                live_allocations: 1,
+                total_bytes: bytes,
+                total_allocations: 1,
+                history,
+                ages,
+            };
+        let ages = crate::model::AgeHistogram {
+            allocations: [1, 0, 0, 0, 2],
+            bytes: [10, 0, 0, 0, 20],
+        };
+        let merged = merge_equal_stacks(vec![
+            stack(30, vec![10, 20, 30], Some(ages)),
+            stack(5, vec![0, 5, 5], None),
+            stack(7, vec![1, 1, 7], Some(ages)),
+        ]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].live_bytes, 42);
+        assert_eq!(merged[0].history, [11, 26, 42]);
+        let merged_ages = merged[0].ages.unwrap();
+        assert_eq!(merged_ages.allocations, [2, 0, 0, 0, 4]);
+        assert_eq!(merged_ages.bytes, [20, 0, 0, 0, 40]);
+    }
+
+    #[test]
+    fn samples_hold_malloc_totals_and_mapped_bytes() {
+        let totals = HashMap::from([
+            (
+                1,
+                StackTotals {
+                    live_bytes: 64,
+                    ..StackTotals::default()
+                },
+            ),
+            (
+                2,
+                StackTotals {
+                    live_bytes: 0u64.wrapping_sub(8),
+                    ..StackTotals::default()
+                },
+            ),
+        ]);
+        let held = HashMap::from([(
+            1,
+            Held {
+                bytes: 4096,
+                regions: 1,
+            },
+        )]);
+        let mut values: Vec<_> = sample_values(&totals, &held).collect();
+        values.sort_unstable();
+        assert_eq!(
+            values,
+            [((Origin::Malloc, 1), 64), ((Origin::Mmap, 1), 4096)]
+        );
+    }
 
     #[test]
     fn wrapped_totals_read_as_zero() {

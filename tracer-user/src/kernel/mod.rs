@@ -1,6 +1,7 @@
 //! The kernel side as user space sees it: loading and attaching the programs, and reading
 //! what they gathered.
 
+pub mod batch;
 pub mod loader;
 pub mod reader;
 pub mod tracefs;

@@ -3,32 +3,76 @@
 //! Per-stack totals are kept in the kernel, so a report costs one map walk over the stacks,
 //! not over every live allocation.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::Hash, os::fd::AsFd as _, time::Instant};
 
 use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    Ebpf, Pod,
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
 };
-use tracer_common::{StackFrames, StackTotals, counter};
+use tracer_common::{AllocInfo, StackFrames, StackTotals, counter};
 
+use super::batch::{self, BatchError};
 use crate::{errors::TracerError, model::KernelCounters};
 
 pub fn stack_totals(ebpf: &Ebpf) -> Result<HashMap<u64, StackTotals>, TracerError> {
-    let map: BpfHashMap<&MapData, u64, StackTotals> = BpfHashMap::try_from(
-        ebpf.map("STACK_TOTALS").ok_or(missing("STACK_TOTALS"))?,
-    )
-    .map_err(|source| TracerError::Map {
-        map: "STACK_TOTALS",
+    Ok(read_hash(ebpf, "STACK_TOTALS")?.0.into_iter().collect())
+}
+
+/// Every live allocation (address, info), and whether the batched read worked.
+pub fn live_allocations(ebpf: &Ebpf) -> Result<(Vec<(u64, AllocInfo)>, bool), TracerError> {
+    let started = Instant::now();
+    let (entries, batched) = read_hash(ebpf, "ALLOCS")?;
+    log::info!(
+        "read {} live allocations in {:.1} ms ({})",
+        entries.len(),
+        super::loader::elapsed_ms(started),
+        if batched {
+            "batched"
+        } else {
+            "one entry at a time"
+        }
+    );
+    Ok((entries, batched))
+}
+
+/// The clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC), in nanoseconds, to age the kernel's
+/// timestamps.
+pub fn ktime_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A whole hash map, batched where the kernel can, else through aya's iterator.
+fn read_hash<K: Pod + Eq + Hash, V: Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<(Vec<(K, V)>, bool), TracerError> {
+    let map_error = |source| TracerError::Map {
+        map: name,
         source: Box::new(source),
-    })?;
-    map.iter()
-        .map(|entry| {
-            entry.map_err(|source| TracerError::Map {
-                map: "STACK_TOTALS",
-                source: Box::new(source),
-            })
-        })
-        .collect()
+    };
+    let map = ebpf.map(name).ok_or(missing(name))?;
+    // The typed view checks that K and V have the map's key and value sizes.
+    let typed: BpfHashMap<&MapData, K, V> = BpfHashMap::try_from(map).map_err(map_error)?;
+    if let Map::HashMap(data) | Map::LruHashMap(data) = map {
+        match batch::lookup_all::<K, V>(data.fd().as_fd(), batch::DEFAULT_CHUNK) {
+            Ok(entries) => return Ok((entries, true)),
+            Err(BatchError::Unsupported(err)) => {
+                log::debug!("no batched lookup for {name} ({err}); reading entry by entry");
+            }
+            Err(BatchError::Failed(err)) => return Err(TracerError::Io(err)),
+        }
+    }
+    let entries = typed
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_error)?;
+    Ok((entries, false))
 }
 
 pub fn counters(ebpf: &Ebpf) -> Result<KernelCounters, TracerError> {

@@ -3,28 +3,23 @@
 
 use std::{collections::BTreeMap, io};
 
-use super::Render;
-use crate::model::Recording;
+use super::{Render, Report};
+use crate::analysis::folded_name;
 
 pub struct Folded;
 
 impl Render for Folded {
-    fn render(&self, recording: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
+    fn render(&self, report: &Report, out: &mut dyn io::Write) -> io::Result<()> {
         // Distinct addresses can share names (two call sites on one line); merge them, and
         // sort so that the output is deterministic.
         let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-        for stack in recording.stacks.iter().filter(|stack| stack.live_bytes > 0) {
-            let names: Vec<String> = stack
-                .frames
-                .iter()
-                .map(|frame| sanitize(&frame.name))
-                .collect();
-            let key = if names.is_empty() {
-                "[no frames]".to_owned()
-            } else {
-                names.join(";")
-            };
-            *lines.entry(key).or_default() += stack.live_bytes;
+        for stack in report
+            .recording
+            .stacks
+            .iter()
+            .filter(|stack| stack.live_bytes > 0)
+        {
+            *lines.entry(folded_name(&stack.frames)).or_default() += stack.live_bytes;
         }
         for (stack, bytes) in lines {
             writeln!(out, "{stack} {bytes}")?;
@@ -33,15 +28,10 @@ impl Render for Folded {
     }
 }
 
-/// `;` separates frames and a newline ends the record; neither may appear inside a name.
-fn sanitize(name: &str) -> String {
-    name.replace(';', ":").replace(['\n', '\r'], " ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Frame, Origin, StackRecord};
+    use crate::model::{Frame, Origin, Recording, StackRecord};
 
     fn stack(names: &[&str], live_bytes: u64) -> StackRecord {
         StackRecord {
@@ -51,6 +41,8 @@ mod tests {
             live_allocations: 1,
             total_bytes: live_bytes,
             total_allocations: 1,
+            history: Vec::new(),
+            ages: None,
         }
     }
 
@@ -66,7 +58,7 @@ mod tests {
             ..Recording::default()
         };
         let mut out = Vec::new();
-        Folded.render(&recording, &mut out).unwrap();
+        Folded.render(&Report::new(&recording), &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "main;a:b 5\nmain;leak 128\n"

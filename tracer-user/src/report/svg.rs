@@ -7,19 +7,22 @@ use inferno::flamegraph::{
     color::{BasicPalette, Palette},
 };
 
-use super::{Folded, Render, human_bytes};
-use crate::model::Recording;
+use super::{Folded, Render, Report, human_bytes};
 
 pub struct Svg;
 
 impl Render for Svg {
-    fn render(&self, recording: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
+    fn render(&self, report: &Report, out: &mut dyn io::Write) -> io::Result<()> {
+        let recording = report.recording;
         let mut folded = Vec::new();
-        Folded.render(recording, &mut folded)?;
+        Folded.render(report, &mut folded)?;
         let folded = String::from_utf8_lossy(&folded);
         let mut options = Options::default();
         options.colors = Palette::Basic(BasicPalette::Mem);
         options.count_name = "bytes".to_owned();
+        // Colours from the names' hashes: a function keeps its colour from run to run, and
+        // the output is reproducible (golden tests).
+        options.hash = true;
         options.title = "Outstanding native memory by call stack".to_owned();
         options.subtitle = Some(format!(
             "pid {} ({}): {} still held after {:.1} s of tracing",

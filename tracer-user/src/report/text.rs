@@ -2,8 +2,11 @@
 
 use std::io;
 
-use super::{Render, human_bytes};
-use crate::model::{Origin, Recording};
+use super::{Render, Report, human_bytes, human_change};
+use crate::{
+    analysis::{Analysis, Reconciliation, Trend, TrendClass},
+    model::{AGE_LABELS, Origin, Recording, StackRecord},
+};
 
 pub struct Text {
     /// How many stacks to list.
@@ -11,13 +14,26 @@ pub struct Text {
 }
 
 impl Render for Text {
-    fn render(&self, rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
+    fn render(&self, report: &Report, out: &mut dyn io::Write) -> io::Result<()> {
+        let rec = report.recording;
+        let analysis = &report.analysis;
         writeln!(out, "leakhound report: pid {} ({})", rec.pid, rec.command)?;
         writeln!(
             out,
-            "traced for {:.1} s; ended by {}",
-            rec.duration_secs, rec.ended_by
+            "traced for {:.1} s; ended by {}{}",
+            rec.duration_secs,
+            rec.ended_by,
+            sampling(rec)
         )?;
+        if let Some(min_age) = rec.min_age_secs {
+            writeln!(
+                out,
+                "counting only allocations at least {min_age:.1} s old (--min-age); trends count all"
+            )?;
+        }
+        writeln!(out)?;
+        write_growing(self.top, rec, analysis, out)?;
+
         writeln!(out)?;
         let holding = rec.holding_stacks();
         writeln!(
@@ -34,6 +50,9 @@ impl Render for Text {
             human_bytes(rec.live_bytes_of(Origin::Malloc)),
             human_bytes(rec.live_bytes_of(Origin::Mmap))
         )?;
+        if let Some(r) = &analysis.reconciliation {
+            write_memory(r, out)?;
+        }
         let c = &rec.counters;
         writeln!(
             out,
@@ -43,45 +62,203 @@ impl Render for Text {
         write_losses(rec, out)?;
 
         writeln!(out)?;
-        if holding.is_empty() {
+        // Stacks that hold memory, largest first (the ranking puts growing ones first).
+        let mut by_bytes: Vec<usize> = analysis
+            .ranked
+            .iter()
+            .copied()
+            .filter(|&i| rec.stacks[i].live_bytes > 0)
+            .collect();
+        by_bytes.sort_by_key(|&i| std::cmp::Reverse(rec.stacks[i].live_bytes));
+        if by_bytes.is_empty() {
             writeln!(out, "No stack holds memory.")?;
             return Ok(());
         }
         writeln!(
             out,
             "Top {} stacks by outstanding bytes:",
-            self.top.min(holding.len())
+            self.top.min(by_bytes.len())
         )?;
-        for (rank, stack) in holding.iter().take(self.top).enumerate() {
-            let origin = match stack.origin {
-                Origin::Malloc => "malloc",
-                Origin::Mmap => "mmap",
-            };
+        for (rank, &i) in by_bytes.iter().take(self.top).enumerate() {
+            let stack = &rec.stacks[i];
             writeln!(
                 out,
-                "\n#{} {} in {} allocations [{origin}] ({} allocated in {} calls while traced)",
+                "\n#{} {} in {} allocations [{}] ({} allocated in {} calls while traced)",
                 rank + 1,
                 human_bytes(stack.live_bytes),
                 stack.live_allocations,
+                origin(stack),
                 human_bytes(stack.total_bytes),
                 stack.total_allocations
             )?;
-            for frame in stack.frames.iter().rev() {
-                let location = match (&frame.file, frame.line) {
-                    (Some(file), Some(line)) => format!(" at {file}:{line}"),
-                    (Some(file), None) => format!(" at {file}"),
-                    _ => frame
-                        .module
-                        .as_ref()
-                        .map(|m| format!(" in {m}"))
-                        .unwrap_or_default(),
-                };
-                let inlined = if frame.inlined { " (inlined)" } else { "" };
-                writeln!(out, "    {}{inlined}{location}", frame.name)?;
+            writeln!(out, "    trend: {}", describe(&analysis.trends[i]))?;
+            if let Some(ages) = age_line(stack) {
+                writeln!(out, "    ages: {ages}")?;
             }
+            write_frames(stack, out)?;
         }
         Ok(())
     }
+}
+
+/// `; 12 samples, 1.0 s apart`, or nothing when there is no timeline.
+fn sampling(rec: &Recording) -> String {
+    match rec.samples.as_slice() {
+        [] => String::new(),
+        [_] => "; 1 sample".to_owned(),
+        [first, .., last] => format!(
+            "; {} samples, {:.1} s apart",
+            rec.samples.len(),
+            (last.secs - first.secs) / (rec.samples.len() - 1) as f64
+        ),
+    }
+}
+
+/// The opening section: the leak suspects.
+fn write_growing(
+    top: usize,
+    rec: &Recording,
+    analysis: &Analysis,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    let growing: Vec<usize> = analysis.growing().collect();
+    if growing.is_empty() {
+        let why = if rec.samples.len() < crate::analysis::trend::MIN_SAMPLES {
+            " (too few samples for a trend; trace longer or lower --interval)"
+        } else {
+            ""
+        };
+        return writeln!(out, "Growing stacks: none{why}.");
+    }
+    let rate: f64 = growing
+        .iter()
+        .map(|&i| analysis.trends[i].bytes_per_second)
+        .sum();
+    writeln!(
+        out,
+        "Growing stacks: {}, together {}/s (leak suspects, fastest first):",
+        growing.len(),
+        human_rate(rate)
+    )?;
+    for (rank, &i) in growing.iter().take(top).enumerate() {
+        let stack = &rec.stacks[i];
+        writeln!(
+            out,
+            "\n#{} {}: {} now in {} allocations [{}]",
+            rank + 1,
+            describe(&analysis.trends[i]),
+            human_bytes(stack.live_bytes),
+            stack.live_allocations,
+            origin(stack)
+        )?;
+        if let Some(ages) = age_line(stack) {
+            writeln!(out, "    ages: {ages}")?;
+        }
+        write_frames(stack, out)?;
+    }
+    Ok(())
+}
+
+fn write_memory(r: &Reconciliation, out: &mut dyn io::Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "memory at {:.1} s: RSS {}, anonymous {}, tracked outstanding {}",
+        r.last.secs,
+        human_bytes(r.last.rss_bytes),
+        human_bytes(r.last.anon_bytes),
+        human_bytes(r.last.tracked_bytes)
+    )?;
+    if r.last.secs <= r.first.secs {
+        return Ok(());
+    }
+    write!(
+        out,
+        "  from {:.1} s to {:.1} s: RSS {}, anonymous {}, tracked {}",
+        r.first.secs,
+        r.last.secs,
+        human_change(r.rss_growth()),
+        human_change(r.anon_growth()),
+        human_change(r.tracked_growth())
+    )?;
+    match r.explained_share() {
+        Some(share) if r.unexplained_growth() >= 0 => writeln!(
+            out,
+            "; tracked allocations explain {:.0}% of the anonymous growth, {} is allocator retention or untracked",
+            share * 100.0,
+            human_change(r.unexplained_growth())
+        ),
+        // Pages that were allocated but never written are tracked, yet not resident.
+        Some(_) => writeln!(
+            out,
+            "; tracked growth exceeds the anonymous growth by {}: allocated but not yet touched, so not resident",
+            human_bytes(r.unexplained_growth().unsigned_abs())
+        ),
+        None => writeln!(out, "; anonymous memory did not grow"),
+    }
+}
+
+fn describe(trend: &Trend) -> String {
+    let intervals = trend.samples.saturating_sub(1);
+    let mut text = format!(
+        "{}, {}/s",
+        trend.class.as_str(),
+        human_rate(trend.bytes_per_second)
+    );
+    if intervals > 0 {
+        let grew = (trend.grew_share * intervals as f64).round() as usize;
+        text.push_str(&format!(", grew in {grew} of {intervals} intervals"));
+    }
+    if trend.class != TrendClass::Stable {
+        text.push_str(&format!(", steadiness {:.2}", trend.steadiness));
+    }
+    text
+}
+
+/// A rate in bytes per second, signed.
+fn human_rate(bytes_per_second: f64) -> String {
+    human_change(bytes_per_second.round() as i64)
+}
+
+fn origin(stack: &StackRecord) -> &'static str {
+    match stack.origin {
+        Origin::Malloc => "malloc",
+        Origin::Mmap => "mmap",
+    }
+}
+
+/// `<1s 3 (192 B), >=10m 1 (64 B)`: the non-empty age buckets.
+fn age_line(stack: &StackRecord) -> Option<String> {
+    let ages = stack.ages.as_ref()?;
+    let parts: Vec<String> = AGE_LABELS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ages.allocations[*i] > 0)
+        .map(|(i, label)| {
+            format!(
+                "{label} {} ({})",
+                ages.allocations[i],
+                human_bytes(ages.bytes[i])
+            )
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn write_frames(stack: &StackRecord, out: &mut dyn io::Write) -> io::Result<()> {
+    for frame in stack.frames.iter().rev() {
+        let location = match (&frame.file, frame.line) {
+            (Some(file), Some(line)) => format!(" at {file}:{line}"),
+            (Some(file), None) => format!(" at {file}"),
+            _ => frame
+                .module
+                .as_ref()
+                .map(|m| format!(" in {m}"))
+                .unwrap_or_default(),
+        };
+        let inlined = if frame.inlined { " (inlined)" } else { "" };
+        writeln!(out, "    {}{inlined}{location}", frame.name)?;
+    }
+    Ok(())
 }
 
 fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
@@ -133,6 +310,9 @@ fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
         "not losses: {} frees and {} unmaps of memory allocated before attach; {} address reuses without a seen free; {} failed calls",
         c.free_unknown, rec.mapping.untracked_unmaps, c.address_reused, c.failed_calls
     )?;
+    if let Some(why) = &rec.ages_unavailable {
+        writeln!(out, "allocation ages are missing: {why}")?;
+    }
     if let Some(why) = &rec.mapping_unavailable {
         writeln!(out, "anonymous mmap was not tracked: {why}")?;
     }

@@ -1,0 +1,239 @@
+//! One JSON object with everything a script or a CI check needs: totals, drop counters, the
+//! process's memory, and every stack worth reporting with its trend and ages. The schema is
+//! documented in README.md (`## Formats`); `schema` names its version, and fields are only
+//! ever added.
+
+use std::io;
+
+use serde::Serialize;
+
+use super::{Render, Report};
+use crate::{
+    analysis::TrendClass,
+    model::{AGE_LABELS, AgeHistogram, Frame, Origin},
+};
+
+pub struct Json;
+
+pub const SCHEMA: &str = "leakhound-report/1";
+
+#[derive(Serialize)]
+struct Document<'a> {
+    schema: &'static str,
+    pid: u32,
+    command: &'a str,
+    duration_secs: f64,
+    ended_by: &'a str,
+    min_age_secs: Option<f64>,
+    totals: Totals,
+    drops: Drops,
+    activity: Activity,
+    memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mapping_unavailable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ages_unavailable: Option<&'a str>,
+    age_buckets: [&'static str; 5],
+    samples: Vec<SampleOut>,
+    stacks: Vec<StackOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct Totals {
+    bytes: u64,
+    allocations: u64,
+    malloc_bytes: u64,
+    mmap_bytes: u64,
+    stacks: usize,
+    growing_stacks: usize,
+    growing_bytes_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct Drops {
+    alloc_map_full: u64,
+    alloc_map_full_bytes: u64,
+    stack_failed: u64,
+    events_lost: u64,
+    totals_map_full: u64,
+    thread_map_full: u64,
+    return_without_entry: u64,
+    stale_entry: u64,
+    malformed_events: u64,
+}
+
+#[derive(Serialize)]
+struct Activity {
+    allocations: u64,
+    frees: u64,
+    mapping_events: u64,
+    free_unknown: u64,
+    untracked_unmaps: u64,
+    address_reused: u64,
+    failed_calls: u64,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    at_secs: f64,
+    rss_bytes: u64,
+    anon_bytes: u64,
+    tracked_bytes: u64,
+    growth: Growth,
+}
+
+#[derive(Serialize)]
+struct Growth {
+    from_secs: f64,
+    to_secs: f64,
+    rss_bytes: i64,
+    anon_bytes: i64,
+    tracked_bytes: i64,
+    unexplained_bytes: i64,
+    explained_share: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct SampleOut {
+    secs: f64,
+    tracked_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anon_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StackOut<'a> {
+    rank: usize,
+    origin: Origin,
+    frames: &'a [Frame],
+    bytes: u64,
+    allocations: u64,
+    total_bytes: u64,
+    total_allocations: u64,
+    trend: TrendOut,
+    ages: Option<&'a AgeHistogram>,
+    history: &'a [u64],
+}
+
+#[derive(Serialize)]
+struct TrendOut {
+    class: TrendClass,
+    bytes_per_second: f64,
+    grew_share: f64,
+    steadiness: f64,
+    first_bytes: u64,
+    last_bytes: u64,
+    samples: usize,
+}
+
+impl Render for Json {
+    fn render(&self, report: &Report, out: &mut dyn io::Write) -> io::Result<()> {
+        let rec = report.recording;
+        let analysis = &report.analysis;
+        let c = &rec.counters;
+        let tracked = crate::analysis::memory::tracked_per_sample(rec);
+        let stacks: Vec<StackOut> = analysis
+            .ranked
+            .iter()
+            .enumerate()
+            .map(|(rank, &i)| {
+                let stack = &rec.stacks[i];
+                let t = &analysis.trends[i];
+                StackOut {
+                    rank: rank + 1,
+                    origin: stack.origin,
+                    frames: &stack.frames,
+                    bytes: stack.live_bytes,
+                    allocations: stack.live_allocations,
+                    total_bytes: stack.total_bytes,
+                    total_allocations: stack.total_allocations,
+                    trend: TrendOut {
+                        class: t.class,
+                        bytes_per_second: t.bytes_per_second,
+                        grew_share: t.grew_share,
+                        steadiness: t.steadiness,
+                        first_bytes: t.first_bytes,
+                        last_bytes: t.last_bytes,
+                        samples: t.samples,
+                    },
+                    ages: stack.ages.as_ref(),
+                    history: &stack.history,
+                }
+            })
+            .collect();
+        let document = Document {
+            schema: SCHEMA,
+            pid: rec.pid,
+            command: &rec.command,
+            duration_secs: rec.duration_secs,
+            ended_by: &rec.ended_by,
+            min_age_secs: rec.min_age_secs,
+            totals: Totals {
+                bytes: rec.live_bytes(),
+                allocations: rec.live_allocations(),
+                malloc_bytes: rec.live_bytes_of(Origin::Malloc),
+                mmap_bytes: rec.live_bytes_of(Origin::Mmap),
+                stacks: stacks.len(),
+                growing_stacks: analysis.growing().count(),
+                growing_bytes_per_second: analysis
+                    .growing()
+                    .map(|i| analysis.trends[i].bytes_per_second)
+                    .sum(),
+            },
+            drops: Drops {
+                alloc_map_full: c.alloc_map_full,
+                alloc_map_full_bytes: c.alloc_map_full_bytes,
+                stack_failed: c.stack_failed,
+                events_lost: c.events_lost,
+                totals_map_full: c.totals_map_full,
+                thread_map_full: c.thread_map_full,
+                return_without_entry: c.return_without_entry,
+                stale_entry: c.stale_entry,
+                malformed_events: rec.mapping.malformed_events,
+            },
+            activity: Activity {
+                allocations: c.allocations,
+                frees: c.frees,
+                mapping_events: rec.mapping.events,
+                free_unknown: c.free_unknown,
+                untracked_unmaps: rec.mapping.untracked_unmaps,
+                address_reused: c.address_reused,
+                failed_calls: c.failed_calls,
+            },
+            memory: analysis.reconciliation.map(|r| Memory {
+                at_secs: r.last.secs,
+                rss_bytes: r.last.rss_bytes,
+                anon_bytes: r.last.anon_bytes,
+                tracked_bytes: r.last.tracked_bytes,
+                growth: Growth {
+                    from_secs: r.first.secs,
+                    to_secs: r.last.secs,
+                    rss_bytes: r.rss_growth(),
+                    anon_bytes: r.anon_growth(),
+                    tracked_bytes: r.tracked_growth(),
+                    unexplained_bytes: r.unexplained_growth(),
+                    explained_share: r.explained_share(),
+                },
+            }),
+            mapping_unavailable: rec.mapping_unavailable.as_deref(),
+            ages_unavailable: rec.ages_unavailable.as_deref(),
+            age_buckets: AGE_LABELS,
+            samples: rec
+                .samples
+                .iter()
+                .zip(&tracked)
+                .map(|(sample, &tracked_bytes)| SampleOut {
+                    secs: sample.secs,
+                    tracked_bytes,
+                    rss_bytes: sample.memory.map(|m| m.rss_bytes),
+                    anon_bytes: sample.memory.map(|m| m.anon_bytes),
+                })
+                .collect(),
+            stacks,
+        };
+        serde_json::to_writer_pretty(&mut *out, &document)?;
+        writeln!(out)
+    }
+}
