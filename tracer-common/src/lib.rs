@@ -16,10 +16,60 @@ pub const MAX_STACK_DEPTH: usize = 127;
 pub struct StackFrames {
     /// How many entries of `ips` are frames.
     pub len: u32,
-    /// 1 when the walk stopped at [`MAX_STACK_DEPTH`] with frames left.
+    /// 1 when the walk stopped at [`MAX_STACK_DEPTH`] with frames left, or
+    /// [`TRUNCATED_PENDING`].
     pub truncated: u32,
     /// Return addresses (the first is where execution resumes in the innermost frame).
     pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+/// `StackFrames::truncated` when the walk stopped at an address with no unwind rule yet: user
+/// space was asked for the rule, and repairs this allocation's stack from a copy.
+pub const TRUNCATED_PENDING: u32 = 2;
+
+/// How to step from a frame to its caller's, for one return address. User space derives it from
+/// the module's CFI (`.eh_frame`) and inserts it on demand; the kernel walk applies it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRule {
+    /// A `RULE_*` constant.
+    pub kind: u32,
+    /// CFA = the rule's base register + this.
+    pub cfa_offset: i32,
+    /// The caller's rbp is saved at CFA + this, unless it is [`RBP_UNCHANGED`].
+    pub rbp_offset: i32,
+    pub _pad: u32,
+}
+
+/// CFA = rsp + offset.
+pub const RULE_CFA_RSP: u32 = 0;
+/// CFA = rbp + offset.
+pub const RULE_CFA_RBP: u32 = 1;
+/// No CFI (JIT code, hand-written assembly): a frame-pointer frame, CFA = rbp + 16.
+pub const RULE_FRAME_POINTER: u32 = 2;
+/// The outermost frame, or CFI that the kernel walk cannot apply: the walk ends here.
+pub const RULE_STOP: u32 = 3;
+/// `UnwindRule::rbp_offset` when the frame leaves rbp as it was.
+pub const RBP_UNCHANGED: i32 = i32::MIN;
+
+/// Bytes of user stack copied into an [`UnwindMiss`].
+pub const STACK_COPY_BYTES: usize = 8192;
+
+/// Sent when a kernel walk met a return address with no rule, with what user space needs to
+/// unwind the whole stack once: the registers at the allocation's return and the stack above.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnwindMiss {
+    /// The block the walk was for (its address), or 0 for a mapping.
+    pub tag: u64,
+    /// The key the partial stack was stored under.
+    pub partial_key: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// How many bytes of `stack` are valid, from `sp` up.
+    pub copied: u64,
+    pub stack: [u8; STACK_COPY_BYTES],
 }
 
 /// Stack key recorded when the kernel could not store a stack (its stack map was full, or the
@@ -202,13 +252,18 @@ pub mod counter {
     pub const ADDRESS_REUSED: u32 = 11;
     /// Calls that failed (returned NULL or an error) and so count nothing.
     pub const FAILED_CALLS: u32 = 12;
+    /// Unwind misses not sent to user space, the ring buffer being full: those allocations
+    /// stay under their partial stack, marked `[unwind pending]`.
+    pub const UNWIND_MISS_LOST: u32 = 13;
     /// How many counters there are.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, MapEvent, StackFrames, StackTotals, ThreadState};
+    use super::{
+        AllocInfo, MapEvent, StackFrames, StackTotals, ThreadState, UnwindMiss, UnwindRule,
+    };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of `u64`/`u32` fields with explicit
     // padding, so every bit pattern is valid and there are no implicit padding bytes.
@@ -221,6 +276,10 @@ mod user {
     unsafe impl aya::Pod for ThreadState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StackFrames {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for UnwindRule {}
+    // SAFETY: as above (the byte array has no padding either).
+    unsafe impl aya::Pod for UnwindMiss {}
 }
 
 #[cfg(test)]
@@ -245,5 +304,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
         assert_eq!(core::mem::size_of::<MapArgs>(), 32);
         assert_eq!(core::mem::size_of::<StackFrames>(), 8 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(core::mem::size_of::<UnwindRule>(), 16);
+        assert_eq!(core::mem::size_of::<UnwindMiss>(), 48 + STACK_COPY_BYTES);
     }
 }

@@ -128,7 +128,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     } = *state;
     let ret: u64 = ctx.ret();
     // Walked only for a call that allocated.
-    let stack = || walk_user_stack(ctx.regs);
+    let stack = || walk_user_stack(ctx.regs, ret);
 
     match AllocKind::try_from(kind) {
         Ok(AllocKind::Realloc | AllocKind::Reallocarray) => {
@@ -153,7 +153,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
             }
             // SAFETY: bpf_probe_read_user validates the user address.
             let addr = unsafe { bpf_probe_read_user(out_ptr as *const u64) }?;
-            record(stack(), addr, size);
+            record(walk_user_stack(ctx.regs, addr), addr, size);
         }
         Ok(_) if ret != 0 => record(stack(), ret, size),
         Ok(_) => count(counter::FAILED_CALLS, 1),

@@ -135,7 +135,7 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     // mmap and mremap return MAP_FAILED (-1) on failure, munmap returns -1.
     let failed = ret == -1 || (args.kind == MapEventKind::Unmap as u32 && ret != 0);
     emit(
-        || walk_user_stack(ctx.regs),
+        || walk_user_stack(ctx.regs, ret as u64),
         args,
         (!failed).then_some(ret as u64),
     );

@@ -9,13 +9,19 @@
 //! leaves `rbp` alone, the walk still lands in those outer frames.
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, pt_regs},
-    helpers::{bpf_probe_read_user, generated::bpf_get_stack},
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_get_stack, bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+    },
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{LOST_STACK, MAX_STACK_DEPTH, StackFrames, counter};
+use tracer_common::{
+    LOST_STACK, MAX_STACK_DEPTH, RBP_UNCHANGED, RULE_CFA_RBP, RULE_CFA_RSP, RULE_FRAME_POINTER,
+    STACK_COPY_BYTES, StackFrames, TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter,
+};
 
 use crate::state::count;
 
@@ -26,48 +32,242 @@ pub static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(16384, 
 #[map]
 static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 
+/// 1 to unwind with CFI rules (`--unwind dwarf`), 0 to follow frame pointers only.
+#[unsafe(no_mangle)]
+static UNWIND_DWARF: Global<u32> = Global::new(0);
+
+/// Unwind rules by return address, inserted by user space as walks ask for them.
+#[map]
+pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Walks that met a return address with no rule: user space unwinds their stack copies.
+// Room for about a thousand stack copies: a burst of allocations from new call sites can come
+// faster than user space answers the first of them.
+#[map]
+pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
 /// How far above the stack pointer a frame may be: the default 8 MiB main-thread stack.
 const MAX_STACK_SPAN: u64 = 8 << 20;
 
 /// Walks the user stack from the registers of a uprobe or uretprobe and returns its key.
+/// `tag` names what the stack is for (an allocation's address), so that user space can repair
+/// it if the walk has to stop for a missing unwind rule.
 #[inline(always)]
-pub fn walk_user_stack(regs: *const pt_regs) -> u64 {
+pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> u64 {
     let Some(frames) = STACK_SCRATCH.get_ptr_mut(0) else {
         return LOST_STACK;
     };
     // SAFETY: a per-CPU scratch value that nothing else uses while this program runs; the
     // registers are the program's own context.
     let (frames, regs) = unsafe { (&mut *frames, &*regs) };
+    if UNWIND_DWARF.load() != 0 {
+        return cfi_walk(frames, regs, tag);
+    }
     frames.ips[0] = regs.rip;
-    let sp = regs.rsp;
-    let mut fp = regs.rbp;
-    let mut len = 1;
     frames.truncated = 0;
-    for slot in 1..MAX_STACK_DEPTH {
-        if fp < sp || fp - sp > MAX_STACK_SPAN || fp & 7 != 0 {
-            break;
+    let mut walk = FpWalk {
+        frames: frames as *mut StackFrames,
+        sp: regs.rsp,
+        fp: regs.rbp,
+        len: 1,
+    };
+    // SAFETY: the callback has the signature bpf_loop expects, and `walk` outlives the call.
+    unsafe {
+        bpf_loop(
+            (MAX_STACK_DEPTH - 1) as u32,
+            fp_step as *mut core::ffi::c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    frames.len = walk.len;
+    if walk.len as usize == MAX_STACK_DEPTH {
+        frames.truncated = 1;
+    }
+    store(frames)
+}
+
+/// The state of a frame-pointer walk between steps.
+#[repr(C)]
+struct FpWalk {
+    frames: *mut StackFrames,
+    sp: u64,
+    fp: u64,
+    len: u32,
+}
+
+/// One step of the frame-pointer walk. Returns 1 to stop.
+extern "C" fn fp_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the FpWalk that walk_user_stack passed to bpf_loop.
+    let walk = unsafe { &mut *ctx.cast::<FpWalk>() };
+    let fp = walk.fp;
+    if fp < walk.sp || fp - walk.sp > MAX_STACK_SPAN || fp & 7 != 0 {
+        return 1;
+    }
+    // SAFETY: bpf_probe_read_user validates the user address.
+    let Ok([next_fp, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+        return 1;
+    };
+    if ret < 4096 {
+        return 1;
+    }
+    // SAFETY: `frames` is the per-CPU scratch value being filled.
+    let frames = unsafe { &mut *walk.frames };
+    // The slot comes from bpf_loop's index, not from a counter carried in `walk`: a carried
+    // counter is a precise value to the verifier, which then checks every length apart.
+    let Some(slot) = frames.ips.get_mut(index as usize + 1) else {
+        return 1;
+    };
+    *slot = ret;
+    walk.len = index as u32 + 2;
+    if next_fp <= fp {
+        return 1;
+    }
+    walk.fp = next_fp;
+    0
+}
+
+/// Walks with the CFI rules that user space derived from `.eh_frame`, so frames built without
+/// frame pointers unwind too. A return address with no rule yet ends the walk: the partial
+/// stack is stored marked pending, and the registers and a copy of the stack go to user space,
+/// which inserts rules for every frame in the copy and moves this allocation to its whole
+/// stack. Only the first allocation from a new call site pays that round trip.
+#[inline(always)]
+fn cfi_walk(frames: &mut StackFrames, regs: &pt_regs, tag: u64) -> u64 {
+    frames.ips[0] = regs.rip;
+    frames.truncated = 0;
+    let mut walk = CfiWalk {
+        frames: frames as *mut StackFrames,
+        pc: regs.rip,
+        sp: regs.rsp,
+        bp: regs.rbp,
+        len: 1,
+        missed: 0,
+    };
+    // bpf_loop has the verifier check the step once, not once per frame: the unrolled walk
+    // took a second to verify.
+    // SAFETY: the callback has the signature bpf_loop expects, and `walk` outlives the call.
+    unsafe {
+        bpf_loop(
+            (MAX_STACK_DEPTH - 1) as u32,
+            cfi_step as *mut core::ffi::c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    let missed = walk.missed != 0;
+    frames.len = walk.len;
+    if walk.len as usize == MAX_STACK_DEPTH {
+        frames.truncated = 1;
+    }
+    if missed {
+        frames.truncated = TRUNCATED_PENDING;
+    }
+    let key = store(frames);
+    if missed {
+        send_miss(regs, key, tag);
+    }
+    key
+}
+
+/// The state of a CFI walk between steps.
+#[repr(C)]
+struct CfiWalk {
+    frames: *mut StackFrames,
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    len: u32,
+    missed: u32,
+}
+
+/// One step of the CFI walk: from the frame at `pc` to its caller. Returns 1 to stop.
+extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the CfiWalk that cfi_walk passed to bpf_loop.
+    let walk = unsafe { &mut *ctx.cast::<CfiWalk>() };
+    // SAFETY: the value is copied out.
+    let Some(rule) = (unsafe { UNWIND_RULES.get(&walk.pc) }).copied() else {
+        walk.missed = 1;
+        return 1;
+    };
+    let cfa = match rule.kind {
+        RULE_CFA_RSP => walk.sp.wrapping_add(rule.cfa_offset as i64 as u64),
+        RULE_CFA_RBP => walk.bp.wrapping_add(rule.cfa_offset as i64 as u64),
+        RULE_FRAME_POINTER => walk.bp.wrapping_add(16),
+        _ => return 1,
+    };
+    if cfa <= walk.sp || cfa - walk.sp > MAX_STACK_SPAN {
+        return 1;
+    }
+    // SAFETY: bpf_probe_read_user validates the user address.
+    let Ok(ret) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+        return 1;
+    };
+    let saved_bp_at = match rule.kind {
+        RULE_FRAME_POINTER => Some(cfa - 16),
+        _ if rule.rbp_offset != RBP_UNCHANGED => {
+            Some(cfa.wrapping_add(rule.rbp_offset as i64 as u64))
         }
-        // SAFETY: bpf_probe_read_user validates the user address.
-        let Ok([next_fp, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
-        };
-        if ret < 4096 {
-            break;
-        }
-        if let Some(ip) = frames.ips.get_mut(slot) {
-            *ip = ret;
-        }
-        len = slot + 1;
-        if next_fp <= fp {
-            break;
-        }
-        fp = next_fp;
-        if slot == MAX_STACK_DEPTH - 1 {
-            frames.truncated = 1;
+        _ => None,
+    };
+    if let Some(at) = saved_bp_at {
+        // SAFETY: as above.
+        match unsafe { bpf_probe_read_user(at as *const u64) } {
+            Ok(value) => walk.bp = value,
+            Err(_) => return 1,
         }
     }
-    frames.len = len as u32;
-    store(frames)
+    if ret < 4096 {
+        return 1;
+    }
+    // SAFETY: `frames` is the per-CPU scratch value that cfi_walk is filling.
+    let frames = unsafe { &mut *walk.frames };
+    // As in fp_step: the slot comes from the loop index.
+    let Some(slot) = frames.ips.get_mut(index as usize + 1) else {
+        return 1;
+    };
+    *slot = ret;
+    walk.len = index as u32 + 2;
+    walk.sp = cfa;
+    walk.pc = ret;
+    0
+}
+
+fn send_miss(regs: &pt_regs, partial_key: u64, tag: u64) {
+    let Some(mut entry) = UNWIND_MISSES.reserve::<UnwindMiss>(0) else {
+        count(counter::UNWIND_MISS_LOST, 1);
+        return;
+    };
+    let miss = entry.as_mut_ptr();
+    // SAFETY: `miss` points to a reserved ring buffer record of the right size; the stack copy
+    // is written by the helper into the record's own array.
+    unsafe {
+        (*miss).tag = tag;
+        (*miss).partial_key = partial_key;
+        (*miss).ip = regs.rip;
+        (*miss).sp = regs.rsp;
+        (*miss).bp = regs.rbp;
+        // The stack may end closer to sp than a full copy: try smaller copies.
+        let mut copied = 0u64;
+        for size in [
+            STACK_COPY_BYTES,
+            STACK_COPY_BYTES / 4,
+            STACK_COPY_BYTES / 16,
+        ] {
+            let rc = probe_read_user_raw(
+                (&raw mut (*miss).stack).cast(),
+                size as u32,
+                regs.rsp as *const core::ffi::c_void,
+            );
+            if rc == 0 {
+                copied = size as u64;
+                break;
+            }
+        }
+        (*miss).copied = copied;
+    }
+    entry.submit(0);
 }
 
 /// Takes the user stack with the kernel's walker, for tracepoints, whose context holds no user
@@ -100,14 +300,20 @@ pub fn kernel_user_stack<C: EbpfContext>(ctx: &C) -> u64 {
 /// Stores a walked stack under the hash of its frames (FNV-1a over the addresses).
 #[inline(always)]
 fn store(frames: &StackFrames) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for slot in 0..MAX_STACK_DEPTH {
-        if slot >= frames.len as usize {
-            break;
-        }
-        let ip = frames.ips.get(slot).copied().unwrap_or(0);
-        hash = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    let mut hashing = Hashing {
+        frames: frames as *const StackFrames,
+        hash: 0xcbf2_9ce4_8422_2325,
+    };
+    // SAFETY: the callback has the signature bpf_loop expects, and `hashing` outlives the call.
+    unsafe {
+        bpf_loop(
+            frames.len.min(MAX_STACK_DEPTH as u32),
+            hash_step as *mut core::ffi::c_void,
+            (&raw mut hashing).cast(),
+            0,
+        );
     }
+    let hash = hashing.hash;
     // LOST_STACK is reserved.
     let key = if hash == LOST_STACK { hash - 1 } else { hash };
     // SAFETY: only checks for presence.
@@ -122,4 +328,22 @@ fn store(frames: &StackFrames) -> u64 {
             LOST_STACK
         }
     }
+}
+
+#[repr(C)]
+struct Hashing {
+    frames: *const StackFrames,
+    hash: u64,
+}
+
+extern "C" fn hash_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the Hashing that store passed to bpf_loop; `frames` is live.
+    let hashing = unsafe { &mut *ctx.cast::<Hashing>() };
+    // SAFETY: as above.
+    let frames = unsafe { &*hashing.frames };
+    let Some(ip) = frames.ips.get(index as usize) else {
+        return 1;
+    };
+    hashing.hash = (hashing.hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    0
 }

@@ -8,6 +8,7 @@ use crate::{
     config::{Output, RecordConfig, ReportConfig, TargetSpec},
     kernel::MapSizes,
     report::Format,
+    unwind::UnwindMode,
 };
 
 #[derive(Debug, Parser)]
@@ -130,6 +131,10 @@ pub struct RecordArgs {
     /// process has held for a while, not what it is about to free.
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub min_age: Option<Duration>,
+    /// How to walk stacks: auto and dwarf unwind with each module's CFI (.eh_frame), so code
+    /// built without frame pointers shows whole stacks; fp follows frame pointers only.
+    #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
+    pub unwind: UnwindMode,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Also save the whole recording here (JSON), to render again with `leakhound report`.
@@ -158,6 +163,7 @@ impl RecordArgs {
             interval: self.interval,
             sample_every: self.interval.unwrap_or(DEFAULT_SAMPLE_EVERY),
             min_age: self.min_age,
+            unwind: self.unwind,
             top: self.output.top,
             outputs: self.output.into_outputs(self.save, Format::Text),
             sizes: MapSizes {

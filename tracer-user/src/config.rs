@@ -28,6 +28,8 @@ pub struct RecordConfig {
     pub sample_every: Duration,
     /// Count only allocations at least this old at the end.
     pub min_age: Option<Duration>,
+    /// How stacks are walked.
+    pub unwind: crate::unwind::UnwindMode,
     pub outputs: Vec<Output>,
     pub sizes: MapSizes,
     pub top: usize,

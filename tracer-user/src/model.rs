@@ -19,6 +19,10 @@ pub struct KernelCounters {
     pub totals_map_full: u64,
     pub address_reused: u64,
     pub failed_calls: u64,
+    /// Allocations left under a partial `[unwind pending]` stack, their unwind request lost
+    /// to a full buffer.
+    #[serde(default)]
+    pub unwind_miss_lost: u64,
 }
 
 /// Where a stack's memory came from.

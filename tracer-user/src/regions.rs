@@ -64,6 +64,18 @@ impl Regions {
         true
     }
 
+    /// Moves the mapping that starts at `start` from stack `from` to stack `to` (an unwind
+    /// repair); returns its bytes, 0 when no such mapping is there.
+    pub fn rekey(&mut self, start: u64, from: u64, to: u64) -> u64 {
+        match self.by_start.get_mut(&start) {
+            Some(region) if region.stack_key == from => {
+                region.stack_key = to;
+                region.end - start
+            }
+            _ => 0,
+        }
+    }
+
     pub fn stack_at(&self, addr: u64) -> Option<u64> {
         self.region_at(addr).map(|region| region.stack_key)
     }

@@ -15,7 +15,9 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::oneshot,
 };
-use tracer_common::{LOST_STACK, MapEvent, MapEventKind, StackTotals};
+use tracer_common::{
+    AllocInfo, LOST_STACK, MapEvent, MapEventKind, StackTotals, TRUNCATED_PENDING,
+};
 
 use crate::{
     analysis::{
@@ -35,6 +37,7 @@ use crate::{
     report::human_bytes,
     symbolize::{CodeAddress, FrameNamer, Modules},
     target,
+    unwind::MissHandler,
 };
 
 /// What a session produced: whatever was gathered, and the error that ended it early, if any.
@@ -113,6 +116,12 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                     Err(err) => { error = Some(err.into()); break "an error".to_owned(); }
                 }
             }
+            ready = session.misses.ring().readable_mut() => {
+                if let Ok(mut guard) = ready {
+                    guard.clear_ready();
+                }
+                session.answer_misses();
+            }
             _ = sigint.recv() => break "SIGINT".to_owned(),
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             exit = session.exit.wait() => break format!("the target exiting ({exit})"),
@@ -188,6 +197,8 @@ struct MappingState {
 struct Session {
     probes: Option<Probes>,
     events: AsyncFd<RingBuf<MapData>>,
+    /// Unwind misses from the kernel walk, answered as they come.
+    misses: MissHandler,
     exit: ExitSignal,
     target: TargetProcess,
     command: String,
@@ -213,7 +224,7 @@ impl Session {
                     what: prepared.library_display.display().to_string(),
                 });
             }
-            let mut probes = Probes::load(pid, config.sizes)?;
+            let mut probes = Probes::load(pid, config.sizes, config.unwind.uses_cfi())?;
             probes.attach_allocator(&prepared.library, &points, pid)?;
             probes.attach_mapping_tracepoints()?;
             Ok(probes)
@@ -242,6 +253,8 @@ impl Session {
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
         let events =
             unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
+
+        let misses = MissHandler::new(&mut probes.ebpf)?;
 
         let modules = Arc::new(Mutex::new(Modules::default()));
         let (exit, launched) = match prepared.child.take() {
@@ -276,6 +289,7 @@ impl Session {
         Ok(Self {
             probes: Some(probes),
             events,
+            misses,
             exit,
             target: prepared.process,
             command: prepared.command,
@@ -285,6 +299,13 @@ impl Session {
             mapping_unavailable,
             timeline: Timeline::default(),
         })
+    }
+
+    fn answer_misses(&mut self) {
+        if let Some(probes) = self.probes.as_mut() {
+            self.misses
+                .drain(&mut probes.ebpf, &self.modules, &self.target);
+        }
     }
 
     fn print_progress(&self, started: Instant) {
@@ -339,8 +360,7 @@ impl Session {
 
     /// Ages of every live allocation and mapping, from one batched walk of the kernel's
     /// allocation map. Per key: the histogram, and the (bytes, allocations) old enough.
-    fn ages(&self, probes: &Probes, min_age: Option<Duration>) -> Result<Ages, TracerError> {
-        let (allocs, _) = reader::live_allocations(&probes.ebpf)?;
+    fn ages(&self, allocs: &[(u64, AllocInfo)], min_age: Option<Duration>) -> Ages {
         let now = reader::ktime_now_ns();
         let min_age_ns = min_age.map_or(0, |d| d.as_nanos() as u64);
         let malloc = allocs.iter().map(|(_, info)| Live {
@@ -357,7 +377,7 @@ impl Session {
                 bytes,
                 made_ns,
             });
-        Ok(age::ages(malloc.chain(mmap), now, min_age_ns))
+        age::ages(malloc.chain(mmap), now, min_age_ns)
     }
 
     /// Reads everything out of the kernel, detaches, then names frames (which can be slow and
@@ -368,16 +388,39 @@ impl Session {
         mut ended_by: String,
         min_age: Option<Duration>,
     ) -> Result<Recording, TracerError> {
-        let probes = self.probes.take().expect("finish runs once");
-        let totals = reader::stack_totals(&probes.ebpf)?;
+        let mut probes = self.probes.take().expect("finish runs once");
+        self.misses
+            .drain(&mut probes.ebpf, &self.modules, &self.target);
+        let mut totals = reader::stack_totals(&probes.ebpf)?;
         let counters = reader::counters(&probes.ebpf)?;
+        // Allocations and mappings whose stacks were repaired from a copy count under their
+        // whole stacks.
+        let live_allocs = reader::live_allocations(&probes.ebpf).map(|(mut allocs, _)| {
+            self.misses.repair_allocations(&mut totals, &mut allocs);
+            allocs
+        });
+        for (start, repair) in self.misses.repairs() {
+            let bytes = self
+                .mapping
+                .regions
+                .rekey(start, repair.partial, repair.whole);
+            if bytes > 0 {
+                if let Some(made) = self.mapping.made.get_mut(&repair.partial) {
+                    made.0 = made.0.saturating_sub(bytes);
+                    made.1 = made.1.saturating_sub(1);
+                }
+                let made = self.mapping.made.entry(repair.whole).or_default();
+                made.0 += bytes;
+                made.1 += 1;
+            }
+        }
         let held = self.mapping.regions.held_by_stack();
         let traced = started.elapsed();
         let memory = self.memory();
         self.timeline
             .push(traced.as_secs_f64(), memory, sample_values(&totals, &held));
-        let (ages, ages_unavailable) = match self.ages(&probes, min_age) {
-            Ok(ages) => (Some(ages), None),
+        let (ages, ages_unavailable) = match &live_allocs {
+            Ok(allocs) => (Some(self.ages(allocs, min_age)), None),
             Err(err) => (
                 None,
                 Some(format!("the allocation map could not be read: {err}")),
@@ -459,7 +502,18 @@ impl Session {
                 let mut stack = StackRecord {
                     origin,
                     frames: match addresses.get(&key) {
-                        Some(addrs) if !addrs.is_empty() => namer.stack(&modules, addrs),
+                        Some(addrs) if !addrs.is_empty() => {
+                            let mut frames = namer.stack(&modules, addrs);
+                            // Say where a walk stopped short, so the bytes stay visible.
+                            match stacks.truncated(key) {
+                                TRUNCATED_PENDING => {
+                                    frames.insert(0, Frame::named("[unwind pending]"))
+                                }
+                                1 => frames.insert(0, Frame::named("[truncated]")),
+                                _ => {}
+                            }
+                            frames
+                        }
                         _ => vec![Frame::named("[lost stack]")],
                     },
                     live_bytes: live(t.live_bytes),

@@ -102,6 +102,24 @@ impl Modules {
         self.file_offset(addr).is_some() || self.pseudo_name(addr).is_some()
     }
 
+    /// Where an address is: in a mapped file (which one, opened, and at what offset), in
+    /// anonymous executable memory, or nowhere known.
+    pub fn locate(&self, addr: u64) -> Location<'_> {
+        if let Some((range, file_offset)) = self.file_offset(addr)
+            && let Some(Some(file)) = self.files.get(&range.file_key)
+        {
+            return Location::File {
+                key: &range.file_key,
+                file,
+                file_offset,
+            };
+        }
+        match self.pseudo_name(addr) {
+            Some("[anon]") => Location::Anonymous,
+            _ => Location::Unknown,
+        }
+    }
+
     fn file_offset(&self, addr: u64) -> Option<(&ModuleRange, u64)> {
         let (start, range) = self.by_start.range(..=addr).next_back()?;
         (addr < range.end).then(|| (range, addr - start + range.offset))
@@ -111,6 +129,18 @@ impl Modules {
         let (_, (end, name)) = self.pseudo.range(..=addr).next_back()?;
         (addr < *end).then_some(name.as_str())
     }
+}
+
+/// See [`Modules::locate`].
+pub enum Location<'a> {
+    File {
+        /// The file's inode and path as the target names it.
+        key: &'a (u64, PathBuf),
+        file: &'a File,
+        file_offset: u64,
+    },
+    Anonymous,
+    Unknown,
 }
 
 /// Owns the blazesym symbolizer (which is neither Send nor Sync and caches per file) and a

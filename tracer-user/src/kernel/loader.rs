@@ -73,17 +73,20 @@ const TRACEPOINTS: [(&str, &str); 6] = [
 
 impl Probes {
     /// Loads every program for the process `tgid` (as the root PID namespace sees it).
-    pub fn load(tgid: u32, sizes: MapSizes) -> Result<Self, TracerError> {
+    /// `cfi`: walk stacks with CFI rules (`--unwind auto|dwarf`) rather than frame pointers.
+    pub fn load(tgid: u32, sizes: MapSizes, cfi: bool) -> Result<Self, TracerError> {
         raise_memlock_limit();
         let (pidns_dev, pidns_ino) = own_pid_namespace();
+        let unwind_dwarf = u32::from(cfi);
         let mut loader = EbpfLoader::new();
         loader
             .override_global("TARGET_TGID", &tgid, true)
             .override_global("PIDNS_DEV", &pidns_dev, true)
             .override_global("PIDNS_INO", &pidns_ino, true)
+            .override_global("UNWIND_DWARF", &unwind_dwarf, true)
             .map_max_entries("ALLOCS", sizes.max_allocs)
             .map_max_entries("STACKS", sizes.max_stacks)
-            // One more than the stack ids, for LOST_STACK: this map must never fill.
+            // One more than the stacks, for LOST_STACK: this map must never fill.
             .map_max_entries("STACK_TOTALS", sizes.max_stacks + 1)
             .map_max_entries("THREADS", sizes.max_threads)
             .map_max_entries("MAP_ARGS", sizes.max_threads)

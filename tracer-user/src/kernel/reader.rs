@@ -104,6 +104,7 @@ pub fn counters(ebpf: &Ebpf) -> Result<KernelCounters, TracerError> {
         totals_map_full: read(counter::TOTALS_MAP_FULL)?,
         address_reused: read(counter::ADDRESS_REUSED)?,
         failed_calls: read(counter::FAILED_CALLS)?,
+        unwind_miss_lost: read(counter::UNWIND_MISS_LOST)?,
     })
 }
 
@@ -111,6 +112,7 @@ pub fn counters(ebpf: &Ebpf) -> Result<KernelCounters, TracerError> {
 #[derive(Default)]
 pub struct StackCache {
     stacks: HashMap<u64, Vec<u64>>,
+    truncated: HashMap<u64, u32>,
 }
 
 impl StackCache {
@@ -127,6 +129,7 @@ impl StackCache {
             let frames = match map.get(&key, 0) {
                 Ok(stack) => {
                     let len = (stack.len as usize).min(stack.ips.len());
+                    self.truncated.insert(key, stack.truncated);
                     stack.ips[..len].to_vec()
                 }
                 Err(source) => {
@@ -137,6 +140,11 @@ impl StackCache {
             slot.insert(frames);
         }
         Ok(&self.stacks[&key])
+    }
+
+    /// How the walk of a stack read by [`Self::get`] ended (`StackFrames::truncated`).
+    pub fn truncated(&self, key: u64) -> u32 {
+        self.truncated.get(&key).copied().unwrap_or(0)
     }
 }
 

@@ -60,6 +60,7 @@ struct Drops {
     return_without_entry: u64,
     stale_entry: u64,
     malformed_events: u64,
+    unwind_miss_lost: u64,
 }
 
 #[derive(Serialize)]
@@ -192,6 +193,7 @@ impl Render for Json {
                 return_without_entry: c.return_without_entry,
                 stale_entry: c.stale_entry,
                 malformed_events: rec.mapping.malformed_events,
+                unwind_miss_lost: c.unwind_miss_lost,
             },
             activity: Activity {
                 allocations: c.allocations,

@@ -263,7 +263,12 @@ fn write_frames(stack: &StackRecord, out: &mut dyn io::Write) -> io::Result<()> 
 
 fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
     let c = &rec.counters;
-    let losses: [(u64, String); 8] = [
+    let losses: [(u64, String); 9] = [
+        (
+            c.unwind_miss_lost,
+            "allocations left under [unwind pending], their unwind request lost to a full buffer"
+                .into(),
+        ),
         (
             c.alloc_map_full,
             format!(

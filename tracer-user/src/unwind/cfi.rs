@@ -1,0 +1,235 @@
+//! Unwind rules from `.eh_frame`, one module at a time, cached for the session.
+
+use std::{collections::HashMap, fs::File, path::PathBuf};
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection as _, X86_64,
+};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, read::ReadCache};
+use tracer_common::{
+    RBP_UNCHANGED, RULE_CFA_RBP, RULE_CFA_RSP, RULE_FRAME_POINTER, RULE_STOP, UnwindRule,
+};
+
+use crate::symbolize::{Location, Modules};
+
+/// The CFI of one mapped file, with what it takes to turn file offsets into the addresses the
+/// CFI speaks of.
+struct ModuleCfi {
+    eh_frame: Vec<u8>,
+    eh_frame_addr: u64,
+    eh_frame_hdr: Vec<u8>,
+    eh_frame_hdr_addr: u64,
+    text_addr: u64,
+    /// Loadable segments: file offset, size in the file, virtual address.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl ModuleCfi {
+    fn read(file: &File) -> Option<Self> {
+        let cache = ReadCache::new(file);
+        let elf = object::File::parse(&cache).ok()?;
+        let section = |name: &str| {
+            let section = elf.section_by_name(name)?;
+            Some((section.data().ok()?.to_vec(), section.address()))
+        };
+        let (eh_frame, eh_frame_addr) = section(".eh_frame")?;
+        let (eh_frame_hdr, eh_frame_hdr_addr) = section(".eh_frame_hdr")?;
+        let text_addr = elf
+            .section_by_name(".text")
+            .map_or(0, |text| text.address());
+        let segments = elf
+            .segments()
+            .map(|segment| {
+                let (offset, size) = segment.file_range();
+                (offset, size, segment.address())
+            })
+            .collect();
+        Some(Self {
+            eh_frame,
+            eh_frame_addr,
+            eh_frame_hdr,
+            eh_frame_hdr_addr,
+            text_addr,
+            segments,
+        })
+    }
+
+    fn address_of(&self, file_offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(offset, size, _)| (*offset..offset + size).contains(&file_offset))
+            .map(|(offset, _, vaddr)| file_offset - offset + vaddr)
+    }
+
+    /// The rule in effect at `address` (a virtual address in this file), or `None` when no FDE
+    /// covers it.
+    fn rule_at(&self, address: u64, ctx: &mut UnwindContext<usize>) -> Option<UnwindRule> {
+        let bases = BaseAddresses::default()
+            .set_eh_frame_hdr(self.eh_frame_hdr_addr)
+            .set_eh_frame(self.eh_frame_addr)
+            .set_text(self.text_addr);
+        let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
+        let header = EhFrameHdr::new(&self.eh_frame_hdr, LittleEndian)
+            .parse(&bases, 8)
+            .ok()?;
+        let table = header.table()?;
+        let row = table
+            .unwind_info_for_address(&eh_frame, &bases, ctx, address, EhFrame::cie_from_offset)
+            .ok()?;
+        Some(rule_of(row))
+    }
+}
+
+/// Turns a CFI row into what the kernel walk can apply; anything else ends the walk there.
+fn rule_of(row: &gimli::UnwindTableRow<usize>) -> UnwindRule {
+    let stop = UnwindRule {
+        kind: RULE_STOP,
+        ..UnwindRule::default()
+    };
+    // The return address must be at CFA - 8, as the call pushed it; `_start` marks it
+    // undefined, which ends every walk at the outermost frame.
+    if !matches!(row.register(X86_64::RA), Some(RegisterRule::Offset(-8))) {
+        return stop;
+    }
+    let (kind, cfa_offset) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
+            (RULE_CFA_RSP, *offset)
+        }
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
+            (RULE_CFA_RBP, *offset)
+        }
+        _ => return stop,
+    };
+    let rbp_offset = match row.register(X86_64::RBP) {
+        None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => RBP_UNCHANGED,
+        Some(RegisterRule::Offset(offset)) => match i32::try_from(offset) {
+            Ok(offset) if offset != RBP_UNCHANGED => offset,
+            _ => return stop,
+        },
+        Some(_) => return stop,
+    };
+    let Ok(cfa_offset) = i32::try_from(cfa_offset) else {
+        return stop;
+    };
+    UnwindRule {
+        kind,
+        cfa_offset,
+        rbp_offset,
+        _pad: 0,
+    }
+}
+
+/// Rules by return address for one traced process.
+pub struct CfiRules {
+    modules: HashMap<(u64, PathBuf), Option<ModuleCfi>>,
+    by_address: HashMap<u64, UnwindRule>,
+    ctx: UnwindContext<usize>,
+}
+
+impl Default for CfiRules {
+    fn default() -> Self {
+        Self {
+            modules: HashMap::new(),
+            by_address: HashMap::new(),
+            ctx: UnwindContext::new(),
+        }
+    }
+}
+
+impl CfiRules {
+    /// The rule for a return address, or `None` when the address is in no known mapping (the
+    /// caller may refresh the mappings and ask again). A return address is looked up at
+    /// `address - 1`: the call it returns from may be the last instruction of its function.
+    pub fn rule_for(&mut self, modules: &Modules, return_address: u64) -> Option<UnwindRule> {
+        if let Some(rule) = self.by_address.get(&return_address) {
+            return Some(*rule);
+        }
+        let rule = match modules.locate(return_address.saturating_sub(1)) {
+            Location::File {
+                key,
+                file,
+                file_offset,
+            } => {
+                let module = self
+                    .modules
+                    .entry(key.clone())
+                    .or_insert_with(|| ModuleCfi::read(file));
+                match module {
+                    Some(module) => module
+                        .address_of(file_offset)
+                        .and_then(|address| module.rule_at(address, &mut self.ctx))
+                        // Code with no CFI (hand-written assembly) may still keep rbp.
+                        .unwrap_or(UnwindRule {
+                            kind: RULE_FRAME_POINTER,
+                            ..UnwindRule::default()
+                        }),
+                    None => UnwindRule {
+                        kind: RULE_FRAME_POINTER,
+                        ..UnwindRule::default()
+                    },
+                }
+            }
+            // JIT code has no CFI; V8 and HotSpot (with -XX:+PreserveFramePointer) keep rbp.
+            Location::Anonymous => UnwindRule {
+                kind: RULE_FRAME_POINTER,
+                ..UnwindRule::default()
+            },
+            Location::Unknown => return None,
+        };
+        self.by_address.insert(return_address, rule);
+        Some(rule)
+    }
+
+    /// A rule for an address in no mapping: the walk ends there.
+    pub fn stop() -> UnwindRule {
+        UnwindRule {
+            kind: RULE_STOP,
+            ..UnwindRule::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Derives rules from the real libc on this machine: `malloc` is an ordinary function with
+    /// CFI, and its rule right after entry says the CFA is rsp + 8 (only the return address).
+    #[test]
+    fn rules_from_the_real_libc() {
+        let path = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+        let Some(path) = path else {
+            eprintln!("skipped: no glibc at the usual path");
+            return;
+        };
+        let file = File::open(path).unwrap();
+        let module = ModuleCfi::read(&file).expect("libc has .eh_frame and .eh_frame_hdr");
+        let data = std::fs::read(path).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        use object::ObjectSymbol as _;
+        let malloc = elf
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("malloc"))
+            .expect("libc exports malloc")
+            .address();
+        let mut ctx = UnwindContext::new();
+        let rule = module
+            .rule_at(malloc, &mut ctx)
+            .expect("an FDE covers malloc");
+        assert_eq!(
+            rule,
+            UnwindRule {
+                kind: RULE_CFA_RSP,
+                cfa_offset: 8,
+                rbp_offset: RBP_UNCHANGED,
+                _pad: 0
+            }
+        );
+    }
+}

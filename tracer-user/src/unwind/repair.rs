@@ -1,0 +1,248 @@
+//! Answers the kernel walk's misses, and moves the allocations they concern to their whole
+//! stacks.
+//!
+//! A miss carries the registers and a copy of the stack at an allocation's return. The copy is
+//! walked here with rules from the modules' CFI; every rule used goes into the kernel, so the
+//! next allocation from that site is walked whole there. The whole stack is stored in the
+//! kernel's stack map under the key the kernel would give it, and the allocation (known by its
+//! address) is remembered, so that the report counts its bytes under the whole stack rather
+//! than the partial one: totals are conserved, nothing is dropped.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, RingBuf},
+};
+use tokio::io::unix::AsyncFd;
+use tracer_common::{AllocInfo, MAX_STACK_DEPTH, StackFrames, StackTotals, UnwindMiss, UnwindRule};
+
+use super::{CfiRules, StackCopy, stack_key, unwind_copy};
+use crate::{errors::TracerError, process::TargetProcess, symbolize::Modules};
+
+/// The partial and the whole stack of one allocation or mapping, by its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repair {
+    pub partial: u64,
+    pub whole: u64,
+}
+
+pub struct MissHandler {
+    ring: AsyncFd<RingBuf<MapData>>,
+    rules: CfiRules,
+    repairs: HashMap<u64, Repair>,
+    /// Misses answered, and rules handed to the kernel.
+    pub misses: u64,
+    pub rules_inserted: u64,
+}
+
+impl MissHandler {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, TracerError> {
+        let map_error = |source| TracerError::Map {
+            map: "UNWIND_MISSES",
+            source: Box::new(source),
+        };
+        let ring = ebpf.take_map("UNWIND_MISSES").ok_or_else(|| {
+            map_error(aya::maps::MapError::InvalidName {
+                name: "UNWIND_MISSES".into(),
+            })
+        })?;
+        let ring = RingBuf::try_from(ring).map_err(map_error)?;
+        // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
+        Ok(Self {
+            ring,
+            rules: CfiRules::default(),
+            repairs: HashMap::new(),
+            misses: 0,
+            rules_inserted: 0,
+        })
+    }
+
+    pub fn ring(&mut self) -> &mut AsyncFd<RingBuf<MapData>> {
+        &mut self.ring
+    }
+
+    /// Answers every miss waiting in the ring buffer.
+    pub fn drain(&mut self, ebpf: &mut Ebpf, modules: &Mutex<Modules>, target: &TargetProcess) {
+        let mut misses = Vec::new();
+        while let Some(item) = self.ring.get_mut().next() {
+            if item.len() >= size_of::<UnwindMiss>() {
+                // SAFETY: the record holds one UnwindMiss, a plain-old-data type; read unaligned.
+                misses.push(Box::new(unsafe {
+                    item.as_ptr().cast::<UnwindMiss>().read_unaligned()
+                }));
+            }
+        }
+        let started = std::time::Instant::now();
+        let count = misses.len();
+        for miss in misses {
+            if let Err(err) = self.answer(&miss, ebpf, modules, target) {
+                log::debug!("unwind miss at {:#x}: {err}", miss.ip);
+            }
+        }
+        if count > 0 {
+            log::debug!("answered {count} unwind misses in {:?}", started.elapsed());
+        }
+    }
+
+    fn answer(
+        &mut self,
+        miss: &UnwindMiss,
+        ebpf: &mut Ebpf,
+        modules: &Mutex<Modules>,
+        target: &TargetProcess,
+    ) -> Result<(), TracerError> {
+        self.misses += 1;
+        let copied = (miss.copied as usize).min(miss.stack.len());
+        let copy = StackCopy {
+            sp: miss.sp,
+            bytes: &miss.stack[..copied],
+        };
+        let mut modules = modules.lock().expect("modules lock");
+        let mut used: Vec<(u64, UnwindRule)> = Vec::new();
+        let walk = |modules: &Modules, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
+            let mut unknown = false;
+            let walked = unwind_copy((miss.ip, miss.sp, miss.bp), &copy, |pc| {
+                let rule = rules.rule_for(modules, pc).unwrap_or_else(|| {
+                    unknown = true;
+                    CfiRules::stop()
+                });
+                used.push((pc, rule));
+                Some(rule)
+            });
+            (walked, unknown)
+        };
+        let (mut walked, unknown) = walk(&modules, &mut used, &mut self.rules);
+        if unknown {
+            // Code mapped since the last refresh (a library loaded late, a launched command
+            // that just started): read the mappings and walk again.
+            modules.refresh(target);
+            used.clear();
+            walked = walk(&modules, &mut used, &mut self.rules).0;
+        }
+        drop(modules);
+
+        let mut rules: BpfHashMap<&mut MapData, u64, UnwindRule> = BpfHashMap::try_from(
+            ebpf.map_mut("UNWIND_RULES")
+                .ok_or_else(|| missing("UNWIND_RULES"))?,
+        )
+        .map_err(|source| TracerError::Map {
+            map: "UNWIND_RULES",
+            source: Box::new(source),
+        })?;
+        for (pc, rule) in used {
+            if rules.insert(pc, rule, 0).is_ok() {
+                self.rules_inserted += 1;
+            }
+        }
+
+        let whole = stack_key(&walked.ips);
+        let mut frames = StackFrames {
+            len: walked.ips.len() as u32,
+            truncated: walked.truncated,
+            ips: [0; MAX_STACK_DEPTH],
+        };
+        frames.ips[..walked.ips.len()].copy_from_slice(&walked.ips);
+        let mut stacks: BpfHashMap<&mut MapData, u64, StackFrames> =
+            BpfHashMap::try_from(ebpf.map_mut("STACKS").ok_or_else(|| missing("STACKS"))?)
+                .map_err(|source| TracerError::Map {
+                    map: "STACKS",
+                    source: Box::new(source),
+                })?;
+        stacks
+            .insert(whole, frames, 0)
+            .map_err(|source| TracerError::Map {
+                map: "STACKS",
+                source: Box::new(source),
+            })?;
+        if miss.tag != 0 && whole != miss.partial_key {
+            self.repairs.insert(
+                miss.tag,
+                Repair {
+                    partial: miss.partial_key,
+                    whole,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Moves repaired allocations that are still live from their partial stack to their whole
+    /// one, in the live list and in the totals read from the kernel.
+    pub fn repair_allocations(
+        &self,
+        totals: &mut HashMap<u64, StackTotals>,
+        live: &mut [(u64, AllocInfo)],
+    ) -> u64 {
+        let mut moved = 0;
+        for (addr, info) in live.iter_mut() {
+            let Some(repair) = self.repairs.get(addr) else {
+                continue;
+            };
+            // The address may have been freed and reused by an allocation of another stack.
+            if info.stack_key != repair.partial {
+                continue;
+            }
+            info.stack_key = repair.whole;
+            move_bytes(totals, repair, info.size);
+            moved += 1;
+        }
+        moved
+    }
+
+    /// The repairs for mappings, by start address.
+    pub fn repairs(&self) -> impl Iterator<Item = (u64, Repair)> + '_ {
+        self.repairs.iter().map(|(addr, repair)| (*addr, *repair))
+    }
+}
+
+fn move_bytes(totals: &mut HashMap<u64, StackTotals>, repair: &Repair, size: u64) {
+    if let Some(partial) = totals.get_mut(&repair.partial) {
+        partial.live_bytes = partial.live_bytes.wrapping_sub(size);
+        partial.live_allocations = partial.live_allocations.wrapping_sub(1);
+        partial.total_bytes = partial.total_bytes.saturating_sub(size);
+        partial.total_allocations = partial.total_allocations.saturating_sub(1);
+    }
+    let whole = totals.entry(repair.whole).or_default();
+    whole.live_bytes = whole.live_bytes.wrapping_add(size);
+    whole.live_allocations = whole.live_allocations.wrapping_add(1);
+    whole.total_bytes += size;
+    whole.total_allocations += 1;
+}
+
+fn missing(map: &'static str) -> TracerError {
+    TracerError::Map {
+        map,
+        source: Box::new(aya::maps::MapError::InvalidName { name: map.into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repairs_move_live_allocations_and_conserve_totals() {
+        let repair = Repair {
+            partial: 1,
+            whole: 2,
+        };
+        let mut totals = HashMap::from([(
+            1,
+            StackTotals {
+                live_bytes: 300,
+                live_allocations: 3,
+                total_bytes: 300,
+                total_allocations: 3,
+            },
+        )]);
+        move_bytes(&mut totals, &repair, 100);
+        assert_eq!(totals[&1].live_bytes + totals[&2].live_bytes, 300);
+        assert_eq!(
+            (totals[&1].live_allocations, totals[&2].live_allocations),
+            (2, 1)
+        );
+        assert_eq!(totals[&2].total_bytes, 100);
+    }
+}
