@@ -3,11 +3,7 @@
 //! frames above the direct caller are garbage that varies per call, which splits one call
 //! site into many stacks, each of which looks flat.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
-
-use crate::paths;
+use std::path::PathBuf;
 
 const CFLAGS: &[&str] = &[
     "-O2",
@@ -24,33 +20,5 @@ pub fn growth_shapes() -> PathBuf {
 }
 
 fn build(name: &str) -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
-    let source = src_dir.join(format!("{name}.c"));
-    let out_dir = paths::target_dir().join("leakhound-targets");
-    std::fs::create_dir_all(&out_dir)
-        .unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
-    let output = out_dir.join(format!("{name}.fp"));
-    // Built under a temporary name and renamed, so a concurrent `cargo test` never runs half a file.
-    let partial = out_dir.join(format!("{name}.fp.partial.{}", std::process::id()));
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let out = Command::new(&cc)
-        .args(CFLAGS)
-        .arg("-o")
-        .arg(&partial)
-        .arg(&source)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cc} (install gcc): {e}"));
-    assert!(
-        out.status.success(),
-        "{cc} {name}.c failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&partial, &output)
-        .unwrap_or_else(|e| panic!("renaming to {}: {e}", output.display()));
-    output
+    crate::targets::build_source(&format!("{name}.c"), &format!("{name}.fp"), CFLAGS)
 }

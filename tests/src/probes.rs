@@ -32,6 +32,12 @@ fn leftovers() -> Vec<String> {
                 .map(|l| format!("{UPROBE_EVENTS}: {l}")),
         );
     }
+    if let Some(other) = other_tracer() {
+        // Their programs carry the same names, and this bpftool cannot say who holds a
+        // program: the check is only meaningful when no other tracer runs.
+        eprintln!("note: {other} is running; not checking for leftover BPF programs");
+        return found;
+    }
     if let Some(names) = bpf_program_names() {
         found.extend(
             names
@@ -41,6 +47,30 @@ fn leftovers() -> Vec<String> {
         );
     }
     found
+}
+
+/// Another leakhound or bpftrace that is alive now (not one of ours that already exited).
+fn other_tracer() -> Option<String> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            if pid == me {
+                return None;
+            }
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            let state = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // A zombie holds no programs.
+            let zombie = state
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            (matches!(comm, "leakhound" | "bpftrace") && !zombie)
+                .then(|| format!("{comm} (pid {pid})"))
+        })
 }
 
 /// Names from `bpftool -j prog show`, or None (with a note, once) when bpftool is missing.

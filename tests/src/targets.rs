@@ -32,6 +32,34 @@ pub fn static_target() -> PathBuf {
 
 /// Compiles `targets/<name>.c` unless the binary is newer than its sources.
 fn build(name: &str, static_link: bool) -> PathBuf {
+    let flags: Vec<&str> = CFLAGS
+        .iter()
+        .copied()
+        .chain(static_link.then_some("-static"))
+        .collect();
+    build_source(&format!("{name}.c"), name, &flags)
+}
+
+/// `targets/call_chain.c`: main -> level_one -> level_two -> malloc, and another path into
+/// level_two, -O2 without frame pointers.
+pub fn call_chain() -> PathBuf {
+    build("call_chain", false)
+}
+
+/// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
+pub fn thread_entry() -> PathBuf {
+    build("thread_entry", false)
+}
+
+/// `targets/cxx_strings.cc`: std::string and strdup from C++ built -O2 without frame pointers.
+pub fn cxx_strings() -> PathBuf {
+    let flags: Vec<&str> = CFLAGS.iter().copied().filter(|f| *f != "-Wextra").collect();
+    build_source("cxx_strings.cc", "cxx_strings", &flags)
+}
+
+/// Compiles `targets/<source>` (C, or C++ by its `.cc` extension) with `flags` into
+/// `<target dir>/leakhound-targets/<output>`, unless that is newer than its sources.
+pub fn build_source(source: &str, output: &str, flags: &[&str]) -> PathBuf {
     // Tests in one binary run on parallel threads; one compiler at a time is plenty.
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD
@@ -39,27 +67,28 @@ fn build(name: &str, static_link: bool) -> PathBuf {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
 
     let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
-    let source = src_dir.join(format!("{name}.c"));
+    let source_path = src_dir.join(source);
     let header = src_dir.join("truth.h");
     let out_dir = paths::target_dir().join("leakhound-targets");
-    let output = out_dir.join(name);
-    if newer_than(&output, &[&source, &header]) {
-        return output;
+    let output_path = out_dir.join(output);
+    if newer_than(&output_path, &[&source_path, &header]) {
+        return output_path;
     }
     std::fs::create_dir_all(&out_dir)
         .unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
     // Built under a temporary name and renamed, so a concurrent `cargo test` never runs half a file.
-    let partial = out_dir.join(format!("{name}.partial.{}", std::process::id()));
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let partial = out_dir.join(format!("{output}.partial.{}", std::process::id()));
+    let (variable, default) = if source.ends_with(".cc") {
+        ("CXX", "c++")
+    } else {
+        ("CC", "cc")
+    };
+    let cc = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
     let mut cmd = Command::new(&cc);
-    cmd.args(CFLAGS);
-    if static_link {
-        cmd.arg("-static");
-    }
-    cmd.arg("-o").arg(&partial).arg(&source);
+    cmd.args(flags).arg("-o").arg(&partial).arg(&source_path);
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cc} (install gcc): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {cc} (install gcc and g++): {e}"));
     let diagnostics = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -67,11 +96,11 @@ fn build(name: &str, static_link: bool) -> PathBuf {
         out.status
     );
     if !diagnostics.trim().is_empty() {
-        eprintln!("{cc} warnings for {name}.c:\n{diagnostics}");
+        eprintln!("{cc} warnings for {source}:\n{diagnostics}");
     }
-    std::fs::rename(&partial, &output)
-        .unwrap_or_else(|e| panic!("renaming to {}: {e}", output.display()));
-    output
+    std::fs::rename(&partial, &output_path)
+        .unwrap_or_else(|e| panic!("renaming to {}: {e}", output_path.display()));
+    output_path
 }
 
 fn newer_than(output: &Path, sources: &[&Path]) -> bool {

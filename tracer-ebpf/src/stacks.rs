@@ -250,18 +250,17 @@ fn send_miss(regs: &pt_regs, partial_key: u64, tag: u64) {
         (*miss).bp = regs.rbp;
         // The stack may end closer to sp than a full copy: try smaller copies.
         let mut copied = 0u64;
-        for size in [
-            STACK_COPY_BYTES,
-            STACK_COPY_BYTES / 4,
-            STACK_COPY_BYTES / 16,
-        ] {
+        // Near the top of a stack a full copy would run past its end and fail as a whole,
+        // so step down a kilobyte at a time.
+        for kib in [8u64, 7, 6, 5, 4, 3, 2, 1] {
+            let size = (kib * 1024).min(STACK_COPY_BYTES as u64);
             let rc = probe_read_user_raw(
                 (&raw mut (*miss).stack).cast(),
                 size as u32,
                 regs.rsp as *const core::ffi::c_void,
             );
             if rc == 0 {
-                copied = size as u64;
+                copied = size;
                 break;
             }
         }

@@ -156,6 +156,9 @@ impl Default for FrameNamer {
             symbolizer: Symbolizer::builder()
                 .enable_inlined_fns(true)
                 .enable_code_info(true)
+                // blazesym demangles any name that parses, and a C function named `b` parses
+                // as the Itanium code for `bool`: demangle here, only what is mangled.
+                .enable_demangling(false)
                 .build(),
             names: HashMap::new(),
         }
@@ -253,7 +256,7 @@ fn frames_of(symbolized: Symbolized<'_>, path: &Path) -> Option<Vec<Frame>> {
     };
     let (file, line) = location(sym.code_info.as_deref());
     let mut frames = vec![Frame {
-        name: sym.name.into_owned(),
+        name: demangle(&sym.name),
         module: module.clone(),
         file,
         line,
@@ -262,11 +265,12 @@ fn frames_of(symbolized: Symbolized<'_>, path: &Path) -> Option<Vec<Frame>> {
     for inlined in sym.inlined.iter() {
         let (file, line) = location(inlined.code_info.as_ref());
         // glibc inlines helpers into functions of the same name; one frame says it all.
-        if frames.last().is_some_and(|last| last.name == inlined.name) {
+        let name = demangle(&inlined.name);
+        if frames.last().is_some_and(|last| last.name == name) {
             continue;
         }
         frames.push(Frame {
-            name: inlined.name.to_string(),
+            name,
             module: module.clone(),
             file,
             line,
@@ -276,9 +280,36 @@ fn frames_of(symbolized: Symbolized<'_>, path: &Path) -> Option<Vec<Frame>> {
     Some(frames)
 }
 
+/// Demangles a Rust (`_R`, or legacy `_ZN...E`) or C++ (`_Z`) symbol; returns anything else
+/// as it is. Rust's legacy scheme is a valid Itanium name, so Rust is tried first.
+pub fn demangle(name: &str) -> String {
+    if !(name.starts_with("_Z") || name.starts_with("_R") || name.starts_with("__Z")) {
+        return name.to_owned();
+    }
+    if let Ok(rust) = rustc_demangle::try_demangle(name) {
+        return format!("{rust:#}");
+    }
+    cpp_demangle::Symbol::new(name)
+        .ok()
+        .and_then(|symbol| symbol.demangle().ok())
+        .unwrap_or_else(|| name.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_mangled_names_are_demangled() {
+        assert_eq!(demangle("b"), "b");
+        assert_eq!(demangle("malloc"), "malloc");
+        assert_eq!(demangle("_Znwm"), "operator new(unsigned long)");
+        assert_eq!(
+            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
+        assert_eq!(demangle("_Zgarbage"), "_Zgarbage");
+    }
 
     #[test]
     fn return_addresses_are_looked_up_one_byte_back() {
