@@ -78,8 +78,15 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
             ..Row::default()
         };
         row.untraced = bench.measure(PAIRS_UNTRACED, Tracer::None)?.ns;
-        let lh = bench.measure(PAIRS_TRAPPED, Tracer::Leakhound(leakhound))?;
+        let lh = bench.measure(PAIRS_TRAPPED, Tracer::Leakhound(leakhound, &[]))?;
         row.leakhound = lh.ns;
+        // The frame-pointer walk, to show what CFI unwinding (the default) costs.
+        row.leakhound_fp = bench
+            .measure(
+                PAIRS_TRAPPED,
+                Tracer::Leakhound(leakhound, &["--unwind", "fp"]),
+            )?
+            .ns;
         attach_ms.extend(lh.attach_ms);
         let libc_info = match &libc {
             Some(info) => info,
@@ -174,6 +181,7 @@ struct Row {
     threads: u32,
     untraced: f64,
     leakhound: f64,
+    leakhound_fp: f64,
     floor_entry: f64,
     floor_same_points: f64,
     bpftrace_count: f64,
@@ -183,7 +191,8 @@ struct Row {
 
 enum Tracer<'a> {
     None,
-    Leakhound(&'a Path),
+    /// leakhound with extra options.
+    Leakhound(&'a Path, &'a [&'a str]),
     /// A bpftrace script; `BEGIN` prints the handshake line.
     Bpftrace(String),
     /// Empty BPF programs on malloc's entry and return and on free, free moved by the given
@@ -241,10 +250,11 @@ impl Bench<'_> {
         let mut noop = None;
         match &tracer {
             Tracer::None | Tracer::Heaptrack(_) => {}
-            Tracer::Leakhound(leakhound) => {
+            Tracer::Leakhound(leakhound, extra) => {
                 let mut child = Guard::spawn(
                     Command::new(leakhound)
                         .args(["record", "--pid", &pid.to_string(), "-f", "text"])
+                        .args(*extra)
                         // Only the attach-time debug lines of the ELF module, which say where
                         // each probe goes; nothing is logged per event.
                         .env("RUST_LOG", "tracer_user::process::elf=debug")
@@ -322,7 +332,8 @@ impl Tracer<'_> {
     fn label(&self) -> &'static str {
         match self {
             Tracer::None => "untraced",
-            Tracer::Leakhound(_) => "leakhound",
+            Tracer::Leakhound(_, []) => "leakhound",
+            Tracer::Leakhound(..) => "leakhound (options)",
             Tracer::Bpftrace(script) if script.contains("count()") => "bpftrace count",
             Tracer::Bpftrace(_) => "bpftrace no-op",
             Tracer::Noop(..) => "no-op at leakhound's points",
@@ -511,7 +522,11 @@ fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: &LiveReport
                 row.floor_same_points,
             ),
             ("bpftrace, count() on the 3 probes", row.bpftrace_count),
-            ("**leakhound**, default options", row.leakhound),
+            (
+                "**leakhound**, default options (CFI unwinding)",
+                row.leakhound,
+            ),
+            ("leakhound --unwind fp", row.leakhound_fp),
             ("heaptrack (LD_PRELOAD)", row.heaptrack),
         ];
         for (name, ns) in entries {
