@@ -36,6 +36,10 @@ static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1
 #[unsafe(no_mangle)]
 static UNWIND_DWARF: Global<u32> = Global::new(0);
 
+/// Bytes of stack copied for an unwind request, at most `STACK_COPY_BYTES` (`--stack-copy`).
+#[unsafe(no_mangle)]
+static STACK_COPY_LIMIT: Global<u64> = Global::new(STACK_COPY_BYTES as u64);
+
 /// Unwind rules by return address, inserted by user space as walks ask for them.
 #[map]
 pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
@@ -253,7 +257,9 @@ fn send_miss(regs: &pt_regs, partial_key: u64, tag: u64) {
         // Near the top of a stack a full copy would run past its end and fail as a whole,
         // so step down a kilobyte at a time.
         for kib in [8u64, 7, 6, 5, 4, 3, 2, 1] {
-            let size = (kib * 1024).min(STACK_COPY_BYTES as u64);
+            let size = (kib * 1024)
+                .min(STACK_COPY_LIMIT.load())
+                .min(STACK_COPY_BYTES as u64);
             let rc = probe_read_user_raw(
                 (&raw mut (*miss).stack).cast(),
                 size as u32,

@@ -135,6 +135,10 @@ pub struct RecordArgs {
     /// built without frame pointers shows whole stacks; fp follows frame pointers only.
     #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
+    /// Bytes of stack copied when a CFI walk asks user space for a rule (512 to 8192). A stack
+    /// deeper than the copy is repaired up to the copy's end and marked [truncated].
+    #[arg(long, value_name = "BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(512..=8192))]
+    pub stack_copy: u64,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Also save the whole recording here (JSON), to render again with `leakhound report`.
@@ -169,6 +173,7 @@ impl RecordArgs {
             sizes: MapSizes {
                 max_allocs: self.max_allocs,
                 max_stacks: self.max_stacks,
+                stack_copy: self.stack_copy,
                 ..MapSizes::default()
             },
         }

@@ -30,6 +30,8 @@ pub struct MapSizes {
     pub max_threads: u32,
     /// Bytes of the ring buffer for mapping events (a power of two, at least a page).
     pub event_buffer: u32,
+    /// Bytes of stack sent with an unwind request (`--stack-copy`).
+    pub stack_copy: u64,
 }
 
 impl Default for MapSizes {
@@ -39,6 +41,7 @@ impl Default for MapSizes {
             max_stacks: 1 << 14,
             max_threads: 1 << 14,
             event_buffer: 1 << 20,
+            stack_copy: tracer_common::STACK_COPY_BYTES as u64,
         }
     }
 }
@@ -84,6 +87,7 @@ impl Probes {
             .override_global("PIDNS_DEV", &pidns_dev, true)
             .override_global("PIDNS_INO", &pidns_ino, true)
             .override_global("UNWIND_DWARF", &unwind_dwarf, true)
+            .override_global("STACK_COPY_LIMIT", &sizes.stack_copy, true)
             .map_max_entries("ALLOCS", sizes.max_allocs)
             .map_max_entries("STACKS", sizes.max_stacks)
             // One more than the stacks, for LOST_STACK: this map must never fill.

@@ -85,7 +85,11 @@ pub fn unwind_copy(
         if cfa <= sp || cfa - sp > MAX_STACK_SPAN {
             break;
         }
-        let Some(ret) = copy.read(cfa - 8) else { break };
+        let Some(ret) = copy.read(cfa - 8) else {
+            // The stack goes on beyond the copy: say so rather than cut it silently.
+            truncated = 1;
+            break;
+        };
         let saved_bp_at = match rule.kind {
             RULE_FRAME_POINTER => Some(cfa - 16),
             _ if rule.rbp_offset != RBP_UNCHANGED => {
@@ -96,7 +100,10 @@ pub fn unwind_copy(
         if let Some(at) = saved_bp_at {
             match copy.read(at) {
                 Some(value) => bp = value,
-                None => break,
+                None => {
+                    truncated = 1;
+                    break;
+                }
             }
         }
         if ret < 4096 {
@@ -194,7 +201,10 @@ mod tests {
             Some(rule(RULE_CFA_RSP, 16, RBP_UNCHANGED))
         });
         assert_eq!(walked.ips, [0x40_1050]);
-        assert_eq!(walked.truncated, 0);
+        assert_eq!(
+            walked.truncated, 1,
+            "a walk that runs off the copy is marked truncated"
+        );
     }
 
     #[test]
