@@ -13,8 +13,10 @@ export PATH="$CARGO_HOME/bin:$PATH"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages the build and the tests use. gcc/g++ build the ground-truth targets;
-# bpftool lets the tests check that no BPF link outlives a run; golang provides `go tool pprof`.
-DEB_PACKAGES=(gcc g++ libc6-dev bpftool golang-go)
+# bpftool lets the tests check that no BPF link outlives a run; golang provides `go tool pprof`
+# and builds the Go target; jemalloc (shared and static), tcmalloc and mimalloc are the
+# allocators tests/tests/allocators.rs traces; binutils strips the static target.
+DEB_PACKAGES=(gcc g++ libc6-dev binutils bpftool golang-go libjemalloc2 libjemalloc-dev libtcmalloc-minimal4 libmimalloc2.0)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

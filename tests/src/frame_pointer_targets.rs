@@ -20,5 +20,5 @@ pub fn growth_shapes() -> PathBuf {
 }
 
 fn build(name: &str) -> PathBuf {
-    crate::targets::build_source(&format!("{name}.c"), &format!("{name}.fp"), CFLAGS)
+    crate::targets::build_source(&format!("{name}.c"), &format!("{name}.fp"), CFLAGS, &[])
 }

@@ -25,9 +25,39 @@ pub fn alloc_family() -> PathBuf {
     build("alloc_family", false)
 }
 
-/// A trivial target linked with -static: there is no libc.so in it to probe.
+/// A trivial target linked with -static: no libc.so, but glibc's malloc is in its .symtab.
 pub fn static_target() -> PathBuf {
     build("static_target", true)
+}
+
+/// [`static_target`] without its symbol table: no allocator leakhound can find.
+pub fn static_target_stripped() -> PathBuf {
+    let built = static_target();
+    let stripped = built.with_file_name("static_target.stripped");
+    if newer_than(&stripped, &[&built]) {
+        return stripped;
+    }
+    let out = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&built)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run strip (binutils): {e}"));
+    assert!(out.status.success(), "strip failed: {out:?}");
+    stripped
+}
+
+/// Debian's static jemalloc (libjemalloc-dev), which [`alloc_family_jemalloc_static`] links.
+pub const JEMALLOC_ARCHIVE: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc_pic.a";
+
+/// alloc_family.c with jemalloc linked into the executable: its malloc is the executable's.
+pub fn alloc_family_jemalloc_static() -> PathBuf {
+    build_source(
+        "alloc_family.c",
+        "alloc_family.jemalloc-static",
+        CFLAGS,
+        &[JEMALLOC_ARCHIVE, "-lm"],
+    )
 }
 
 /// Compiles `targets/<name>.c` unless the binary is newer than its sources.
@@ -37,7 +67,7 @@ fn build(name: &str, static_link: bool) -> PathBuf {
         .copied()
         .chain(static_link.then_some("-static"))
         .collect();
-    build_source(&format!("{name}.c"), name, &flags)
+    build_source(&format!("{name}.c"), name, &flags, &[])
 }
 
 /// `targets/call_chain.c`: main -> level_one -> level_two -> malloc, and another path into
@@ -54,12 +84,13 @@ pub fn thread_entry() -> PathBuf {
 /// `targets/cxx_strings.cc`: std::string and strdup from C++ built -O2 without frame pointers.
 pub fn cxx_strings() -> PathBuf {
     let flags: Vec<&str> = CFLAGS.iter().copied().filter(|f| *f != "-Wextra").collect();
-    build_source("cxx_strings.cc", "cxx_strings", &flags)
+    build_source("cxx_strings.cc", "cxx_strings", &flags, &[])
 }
 
-/// Compiles `targets/<source>` (C, or C++ by its `.cc` extension) with `flags` into
-/// `<target dir>/leakhound-targets/<output>`, unless that is newer than its sources.
-pub fn build_source(source: &str, output: &str, flags: &[&str]) -> PathBuf {
+/// Compiles `targets/<source>` (C, or C++ by its `.cc` extension) with `flags`, and `libs`
+/// after the source, into `<target dir>/leakhound-targets/<output>`, unless that is newer
+/// than its sources.
+pub fn build_source(source: &str, output: &str, flags: &[&str], libs: &[&str]) -> PathBuf {
     // Tests in one binary run on parallel threads; one compiler at a time is plenty.
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD
@@ -85,7 +116,11 @@ pub fn build_source(source: &str, output: &str, flags: &[&str]) -> PathBuf {
     };
     let cc = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
     let mut cmd = Command::new(&cc);
-    cmd.args(flags).arg("-o").arg(&partial).arg(&source_path);
+    cmd.args(flags)
+        .arg("-o")
+        .arg(&partial)
+        .arg(&source_path)
+        .args(libs);
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cc} (install gcc and g++): {e}"));
@@ -103,7 +138,7 @@ pub fn build_source(source: &str, output: &str, flags: &[&str]) -> PathBuf {
     output_path
 }
 
-fn newer_than(output: &Path, sources: &[&Path]) -> bool {
+pub(crate) fn newer_than(output: &Path, sources: &[&Path]) -> bool {
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let Some(built) = mtime(output) else {
         return false;
@@ -120,11 +155,17 @@ pub struct Target {
 
 impl Target {
     pub fn start(exe: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(exe, args, &[])
+    }
+
+    /// [`Target::start`] with extra environment variables (`LD_PRELOAD`, say).
+    pub fn start_with_env(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let name = exe
             .file_name()
             .map_or_else(|| "target".to_owned(), |n| n.to_string_lossy().into_owned());
         let mut cmd = Command::new(exe);
         cmd.args(args);
+        cmd.envs(env.iter().copied());
         let proc = Proc::spawn(cmd, &name, true);
         let deadline = Instant::now() + TIMEOUT;
         let line = proc
@@ -189,4 +230,43 @@ pub fn read_truth(lines: &crate::process::Lines, name: &str) -> Truth {
         "{name} printed `done` without any truth line"
     );
     truth
+}
+
+/// targets/go_heap/main.go, built with Debian's golang-go: a Go program without cgo, so
+/// statically linked with no libc and no malloc, whose heap grows through the runtime's mmap.
+pub fn go_heap() -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/go_heap/main.go");
+    let out_dir = paths::target_dir().join("leakhound-targets");
+    let output = out_dir.join("go_heap");
+    if newer_than(&output, &[&source]) {
+        return output;
+    }
+    std::fs::create_dir_all(&out_dir)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
+    let partial = out_dir.join(format!("go_heap.partial.{}", std::process::id()));
+    // One file and the standard library only: no module, and caches under target/ so that
+    // the build needs no HOME.
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&partial)
+        .arg(&source)
+        .env("CGO_ENABLED", "0")
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", out_dir.join("go-cache"))
+        .env("GOPATH", out_dir.join("go-path"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run go (Debian package golang-go): {e}"));
+    assert!(
+        out.status.success(),
+        "go build failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&partial, &output)
+        .unwrap_or_else(|e| panic!("renaming to {}: {e}", output.display()));
+    output
 }

@@ -7,6 +7,7 @@
  */
 #include "truth.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -22,6 +23,26 @@ static volatile size_t huge = SIZE_MAX;
 static void *volatile null_block;
 
 static size_t page;
+
+/*
+ * Whether the allocator in use (the object that defines the malloc this program calls: glibc,
+ * a preloaded jemalloc, or one linked into the executable) also defines `fn`. Allocators
+ * leave some functions out (jemalloc 5.3 has no pvalloc); the program then gets glibc's, which
+ * allocates from glibc's own heap, and handing that block to the other allocator's free would
+ * crash it. Such a function is not called: its truth is then 0, and a note says so on stderr.
+ */
+static int allocator_has(void *fn, const char *name)
+{
+    Dl_info mine, theirs;
+    if (!dladdr(fn, &mine) || !dladdr((void *)malloc, &theirs))
+        truth_die("dladdr");
+    if (mine.dli_fbase == theirs.dli_fbase)
+        return 1;
+    fprintf(stderr, "note: %s is not the allocator's (it is %s's, malloc is %s's); not called\n",
+            name, mine.dli_fname, theirs.dli_fname);
+    return 0;
+}
+#define HAS(fn) allocator_has((void *)fn, #fn)
 
 TRUTH_FN size_t leak_malloc(void)
 {
@@ -135,6 +156,8 @@ TRUTH_FN size_t leak_reallocarray(void)
 
 TRUTH_FN size_t leak_posix_memalign(void)
 {
+    if (!HAS(posix_memalign))
+        return 0;
     enum { N = 10, SIZE = 1000 };
     size_t out = 0;
     size_t first = truth_slots(N);
@@ -158,6 +181,8 @@ TRUTH_FN size_t leak_posix_memalign(void)
 
 TRUTH_FN size_t leak_aligned_alloc(void)
 {
+    if (!HAS(aligned_alloc))
+        return 0;
     enum { N = 8, ALIGN = 256, SIZE = 4096 };
     size_t out = 0;
     size_t first = truth_slots(N);
@@ -176,6 +201,8 @@ TRUTH_FN size_t leak_aligned_alloc(void)
 
 TRUTH_FN size_t leak_memalign(void)
 {
+    if (!HAS(memalign))
+        return 0;
     enum { N = 5, ALIGN = 128, SIZE = 2000 };
     size_t out = 0;
     size_t first = truth_slots(N);
@@ -192,6 +219,8 @@ TRUTH_FN size_t leak_memalign(void)
 
 TRUTH_FN size_t leak_valloc(void)
 {
+    if (!HAS(valloc))
+        return 0;
     enum { N = 3 };
     size_t size = 2 * page;
     size_t out = 0;
@@ -209,6 +238,8 @@ TRUTH_FN size_t leak_valloc(void)
 
 TRUTH_FN size_t leak_pvalloc(void)
 {
+    if (!HAS(pvalloc))
+        return 0;
     enum { N = 2 };
     /* pvalloc rounds up to whole pages; a page multiple makes requested == allocated. */
     size_t size = 3 * page;
@@ -318,18 +349,28 @@ TRUTH_FN size_t churn_all_freed(void)
     free(truth_sink[s]);
     truth_sink[s] = reallocarray(NULL, 4, 25);
     free(truth_sink[s]);
-    if (posix_memalign(&p, 32, 300) != 0)
-        truth_die("posix_memalign");
-    truth_sink[s] = p;
-    free(truth_sink[s]);
-    truth_sink[s] = aligned_alloc(64, 640);
-    free(truth_sink[s]);
-    truth_sink[s] = memalign(64, 100);
-    free(truth_sink[s]);
-    truth_sink[s] = valloc(page);
-    free(truth_sink[s]);
-    truth_sink[s] = pvalloc(page);
-    free(truth_sink[s]);
+    if (HAS(posix_memalign)) {
+        if (posix_memalign(&p, 32, 300) != 0)
+            truth_die("posix_memalign");
+        truth_sink[s] = p;
+        free(truth_sink[s]);
+    }
+    if (HAS(aligned_alloc)) {
+        truth_sink[s] = aligned_alloc(64, 640);
+        free(truth_sink[s]);
+    }
+    if (HAS(memalign)) {
+        truth_sink[s] = memalign(64, 100);
+        free(truth_sink[s]);
+    }
+    if (HAS(valloc)) {
+        truth_sink[s] = valloc(page);
+        free(truth_sink[s]);
+    }
+    if (HAS(pvalloc)) {
+        truth_sink[s] = pvalloc(page);
+        free(truth_sink[s]);
+    }
     truth_sink[s] = malloc(4 * 1024 * 1024);
     free(truth_sink[s]);
     free(NULL);

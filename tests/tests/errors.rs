@@ -81,26 +81,52 @@ fn not_root() {
     outcome.assert_hint_mentions("CAP_BPF");
 }
 
+/// A static executable with no symbol table and no Go runtime: nothing names its allocator.
+/// (With its symbol table it is traced: tests/allocators.rs, `static_glibc_from_symtab`.)
 #[test]
-fn static_binary_attach() {
-    require_root!("static_binary_attach");
+fn stripped_static_binary_attach() {
+    require_root!("stripped_static_binary_attach");
     let _serial = serial();
-    let target = Target::start(&targets::static_target(), &[]);
+    let target = Target::start(&targets::static_target_stripped(), &[]);
     let pid = target.pid().to_string();
-    Run::start(&["record", "--pid", &pid])
-        .finish()
-        .assert_error("statically linked");
+    let outcome = Run::start(&["record", "--pid", &pid]).finish();
+    outcome.assert_error("statically linked");
+    outcome.assert_hint_mentions("symbol table");
     // Dropping the target closes its stdin: it leaves without allocating.
 }
 
 #[test]
-fn static_binary_launch() {
-    require_root!("static_binary_launch");
+fn stripped_static_binary_launch() {
+    require_root!("stripped_static_binary_launch");
     let _serial = serial();
-    let exe = targets::static_target();
-    Run::start(&["record", "--", arg(&exe), "--now", "--exit"])
-        .finish()
-        .assert_error("statically linked");
+    let exe = targets::static_target_stripped();
+    let outcome = Run::start(&["record", "--", arg(&exe), "--now", "--exit"]).finish();
+    outcome.assert_error("statically linked");
+    outcome.assert_hint_mentions("symbol table");
+    assert!(
+        !outcome.stdout.iter().any(|line| line.starts_with("ready")),
+        "the command ran although leakhound refused it: {:?}",
+        outcome.stdout
+    );
+}
+
+/// `--alloc-lib` naming a library without the named malloc is refused before anything runs.
+#[test]
+fn alloc_lib_without_malloc() {
+    require_root!("alloc_lib_without_malloc");
+    let _serial = serial();
+    let exe = targets::alloc_family();
+    let outcome = Run::start(&[
+        "record",
+        "--alloc-lib",
+        "/lib/x86_64-linux-gnu/libc.so.6:nosuch_",
+        "--",
+        arg(&exe),
+        "--now",
+        "--exit",
+    ])
+    .finish();
+    outcome.assert_error("nosuch_malloc");
 }
 
 /// Usage errors need no root: they must be refused before anything is traced.

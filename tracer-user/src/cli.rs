@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     config::{Output, RecordConfig, ReportConfig, TargetSpec},
     kernel::MapSizes,
+    process::allocators::AllocLib,
     report::Format,
     unwind::UnwindMode,
 };
@@ -150,6 +151,12 @@ pub struct RecordArgs {
     /// Distinct stacks kept (kernel map size).
     #[arg(long, default_value_t = MapSizes::default().max_stacks, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: u32,
+    /// Also hook this allocator: a library (or executable) as the target sees it, or a bare
+    /// file name, with the prefix of its symbols after a colon (`libmy.so:my_` hooks
+    /// `my_malloc`, `my_free`, ...). Repeatable. Allocators that define `malloc`, or
+    /// `je_malloc`, `_rjem_malloc`, `mi_malloc` or `tc_malloc`, are found without it.
+    #[arg(long, value_name = "PATH[:PREFIX]", value_parser = AllocLib::parse)]
+    pub alloc_lib: Vec<AllocLib>,
     /// The command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -176,6 +183,7 @@ impl RecordArgs {
                 stack_copy: self.stack_copy,
                 ..MapSizes::default()
             },
+            alloc_libs: self.alloc_lib,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use crate::{kernel::MapSizes, report::Format};
+use crate::{kernel::MapSizes, process::allocators::AllocLib, report::Format};
 
 #[derive(Clone, Debug)]
 pub enum TargetSpec {
@@ -33,6 +33,8 @@ pub struct RecordConfig {
     pub outputs: Vec<Output>,
     pub sizes: MapSizes,
     pub top: usize,
+    /// Allocators to hook beyond the ones found by their symbols (`--alloc-lib`).
+    pub alloc_libs: Vec<AllocLib>,
 }
 
 /// `leakhound report`: render saved recordings again.

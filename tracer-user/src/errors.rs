@@ -21,11 +21,17 @@ pub enum TracerError {
     #[error("this kernel has no uprobe support ({missing} is missing)")]
     NoUprobes { missing: &'static str },
 
-    #[error("{} is statically linked: there is no dynamic libc to hook", path.display())]
+    #[error(
+        "{} is statically linked and has no allocator symbols (no malloc in its symbol table) and no Go runtime",
+        path.display()
+    )]
     StaticBinary { path: PathBuf },
 
-    #[error("no dynamic libc found in {what}")]
-    NoLibc { what: String },
+    #[error("no allocator (malloc, or a prefixed malloc) is defined by any object of {what}")]
+    NoAllocator { what: String },
+
+    #[error("{} defines no {symbol}", path.display())]
+    AllocLibWithoutMalloc { path: PathBuf, symbol: String },
 
     #[error("cannot read ELF file {}: {source}", path.display())]
     ReadElf {
@@ -79,10 +85,13 @@ impl TracerError {
                 "use a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS"
             }
             Self::StaticBinary { .. } => {
-                "trace a dynamically linked build of the program; statically linked allocators are not hooked yet"
+                "leakhound finds a statically linked allocator by its symbols: trace a build that keeps its symbol table (not stripped), or one that links the allocator dynamically"
             }
-            Self::NoLibc { .. } => {
-                "leakhound hooks the C library's allocator; make sure the target links libc dynamically"
+            Self::NoAllocator { .. } => {
+                "name the allocator's library and its symbol prefix with --alloc-lib PATH:PREFIX"
+            }
+            Self::AllocLibWithoutMalloc { .. } => {
+                "check the path and the prefix: `nm -D PATH | grep malloc` (or `nm PATH`) lists the names it defines"
             }
             Self::ReadElf { .. } => "check that the file is a readable ELF object",
             Self::Launch { .. } => "check the command's path and permissions",

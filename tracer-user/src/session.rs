@@ -32,7 +32,7 @@ use crate::{
     model::{
         Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording, StackRecord,
     },
-    process::{TargetProcess, elf},
+    process::TargetProcess,
     regions::{Held, Regions},
     report::human_bytes,
     symbolize::{CodeAddress, FrameNamer, Modules},
@@ -215,17 +215,13 @@ impl Session {
     fn start(config: &RecordConfig) -> Result<Self, TracerError> {
         preflight()?;
         let attach_started = Instant::now();
-        let mut prepared = target::prepare(&config.target)?;
+        let mut prepared = target::prepare(&config.target, &config.alloc_libs)?;
         let pid = prepared.process.pid;
         let attached = (|| {
-            let points = elf::hook_points(&prepared.library)?;
-            if !points.iter().any(|point| point.name == "malloc") {
-                return Err(TracerError::NoLibc {
-                    what: prepared.library_display.display().to_string(),
-                });
-            }
             let mut probes = Probes::load(pid, config.sizes, config.unwind.uses_cfi())?;
-            probes.attach_allocator(&prepared.library, &points, pid)?;
+            for object in &prepared.objects {
+                probes.attach_allocator(&object.path, &object.points, pid)?;
+            }
             probes.attach_mapping_tracepoints()?;
             Ok(probes)
         })();
@@ -281,7 +277,7 @@ impl Session {
         };
         eprintln!(
             "leakhound: attached to pid {pid} ({}, {} probes) in {:.0} ms",
-            prepared.library_display.display(),
+            prepared.hooked_summary(),
             probes.uprobes_attached + probes.tracepoints_attached,
             elapsed_ms(attach_started)
         );

@@ -1,40 +1,53 @@
-//! Turns a target spec into a process to trace and the C library to hook in it.
+//! Turns a target spec into a process to trace and the allocators to hook in it.
 
 use std::{fs, path::PathBuf};
 
 use crate::{
     config::TargetSpec,
     errors::TracerError,
-    process::{TargetProcess, elf, launch},
+    process::{
+        TargetProcess,
+        allocators::{self, AllocLib, Candidate, HookedObject},
+        elf, launch,
+    },
 };
 
 pub struct PreparedTarget {
     pub process: TargetProcess,
-    /// The C library, as a path this process can open.
-    pub library: PathBuf,
-    /// The library as the target names it, for messages.
-    pub library_display: PathBuf,
+    /// Every object that defines an allocator, with its hook points. Empty for a Go program
+    /// without cgo, which is traced at the mapping syscalls only.
+    pub objects: Vec<HookedObject>,
     /// Set when leakhound launched the target: it is waiting to run.
     pub child: Option<launch::GatedChild>,
     pub command: String,
 }
 
-pub fn prepare(spec: &TargetSpec) -> Result<PreparedTarget, TracerError> {
-    match spec {
-        TargetSpec::Pid(pid) => attach(*pid),
-        TargetSpec::Command(argv) => spawn(argv),
+impl PreparedTarget {
+    /// What was hooked, for the attach line.
+    pub fn hooked_summary(&self) -> String {
+        if self.objects.is_empty() {
+            return "raw mapping syscalls only: no malloc in the process (Go runtime)".to_owned();
+        }
+        self.objects
+            .iter()
+            .map(|object| object.shown.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
-fn attach(pid: u32) -> Result<PreparedTarget, TracerError> {
+pub fn prepare(spec: &TargetSpec, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerError> {
+    match spec {
+        TargetSpec::Pid(pid) => attach(*pid, alloc_libs),
+        TargetSpec::Command(argv) => spawn(argv, alloc_libs),
+    }
+}
+
+fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerError> {
     let process = TargetProcess::open(pid)?;
     let exe_path = fs::read_link(process.exe_link()).unwrap_or_else(|_| process.exe_link());
-    match fs::read(process.exe_link()) {
-        Ok(data) => {
-            if let Ok(false) = elf::is_dynamic(&data) {
-                return Err(TracerError::StaticBinary { path: exe_path });
-            }
-        }
+    let exe = match fs::read(process.exe_link()) {
+        Ok(data) => Some(data),
         Err(err)
             if err.raw_os_error() == Some(libc::EACCES)
                 || err.raw_os_error() == Some(libc::EPERM) =>
@@ -46,49 +59,56 @@ fn attach(pid: u32) -> Result<PreparedTarget, TracerError> {
         Err(_) => {
             // Gone between the checks, or a kernel thread: the maps decide below.
             TargetProcess::open(pid)?;
+            None
         }
-    }
-    let maps = process.maps()?;
-    let libc = maps
-        .iter()
-        .find(|m| {
-            m.executable
-                && m.path
-                    .as_ref()
-                    .and_then(|p| p.file_name())
-                    .is_some_and(|n| launch::is_libc_name(&n.to_string_lossy()))
-        })
-        .ok_or_else(|| TracerError::NoLibc {
-            what: format!("process {pid} ({})", exe_path.display()),
-        })?;
-    let display = libc.path.clone().unwrap_or_default();
-    // The kernel resolves this path to the very inode the target mapped, even across mount
-    // namespaces; map_files also covers a library replaced on disk since it was mapped.
-    let library = if libc.deleted {
-        PathBuf::from(format!(
-            "/proc/{pid}/map_files/{:x}-{:x}",
-            libc.start, libc.end
-        ))
-    } else {
-        process.in_root(&display)
     };
+    let maps = process.maps()?;
+    let candidates: Vec<Candidate> = maps
+        .iter()
+        .filter(|m| m.executable)
+        .filter_map(|m| {
+            let shown = m.path.clone()?;
+            // The kernel resolves this path to the very inode the target mapped, even across
+            // mount namespaces; map_files also covers a file replaced on disk since it was
+            // mapped.
+            let open = if m.deleted {
+                PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
+            } else {
+                process.in_root(&shown)
+            };
+            Some(Candidate { shown, open })
+        })
+        .collect();
+    let objects = allocators::find(&candidates, alloc_libs, |path| process.in_root(path))?;
+    check_found(&objects, exe.as_deref(), &exe_path)?;
     let command = process.command_line();
     Ok(PreparedTarget {
         process,
-        library,
-        library_display: display,
+        objects,
         child: None,
         command,
     })
 }
 
-fn spawn(argv: &[std::ffi::OsString]) -> Result<PreparedTarget, TracerError> {
+fn spawn(
+    argv: &[std::ffi::OsString],
+    alloc_libs: &[AllocLib],
+) -> Result<PreparedTarget, TracerError> {
     let (program, args) = argv.split_first().ok_or(TracerError::Launch {
         program: PathBuf::new(),
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
     let program = launch::resolve_program(program.as_ref())?;
-    let library = launch::libc_of(&program)?;
+    let loaded = launch::objects_of(&program)?;
+    let candidates: Vec<Candidate> = std::iter::once(&loaded.program)
+        .chain(&loaded.libraries)
+        .map(|path| Candidate {
+            shown: path.clone(),
+            open: path.clone(),
+        })
+        .collect();
+    let objects = allocators::find(&candidates, alloc_libs, |path| path.to_owned())?;
+    check_found(&objects, Some(&loaded.program_data), &loaded.program)?;
     let child = launch::GatedChild::spawn(&program, args)?;
     let process = TargetProcess { pid: child.pid() };
     let command = argv
@@ -98,9 +118,29 @@ fn spawn(argv: &[std::ffi::OsString]) -> Result<PreparedTarget, TracerError> {
         .join(" ");
     Ok(PreparedTarget {
         process,
-        library_display: library.clone(),
-        library,
+        objects,
         child: Some(child),
         command,
     })
+}
+
+/// A process with no allocator to hook is traced only if it is a Go program, whose runtime
+/// maps its heap with raw syscalls; anything else would give an empty report, so it is an
+/// error that says why.
+fn check_found(
+    objects: &[HookedObject],
+    exe: Option<&[u8]>,
+    exe_path: &std::path::Path,
+) -> Result<(), TracerError> {
+    if !objects.is_empty() || exe.is_some_and(elf::is_go) {
+        return Ok(());
+    }
+    match exe.map(elf::is_dynamic) {
+        Some(Ok(false)) => Err(TracerError::StaticBinary {
+            path: exe_path.to_owned(),
+        }),
+        _ => Err(TracerError::NoAllocator {
+            what: exe_path.display().to_string(),
+        }),
+    }
 }

@@ -1,9 +1,9 @@
-//! ELF facts that attaching needs: whether a file is dynamically linked, and the file offsets
-//! of the allocation functions it defines.
+//! ELF facts that attaching needs: whether a file is dynamically linked or a Go program, and
+//! the file offsets of the allocation functions it defines.
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 use tracer_common::{AllocKind, MapEventKind};
 
 use super::probe_offset;
@@ -21,8 +21,9 @@ pub enum Hook {
     Map(MapEventKind),
 }
 
-/// The functions leakhound hooks, by the names a C library exports. Aliases (glibc's
-/// `aligned_alloc` and `memalign`, `mmap` and `mmap64`) share one address and one probe.
+/// The malloc family, by the names a C library exports, and jemalloc's own API (Rust's
+/// jemallocator allocates with `mallocx` and frees with `sdallocx`). An allocator built with a
+/// symbol prefix ([`KNOWN_PREFIXES`], `--alloc-lib PATH:PREFIX`) exports them with it.
 pub const ALLOCATOR_FUNCTIONS: &[(&str, Hook)] = &[
     ("malloc", Hook::Alloc(AllocKind::Malloc)),
     ("calloc", Hook::Alloc(AllocKind::Calloc)),
@@ -33,22 +34,79 @@ pub const ALLOCATOR_FUNCTIONS: &[(&str, Hook)] = &[
     ("memalign", Hook::Alloc(AllocKind::Memalign)),
     ("valloc", Hook::Alloc(AllocKind::Valloc)),
     ("pvalloc", Hook::Alloc(AllocKind::Pvalloc)),
+    // mallocx(size, flags) and rallocx(ptr, size, flags) take their size where malloc and
+    // realloc do; the flags (alignment, zeroing) do not change the size.
+    ("mallocx", Hook::Alloc(AllocKind::Malloc)),
+    ("rallocx", Hook::Alloc(AllocKind::Realloc)),
     ("free", Hook::Free),
+    ("cfree", Hook::Free),
+    ("free_sized", Hook::Free),
+    ("free_aligned_sized", Hook::Free),
+    ("dallocx", Hook::Free),
+    ("sdallocx", Hook::Free),
+];
+
+/// libc's mapping wrappers, hooked in an object that defines an unprefixed `malloc` (libc, or
+/// a statically linked executable). Aliases (`mmap` and `mmap64`) share one probe.
+pub const MAPPING_FUNCTIONS: &[(&str, Hook)] = &[
     ("mmap", Hook::Map(MapEventKind::Map)),
     ("mmap64", Hook::Map(MapEventKind::Map)),
     ("munmap", Hook::Map(MapEventKind::Unmap)),
     ("mremap", Hook::Map(MapEventKind::Remap)),
 ];
 
+/// C++'s operator new and delete (Itanium names), hooked only where the object also defines
+/// `malloc`: jemalloc, tcmalloc and mimalloc implement them without calling `malloc`, so
+/// `new` would be invisible otherwise. libstdc++'s own, which do call `malloc`, are left to
+/// it. Every `new` takes its size first.
+pub const CXX_OPERATORS: &[(&str, Hook)] = &[
+    ("_Znwm", Hook::Alloc(AllocKind::Malloc)),
+    ("_Znam", Hook::Alloc(AllocKind::Malloc)),
+    ("_ZnwmRKSt9nothrow_t", Hook::Alloc(AllocKind::Malloc)),
+    ("_ZnamRKSt9nothrow_t", Hook::Alloc(AllocKind::Malloc)),
+    ("_ZnwmSt11align_val_t", Hook::Alloc(AllocKind::Malloc)),
+    ("_ZnamSt11align_val_t", Hook::Alloc(AllocKind::Malloc)),
+    (
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        Hook::Alloc(AllocKind::Malloc),
+    ),
+    (
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+        Hook::Alloc(AllocKind::Malloc),
+    ),
+    ("_ZdlPv", Hook::Free),
+    ("_ZdaPv", Hook::Free),
+    ("_ZdlPvm", Hook::Free),
+    ("_ZdaPvm", Hook::Free),
+    ("_ZdlPvSt11align_val_t", Hook::Free),
+    ("_ZdaPvSt11align_val_t", Hook::Free),
+    ("_ZdlPvmSt11align_val_t", Hook::Free),
+    ("_ZdaPvmSt11align_val_t", Hook::Free),
+    ("_ZdlPvRKSt9nothrow_t", Hook::Free),
+    ("_ZdaPvRKSt9nothrow_t", Hook::Free),
+];
+
+/// Symbol prefixes of allocators built so that they do not replace `malloc`: jemalloc's
+/// `--with-jemalloc-prefix=je_`, Rust's jemallocator (`_rjem_`), mimalloc's own API (`mi_`)
+/// and tcmalloc's (`tc_`, aliases of its `malloc` where it also overrides).
+pub const KNOWN_PREFIXES: &[&str] = &["je_", "_rjem_", "mi_", "tc_"];
+
 /// A function to probe: its name, what the probe does, and where it is in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookPoint {
-    pub name: &'static str,
+    /// The symbol, prefix included (`je_malloc`).
+    pub name: String,
     pub hook: Hook,
     /// Where the probes go. The function's entry, except for an entry-only hook whose first
     /// instructions the kernel would single-step: then a later, equivalent point
     /// ([`probe_offset`]).
     pub file_offset: u64,
+}
+
+impl HookPoint {
+    pub fn allocates(&self) -> bool {
+        matches!(self.hook, Hook::Alloc(_))
+    }
 }
 
 /// Whether a 64-bit ELF file names a program interpreter, i.e. is dynamically linked.
@@ -62,17 +120,39 @@ pub fn is_dynamic(data: &[u8]) -> Result<bool, object::Error> {
         .any(|header| header.p_type(endian) == object::elf::PT_INTERP))
 }
 
-/// The hook points a library defines, one per distinct address. glibc exports `aligned_alloc`
-/// as an alias of `memalign`; two probes at one address would both fire for one call.
-pub fn hook_points(path: &Path) -> Result<Vec<HookPoint>, TracerError> {
+/// Whether an ELF file is a Go program: the Go linker always writes `.go.buildinfo` (and
+/// `.gopclntab`, which even a stripped Go binary keeps, since the runtime needs it).
+pub fn is_go(data: &[u8]) -> bool {
+    object::File::parse(data).is_ok_and(|file| {
+        file.sections()
+            .any(|s| matches!(s.name(), Ok(".go.buildinfo" | ".gopclntab")))
+    })
+}
+
+/// The hook points of the allocators a file defines, read from its dynamic symbols and its
+/// `.symtab` (a statically linked executable has only the latter). An allocator is a prefix
+/// `P` (the empty one, [`KNOWN_PREFIXES`], or `extra_prefix`) with `Pmalloc` defined; its
+/// whole family is hooked, and with the empty prefix also the mapping wrappers and C++'s
+/// operators. One probe per distinct address: glibc's `aligned_alloc` and `memalign`, and
+/// tcmalloc's `free`, `cfree`, `tc_free` and `operator delete`, are one function, and two
+/// probes at one address would both fire for one call.
+pub fn hook_points(path: &Path, extra_prefix: Option<&str>) -> Result<Vec<HookPoint>, TracerError> {
     let data = fs::read(path).map_err(|source| TracerError::ReadElf {
         path: path.into(),
         source: source.into(),
     })?;
-    let file = object::File::parse(&*data).map_err(|source| TracerError::ReadElf {
+    hook_points_in(&data, extra_prefix).map_err(|source| TracerError::ReadElf {
         path: path.into(),
         source: source.into(),
-    })?;
+    })
+}
+
+/// [`hook_points`] over a file's bytes.
+pub fn hook_points_in(
+    data: &[u8],
+    extra_prefix: Option<&str>,
+) -> Result<Vec<HookPoint>, object::Error> {
+    let file = object::File::parse(data)?;
     let segments: Vec<(u64, u64, u64)> = file
         .segments()
         .map(|segment| {
@@ -80,17 +160,58 @@ pub fn hook_points(path: &Path) -> Result<Vec<HookPoint>, TracerError> {
             (segment.address(), segment.size(), file_offset)
         })
         .collect();
-
-    let mut by_offset = BTreeMap::new();
+    // Defined global functions by name: (address, size). Local symbols are left out, so that a
+    // library's private helper that happens to be called `free` is never taken for it.
+    let mut defined: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
-        if symbol.kind() != SymbolKind::Text || symbol.is_undefined() || symbol.address() == 0 {
+        if symbol.kind() != SymbolKind::Text
+            || symbol.is_undefined()
+            || symbol.is_local()
+            || symbol.address() == 0
+        {
             continue;
         }
-        let Ok(name) = symbol.name() else { continue };
-        let Some(&(function, hook)) = ALLOCATOR_FUNCTIONS.iter().find(|(f, _)| *f == name) else {
+        if let Ok(name) = symbol.name() {
+            // A versioned .symtab name (`malloc@@GLIBC_2.2.5`) means the same function.
+            let name = name.split('@').next().unwrap_or(name);
+            defined
+                .entry(name)
+                .or_insert((symbol.address(), symbol.size()));
+        }
+    }
+
+    let mut wanted: Vec<(String, Hook)> = Vec::new();
+    let prefixes = std::iter::once("")
+        .chain(KNOWN_PREFIXES.iter().copied())
+        .chain(extra_prefix);
+    for prefix in prefixes {
+        if !defined.contains_key(format!("{prefix}malloc").as_str())
+            || wanted
+                .iter()
+                .any(|(name, _)| name == &format!("{prefix}malloc"))
+        {
+            continue;
+        }
+        wanted.extend(
+            ALLOCATOR_FUNCTIONS
+                .iter()
+                .map(|(name, hook)| (format!("{prefix}{name}"), *hook)),
+        );
+        if prefix.is_empty() {
+            wanted.extend(
+                MAPPING_FUNCTIONS
+                    .iter()
+                    .chain(CXX_OPERATORS)
+                    .map(|(name, hook)| ((*name).to_owned(), *hook)),
+            );
+        }
+    }
+
+    let mut by_offset = BTreeMap::new();
+    for (name, hook) in wanted {
+        let Some(&(vaddr, size)) = defined.get(name.as_str()) else {
             continue;
         };
-        let vaddr = symbol.address();
         let Some(&(seg_addr, _, seg_offset)) = segments
             .iter()
             .find(|(addr, size, _)| (*addr..addr + size).contains(&vaddr))
@@ -102,14 +223,14 @@ pub fn hook_points(path: &Path) -> Result<Vec<HookPoint>, TracerError> {
             // Return probes need the return address on top of the stack, which holds only at
             // the entry: only an entry-only hook may move.
             let skip = match hook {
-                Hook::Free => entry_skip(&data, start, symbol.size(), vaddr),
+                Hook::Free => entry_skip(data, start, size, vaddr),
                 Hook::Alloc(_) | Hook::Map(_) => 0,
             };
             if skip > 0 {
-                log::debug!("probe offset: {function} at +{skip} (file offset {start:#x})");
+                log::debug!("probe offset: {name} at +{skip} (file offset {start:#x})");
             }
             HookPoint {
-                name: function,
+                name,
                 hook,
                 file_offset: start + skip,
             }
@@ -153,11 +274,11 @@ mod tests {
             .dynamic_symbols()
             .filter_map(|symbol| Some((symbol.name().ok()?, symbol.address())))
             .collect();
-        let points = hook_points(path).expect("hook points");
+        let points = hook_points(path, None).expect("hook points");
         assert!(points.iter().any(|p| p.name == "malloc"));
         for point in &points {
             // glibc's text segment is mapped at its file offset.
-            let start = starts[point.name];
+            let start = starts[point.name.as_str()];
             match point.hook {
                 Hook::Alloc(_) | Hook::Map(_) => {
                     assert_eq!(point.file_offset, start, "{} moved", point.name)

@@ -163,9 +163,20 @@ fn real_program(program: &Path) -> Result<PathBuf, TracerError> {
     Ok(program.to_owned())
 }
 
-/// The C library that `program` will load, as its dynamic loader resolves it (`ld.so --list`,
-/// which only resolves and never runs the program).
-pub fn libc_of(program: &Path) -> Result<PathBuf, TracerError> {
+/// What `program` will map when it runs: the ELF program itself (for a `#!` script, its
+/// interpreter), then, for a dynamically linked one, every library its dynamic loader
+/// resolves (`ld.so --list`, which only resolves and never runs the program). The listing
+/// honours `LD_PRELOAD` in leakhound's environment, which the launched command inherits, and
+/// `/etc/ld.so.preload`, so a preloaded allocator is found before the command starts.
+pub struct LaunchObjects {
+    pub program: PathBuf,
+    pub program_data: Vec<u8>,
+    pub dynamic: bool,
+    /// The libraries, in load order (preloads first).
+    pub libraries: Vec<PathBuf>,
+}
+
+pub fn objects_of(program: &Path) -> Result<LaunchObjects, TracerError> {
     let program = real_program(program)?;
     let data = fs::read(&program).map_err(|source| TracerError::Launch {
         program: program.clone(),
@@ -175,21 +186,25 @@ pub fn libc_of(program: &Path) -> Result<PathBuf, TracerError> {
         path: program.clone(),
         source: source.into(),
     })?;
-    if !dynamic {
-        return Err(TracerError::StaticBinary { path: program });
+    let mut libraries = Vec::new();
+    if dynamic {
+        let interpreter =
+            interpreter_of(&data).unwrap_or_else(|| "/lib64/ld-linux-x86-64.so.2".into());
+        let output = Command::new(&interpreter)
+            .arg("--list")
+            .arg(&program)
+            .output()
+            .map_err(|source| TracerError::Launch {
+                program: interpreter.clone(),
+                source,
+            })?;
+        libraries = parse_listing(&String::from_utf8_lossy(&output.stdout));
     }
-    let interpreter = interpreter_of(&data).unwrap_or_else(|| "/lib64/ld-linux-x86-64.so.2".into());
-    let output = Command::new(&interpreter)
-        .arg("--list")
-        .arg(&program)
-        .output()
-        .map_err(|source| TracerError::Launch {
-            program: interpreter.clone(),
-            source,
-        })?;
-    let listing = String::from_utf8_lossy(&output.stdout);
-    parse_libc_from_listing(&listing).ok_or(TracerError::NoLibc {
-        what: program.display().to_string(),
+    Ok(LaunchObjects {
+        program,
+        program_data: data,
+        dynamic,
+        libraries,
     })
 }
 
@@ -206,21 +221,20 @@ fn interpreter_of(data: &[u8]) -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// Picks libc out of `ld.so --list` output (`libc.so.6 => /lib/.../libc.so.6 (0x...)`).
-pub fn parse_libc_from_listing(listing: &str) -> Option<PathBuf> {
-    listing.lines().find_map(|line| {
-        let (name, rest) = line.trim().split_once(" => ")?;
-        if !is_libc_name(name) {
-            return None;
-        }
-        let path = rest.split(" (").next()?.trim();
-        path.starts_with('/').then(|| PathBuf::from(path))
-    })
-}
-
-/// Whether a file name is the C library's (`libc.so.6`, or `libc-2.31.so` on older systems).
-pub fn is_libc_name(name: &str) -> bool {
-    name.starts_with("libc.so") || (name.starts_with("libc-") && name.ends_with(".so"))
+/// The libraries in `ld.so --list` output: `libc.so.6 => /lib/.../libc.so.6 (0x...)` for a
+/// needed library, `/usr/lib/.../libjemalloc.so.2 (0x...)` for a preloaded one (and for the
+/// loader itself). The address in parentheses is cut at the last ` (`, so a path with spaces
+/// or parentheses stays whole.
+pub fn parse_listing(listing: &str) -> Vec<PathBuf> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = line.split_once(" => ").map_or(line, |(_, path)| path);
+            let path = path.rsplit_once(" (").map_or(path, |(path, _)| path).trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,26 +242,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_libc_in_loader_listing() {
+    fn lists_needed_and_preloaded_libraries() {
         let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+            \t/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (0x00007f0)\n\
             \tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f1)\n\
             \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2)\n\
+            \tlibx.so => /opt/dir (1)/libx.so (0x00007f4)\n\
+            \tlibgone.so => not found\n\
             \t/lib64/ld-linux-x86-64.so.2 (0x00007f3)\n";
-        assert_eq!(
-            parse_libc_from_listing(listing),
-            Some(PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"))
-        );
-        assert_eq!(
-            parse_libc_from_listing("\tnot a dynamic executable\n"),
-            None
-        );
-    }
-
-    #[test]
-    fn libc_names() {
-        assert!(is_libc_name("libc.so.6"));
-        assert!(is_libc_name("libc-2.31.so"));
-        assert!(!is_libc_name("libcrypto.so.3"));
-        assert!(!is_libc_name("libc++.so.1"));
+        let paths: Vec<PathBuf> = [
+            "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+            "/lib/x86_64-linux-gnu/libm.so.6",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/opt/dir (1)/libx.so",
+            "/lib64/ld-linux-x86-64.so.2",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(parse_listing(listing), paths);
+        assert!(parse_listing("\tnot a dynamic executable\n").is_empty());
     }
 }
