@@ -26,6 +26,7 @@ use crate::{
     config::RecordConfig,
     errors::TracerError,
     exit_watch::{self, ChildExit},
+    jit,
     kernel::{Probes, loader::elapsed_ms, reader},
     model::{
         Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording, StackRecord,
@@ -122,7 +123,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                 session.take_sample(started);
             }
             _ = tick.tick() => {
-                session.modules.lock().expect("modules lock").refresh(&session.target);
+                session.refresh_code();
                 if let Some(every) = report_every && next_report.is_some_and(|due| Instant::now() >= due) {
                     next_report = Some(started + every * (started.elapsed().as_secs_f64() / every.as_secs_f64()).floor().max(1.0) as u32 + every);
                     session.print_progress(started);
@@ -194,6 +195,8 @@ struct Session {
     /// Set for a launched command, which is stopped when tracing ends before it does.
     launched: Option<u32>,
     modules: Arc<Mutex<Modules>>,
+    /// Node.js or the JVM, once recognised: where JIT frames get their names.
+    runtime: jit::Runtime,
     mapping: MappingState,
     mapping_unavailable: Option<String>,
     /// Outstanding bytes per stack at every sample, for the trends.
@@ -281,10 +284,18 @@ impl Session {
             command: prepared.command,
             launched,
             modules,
+            runtime: jit::Runtime::default(),
             mapping: MappingState::default(),
             mapping_unavailable,
             timeline: Timeline::default(),
         })
+    }
+
+    /// Rereads the target's code: its mappings, and its runtime's perf map.
+    fn refresh_code(&mut self) {
+        let mut modules = self.modules.lock().expect("modules lock");
+        modules.refresh(&self.target);
+        self.runtime.tick(&self.target, &mut modules);
     }
 
     fn print_progress(&self, started: Instant) {
@@ -433,10 +444,10 @@ impl Session {
             }
         }
         if self.target.is_alive() {
-            self.modules
-                .lock()
-                .expect("modules lock")
-                .refresh(&self.target);
+            let mut modules = self.modules.lock().expect("modules lock");
+            modules.refresh(&self.target);
+            // A JVM writes its perf map on request: ask now, so later-compiled code is named.
+            self.runtime.before_report(&self.target, &mut modules);
         }
         drop(probes);
 
