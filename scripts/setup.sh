@@ -15,6 +15,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # Debian packages the build and the tests use. gcc/g++ build the ground-truth targets;
 # bpftool lets the tests check that no BPF link outlives a run; golang provides `go tool pprof`.
 DEB_PACKAGES=(gcc g++ libc6-dev bpftool golang-go)
+# The runtimes whose JIT frames tests/tests/runtimes.rs names (javac compiles its target).
+DEB_PACKAGES+=(nodejs openjdk-17-jdk-headless)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,12 +31,67 @@ struct Traced {
     perf_map_left: bool,
 }
 
+/// Where the target runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Host,
+    /// New PID and mount namespaces with a /tmp of their own, as in a container: the runtime
+    /// is PID 1 there, and its perf map and attach socket exist only under its root.
+    Container,
+}
+
+/// Runs `cmd` in new PID and mount namespaces, with a private tmpfs on /tmp.
+fn in_container(cmd: &Command) -> Command {
+    let mut script = String::from("mount -t tmpfs tmpfs /tmp && exec");
+    for word in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
+        script.push_str(" '");
+        script.push_str(&word.to_string_lossy().replace('\'', "'\\''"));
+        script.push('\'');
+    }
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--mount", "--pid", "--fork", "sh", "-c"])
+        .arg(script);
+    for (var, value) in cmd.get_envs() {
+        match value {
+            Some(value) => unshare.env(var, value),
+            None => unshare.env_remove(var),
+        };
+    }
+    unshare
+}
+
+/// The host PID of the only child of `parent` (unshare forks the target).
+fn only_child(parent: libc::pid_t) -> libc::pid_t {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unshare ({parent}) started no child"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Starts the runtime (which prints `ready <pid>` and waits), attaches leakhound, lets the
 /// target allocate, and stops leakhound with SIGINT while the target is still alive: runtimes
 /// free their native memory while they exit.
-fn trace(test: &str, mut target_cmd: Command) -> Traced {
+fn trace(test: &str, target_cmd: Command, place: Place) -> Traced {
     let dir = paths::scratch(test);
     let out = dir.join("out.folded");
+    let mut target_cmd = match place {
+        Place::Host => target_cmd,
+        Place::Container => in_container(&target_cmd),
+    };
     // The JVM's attach trigger may be created in its working directory: keep it in scratch.
     target_cmd.current_dir(&dir);
     let mut target = Proc::spawn(target_cmd, test, true);
@@ -44,9 +99,21 @@ fn trace(test: &str, mut target_cmd: Command) -> Traced {
         .stdout
         .next(Instant::now() + TIMEOUT, "`ready <pid>`")
         .expect("ready line");
-    assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
-
-    let pid = target.pid().to_string();
+    let pid = match place {
+        Place::Host => {
+            assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+            target.pid()
+        }
+        Place::Container => {
+            assert_eq!(
+                ready.trim_end(),
+                "ready 1",
+                "the runtime is PID 1 in its namespace"
+            );
+            only_child(target.pid())
+        }
+    }
+    .to_string();
     let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
     run.wait_attached();
     target.write_line("go");
@@ -124,6 +191,7 @@ fn node_names_the_js_function_that_keeps_buffers() {
             test,
             &["--perf-basic-prof", "--interpreted-frames-native-stack"],
         ),
+        Place::Host,
     );
     assert_named(&traced, "acceptConnection", "acceptConnection", 5);
     assert!(
@@ -143,7 +211,7 @@ fn node_with_perf_basic_prof_only_names_compiled_calls() {
     require_root!(test);
     require_program!(test, "node", "--version");
     let _serial = serial();
-    let traced = trace(test, node(test, &["--perf-basic-prof"]));
+    let traced = trace(test, node(test, &["--perf-basic-prof"]), Place::Host);
     let truth = traced.truth["acceptConnection"];
     let named = bytes_through(&traced.lines, "acceptConnection");
     eprintln!("acceptConnection: truth {truth}, named {named}");
@@ -159,7 +227,7 @@ fn node_without_perf_map_gets_a_hint() {
     require_root!(test);
     require_program!(test, "node", "--version");
     let _serial = serial();
-    let traced = trace(test, node(test, &[]));
+    let traced = trace(test, node(test, &[]), Place::Host);
     let hints: Vec<&String> = traced
         .stderr
         .iter()
@@ -198,7 +266,11 @@ fn jvm_names_the_java_method_with_preserve_frame_pointer() {
     require_program!(test, "javac", "-version");
     let _serial = serial();
     let classes = runtimes::java_classes();
-    let traced = trace(test, java(&classes, &["-XX:+PreserveFramePointer"]));
+    let traced = trace(
+        test,
+        java(&classes, &["-XX:+PreserveFramePointer"]),
+        Place::Host,
+    );
     assert_named(
         &traced,
         "JitLeak.acceptConnection",
@@ -245,7 +317,7 @@ fn jvm_without_preserve_frame_pointer_still_names_the_caller_of_native_code() {
     require_program!(test, "javac", "-version");
     let _serial = serial();
     let classes = runtimes::java_classes();
-    let traced = trace(test, java(&classes, &[]));
+    let traced = trace(test, java(&classes, &[]), Place::Host);
     assert_named(
         &traced,
         "JitLeak.acceptConnection",
@@ -281,7 +353,49 @@ fn jvm_running_as_another_user() {
     for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
         cmd.env_remove(var);
     }
-    let traced = trace(test, cmd);
+    let traced = trace(test, cmd, Place::Host);
+    assert_named(
+        &traced,
+        "JitLeak.acceptConnection",
+        "JitLeak.acceptConnection",
+        5,
+    );
+}
+
+/// Node in a container: its perf map is /tmp/perf-1.map in a /tmp that only its mount
+/// namespace sees.
+#[test]
+fn node_in_its_own_pid_and_mount_namespaces() {
+    let test = "node_in_its_own_pid_and_mount_namespaces";
+    require_root!(test);
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let traced = trace(
+        test,
+        node(
+            test,
+            &["--perf-basic-prof", "--interpreted-frames-native-stack"],
+        ),
+        Place::Container,
+    );
+    assert_named(&traced, "acceptConnection", "acceptConnection", 5);
+}
+
+/// A JVM in a container: PID 1 in its namespace, with its attach socket and perf map in a
+/// /tmp of its own.
+#[test]
+fn jvm_in_its_own_pid_and_mount_namespaces() {
+    let test = "jvm_in_its_own_pid_and_mount_namespaces";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let _serial = serial();
+    let classes = runtimes::java_classes();
+    let traced = trace(
+        test,
+        java(&classes, &["-XX:+PreserveFramePointer"]),
+        Place::Container,
+    );
     assert_named(
         &traced,
         "JitLeak.acceptConnection",

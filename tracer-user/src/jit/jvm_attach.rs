@@ -42,6 +42,16 @@ pub enum AttachError {
     Status { pid: u32 },
 }
 
+impl AttachError {
+    /// Errors that asking again would repeat.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::NoQuitHandler | Self::NoSocket(_) | Self::Refused { .. }
+        )
+    }
+}
+
 /// What identifies the JVM's side of the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JvmIdentity {

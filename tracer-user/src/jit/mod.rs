@@ -164,6 +164,9 @@ pub enum Runtime {
 pub struct Jvm {
     last_request: Option<Instant>,
     failures: u32,
+    /// The JVM cannot answer (attach disabled, no SIGQUIT handler, no such command): asking
+    /// again would only send it more signals, each a thread dump in its log.
+    gave_up: bool,
     /// The perf map that leakhound made the JVM write, when there was none before: removed
     /// after the last read, so that no file is left in the target's /tmp.
     map_made: Option<PathBuf>,
@@ -185,11 +188,12 @@ impl Runtime {
             *self = detect(target, modules.mapped_files());
             match self {
                 Self::Node => warn_node(target),
-                Self::Jvm(_) => warn_jvm(target),
+                Self::Jvm(jvm) => jvm.gave_up = !warn_jvm(target),
                 Self::Unknown => return,
             }
         }
         if let Self::Jvm(jvm) = self
+            && !jvm.gave_up
             && jvm.failures < ATTACH_ATTEMPTS
             && jvm
                 .last_request
@@ -203,7 +207,7 @@ impl Runtime {
     /// Before the report: a JVM that still runs writes a current perf map, which is read.
     pub fn before_report(&mut self, target: &TargetProcess, modules: &mut Modules) {
         let Self::Jvm(jvm) = self else { return };
-        if target.is_alive() && jvm.request(target, &mut modules.perf_maps) {
+        if !jvm.gave_up && target.is_alive() && jvm.request(target, &mut modules.perf_maps) {
             modules.perf_maps.refresh(target);
         }
         if let Some(path) = jvm.map_made.take() {
@@ -232,6 +236,7 @@ impl Jvm {
             }
             Err(err) => {
                 self.failures += 1;
+                self.gave_up = err.is_permanent();
                 if self.failures == 1 {
                     eprintln!(
                         "leakhound: cannot get a perf map from the JVM (pid {}): {err}; Java frames will show as [anon]",
@@ -268,20 +273,29 @@ fn warn_node(target: &TargetProcess) {
     }
 }
 
-fn warn_jvm(target: &TargetProcess) {
+/// Says what the JVM's flags mean for its stacks; returns whether it can be attached to.
+fn warn_jvm(target: &TargetProcess) -> bool {
     let cmdline = fs::read(format!("/proc/{}/cmdline", target.pid)).unwrap_or_default();
     let environ = fs::read(format!("/proc/{}/environ", target.pid)).unwrap_or_default();
-    if !preserves_frame_pointer(&cmdline, &environ) {
+    let attachable = jvm_flag(&cmdline, &environ, "DisableAttachMechanism") != Some(true);
+    if !attachable {
+        eprintln!(
+            "leakhound: java (pid {}) runs with -XX:+DisableAttachMechanism: no perf map can be requested, so Java frames will show as [anon]",
+            target.pid
+        );
+    }
+    if jvm_flag(&cmdline, &environ, "PreserveFramePointer") != Some(true) {
         eprintln!(
             "leakhound: java (pid {}) runs without -XX:+PreserveFramePointer: stacks may stop at the first JIT-compiled Java method",
             target.pid
         );
     }
+    attachable
 }
 
-/// Whether `-XX:+PreserveFramePointer` is on the JVM's command line or in the variables the
-/// launcher reads (JAVA_TOOL_OPTIONS, JDK_JAVA_OPTIONS, _JAVA_OPTIONS); the last mention wins.
-pub fn preserves_frame_pointer(cmdline: &[u8], environ: &[u8]) -> bool {
+/// A boolean `-XX:` flag as the JVM's command line or the variables the launcher reads
+/// (JAVA_TOOL_OPTIONS, JDK_JAVA_OPTIONS, _JAVA_OPTIONS) set it; the last mention wins.
+pub fn jvm_flag(cmdline: &[u8], environ: &[u8], flag: &str) -> Option<bool> {
     let env_options = environ.split(|&b| b == 0).filter_map(|var| {
         ["JAVA_TOOL_OPTIONS=", "JDK_JAVA_OPTIONS=", "_JAVA_OPTIONS="]
             .iter()
@@ -300,11 +314,13 @@ pub fn preserves_frame_pointer(cmdline: &[u8], environ: &[u8]) -> bool {
                 .map(|arg| String::from_utf8_lossy(arg).into_owned()),
         )
         .collect();
-    words.iter().rev().find_map(|word| match word.as_str() {
-        "-XX:+PreserveFramePointer" => Some(true),
-        "-XX:-PreserveFramePointer" => Some(false),
-        _ => None,
-    }) == Some(true)
+    words.iter().rev().find_map(
+        |word| match word.strip_prefix("-XX:")?.split_at_checked(1)? {
+            ("+", name) if name == flag => Some(true),
+            ("-", name) if name == flag => Some(false),
+            _ => None,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -316,6 +332,26 @@ mod tests {
         assert_eq!(namespace_pid("Name:\tx\nNSpid:\t4242\n"), Some(4242));
         assert_eq!(namespace_pid("NSpid:\t4242\t17\t1\n"), Some(1));
         assert_eq!(namespace_pid("Name:\tx\n"), None);
+    }
+
+    fn preserves_frame_pointer(cmdline: &[u8], environ: &[u8]) -> bool {
+        jvm_flag(cmdline, environ, "PreserveFramePointer") == Some(true)
+    }
+
+    #[test]
+    fn jvm_flags_absent_are_none() {
+        assert_eq!(
+            jvm_flag(b"java\0Main\0", b"", "DisableAttachMechanism"),
+            None
+        );
+        assert_eq!(
+            jvm_flag(
+                b"java\0-XX:+DisableAttachMechanism\0Main\0",
+                b"",
+                "DisableAttachMechanism"
+            ),
+            Some(true)
+        );
     }
 
     #[test]
