@@ -71,7 +71,7 @@ pub fn identity(status: &str) -> Option<JvmIdentity> {
             .find_map(|line| line.strip_prefix(name))
             .map(str::split_whitespace)
     };
-    let nspid = field("NSpid:")?.next_back()?.parse().ok()?;
+    let nspid = super::namespace_pid(status)?;
     // Uid: real, effective, saved, filesystem.
     let euid = field("Uid:")?.nth(1)?.parse().ok()?;
     let egid = field("Gid:")?.nth(1)?.parse().ok()?;
