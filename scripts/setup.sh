@@ -17,6 +17,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # and builds the Go target; jemalloc (shared and static), tcmalloc and mimalloc are the
 # allocators tests/tests/allocators.rs traces; binutils strips the static target.
 DEB_PACKAGES=(gcc g++ libc6-dev binutils bpftool golang-go libjemalloc2 libjemalloc-dev libtcmalloc-minimal4 libmimalloc2.0)
+# The runtimes whose JIT frames tests/tests/runtimes.rs names (javac compiles its target).
+DEB_PACKAGES+=(nodejs openjdk-17-jdk-headless)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@ pub mod frame_pointer_targets;
 pub mod probes;
 pub mod process;
 pub mod report;
+pub mod runtimes;
 pub mod targets;
 
 use std::collections::BTreeSet;

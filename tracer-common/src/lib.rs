@@ -55,8 +55,9 @@ pub const RBP_UNCHANGED: i32 = i32::MIN;
 /// Bytes of user stack copied into an [`UnwindMiss`].
 pub const STACK_COPY_BYTES: usize = 8192;
 
-/// Sent when a kernel walk met a return address with no rule, with what user space needs to
-/// unwind the whole stack once: the registers at the allocation's return and the stack above.
+/// Sent when a kernel walk met a return address with no rule: the walk's state at that frame
+/// (`ip` is the return address, `sp` and `bp` the registers there) and the stack above it.
+/// The frames below are those of the partial stack stored under `partial_key`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct UnwindMiss {

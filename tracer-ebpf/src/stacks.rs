@@ -46,10 +46,10 @@ pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
     HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// Walks that met a return address with no rule: user space unwinds their stack copies.
-// Room for about a thousand stack copies: a burst of allocations from new call sites can come
+// Room for about two thousand stack copies: a burst of allocations from new call sites can come
 // faster than user space answers the first of them.
 #[map]
-pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 /// How far above the stack pointer a frame may be: the default 8 MiB main-thread stack.
 const MAX_STACK_SPAN: u64 = 8 << 20;
@@ -170,7 +170,9 @@ fn cfi_walk(frames: &mut StackFrames, regs: &pt_regs, tag: u64) -> u64 {
     }
     let key = store(frames);
     if missed {
-        send_miss(regs, key, tag);
+        // The copy starts where the walk stopped, not at the allocation: a deep stack would
+        // otherwise keep its upper frames out of every copy, and their rules out of reach.
+        send_miss(walk.pc, walk.sp, walk.bp, key, tag);
     }
     key
 }
@@ -238,7 +240,9 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-fn send_miss(regs: &pt_regs, partial_key: u64, tag: u64) {
+/// Asks user space for the rule at `pc`, the frame where a walk stopped (with its `sp` and
+/// `bp`), sending a copy of the stack from there.
+fn send_miss(pc: u64, sp: u64, bp: u64, partial_key: u64, tag: u64) {
     let Some(mut entry) = UNWIND_MISSES.reserve::<UnwindMiss>(0) else {
         count(counter::UNWIND_MISS_LOST, 1);
         return;
@@ -249,9 +253,9 @@ fn send_miss(regs: &pt_regs, partial_key: u64, tag: u64) {
     unsafe {
         (*miss).tag = tag;
         (*miss).partial_key = partial_key;
-        (*miss).ip = regs.rip;
-        (*miss).sp = regs.rsp;
-        (*miss).bp = regs.rbp;
+        (*miss).ip = pc;
+        (*miss).sp = sp;
+        (*miss).bp = bp;
         // The stack may end closer to sp than a full copy: try smaller copies.
         let mut copied = 0u64;
         // Near the top of a stack a full copy would run past its end and fail as a whole,
@@ -263,7 +267,7 @@ fn send_miss(regs: &pt_regs, partial_key: u64, tag: u64) {
             let rc = probe_read_user_raw(
                 (&raw mut (*miss).stack).cast(),
                 size as u32,
-                regs.rsp as *const core::ffi::c_void,
+                sp as *const core::ffi::c_void,
             );
             if rc == 0 {
                 copied = size;

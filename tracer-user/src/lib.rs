@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod exit_watch;
+pub mod jit;
 pub mod kernel;
 pub mod model;
 pub mod process;

@@ -28,6 +28,7 @@ use crate::{
     config::RecordConfig,
     errors::TracerError,
     exit_watch::{self, ChildExit},
+    jit,
     kernel::{Probes, loader::elapsed_ms, reader},
     model::{
         Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording, StackRecord,
@@ -131,7 +132,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                 session.take_sample(started);
             }
             _ = tick.tick() => {
-                session.modules.lock().expect("modules lock").refresh(&session.target);
+                session.refresh_code();
                 if let Some(every) = report_every && next_report.is_some_and(|due| Instant::now() >= due) {
                     next_report = Some(started + every * (started.elapsed().as_secs_f64() / every.as_secs_f64()).floor().max(1.0) as u32 + every);
                     session.print_progress(started);
@@ -205,6 +206,8 @@ struct Session {
     /// Set for a launched command, which is stopped when tracing ends before it does.
     launched: Option<u32>,
     modules: Arc<Mutex<Modules>>,
+    /// Node.js or the JVM, once recognised: where JIT frames get their names.
+    runtime: jit::Runtime,
     mapping: MappingState,
     mapping_unavailable: Option<String>,
     /// Outstanding bytes per stack at every sample, for the trends.
@@ -250,7 +253,7 @@ impl Session {
         let events =
             unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
 
-        let misses = MissHandler::new(&mut probes.ebpf)?;
+        let mut misses = MissHandler::new(&mut probes.ebpf)?;
 
         let modules = Arc::new(Mutex::new(Modules::default()));
         let (exit, launched) = match prepared.child.take() {
@@ -260,10 +263,10 @@ impl Session {
                 (ExitSignal::Launched(exit), Some(pid))
             }
             None => {
-                modules
-                    .lock()
-                    .expect("modules lock")
-                    .refresh(&prepared.process);
+                let mut known = modules.lock().expect("modules lock");
+                known.refresh(&prepared.process);
+                misses.prepare(&known);
+                drop(known);
                 let fd = exit_watch::pidfd(pid).map_err(|_| TracerError::ProcessExited { pid })?;
                 // SAFETY: the pidfd is owned here and stays open while registered.
                 (
@@ -291,6 +294,7 @@ impl Session {
             command: prepared.command,
             launched,
             modules,
+            runtime: jit::Runtime::default(),
             mapping: MappingState::default(),
             mapping_unavailable,
             timeline: Timeline::default(),
@@ -302,6 +306,13 @@ impl Session {
             self.misses
                 .drain(&mut probes.ebpf, &self.modules, &self.target);
         }
+    }
+
+    /// Rereads the target's code: its mappings, and its runtime's perf map.
+    fn refresh_code(&mut self) {
+        let mut modules = self.modules.lock().expect("modules lock");
+        modules.refresh(&self.target);
+        self.runtime.tick(&self.target, &mut modules);
     }
 
     fn print_progress(&self, started: Instant) {
@@ -472,10 +483,10 @@ impl Session {
             }
         }
         if self.target.is_alive() {
-            self.modules
-                .lock()
-                .expect("modules lock")
-                .refresh(&self.target);
+            let mut modules = self.modules.lock().expect("modules lock");
+            modules.refresh(&self.target);
+            // A JVM writes its perf map on request: ask now, so later-compiled code is named.
+            self.runtime.before_report(&self.target, &mut modules);
         }
         drop(probes);
 

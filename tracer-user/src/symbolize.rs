@@ -17,7 +17,7 @@ use blazesym::symbolize::{
     source::{Elf, Source},
 };
 
-use crate::{model::Frame, process::TargetProcess};
+use crate::{jit::PerfMaps, model::Frame, process::TargetProcess};
 
 /// A code address from a stack walk. Return addresses point after their call instruction,
 /// which may already belong to the next line or function, so they are looked up at `addr - 1`.
@@ -52,11 +52,15 @@ pub struct Modules {
     /// Open files by (inode, path); `None` when the file could not be opened.
     files: HashMap<(u64, PathBuf), Option<File>>,
     pseudo: BTreeMap<u64, (u64, String)>,
+    /// JIT code named by the runtime's perf map (Node.js, the JVM).
+    pub perf_maps: PerfMaps,
 }
 
 impl Modules {
-    /// Rereads the target's mappings. Errors (the target exited) keep what is known.
+    /// Rereads the target's mappings and its perf map. Errors (the target exited) keep what is
+    /// known.
     pub fn refresh(&mut self, target: &TargetProcess) {
+        self.perf_maps.refresh(target);
         let Ok(maps) = target.maps() else { return };
         for mapping in maps.into_iter().filter(|m| m.executable) {
             if let Some(name) = mapping.pseudo.clone() {
@@ -99,7 +103,21 @@ impl Modules {
     /// Whether an address lies in executable memory of the target. A frame-pointer walk
     /// through code without frame pointers reads garbage, which is never in such memory.
     pub fn is_code(&self, addr: u64) -> bool {
-        self.file_offset(addr).is_some() || self.pseudo_name(addr).is_some()
+        self.file_offset(addr).is_some()
+            || self.pseudo_name(addr).is_some()
+            || self.perf_maps.covers(addr)
+    }
+
+    /// Every file the target has mapped executable, as the target names it.
+    /// Every mapped file that could be opened, with its key.
+    pub fn open_files(&self) -> impl Iterator<Item = (&(u64, PathBuf), &File)> {
+        self.files
+            .iter()
+            .filter_map(|(key, file)| Some((key, file.as_ref()?)))
+    }
+
+    pub fn mapped_files(&self) -> impl Iterator<Item = &Path> {
+        self.files.keys().map(|(_, path)| path.as_path())
     }
 
     /// Where an address is: in a mapped file (which one, opened, and at what offset), in
@@ -180,8 +198,11 @@ impl FrameNamer {
                     .or_default()
                     .push((addr, offset)),
                 None => {
-                    let name = modules.pseudo_name(lookup).unwrap_or("[unknown]");
-                    self.names.insert(addr, vec![Frame::named(name)]);
+                    // JIT code lives in anonymous memory, or in memory unmapped since.
+                    let frame = modules.perf_maps.lookup(lookup).unwrap_or_else(|| {
+                        Frame::named(modules.pseudo_name(lookup).unwrap_or("[unknown]"))
+                    });
+                    self.names.insert(addr, vec![frame]);
                 }
             }
         }
@@ -206,9 +227,14 @@ impl FrameNamer {
                         })
                 });
             for (i, (addr, offset)) in addrs.iter().enumerate() {
+                // A runtime may put code in a file mapping of its own; its perf map names it.
                 let frames = symbolized
                     .as_ref()
                     .and_then(|all| all.get(i).cloned().flatten())
+                    .or_else(|| {
+                        let frame = modules.perf_maps.lookup(addr.lookup_address())?;
+                        Some(vec![frame])
+                    })
                     .unwrap_or_else(|| vec![Frame::named(format!("{display}+{offset:#x}"))]);
                 self.names.insert(*addr, frames);
             }

@@ -181,6 +181,17 @@ impl CfiRules {
         Some(rule)
     }
 
+    /// Reads the CFI of every mapped file now, so that the first unwind requests, which come
+    /// in a burst as a traced program starts allocating, are answered in microseconds rather
+    /// than after parsing a large executable's `.eh_frame`.
+    pub fn prepare(&mut self, modules: &Modules) {
+        for (key, file) in modules.open_files() {
+            self.modules
+                .entry(key.clone())
+                .or_insert_with(|| ModuleCfi::read(file));
+        }
+    }
+
     /// A rule for an address in no mapping: the walk ends there.
     pub fn stop() -> UnwindRule {
         UnwindRule {

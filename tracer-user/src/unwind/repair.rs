@@ -8,7 +8,10 @@
 //! address) is remembered, so that the report counts its bytes under the whole stack rather
 //! than the partial one: totals are conserved, nothing is dropped.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
 
 use aya::{
     Ebpf,
@@ -31,6 +34,8 @@ pub struct MissHandler {
     ring: AsyncFd<RingBuf<MapData>>,
     rules: CfiRules,
     repairs: HashMap<u64, Repair>,
+    /// Return addresses whose rule the kernel already has: a miss's walk reuses many.
+    in_kernel: HashSet<u64>,
     /// Misses answered, and rules handed to the kernel.
     pub misses: u64,
     pub rules_inserted: u64,
@@ -54,9 +59,15 @@ impl MissHandler {
             ring,
             rules: CfiRules::default(),
             repairs: HashMap::new(),
+            in_kernel: HashSet::new(),
             misses: 0,
             rules_inserted: 0,
         })
+    }
+
+    /// See [`CfiRules::prepare`].
+    pub fn prepare(&mut self, modules: &Modules) {
+        self.rules.prepare(modules);
     }
 
     pub fn ring(&mut self) -> &mut AsyncFd<RingBuf<MapData>> {
@@ -132,24 +143,47 @@ impl MissHandler {
             source: Box::new(source),
         })?;
         for (pc, rule) in used {
-            if rules.insert(pc, rule, 0).is_ok() {
+            if !self.in_kernel.contains(&pc) && rules.insert(pc, rule, 0).is_ok() {
+                self.in_kernel.insert(pc);
                 self.rules_inserted += 1;
             }
         }
 
-        let whole = stack_key(&walked.ips);
-        let mut frames = StackFrames {
-            len: walked.ips.len() as u32,
-            truncated: walked.truncated,
-            ips: [0; MAX_STACK_DEPTH],
-        };
-        frames.ips[..walked.ips.len()].copy_from_slice(&walked.ips);
         let mut stacks: BpfHashMap<&mut MapData, u64, StackFrames> =
             BpfHashMap::try_from(ebpf.map_mut("STACKS").ok_or_else(|| missing("STACKS"))?)
                 .map_err(|source| TracerError::Map {
                     map: "STACKS",
                     source: Box::new(source),
                 })?;
+        // The walk stopped at `miss.ip`, the last frame of the partial stack; the frames
+        // below it are the partial stack's.
+        let Ok(partial) = stacks.get(&miss.partial_key, 0) else {
+            log::debug!(
+                "miss at {:#x}: partial stack {:#x} unreadable",
+                miss.ip,
+                miss.partial_key
+            );
+            return Ok(());
+        };
+        let below = &partial.ips[..(partial.len as usize).min(MAX_STACK_DEPTH)];
+        let Some((&last, below)) = below.split_last() else {
+            return Ok(());
+        };
+        if last != miss.ip {
+            log::debug!(
+                "miss at {:#x}: the partial stack ends at {last:#x}",
+                miss.ip
+            );
+            return Ok(());
+        }
+        let (ips, truncated) = join(below, &walked.ips, walked.truncated);
+        let whole = stack_key(&ips);
+        let mut frames = StackFrames {
+            len: ips.len() as u32,
+            truncated,
+            ips: [0; MAX_STACK_DEPTH],
+        };
+        frames.ips[..ips.len()].copy_from_slice(&ips);
         stacks
             .insert(whole, frames, 0)
             .map_err(|source| TracerError::Map {
@@ -197,6 +231,17 @@ impl MissHandler {
     }
 }
 
+/// The frames below the miss followed by those walked from it, at most [`MAX_STACK_DEPTH`]
+/// (cut and marked truncated beyond).
+fn join(below: &[u64], walked: &[u64], truncated: u32) -> (Vec<u64>, u32) {
+    let mut ips: Vec<u64> = below.iter().chain(walked).copied().collect();
+    if ips.len() > MAX_STACK_DEPTH {
+        ips.truncate(MAX_STACK_DEPTH);
+        return (ips, 1);
+    }
+    (ips, truncated)
+}
+
 fn move_bytes(totals: &mut HashMap<u64, StackTotals>, repair: &Repair, size: u64) {
     if let Some(partial) = totals.get_mut(&repair.partial) {
         partial.live_bytes = partial.live_bytes.wrapping_sub(size);
@@ -221,6 +266,14 @@ fn missing(map: &'static str) -> TracerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_stacks_join_the_partial_frames_and_the_walk() {
+        assert_eq!(join(&[1, 2], &[3, 4], 0), (vec![1, 2, 3, 4], 0));
+        let long = vec![7; MAX_STACK_DEPTH];
+        let (ips, truncated) = join(&[1], &long, 0);
+        assert_eq!((ips.len(), ips[0], truncated), (MAX_STACK_DEPTH, 1, 1));
+    }
 
     #[test]
     fn repairs_move_live_allocations_and_conserve_totals() {

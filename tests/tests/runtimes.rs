@@ -1,0 +1,405 @@
+//! JIT frames of real runtimes: Node.js (V8's perf map) and OpenJDK 17 (a perf map that
+//! leakhound asks HotSpot for through the attach mechanism). Each target keeps 64 KiB of native
+//! memory per simulated connection from a named function; the folded report must name that
+//! function with its bytes within 5% of the target's own count.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use tests::process::{Proc, TIMEOUT};
+use tests::report::{FoldedLine, Truth, parse_folded};
+use tests::runtimes::{self, bytes_through, within_percent};
+use tests::targets::read_truth;
+use tests::{Run, arg, paths, read_report, require_root, serial};
+
+/// Returns from the test, with a printed skip, unless `program` runs here.
+macro_rules! require_program {
+    ($test:expr, $program:expr, $flag:expr) => {
+        if !runtimes::available($program, $flag) {
+            println!("skipped: {} needs {}", $test, $program);
+            return;
+        }
+    };
+}
+
+struct Traced {
+    truth: Truth,
+    lines: Vec<FoldedLine>,
+    stderr: Vec<String>,
+    /// Whether /tmp/perf-<pid>.map was left after the target exited.
+    perf_map_left: bool,
+}
+
+/// Where the target runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Host,
+    /// New PID and mount namespaces with a /tmp of their own, as in a container: the runtime
+    /// is PID 1 there, and its perf map and attach socket exist only under its root.
+    Container,
+}
+
+/// Runs `cmd` in new PID and mount namespaces, with a private tmpfs on /tmp.
+fn in_container(cmd: &Command) -> Command {
+    let mut script = String::from("mount -t tmpfs tmpfs /tmp && exec");
+    for word in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
+        script.push_str(" '");
+        script.push_str(&word.to_string_lossy().replace('\'', "'\\''"));
+        script.push('\'');
+    }
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--mount", "--pid", "--fork", "sh", "-c"])
+        .arg(script);
+    for (var, value) in cmd.get_envs() {
+        match value {
+            Some(value) => unshare.env(var, value),
+            None => unshare.env_remove(var),
+        };
+    }
+    unshare
+}
+
+/// The host PID of the only child of `parent` (unshare forks the target).
+fn only_child(parent: libc::pid_t) -> libc::pid_t {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unshare ({parent}) started no child"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Starts the runtime (which prints `ready <pid>` and waits), attaches leakhound, lets the
+/// target allocate, and stops leakhound with SIGINT while the target is still alive: runtimes
+/// free their native memory while they exit.
+fn trace(test: &str, target_cmd: Command, place: Place) -> Traced {
+    let dir = paths::scratch(test);
+    let out = dir.join("out.folded");
+    let mut target_cmd = match place {
+        Place::Host => target_cmd,
+        Place::Container => in_container(&target_cmd),
+    };
+    // The JVM's attach trigger may be created in its working directory: keep it in scratch.
+    target_cmd.current_dir(&dir);
+    let mut target = Proc::spawn(target_cmd, test, true);
+    let ready = target
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("ready line");
+    let pid = match place {
+        Place::Host => {
+            assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+            target.pid()
+        }
+        Place::Container => {
+            assert_eq!(
+                ready.trim_end(),
+                "ready 1",
+                "the runtime is PID 1 in its namespace"
+            );
+            only_child(target.pid())
+        }
+    }
+    .to_string();
+    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
+    run.wait_attached();
+    target.write_line("go");
+    let truth = read_truth(&target.stdout, test);
+    run.signal(libc::SIGINT);
+    let outcome = run.finish();
+    outcome.assert_success();
+    target.write_line("");
+    let status = target.wait_exit(TIMEOUT);
+    assert!(status.success(), "{test}: the target exited with {status}");
+    // V8 leaves its perf map behind (leakhound removes the JVM's, which it asked for).
+    let perf_map = Path::new("/tmp").join(format!("perf-{pid}.map"));
+    let left = perf_map.exists();
+    let _ = std::fs::remove_file(&perf_map);
+
+    let report = read_report(&out);
+    let lines = parse_folded(&report).unwrap_or_else(|e| panic!("{e}\n{report}"));
+    Traced {
+        truth,
+        lines,
+        stderr: outcome.stderr,
+        perf_map_left: left,
+    }
+}
+
+/// Bytes through `frame`, checked against the truth of `function` within `percent`.
+fn assert_named(traced: &Traced, function: &str, frame: &str, percent: u64) -> u64 {
+    let truth = traced.truth[function];
+    let named = bytes_through(&traced.lines, frame);
+    let top: Vec<String> = {
+        let mut lines = traced.lines.clone();
+        lines.sort_by_key(|line| std::cmp::Reverse(line.bytes));
+        lines.iter().take(5).map(FoldedLine::to_folded).collect()
+    };
+    eprintln!("{frame}: truth {truth}, named {named}");
+    assert!(
+        within_percent(truth, named, percent),
+        "stacks through {frame} hold {named} bytes, the target kept {truth} (more than {percent}% apart); \
+         largest stacks:\n{}",
+        top.join("\n")
+    );
+    named
+}
+
+fn node(test: &str, flags: &[&str]) -> Command {
+    let mut cmd = Command::new("node");
+    cmd.args(flags).arg(runtimes::node_script()).arg("200");
+    // Flags must come from the command line, as the test says; not from the environment.
+    cmd.env_remove("NODE_OPTIONS");
+    eprintln!("{test}: {cmd:?}");
+    cmd
+}
+
+fn java(classes: &Path, flags: &[&str]) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.args(flags)
+        .arg("-cp")
+        .arg(classes)
+        .args(["JitLeak", "200"]);
+    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn node_names_the_js_function_that_keeps_buffers() {
+    let test = "node_names_the_js_function_that_keeps_buffers";
+    require_root!(test);
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let traced = trace(
+        test,
+        node(
+            test,
+            &["--perf-basic-prof", "--interpreted-frames-native-stack"],
+        ),
+        Place::Host,
+    );
+    assert_named(&traced, "acceptConnection", "acceptConnection", 5);
+    assert!(
+        !traced
+            .stderr
+            .iter()
+            .any(|l| l.contains("--perf-basic-prof")),
+        "no hint when the flags are there"
+    );
+}
+
+/// With `--perf-basic-prof` alone, V8 names a function once it is compiled (Sparkplug, after a
+/// few calls); the calls made while it was still interpreted show as the interpreter.
+#[test]
+fn node_with_perf_basic_prof_only_names_compiled_calls() {
+    let test = "node_with_perf_basic_prof_only_names_compiled_calls";
+    require_root!(test);
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let traced = trace(test, node(test, &["--perf-basic-prof"]), Place::Host);
+    let truth = traced.truth["acceptConnection"];
+    let named = bytes_through(&traced.lines, "acceptConnection");
+    eprintln!("acceptConnection: truth {truth}, named {named}");
+    assert!(
+        named <= truth + truth / 20 && named * 10 >= truth * 8,
+        "expected most of {truth} bytes named acceptConnection, got {named}"
+    );
+}
+
+#[test]
+fn node_without_perf_map_gets_a_hint() {
+    let test = "node_without_perf_map_gets_a_hint";
+    require_root!(test);
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let traced = trace(test, node(test, &[]), Place::Host);
+    let hints: Vec<&String> = traced
+        .stderr
+        .iter()
+        .filter(|line| line.contains("--perf-basic-prof"))
+        .collect();
+    assert_eq!(
+        hints.len(),
+        1,
+        "one hint, once; stderr:\n{:?}",
+        traced.stderr
+    );
+    assert_eq!(bytes_through(&traced.lines, "acceptConnection"), 0);
+    // The bytes are still all there, under Node's C++ Buffer code.
+    let truth = traced.truth["acceptConnection"];
+    let buffers: u64 = traced
+        .lines
+        .iter()
+        .filter(|line| {
+            line.frames
+                .iter()
+                .any(|f| f.contains("CreateUnsafeArrayBuffer"))
+        })
+        .map(|line| line.bytes)
+        .sum();
+    assert!(
+        within_percent(truth, buffers, 5),
+        "Buffer bytes {buffers}, truth {truth}"
+    );
+}
+
+#[test]
+fn jvm_names_the_java_method_with_preserve_frame_pointer() {
+    let test = "jvm_names_the_java_method_with_preserve_frame_pointer";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let _serial = serial();
+    let classes = runtimes::java_classes();
+    let traced = trace(
+        test,
+        java(&classes, &["-XX:+PreserveFramePointer"]),
+        Place::Host,
+    );
+    assert_named(
+        &traced,
+        "JitLeak.acceptConnection",
+        "JitLeak.acceptConnection",
+        5,
+    );
+    // The whole stack: through the compiled method and the interpreter to the VM's entry.
+    let whole = traced.lines.iter().any(|line| {
+        line.frames.iter().any(|f| f == "JitLeak.acceptConnection")
+            && line
+                .frames
+                .iter()
+                .any(|f| f.starts_with("JavaCalls::call_helper"))
+    });
+    assert!(
+        whole,
+        "stacks of acceptConnection reach JavaCalls::call_helper"
+    );
+    assert!(
+        !traced.perf_map_left,
+        "the perf map that leakhound asked for is removed"
+    );
+    // The attach trigger is removed; nothing is left in the target's directories.
+    let leftovers: Vec<_> =
+        std::fs::read_dir(paths::target_dir().join("leakhound-tests").join(test))
+            .expect("scratch dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".attach_pid"))
+            .collect();
+    assert!(
+        leftovers.is_empty(),
+        "attach trigger left behind: {leftovers:?}"
+    );
+}
+
+/// Without `-XX:+PreserveFramePointer` compiled Java methods keep no frame pointer. A method
+/// that calls into native code is still named (the native wrapper makes a frame), and the user
+/// is told what to add.
+#[test]
+fn jvm_without_preserve_frame_pointer_still_names_the_caller_of_native_code() {
+    let test = "jvm_without_preserve_frame_pointer_still_names_the_caller_of_native_code";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let _serial = serial();
+    let classes = runtimes::java_classes();
+    let traced = trace(test, java(&classes, &[]), Place::Host);
+    assert_named(
+        &traced,
+        "JitLeak.acceptConnection",
+        "JitLeak.acceptConnection",
+        5,
+    );
+    assert!(
+        traced
+            .stderr
+            .iter()
+            .any(|line| line.contains("-XX:+PreserveFramePointer")),
+        "a hint to add -XX:+PreserveFramePointer"
+    );
+}
+
+/// A JVM that runs as another user: HotSpot accepts an attach only from its own effective uid
+/// and gid (or root, as its user namespace sees it), so leakhound connects with its
+/// credentials.
+#[test]
+fn jvm_running_as_another_user() {
+    let test = "jvm_running_as_another_user";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    require_program!(test, "setpriv", "--version");
+    let _serial = serial();
+    let classes = runtimes::java_classes();
+    let inner = java(&classes, &["-XX:+PreserveFramePointer"]);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
+        cmd.env_remove(var);
+    }
+    let traced = trace(test, cmd, Place::Host);
+    assert_named(
+        &traced,
+        "JitLeak.acceptConnection",
+        "JitLeak.acceptConnection",
+        5,
+    );
+}
+
+/// Node in a container: its perf map is /tmp/perf-1.map in a /tmp that only its mount
+/// namespace sees.
+#[test]
+fn node_in_its_own_pid_and_mount_namespaces() {
+    let test = "node_in_its_own_pid_and_mount_namespaces";
+    require_root!(test);
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let traced = trace(
+        test,
+        node(
+            test,
+            &["--perf-basic-prof", "--interpreted-frames-native-stack"],
+        ),
+        Place::Container,
+    );
+    assert_named(&traced, "acceptConnection", "acceptConnection", 5);
+}
+
+/// A JVM in a container: PID 1 in its namespace, with its attach socket and perf map in a
+/// /tmp of its own.
+#[test]
+fn jvm_in_its_own_pid_and_mount_namespaces() {
+    let test = "jvm_in_its_own_pid_and_mount_namespaces";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let _serial = serial();
+    let classes = runtimes::java_classes();
+    let traced = trace(
+        test,
+        java(&classes, &["-XX:+PreserveFramePointer"]),
+        Place::Container,
+    );
+    assert_named(
+        &traced,
+        "JitLeak.acceptConnection",
+        "JitLeak.acceptConnection",
+        5,
+    );
+}
