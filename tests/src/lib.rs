@@ -263,6 +263,51 @@ impl Outcome {
     }
 }
 
+/// A truth target that leakhound is attached to by PID, after it allocated and told its truth.
+pub struct AttachedTrace {
+    pub target: targets::Target,
+    pub run: Run,
+    pub truth: Truth,
+    /// The folded report leakhound writes when it stops.
+    pub out: PathBuf,
+}
+
+/// Starts `exe`, attaches `leakhound record --pid PID -o <scratch>/out.folded` and `extra`,
+/// lets the target allocate and reads its truth. The caller ends the trace its own way.
+pub fn attach_to_truth_target(test: &str, exe: &Path, extra: &[&str]) -> AttachedTrace {
+    let out = paths::scratch(test).join("out.folded");
+    let mut target = targets::Target::start(exe, &[]);
+    let pid = target.pid().to_string();
+    let mut args = vec!["record", "--pid", &pid, "-o", arg(&out)];
+    args.extend_from_slice(extra);
+    let mut run = Run::start(&args);
+    run.wait_attached();
+    target.go();
+    let truth = target.read_truth();
+    AttachedTrace {
+        target,
+        run,
+        truth,
+        out,
+    }
+}
+
+/// The usual attached trace: attach, allocate, SIGINT, check that leakhound succeeded and that
+/// the target still exits cleanly. Returns the truth and the folded report.
+pub fn trace_attached(test: &str, exe: &Path, extra: &[&str]) -> (Truth, String) {
+    let AttachedTrace {
+        mut target,
+        run,
+        truth,
+        out,
+    } = attach_to_truth_target(test, exe, extra);
+    run.signal(libc::SIGINT);
+    run.finish().assert_success();
+    let folded = read_report(&out);
+    target.release();
+    (truth, folded)
+}
+
 pub fn read_report(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("leakhound's report {}: {e}", path.display()))

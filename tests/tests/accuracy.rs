@@ -1,29 +1,18 @@
 //! Per-function accuracy against the targets' own truth, in both ways of starting a trace.
 
-use tests::targets::{self, Target, read_truth};
-use tests::{Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
+use tests::targets::{self, read_truth};
+use tests::{
+    Run, arg, assert_matches_truth, paths, read_report, require_root, serial, trace_attached,
+};
 
 /// Attach to a running target, let it allocate, stop leakhound with SIGINT.
 #[test]
 fn attach_mode_matches_truth() {
     require_root!("attach_mode_matches_truth");
     let _serial = serial();
-    let dir = paths::scratch("attach_mode_matches_truth");
-    let out = dir.join("out.folded");
-    let mut target = Target::start(&targets::alloc_family(), &[]);
-
-    let pid = target.pid().to_string();
-    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
-    run.wait_attached();
-    target.go();
-    let truth = target.read_truth();
-    run.signal(libc::SIGINT);
-    let outcome = run.finish();
-    outcome.assert_success();
-
-    assert_matches_truth(&truth, &read_report(&out));
-    // Detaching must leave the target intact.
-    target.release();
+    let (truth, folded) =
+        trace_attached("attach_mode_matches_truth", &targets::alloc_family(), &[]);
+    assert_matches_truth(&truth, &folded);
 }
 
 /// Launch the target under leakhound; its stdout (the truth) comes through leakhound's.

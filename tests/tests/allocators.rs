@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 
 use tests::targets::{self, Target, read_truth};
-use tests::{Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
+use tests::{
+    Run, arg, assert_matches_truth, paths, read_report, require_root, serial, trace_attached,
+};
 
 const LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu";
 
@@ -161,18 +163,8 @@ fn jemalloc_linked_statically() {
         "the executable itself should be hooked: {stderr:?}"
     );
 
-    let dir = paths::scratch("jemalloc_linked_statically_attach");
-    let out = dir.join("out.folded");
-    let mut target = Target::start(&exe, &[]);
-    let pid = target.pid().to_string();
-    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
-    run.wait_attached();
-    target.go();
-    let truth = target.read_truth();
-    run.signal(libc::SIGINT);
-    run.finish().assert_success();
-    assert_matches_truth(&truth, &read_report(&out));
-    target.release();
+    let (truth, folded) = trace_attached("jemalloc_linked_statically_attach", &exe, &[]);
+    assert_matches_truth(&truth, &folded);
 }
 
 /// A fully static executable (glibc linked in) that keeps its symbol table: glibc's malloc

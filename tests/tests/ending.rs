@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use tests::process::TIMEOUT;
 use tests::targets::{self, Target};
-use tests::{Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
+use tests::{
+    AttachedTrace, Run, arg, assert_matches_truth, attach_to_truth_target, paths, read_report,
+    require_root, serial,
+};
 
 /// SIGTERM, with two outputs whose formats come from their extensions.
 #[test]
@@ -46,15 +49,12 @@ fn sigterm_writes_every_output() {
 fn target_killed_mid_trace() {
     require_root!("target_killed_mid_trace");
     let _serial = serial();
-    let dir = paths::scratch("target_killed_mid_trace");
-    let out = dir.join("out.folded");
-    let mut target = Target::start(&targets::alloc_family(), &[]);
-
-    let pid = target.pid().to_string();
-    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
-    run.wait_attached();
-    target.go();
-    let truth = target.read_truth();
+    let AttachedTrace {
+        mut target,
+        run,
+        truth,
+        out,
+    } = attach_to_truth_target("target_killed_mid_trace", &targets::alloc_family(), &[]);
     target.proc.signal(libc::SIGKILL);
     // Reaped at once, as a shell would: a zombie still looks alive to some liveness checks.
     target.proc.wait_exit(TIMEOUT);

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use tests::report::{FoldedLine, Truth, parse_folded, within_tolerance};
-use tests::targets::{self, Target};
-use tests::{Run, arg, paths, read_report, require_root, serial};
+use tests::targets;
+use tests::{Run, arg, paths, read_report, require_root, serial, trace_attached};
 
 /// Bytes of the lines whose frames contain `path` (`a;b;c`) as a consecutive run.
 fn bytes_through(lines: &[FoldedLine], path: &str) -> u64 {
@@ -48,17 +48,8 @@ fn assert_paths(truth: &Truth, folded: &str) {
 /// Attaches to `exe`, lets it allocate, stops leakhound, and checks every path of its truth.
 fn attach_and_check(test: &str, exe: &Path) {
     let _serial = serial();
-    let out = paths::scratch(test).join("out.folded");
-    let mut target = Target::start(exe, &[]);
-    let pid = target.pid().to_string();
-    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
-    run.wait_attached();
-    target.go();
-    let truth = target.read_truth();
-    run.signal(libc::SIGINT);
-    run.finish().assert_success();
-    assert_paths(&truth, &read_report(&out));
-    target.release();
+    let (truth, folded) = trace_attached(test, exe, &[]);
+    assert_paths(&truth, &folded);
 }
 
 #[test]

@@ -41,6 +41,47 @@ pub struct UnwindRule {
     pub _pad: u32,
 }
 
+impl UnwindRule {
+    /// The frame's CFA (the caller's stack pointer) under this rule, from the frame's `sp` and
+    /// `bp`; `None` where the walk ends: a stop rule, or a CFA that is not above `sp` on the
+    /// same stack. The kernel walk and user space's walk of a copy both step with this, so the
+    /// stacks (and their keys) they produce agree.
+    #[inline(always)]
+    pub fn cfa(&self, sp: u64, bp: u64) -> Option<u64> {
+        let cfa = match self.kind {
+            RULE_CFA_RSP => sp.wrapping_add(self.cfa_offset as i64 as u64),
+            RULE_CFA_RBP => bp.wrapping_add(self.cfa_offset as i64 as u64),
+            RULE_FRAME_POINTER => bp.wrapping_add(16),
+            _ => return None,
+        };
+        (cfa > sp && cfa - sp <= MAX_STACK_SPAN).then_some(cfa)
+    }
+
+    /// Where the frame saved its caller's rbp, if it did; the return address is at `cfa - 8`.
+    #[inline(always)]
+    pub fn saved_bp_at(&self, cfa: u64) -> Option<u64> {
+        match self.kind {
+            RULE_FRAME_POINTER => Some(cfa - 16),
+            _ if self.rbp_offset != RBP_UNCHANGED => {
+                Some(cfa.wrapping_add(self.rbp_offset as i64 as u64))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How far above the stack pointer a frame may be: the default 8 MiB main-thread stack.
+pub const MAX_STACK_SPAN: u64 = 8 << 20;
+
+/// FNV-1a over 64-bit words: the hash a stack is stored under, from [`STACK_HASH_SEED`].
+#[inline(always)]
+pub fn stack_hash_step(hash: u64, ip: u64) -> u64 {
+    (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// The FNV-1a offset basis.
+pub const STACK_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// CFA = rsp + offset.
 pub const RULE_CFA_RSP: u32 = 0;
 /// CFA = rbp + offset.
@@ -295,6 +336,47 @@ mod tests {
         assert_eq!(AllocKind::try_from(8), Err(8));
         assert_eq!(MapEventKind::try_from(2), Ok(MapEventKind::Remap));
         assert_eq!(MapEventKind::try_from(3), Err(3));
+    }
+
+    #[test]
+    fn unwind_steps() {
+        let rsp = UnwindRule {
+            kind: RULE_CFA_RSP,
+            cfa_offset: 24,
+            rbp_offset: RBP_UNCHANGED,
+            _pad: 0,
+        };
+        assert_eq!(rsp.cfa(0x1000, 0), Some(0x1018));
+        assert_eq!(rsp.saved_bp_at(0x1018), None);
+        let rbp = UnwindRule {
+            kind: RULE_CFA_RBP,
+            cfa_offset: 16,
+            rbp_offset: -16,
+            _pad: 0,
+        };
+        assert_eq!(rbp.cfa(0x1000, 0x1100), Some(0x1110));
+        assert_eq!(rbp.saved_bp_at(0x1110), Some(0x1100));
+        let fp = UnwindRule {
+            kind: RULE_FRAME_POINTER,
+            ..UnwindRule::default()
+        };
+        assert_eq!(fp.cfa(0x1000, 0x1100), Some(0x1110));
+        assert_eq!(fp.saved_bp_at(0x1110), Some(0x1100));
+        // A CFA at or below sp, or beyond the stack span, ends the walk; so does a stop rule.
+        assert_eq!(rbp.cfa(0x2000, 0x1100), None);
+        assert_eq!(rsp.cfa(0x1000, 0).map(|_| ()), Some(()));
+        let far = UnwindRule {
+            kind: RULE_CFA_RSP,
+            cfa_offset: i32::MAX,
+            rbp_offset: RBP_UNCHANGED,
+            _pad: 0,
+        };
+        assert_eq!(far.cfa(0x1000, 0), None);
+        let stop = UnwindRule {
+            kind: RULE_STOP,
+            ..UnwindRule::default()
+        };
+        assert_eq!(stop.cfa(0x1000, 0x1100), None);
     }
 
     #[test]

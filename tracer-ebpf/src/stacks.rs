@@ -19,8 +19,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    LOST_STACK, MAX_STACK_DEPTH, RBP_UNCHANGED, RULE_CFA_RBP, RULE_CFA_RSP, RULE_FRAME_POINTER,
-    STACK_COPY_BYTES, StackFrames, TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter,
+    LOST_STACK, MAX_STACK_DEPTH, MAX_STACK_SPAN, STACK_COPY_BYTES, STACK_HASH_SEED, StackFrames,
+    TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter, stack_hash_step,
 };
 
 use crate::state::count;
@@ -50,9 +50,6 @@ pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
 // faster than user space answers the first of them.
 #[map]
 pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
-
-/// How far above the stack pointer a frame may be: the default 8 MiB main-thread stack.
-const MAX_STACK_SPAN: u64 = 8 << 20;
 
 /// Walks the user stack from the registers of a uprobe or uretprobe and returns its key.
 /// `tag` names what the stack is for (an allocation's address), so that user space can repair
@@ -197,27 +194,14 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         walk.missed = 1;
         return 1;
     };
-    let cfa = match rule.kind {
-        RULE_CFA_RSP => walk.sp.wrapping_add(rule.cfa_offset as i64 as u64),
-        RULE_CFA_RBP => walk.bp.wrapping_add(rule.cfa_offset as i64 as u64),
-        RULE_FRAME_POINTER => walk.bp.wrapping_add(16),
-        _ => return 1,
-    };
-    if cfa <= walk.sp || cfa - walk.sp > MAX_STACK_SPAN {
+    let Some(cfa) = rule.cfa(walk.sp, walk.bp) else {
         return 1;
-    }
+    };
     // SAFETY: bpf_probe_read_user validates the user address.
     let Ok(ret) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
         return 1;
     };
-    let saved_bp_at = match rule.kind {
-        RULE_FRAME_POINTER => Some(cfa - 16),
-        _ if rule.rbp_offset != RBP_UNCHANGED => {
-            Some(cfa.wrapping_add(rule.rbp_offset as i64 as u64))
-        }
-        _ => None,
-    };
-    if let Some(at) = saved_bp_at {
+    if let Some(at) = rule.saved_bp_at(cfa) {
         // SAFETY: as above.
         match unsafe { bpf_probe_read_user(at as *const u64) } {
             Ok(value) => walk.bp = value,
@@ -311,7 +295,7 @@ pub fn kernel_user_stack<C: EbpfContext>(ctx: &C) -> u64 {
 fn store(frames: &StackFrames) -> u64 {
     let mut hashing = Hashing {
         frames: frames as *const StackFrames,
-        hash: 0xcbf2_9ce4_8422_2325,
+        hash: STACK_HASH_SEED,
     };
     // SAFETY: the callback has the signature bpf_loop expects, and `hashing` outlives the call.
     unsafe {
@@ -353,6 +337,6 @@ extern "C" fn hash_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let Some(ip) = frames.ips.get(index as usize) else {
         return 1;
     };
-    hashing.hash = (hashing.hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    hashing.hash = stack_hash_step(hashing.hash, *ip);
     0
 }

@@ -12,8 +12,7 @@ mod repair;
 pub use cfi::CfiRules;
 pub use repair::{MissHandler, Repair};
 use tracer_common::{
-    MAX_STACK_DEPTH, RBP_UNCHANGED, RULE_CFA_RBP, RULE_CFA_RSP, RULE_FRAME_POINTER,
-    TRUNCATED_PENDING, UnwindRule,
+    MAX_STACK_DEPTH, STACK_HASH_SEED, TRUNCATED_PENDING, UnwindRule, stack_hash_step,
 };
 
 /// How stacks are walked (`--unwind`).
@@ -34,9 +33,6 @@ impl UnwindMode {
         !matches!(self, Self::Fp)
     }
 }
-
-/// How far above the stack pointer a frame may be, as in the kernel walk.
-const MAX_STACK_SPAN: u64 = 8 << 20;
 
 /// A user stack copied at a known stack pointer.
 pub struct StackCopy<'a> {
@@ -76,28 +72,13 @@ pub fn unwind_copy(
             truncated = TRUNCATED_PENDING;
             break;
         };
-        let cfa = match rule.kind {
-            RULE_CFA_RSP => sp.wrapping_add(rule.cfa_offset as i64 as u64),
-            RULE_CFA_RBP => bp.wrapping_add(rule.cfa_offset as i64 as u64),
-            RULE_FRAME_POINTER => bp.wrapping_add(16),
-            _ => break,
-        };
-        if cfa <= sp || cfa - sp > MAX_STACK_SPAN {
-            break;
-        }
+        let Some(cfa) = rule.cfa(sp, bp) else { break };
         let Some(ret) = copy.read(cfa - 8) else {
             // The stack goes on beyond the copy: say so rather than cut it silently.
             truncated = 1;
             break;
         };
-        let saved_bp_at = match rule.kind {
-            RULE_FRAME_POINTER => Some(cfa - 16),
-            _ if rule.rbp_offset != RBP_UNCHANGED => {
-                Some(cfa.wrapping_add(rule.rbp_offset as i64 as u64))
-            }
-            _ => None,
-        };
-        if let Some(at) = saved_bp_at {
+        if let Some(at) = rule.saved_bp_at(cfa) {
             match copy.read(at) {
                 Some(value) => bp = value,
                 None => {
@@ -122,9 +103,9 @@ pub fn unwind_copy(
 /// The key the kernel stores a stack under: FNV-1a over its return addresses, with
 /// `LOST_STACK` (all ones) reserved.
 pub fn stack_key(ips: &[u64]) -> u64 {
-    let hash = ips.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, ip| {
-        (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = ips
+        .iter()
+        .fold(STACK_HASH_SEED, |hash, ip| stack_hash_step(hash, *ip));
     if hash == tracer_common::LOST_STACK {
         hash - 1
     } else {
@@ -134,7 +115,7 @@ pub fn stack_key(ips: &[u64]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::RULE_STOP;
+    use tracer_common::{RBP_UNCHANGED, RULE_CFA_RBP, RULE_CFA_RSP, RULE_STOP};
 
     use super::*;
 
