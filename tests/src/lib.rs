@@ -308,6 +308,28 @@ pub fn trace_attached(test: &str, exe: &Path, extra: &[&str]) -> (Truth, String)
     (truth, folded)
 }
 
+/// Launches `exe --now --exit` under `leakhound record -o <scratch>/out.folded` and `extra`,
+/// through `via` (a command such as `unshare ...` that runs leakhound) when given. The target's
+/// truth comes through leakhound's stdout. Returns the truth and the folded report.
+pub fn trace_launched(
+    test: &str,
+    via: Option<Command>,
+    exe: &Path,
+    extra: &[&str],
+) -> (Truth, String) {
+    let out = paths::scratch(test).join("out.folded");
+    let mut args = vec!["record", "-o", arg(&out)];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", arg(exe), "--now", "--exit"]);
+    let run = match via {
+        Some(cmd) => Run::start_with(cmd, &args),
+        None => Run::start(&args),
+    };
+    let truth = targets::read_truth(&run.proc.stdout, test);
+    run.finish().assert_success();
+    (truth, read_report(&out))
+}
+
 pub fn read_report(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("leakhound's report {}: {e}", path.display()))

@@ -253,3 +253,24 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// The host PID of the only child of `parent` (unshare forks the target).
+pub fn only_child(parent: libc::pid_t) -> libc::pid_t {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unshare ({parent}) started no child"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

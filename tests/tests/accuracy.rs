@@ -1,9 +1,7 @@
 //! Per-function accuracy against the targets' own truth, in both ways of starting a trace.
 
-use tests::targets::{self, read_truth};
-use tests::{
-    Run, arg, assert_matches_truth, paths, read_report, require_root, serial, trace_attached,
-};
+use tests::targets;
+use tests::{assert_matches_truth, require_root, serial, trace_attached, trace_launched};
 
 /// Attach to a running target, let it allocate, stop leakhound with SIGINT.
 #[test]
@@ -20,22 +18,11 @@ fn attach_mode_matches_truth() {
 fn launch_mode_matches_truth() {
     require_root!("launch_mode_matches_truth");
     let _serial = serial();
-    let dir = paths::scratch("launch_mode_matches_truth");
-    let out = dir.join("out.folded");
-    let exe = targets::alloc_family();
-
-    let run = Run::start(&[
-        "record",
-        "-o",
-        arg(&out),
-        "--",
-        arg(&exe),
-        "--now",
-        "--exit",
-    ]);
-    let truth = read_truth(&run.proc.stdout, "leakhound -- alloc_family");
-    let outcome = run.finish();
-    outcome.assert_success();
-
-    assert_matches_truth(&truth, &read_report(&out));
+    let (truth, folded) = trace_launched(
+        "launch_mode_matches_truth",
+        None,
+        &targets::alloc_family(),
+        &[],
+    );
+    assert_matches_truth(&truth, &folded);
 }

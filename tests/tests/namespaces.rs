@@ -2,36 +2,13 @@
 //! traced by a leakhound that itself runs inside the target's PID namespace, as a debug pod
 //! that shares it does (`kubectl debug --target`).
 
-use std::{
-    fs,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Instant};
 
 use tests::process::{Proc, TIMEOUT};
 use tests::targets::{self, read_truth};
-use tests::{Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
-
-/// The host PID of the only child of `parent` (unshare forks the target).
-fn only_child(parent: libc::pid_t) -> libc::pid_t {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let children = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-            .unwrap_or_default();
-        if let Some(pid) = children
-            .split_whitespace()
-            .next()
-            .and_then(|pid| pid.parse().ok())
-        {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "unshare ({parent}) started no child"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use tests::{
+    Run, arg, assert_matches_truth, paths, read_report, require_root, serial, trace_launched,
+};
 
 #[test]
 fn target_in_its_own_pid_and_mount_namespaces_traced_from_the_host() {
@@ -54,7 +31,7 @@ fn target_in_its_own_pid_and_mount_namespaces_traced_from_the_host() {
         "ready 1",
         "the target runs in a new PID namespace"
     );
-    let host_pid = only_child(target.pid()).to_string();
+    let host_pid = tests::process::only_child(target.pid()).to_string();
 
     let mut run = Run::start(&["record", "--pid", &host_pid, "-o", arg(&out)]);
     run.wait_attached();
@@ -71,26 +48,16 @@ fn target_in_its_own_pid_and_mount_namespaces_traced_from_the_host() {
 fn leakhound_inside_the_targets_pid_namespace() {
     require_root!("leakhound_inside_the_targets_pid_namespace");
     let _serial = serial();
-    let dir = paths::scratch("leakhound_in_namespace");
-    let out = dir.join("out.folded");
     // leakhound sees the target by its namespace PID, which the kernel-side filter must use.
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc"])
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--mount-proc"])
         .arg(tests::leakhound_bin());
-    let exe = targets::alloc_family();
-    let run = Run::start_with(
-        cmd,
-        &[
-            "record",
-            "-o",
-            arg(&out),
-            "--",
-            arg(&exe),
-            "--now",
-            "--exit",
-        ],
+    let (truth, folded) = trace_launched(
+        "leakhound_in_namespace",
+        Some(unshare),
+        &targets::alloc_family(),
+        &[],
     );
-    let truth = read_truth(&run.proc.stdout, "alloc_family in a PID namespace");
-    run.finish().assert_success();
-    assert_matches_truth(&truth, &read_report(&out));
+    assert_matches_truth(&truth, &folded);
 }

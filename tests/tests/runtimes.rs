@@ -40,12 +40,19 @@ enum Place {
     Container,
 }
 
-/// Runs `cmd` in new PID and mount namespaces, with a private tmpfs on /tmp.
+/// Runs `cmd` in new PID and mount namespaces, with a private tmpfs on /tmp. The host's /tmp
+/// stays reachable at /mnt inside (the mount is the namespace's own), and arguments under /tmp
+/// are rewritten to it: the checkout, and so the runtime's script or classes, may be under /tmp.
 fn in_container(cmd: &Command) -> Command {
-    let mut script = String::from("mount -t tmpfs tmpfs /tmp && exec");
+    let mut script = String::from("mount --bind /tmp /mnt && mount -t tmpfs tmpfs /tmp && exec");
     for word in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
+        let word = word.to_string_lossy();
+        let word = match word.strip_prefix("/tmp/") {
+            Some(rest) => format!("/mnt/{rest}"),
+            None => word.into_owned(),
+        };
         script.push_str(" '");
-        script.push_str(&word.to_string_lossy().replace('\'', "'\\''"));
+        script.push_str(&word.replace('\'', "'\\''"));
         script.push('\'');
     }
     let mut unshare = Command::new("unshare");
@@ -59,27 +66,6 @@ fn in_container(cmd: &Command) -> Command {
         };
     }
     unshare
-}
-
-/// The host PID of the only child of `parent` (unshare forks the target).
-fn only_child(parent: libc::pid_t) -> libc::pid_t {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-            .unwrap_or_default();
-        if let Some(pid) = children
-            .split_whitespace()
-            .next()
-            .and_then(|pid| pid.parse().ok())
-        {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "unshare ({parent}) started no child"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }
 
 /// Starts the runtime (which prints `ready <pid>` and waits), attaches leakhound, lets the
@@ -110,7 +96,7 @@ fn trace(test: &str, target_cmd: Command, place: Place) -> Traced {
                 "ready 1",
                 "the runtime is PID 1 in its namespace"
             );
-            only_child(target.pid())
+            tests::process::only_child(target.pid())
         }
     }
     .to_string();

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tests::report::{FoldedLine, Truth, parse_folded, within_tolerance};
 use tests::targets;
-use tests::{Run, arg, paths, read_report, require_root, serial, trace_attached};
+use tests::{require_root, serial, trace_attached, trace_launched};
 
 /// Bytes of the lines whose frames contain `path` (`a;b;c`) as a consecutive run.
 fn bytes_through(lines: &[FoldedLine], path: &str) -> u64 {
@@ -79,20 +79,8 @@ fn thread_stacks_reach_their_entry() {
 fn launched_call_chain_is_repaired_from_the_first_allocation() {
     require_root!("launched_call_chain_is_repaired_from_the_first_allocation");
     let _serial = serial();
-    let out = paths::scratch("launched_call_chain").join("out.folded");
-    let exe = targets::call_chain();
-    let run = Run::start(&[
-        "record",
-        "-o",
-        arg(&out),
-        "--",
-        arg(&exe),
-        "--now",
-        "--exit",
-    ]);
-    let truth = targets::read_truth(&run.proc.stdout, "launched call_chain");
-    run.finish().assert_success();
-    assert_paths(&truth, &read_report(&out));
+    let (truth, folded) = trace_launched("launched_call_chain", None, &targets::call_chain(), &[]);
+    assert_paths(&truth, &folded);
 }
 
 #[test]

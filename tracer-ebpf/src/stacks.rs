@@ -73,15 +73,7 @@ pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> u64 {
         fp: regs.rbp,
         len: 1,
     };
-    // SAFETY: the callback has the signature bpf_loop expects, and `walk` outlives the call.
-    unsafe {
-        bpf_loop(
-            (MAX_STACK_DEPTH - 1) as u32,
-            fp_step as *mut core::ffi::c_void,
-            (&raw mut walk).cast(),
-            0,
-        );
-    }
+    run_loop((MAX_STACK_DEPTH - 1) as u32, fp_step, &mut walk);
     frames.len = walk.len;
     if walk.len as usize == MAX_STACK_DEPTH {
         frames.truncated = 1;
@@ -129,6 +121,21 @@ extern "C" fn fp_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
+/// Runs `step` over `state` up to `count` times with bpf_loop, which has the verifier check
+/// `step` once rather than once per iteration. `step` returns 1 to stop early.
+#[inline(always)]
+fn run_loop<T>(count: u32, step: extern "C" fn(u64, *mut core::ffi::c_void) -> i64, state: &mut T) {
+    // SAFETY: `step` has the signature bpf_loop expects, and `state` outlives the call.
+    unsafe {
+        bpf_loop(
+            count,
+            step as *mut core::ffi::c_void,
+            (state as *mut T).cast(),
+            0,
+        );
+    }
+}
+
 /// Walks with the CFI rules that user space derived from `.eh_frame`, so frames built without
 /// frame pointers unwind too. A return address with no rule yet ends the walk: the partial
 /// stack is stored marked pending, and the registers and a copy of the stack go to user space,
@@ -148,15 +155,7 @@ fn cfi_walk(frames: &mut StackFrames, regs: &pt_regs, tag: u64) -> u64 {
     };
     // bpf_loop has the verifier check the step once, not once per frame: the unrolled walk
     // took a second to verify.
-    // SAFETY: the callback has the signature bpf_loop expects, and `walk` outlives the call.
-    unsafe {
-        bpf_loop(
-            (MAX_STACK_DEPTH - 1) as u32,
-            cfi_step as *mut core::ffi::c_void,
-            (&raw mut walk).cast(),
-            0,
-        );
-    }
+    run_loop((MAX_STACK_DEPTH - 1) as u32, cfi_step, &mut walk);
     let missed = walk.missed != 0;
     frames.len = walk.len;
     if walk.len as usize == MAX_STACK_DEPTH {
@@ -297,15 +296,11 @@ fn store(frames: &StackFrames) -> u64 {
         frames: frames as *const StackFrames,
         hash: STACK_HASH_SEED,
     };
-    // SAFETY: the callback has the signature bpf_loop expects, and `hashing` outlives the call.
-    unsafe {
-        bpf_loop(
-            frames.len.min(MAX_STACK_DEPTH as u32),
-            hash_step as *mut core::ffi::c_void,
-            (&raw mut hashing).cast(),
-            0,
-        );
-    }
+    run_loop(
+        frames.len.min(MAX_STACK_DEPTH as u32),
+        hash_step,
+        &mut hashing,
+    );
     let hash = hashing.hash;
     // LOST_STACK is reserved.
     let key = if hash == LOST_STACK { hash - 1 } else { hash };
