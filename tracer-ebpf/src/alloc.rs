@@ -64,6 +64,14 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
         Err(_) => return Ok(()),
     };
 
+    let fresh = ThreadState {
+        entry_sp: sp,
+        size,
+        old_ptr,
+        out_ptr,
+        kind,
+        depth: 1,
+    };
     if let Some(state) = THREADS.get_ptr_mut(&pid_tgid) {
         // SAFETY: the pointer is to this thread's own live map value; only this thread writes it.
         let state = unsafe { &mut *state };
@@ -75,26 +83,11 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
             }
             count(counter::STALE_ENTRY, 1);
         }
-        *state = ThreadState {
-            entry_sp: sp,
-            size,
-            old_ptr,
-            out_ptr,
-            kind,
-            depth: 1,
-        };
+        *state = fresh;
         return Ok(());
     }
-    let state = ThreadState {
-        entry_sp: sp,
-        size,
-        old_ptr,
-        out_ptr,
-        kind,
-        depth: 1,
-    };
     THREADS
-        .insert(&pid_tgid, &state, u64::from(BPF_NOEXIST))
+        .insert(&pid_tgid, &fresh, u64::from(BPF_NOEXIST))
         .map_err(|err| {
             count(counter::THREAD_MAP_FULL, 1);
             i64::from(err)

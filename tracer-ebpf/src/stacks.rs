@@ -102,23 +102,30 @@ extern "C" fn fp_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let Ok([next_fp, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
         return 1;
     };
-    if ret < 4096 {
-        return 1;
-    }
-    // SAFETY: `frames` is the per-CPU scratch value being filled.
-    let frames = unsafe { &mut *walk.frames };
-    // The slot comes from bpf_loop's index, not from a counter carried in `walk`: a carried
-    // counter is a precise value to the verifier, which then checks every length apart.
-    let Some(slot) = frames.ips.get_mut(index as usize + 1) else {
+    let Some(len) = push_frame(walk.frames, index, ret) else {
         return 1;
     };
-    *slot = ret;
-    walk.len = index as u32 + 2;
+    walk.len = len;
     if next_fp <= fp {
         return 1;
     }
     walk.fp = next_fp;
     0
+}
+
+/// Stores the return address found by step `index` of a walk (frame `index + 1`), and returns
+/// the stack's length; `None` ends the walk (an address no code can have, or a full stack).
+/// The slot comes from bpf_loop's index, not from a counter carried between steps: a carried
+/// counter is a precise value to the verifier, which then checks every length apart.
+#[inline(always)]
+fn push_frame(frames: *mut StackFrames, index: u64, ret: u64) -> Option<u32> {
+    if ret < 4096 {
+        return None;
+    }
+    // SAFETY: `frames` is the per-CPU scratch value that the walk is filling.
+    let slot = unsafe { &mut *frames }.ips.get_mut(index as usize + 1)?;
+    *slot = ret;
+    Some(index as u32 + 2)
 }
 
 /// Runs `step` over `state` up to `count` times with bpf_loop, which has the verifier check
@@ -207,17 +214,10 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             Err(_) => return 1,
         }
     }
-    if ret < 4096 {
-        return 1;
-    }
-    // SAFETY: `frames` is the per-CPU scratch value that cfi_walk is filling.
-    let frames = unsafe { &mut *walk.frames };
-    // As in fp_step: the slot comes from the loop index.
-    let Some(slot) = frames.ips.get_mut(index as usize + 1) else {
+    let Some(len) = push_frame(walk.frames, index, ret) else {
         return 1;
     };
-    *slot = ret;
-    walk.len = index as u32 + 2;
+    walk.len = len;
     walk.sp = cfa;
     walk.pc = ret;
     0
