@@ -90,13 +90,8 @@ async fn record_async(config: &RecordConfig) -> Outcome {
     let started = Instant::now();
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
     let report_every = config.interval;
-    let mut next_report = report_every.map(|every| started + every);
-    // Mappings are reread at least every second, so frames of code loaded later get names.
-    let mut tick = tokio::time::interval(
-        report_every
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1)),
-    );
+    // Mappings (and perf maps) are reread every second, so frames of code loaded later get names.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Samples for the trends, one interval after attach and every interval after; a late
     // tick is taken late, not made up in a burst.
     let mut sample_tick = tokio::time::interval_at(
@@ -129,15 +124,15 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
             _ = sample_tick.tick() => {
                 drain_events(session.events.get_mut(), &mut session.mapping);
-                session.take_sample(started);
-            }
-            _ = tick.tick() => {
-                session.refresh_code();
-                if let Some(every) = report_every && next_report.is_some_and(|due| Instant::now() >= due) {
-                    next_report = Some(started + every * (started.elapsed().as_secs_f64() / every.as_secs_f64()).floor().max(1.0) as u32 + every);
-                    session.print_progress(started);
+                // With --interval, samples are taken every interval: the progress line reads
+                // the totals the sample just read.
+                if let Some(totals) = session.take_sample(started)
+                    && report_every.is_some()
+                {
+                    session.print_progress(started, &totals);
                 }
             }
+            _ = tick.tick() => session.refresh_code(),
         }
     };
     drain_events(session.events.get_mut(), &mut session.mapping);
@@ -315,9 +310,8 @@ impl Session {
         self.runtime.tick(&self.target, &mut modules);
     }
 
-    fn print_progress(&self, started: Instant) {
+    fn print_progress(&self, started: Instant, totals: &HashMap<u64, StackTotals>) {
         let Some(probes) = &self.probes else { return };
-        let totals = reader::stack_totals(&probes.ebpf).unwrap_or_default();
         let (mut bytes, mut allocations) = (0u64, 0u64);
         for totals in totals.values() {
             bytes += live(totals.live_bytes);
@@ -340,13 +334,14 @@ impl Session {
     }
 
     /// One point of the timeline: every stack's outstanding bytes, and the target's memory.
-    fn take_sample(&mut self, started: Instant) {
-        let Some(probes) = &self.probes else { return };
+    /// Samples every stack for the trends; returns the kernel totals it read.
+    fn take_sample(&mut self, started: Instant) -> Option<HashMap<u64, StackTotals>> {
+        let probes = self.probes.as_ref()?;
         let totals = match reader::stack_totals(&probes.ebpf) {
             Ok(totals) => totals,
             Err(err) => {
                 log::debug!("sample skipped: {err}");
-                return;
+                return None;
             }
         };
         let held = self.mapping.regions.held_by_stack();
@@ -356,6 +351,7 @@ impl Session {
             memory,
             sample_values(&totals, &held),
         );
+        Some(totals)
     }
 
     /// `/proc/PID/smaps_rollup`; none once the target has exited (a zombie's is empty).

@@ -36,9 +36,6 @@ pub struct MissHandler {
     repairs: HashMap<u64, Repair>,
     /// Return addresses whose rule the kernel already has: a miss's walk reuses many.
     in_kernel: HashSet<u64>,
-    /// Misses answered, and rules handed to the kernel.
-    pub misses: u64,
-    pub rules_inserted: u64,
 }
 
 impl MissHandler {
@@ -60,8 +57,6 @@ impl MissHandler {
             rules: CfiRules::default(),
             repairs: HashMap::new(),
             in_kernel: HashSet::new(),
-            misses: 0,
-            rules_inserted: 0,
         })
     }
 
@@ -104,7 +99,6 @@ impl MissHandler {
         modules: &Mutex<Modules>,
         target: &TargetProcess,
     ) -> Result<(), TracerError> {
-        self.misses += 1;
         let copied = (miss.copied as usize).min(miss.stack.len());
         let copy = StackCopy {
             sp: miss.sp,
@@ -145,7 +139,6 @@ impl MissHandler {
         for (pc, rule) in used {
             if !self.in_kernel.contains(&pc) && rules.insert(pc, rule, 0).is_ok() {
                 self.in_kernel.insert(pc);
-                self.rules_inserted += 1;
             }
         }
 
