@@ -244,25 +244,28 @@ fn node_without_perf_map_gets_a_hint() {
     );
 }
 
-#[test]
-fn jvm_names_the_java_method_with_preserve_frame_pointer() {
-    let test = "jvm_names_the_java_method_with_preserve_frame_pointer";
-    require_root!(test);
-    require_program!(test, "java", "-version");
-    require_program!(test, "javac", "-version");
+/// Runs the JVM target with only -XX:+PreserveFramePointer at `place`, and checks that the
+/// Java method that keeps the memory is named with its bytes.
+fn jvm_with_preserve_frame_pointer(test: &str, place: Place) -> Traced {
     let _serial = serial();
     let classes = runtimes::java_classes();
-    let traced = trace(
-        test,
-        java(&classes, &["-XX:+PreserveFramePointer"]),
-        Place::Host,
-    );
+    let traced = trace(test, java(&classes, &["-XX:+PreserveFramePointer"]), place);
     assert_named(
         &traced,
         "JitLeak.acceptConnection",
         "JitLeak.acceptConnection",
         5,
     );
+    traced
+}
+
+#[test]
+fn jvm_names_the_java_method_with_preserve_frame_pointer() {
+    let test = "jvm_names_the_java_method_with_preserve_frame_pointer";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let traced = jvm_with_preserve_frame_pointer(test, Place::Host);
     // The whole stack: through the compiled method and the interpreter to the VM's entry.
     let whole = traced.lines.iter().any(|line| {
         line.frames.iter().any(|f| f == "JitLeak.acceptConnection")
@@ -375,17 +378,5 @@ fn jvm_in_its_own_pid_and_mount_namespaces() {
     require_root!(test);
     require_program!(test, "java", "-version");
     require_program!(test, "javac", "-version");
-    let _serial = serial();
-    let classes = runtimes::java_classes();
-    let traced = trace(
-        test,
-        java(&classes, &["-XX:+PreserveFramePointer"]),
-        Place::Container,
-    );
-    assert_named(
-        &traced,
-        "JitLeak.acceptConnection",
-        "JitLeak.acceptConnection",
-        5,
-    );
+    jvm_with_preserve_frame_pointer(test, Place::Container);
 }
