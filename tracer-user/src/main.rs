@@ -33,17 +33,33 @@ fn record(args: tracer_user::cli::RecordArgs) -> ExitCode {
 
     // Whatever was gathered is written, even when the session ended in an error.
     let mut failed = false;
-    if let Some(recording) = &outcome.recording
-        && let Err(err) = write_outputs(&config.outputs, config.top, &Report::new(recording))
-    {
-        eprintln!("leakhound: error: cannot write the report: {err:#}");
-        eprintln!("  hint: check that the output directory exists and is writable");
-        failed = true;
+    if let Some(recording) = &outcome.recording {
+        match write_outputs(&config.outputs, config.top, &Report::new(recording)) {
+            Ok(()) => {
+                let files: Vec<String> = config
+                    .outputs
+                    .iter()
+                    .filter_map(|output| Some(output.path.as_ref()?.display().to_string()))
+                    .collect();
+                if !files.is_empty() {
+                    eprintln!("leakhound: wrote {}", files.join(", "));
+                }
+            }
+            Err(err) => {
+                eprintln!("leakhound: error: cannot write the report: {err:#}");
+                eprintln!("  hint: check that the output directory exists and is writable");
+                failed = true;
+            }
+        }
     }
     if let Some(error) = &outcome.error {
         eprintln!("leakhound: error: {error}");
         eprintln!("  hint: {}", error.hint());
         failed = true;
+    }
+    // The report is out; no probe may outlive this process.
+    if let Some(detaching) = outcome.detaching {
+        detaching.wait();
     }
     if failed {
         ExitCode::FAILURE

@@ -29,7 +29,7 @@ use crate::{
     errors::TracerError,
     exit_watch::{self, ChildExit},
     jit,
-    kernel::{Probes, loader::elapsed_ms, reader},
+    kernel::{Detaching, Probes, loader::elapsed_ms, reader},
     model::{
         Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording, StackRecord,
     },
@@ -45,6 +45,9 @@ use crate::{
 pub struct Outcome {
     pub recording: Option<Recording>,
     pub error: Option<TracerError>,
+    /// The probes' detach, still under way while the report is written: wait for it before
+    /// exiting (dropping it waits too).
+    pub detaching: Option<Detaching>,
 }
 
 pub fn record(config: &RecordConfig) -> Outcome {
@@ -57,6 +60,7 @@ pub fn record(config: &RecordConfig) -> Outcome {
             return Outcome {
                 recording: None,
                 error: Some(err.into()),
+                detaching: None,
             };
         }
     };
@@ -74,6 +78,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             return Outcome {
                 recording: None,
                 error: Some(err.into()),
+                detaching: None,
             };
         }
     };
@@ -83,6 +88,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             return Outcome {
                 recording: None,
                 error: Some(error),
+                detaching: None,
             };
         }
     };
@@ -138,13 +144,15 @@ async fn record_async(config: &RecordConfig) -> Outcome {
     drain_events(session.events.get_mut(), &mut session.mapping);
     let recording = session.finish(started, ended_by, config.min_age);
     match recording {
-        Ok(recording) => Outcome {
+        Ok((recording, detaching)) => Outcome {
             recording: Some(recording),
             error,
+            detaching: Some(detaching),
         },
         Err(err) => Outcome {
             recording: None,
             error: Some(err),
+            detaching: None,
         },
     }
 }
@@ -390,7 +398,8 @@ impl Session {
         started: Instant,
         mut ended_by: String,
         min_age: Option<Duration>,
-    ) -> Result<Recording, TracerError> {
+    ) -> Result<(Recording, Detaching), TracerError> {
+        let mut phase = Instant::now();
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses
             .drain(&mut probes.ebpf, &self.modules, &self.target);
@@ -417,6 +426,8 @@ impl Session {
                 made.1 += 1;
             }
         }
+        log::info!("report: kernel maps read in {:.1} ms", elapsed_ms(phase));
+        phase = Instant::now();
         let held = self.mapping.regions.held_by_stack();
         let traced = started.elapsed();
         let memory = self.memory();
@@ -430,6 +441,8 @@ impl Session {
             ),
         };
 
+        log::info!("report: allocation ages in {:.1} ms", elapsed_ms(phase));
+        phase = Instant::now();
         let mut stacks = reader::StackCache::default();
         let mut raw: Vec<(Origin, u64, StackTotals)> = totals
             .into_iter()
@@ -478,13 +491,19 @@ impl Session {
                 );
             }
         }
+        log::info!(
+            "report: {} stacks read, code refreshed in {:.1} ms",
+            addresses.len(),
+            elapsed_ms(phase)
+        );
         if self.target.is_alive() {
             let mut modules = self.modules.lock().expect("modules lock");
             modules.refresh(&self.target);
             // A JVM writes its perf map on request: ask now, so later-compiled code is named.
             self.runtime.before_report(&self.target, &mut modules);
         }
-        drop(probes);
+        // Everything is read: the report need not wait for the detach.
+        let detaching = probes.detach_in_background();
 
         if let Some(pid) = self.launched
             && TargetProcess::open(pid).is_ok()
@@ -495,10 +514,17 @@ impl Session {
             ended_by.push_str("; the launched command was sent SIGTERM");
         }
 
+        phase = Instant::now();
         let modules = self.modules.lock().expect("modules lock");
         let mut namer = FrameNamer::default();
         let unique: HashSet<CodeAddress> = addresses.values().flatten().copied().collect();
+        let unique_count = unique.len();
         namer.name_all(&modules, unique);
+        log::info!(
+            "report: {unique_count} addresses symbolized in {:.1} ms",
+            elapsed_ms(phase)
+        );
+        phase = Instant::now();
         let stacks = raw
             .into_iter()
             .map(|(origin, key, t)| {
@@ -547,7 +573,8 @@ impl Session {
             })
             .collect();
         let stacks = merge_equal_stacks(stacks);
-        Ok(Recording {
+        log::info!("report: stacks built in {:.1} ms", elapsed_ms(phase));
+        let recording = Recording {
             version: RECORDING_VERSION,
             pid: self.target.pid,
             command: self.command,
@@ -561,7 +588,8 @@ impl Session {
             min_age_secs: min_age.filter(|_| ages.is_some()).map(|d| d.as_secs_f64()),
             ages_unavailable,
             stacks,
-        })
+        };
+        Ok((recording, detaching))
     }
 }
 

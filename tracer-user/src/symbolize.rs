@@ -17,7 +17,11 @@ use blazesym::symbolize::{
     source::{Elf, Source},
 };
 
-use crate::{jit::PerfMaps, model::Frame, process::TargetProcess};
+use crate::{
+    jit::PerfMaps,
+    model::{Frame, FrameData},
+    process::TargetProcess,
+};
 
 /// A code address from a stack walk. Return addresses point after their call instruction,
 /// which may already belong to the next line or function, so they are looked up at `addr - 1`.
@@ -281,13 +285,13 @@ fn frames_of(symbolized: Symbolized<'_>, path: &Path) -> Option<Vec<Frame>> {
             .unwrap_or((None, None))
     };
     let (file, line) = location(sym.code_info.as_deref());
-    let mut frames = vec![Frame {
+    let mut frames = vec![Frame::from(FrameData {
         name: demangle(&sym.name),
         module: module.clone(),
         file,
         line,
         inlined: false,
-    }];
+    })];
     for inlined in sym.inlined.iter() {
         let (file, line) = location(inlined.code_info.as_ref());
         // glibc inlines helpers into functions of the same name; one frame says it all.
@@ -295,13 +299,16 @@ fn frames_of(symbolized: Symbolized<'_>, path: &Path) -> Option<Vec<Frame>> {
         if frames.last().is_some_and(|last| last.name == name) {
             continue;
         }
-        frames.push(Frame {
-            name,
-            module: module.clone(),
-            file,
-            line,
-            inlined: true,
-        });
+        frames.push(
+            FrameData {
+                name,
+                module: module.clone(),
+                file,
+                line,
+                inlined: true,
+            }
+            .into(),
+        );
     }
     Some(frames)
 }

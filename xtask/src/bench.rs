@@ -380,7 +380,12 @@ fn parse_attach_ms(line: &str) -> Option<f64> {
 struct LiveReport {
     attach_ms: f64,
     track_s: f64,
+    /// From SIGINT to the report's files written.
     report_s: f64,
+    /// What leakhound logged of the report's phases ("N addresses symbolized in X ms", ...).
+    phases: Vec<String>,
+    /// From SIGINT to exit: the probes' detach, which runs beside the report, is the rest.
+    exit_s: f64,
     peak_rss_kib: i64,
     maps: Vec<(String, u64)>,
     summary: Vec<String>,
@@ -404,13 +409,14 @@ fn live_report(leakhound: &Path, target: &Path, out: &Path) -> Result<LiveReport
             .arg(&report)
             .arg("-o")
             .arg(out.join("live-report.folded"))
+            // For the phase timings of the report, symbolization among them.
+            .env("RUST_LOG", "tracer_user::session=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
     )?;
     let stderr = lines_of(tracer.child.stderr.take().context("leakhound stderr")?);
     let attached = wait_line(&stderr, |line| line.contains("attached to pid"), PATIENCE)?;
     let attach_ms = parse_attach_ms(&attached).unwrap_or(f64::NAN);
-    thread::spawn(move || for _ in stderr {});
 
     let started = Instant::now();
     writeln!(stdin, "go")?;
@@ -425,8 +431,21 @@ fn live_report(leakhound: &Path, target: &Path, out: &Path) -> Result<LiveReport
     // SAFETY: signalling a child that this process owns and has not yet reaped.
     unsafe { libc::kill(tracer.child.id() as i32, libc::SIGINT) };
     let signalled = Instant::now();
-    let (status, peak_rss_kib) = tracer.wait_rusage()?;
+    let mut phases = Vec::new();
+    wait_line(
+        &stderr,
+        |line| {
+            if let Some((_, phase)) = line.split_once("report: ") {
+                phases.push(phase.to_owned());
+            }
+            line.starts_with("leakhound: wrote")
+        },
+        PATIENCE,
+    )?;
     let report_s = signalled.elapsed().as_secs_f64();
+    thread::spawn(move || for _ in stderr {});
+    let (status, peak_rss_kib) = tracer.wait_rusage()?;
+    let exit_s = signalled.elapsed().as_secs_f64();
     ensure!(status == 0, "leakhound exited with status {status:#x}");
     drop(stdin);
     target.wait(PATIENCE)?;
@@ -452,6 +471,8 @@ fn live_report(leakhound: &Path, target: &Path, out: &Path) -> Result<LiveReport
         attach_ms,
         track_s,
         report_s,
+        phases,
+        exit_s,
         peak_rss_kib,
         maps,
         summary,
@@ -581,9 +602,16 @@ fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: &LiveReport
         live.track_s
     );
     println!(
-        "  report after SIGINT, to exit (read maps, symbolize, write .txt and .folded): {:.2} s (goal < 1 s) {}",
+        "  report after SIGINT (read maps, symbolize, write .txt and .folded): {:.2} s (goal < 1 s) {}",
         live.report_s,
         if live.report_s < 1.0 { "met" } else { "MISSED" }
+    );
+    for phase in &live.phases {
+        println!("    {phase}");
+    }
+    println!(
+        "  exit after SIGINT (the kernel's detach of every probe, beside the report): {:.2} s",
+        live.exit_s
     );
     println!(
         "  peak RSS: {:.1} MiB (goal < 200 MiB) {}",
@@ -703,7 +731,7 @@ fn lines_of(stream: impl Read + Send + 'static) -> Receiver<String> {
 
 fn wait_line(
     lines: &Receiver<String>,
-    wanted: impl Fn(&str) -> bool,
+    mut wanted: impl FnMut(&str) -> bool,
     patience: Duration,
 ) -> Result<String> {
     let deadline = Instant::now() + patience;

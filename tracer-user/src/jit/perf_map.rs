@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use crate::model::Frame;
+use crate::model::{Frame, FrameData};
 
 /// The module that frames named from a perf map report.
 pub const JIT_MODULE: &str = "[jit]";
@@ -87,14 +87,14 @@ impl PerfMap {
 pub fn frame(name: &str) -> Frame {
     let mut frame = v8_function(name)
         .or_else(|| java_method(name))
-        .unwrap_or_else(|| Frame::named(name));
+        .unwrap_or_else(|| FrameData::named(name));
     frame.module = Some(JIT_MODULE.to_owned());
-    frame
+    frame.into()
 }
 
 /// `JS:~foo /app/server.js:12:5`. The prefix was `LazyCompile:` or `Function:` in older V8;
 /// the marker says the tier (`~` interpreted, `^` baseline, `+` Maglev, `*` optimized).
-fn v8_function(name: &str) -> Option<Frame> {
+fn v8_function(name: &str) -> Option<FrameData> {
     let rest = ["JS:", "LazyCompile:", "Function:", "Script:"]
         .iter()
         .find_map(|prefix| name.strip_prefix(prefix))?;
@@ -111,7 +111,7 @@ fn v8_function(name: &str) -> Option<Frame> {
     } else {
         function.to_owned()
     };
-    Some(Frame {
+    Some(FrameData {
         name: function,
         module: None,
         file,
@@ -141,7 +141,7 @@ fn base_name(path: &str) -> &str {
 
 /// `java.lang.Object java.util.HashMap.get(java.lang.Object)`: return type, qualified method,
 /// parameters. A method's name alone reads best in a flame graph, as in async-profiler's.
-fn java_method(name: &str) -> Option<Frame> {
+fn java_method(name: &str) -> Option<FrameData> {
     let open = name.find('(')?;
     if !name.ends_with(')') {
         return None;
@@ -151,7 +151,7 @@ fn java_method(name: &str) -> Option<Frame> {
         && method.contains('.')
         && !method.starts_with('.')
         && !method.ends_with('.');
-    plausible.then(|| Frame::named(method))
+    plausible.then(|| FrameData::named(method))
 }
 
 #[cfg(test)]

@@ -6,4 +6,4 @@ pub mod loader;
 pub mod reader;
 pub mod tracefs;
 
-pub use loader::{MapSizes, Probes};
+pub use loader::{Detaching, MapSizes, Probes};

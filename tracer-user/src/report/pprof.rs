@@ -229,16 +229,17 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Recording, StackRecord};
+    use crate::model::{FrameData, Recording, StackRecord};
 
     fn frame(name: &str, inlined: bool) -> Frame {
-        Frame {
+        FrameData {
             module: Some("/bin/app".into()),
             file: Some("app.c".into()),
             line: Some(7),
             inlined,
-            ..Frame::named(name)
+            ..FrameData::named(name)
         }
+        .into()
     }
 
     #[test]

@@ -69,20 +69,25 @@ impl MissHandler {
         &mut self.ring
     }
 
-    /// Answers every miss waiting in the ring buffer.
+    /// Answers every miss waiting in the ring buffer, each as soon as it is read: its rules go
+    /// into the kernel at once, so that in a burst of allocations from a new call site the
+    /// kernel stops missing after the first answer instead of refilling the buffer while a
+    /// backlog is read.
     pub fn drain(&mut self, ebpf: &mut Ebpf, modules: &Mutex<Modules>, target: &TargetProcess) {
-        let mut misses = Vec::new();
-        while let Some(item) = self.ring.get_mut().next() {
-            if item.len() >= size_of::<UnwindMiss>() {
-                // SAFETY: the record holds one UnwindMiss, a plain-old-data type; read unaligned.
-                misses.push(Box::new(unsafe {
-                    item.as_ptr().cast::<UnwindMiss>().read_unaligned()
-                }));
-            }
-        }
         let started = std::time::Instant::now();
-        let count = misses.len();
-        for miss in misses {
+        let mut count = 0usize;
+        loop {
+            let miss = {
+                let Some(item) = self.ring.get_mut().next() else {
+                    break;
+                };
+                if item.len() < size_of::<UnwindMiss>() {
+                    continue;
+                }
+                // SAFETY: the record holds one UnwindMiss, a plain-old-data type; read unaligned.
+                Box::new(unsafe { item.as_ptr().cast::<UnwindMiss>().read_unaligned() })
+            };
+            count += 1;
             if let Err(err) = self.answer(&miss, ebpf, modules, target) {
                 log::debug!("unwind miss at {:#x}: {err}", miss.ip);
             }
