@@ -76,6 +76,11 @@ pub fn call_chain() -> PathBuf {
     build("call_chain", false)
 }
 
+/// `targets/sampled_mix.c`: 100,000s of blocks of known sizes, for byte sampling.
+pub fn sampled_mix() -> PathBuf {
+    build("sampled_mix", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)

@@ -181,6 +181,9 @@ pub struct ThreadState {
     pub kind: u32,
     /// Probed allocation calls in flight on this thread.
     pub depth: u32,
+    /// The outermost call's chance of being recorded ([`sampling::probability`]), or 0 when
+    /// byte sampling passed it over: its return then does no stack walk and records nothing.
+    pub probability: u64,
 }
 
 /// One live allocation, keyed by its address in the kernel's allocation map.
@@ -192,6 +195,100 @@ pub struct AllocInfo {
     pub timestamp_ns: u64,
     /// The stack's key in the per-stack totals, or [`LOST_STACK`].
     pub stack_key: u64,
+    /// The bytes this allocation stands for in the totals: its size, or under byte sampling
+    /// the estimate `size / p` (see [`sampling`]). A free subtracts exactly this.
+    pub weight_bytes: u64,
+    /// The allocations it stands for: 1, or `1 / p` under byte sampling.
+    pub weight_count: u64,
+}
+
+/// Byte sampling (`--sample-bytes N`): each allocation is recorded with the probability that a
+/// Poisson process with one point every N bytes on average hits it, `p = 1 - exp(-size / N)`,
+/// independently of every other allocation, and then stands for `size / p` bytes and `1 / p`
+/// allocations, so that every total is an unbiased estimate (Horvitz-Thompson).
+///
+/// The kernel has no floating point: `p` is a fraction of 2^32 read off a curve that user space
+/// computes ([`sampling::curve_point`]), and the weights come from that same fraction, so the
+/// estimates stay unbiased however coarse the curve is. The kernel and user space's unit tests
+/// share these functions.
+pub mod sampling {
+    /// Curve points per multiple of the mean.
+    pub const STEPS_PER_MEAN: u64 = 64;
+    /// The curve covers sizes up to this many times the mean; larger blocks are always recorded.
+    pub const MEANS: u64 = 32;
+    /// Points on the curve: 0 ..= STEPS_PER_MEAN * MEANS.
+    pub const CURVE_LEN: u32 = (STEPS_PER_MEAN * MEANS) as u32 + 1;
+    /// The largest mean accepted, which keeps every product below within 64 bits.
+    pub const MAX_MEAN: u64 = 1 << 36;
+    /// Blocks at least this large are always recorded.
+    pub const ALWAYS_BYTES: u64 = 1 << 31;
+    /// A probability of one, as a fraction of 2^32.
+    pub const CERTAIN: u64 = 1 << 32;
+
+    /// `2^32 * (1 - exp(-step / STEPS_PER_MEAN))`, point `step` of the curve (user space only:
+    /// it needs floating point).
+    #[cfg(feature = "user")]
+    pub fn curve_point(step: u32) -> u32 {
+        let x = f64::from(step) / STEPS_PER_MEAN as f64;
+        let p = -(-x).exp_m1();
+        (p * CERTAIN as f64).round().min(u32::MAX as f64) as u32
+    }
+
+    /// The probability, as a fraction of 2^32 ([`CERTAIN`] = always), that a block of `size`
+    /// bytes is recorded when the mean is `mean` bytes (0: every block). `curve(step)` reads a
+    /// point of the curve.
+    #[inline(always)]
+    pub fn probability(size: u64, mean: u64, curve: impl Fn(u32) -> u64) -> u64 {
+        if mean == 0 || size >= ALWAYS_BYTES || size >= mean * MEANS {
+            return CERTAIN;
+        }
+        // size < 2^31 and size < 32 * mean <= 2^41: no product below overflows.
+        let scaled = size * STEPS_PER_MEAN;
+        let step = scaled / mean;
+        let q = if step == 0 {
+            // Below the first point, x - x^2/2 with x = size / mean (within 0.004% there),
+            // so that the smallest blocks keep their probability.
+            let linear = (size << 32) / mean;
+            linear - linear * size / (2 * mean)
+        } else {
+            let low = curve(step as u32);
+            let high = curve(step as u32 + 1);
+            let fraction = ((scaled - step * mean) << 16) / mean;
+            low + ((high.saturating_sub(low) * fraction) >> 16)
+        };
+        // At least 2/2^32, so that the count a sample stands for fits in 32 bits.
+        q.clamp(2, CERTAIN)
+    }
+
+    /// Whether to record a block of probability `q`, from a uniform random `u32`.
+    #[inline(always)]
+    pub fn sampled(q: u64, random: u32) -> bool {
+        q >= CERTAIN || u64::from(random) < q
+    }
+
+    /// What one recorded block stands for: `(size / p, 1 / p)`, each rounded down or up at
+    /// random with the odds of its fraction (from two uniform random `u32`s), so that integer
+    /// weights keep the estimates unbiased.
+    #[inline(always)]
+    pub fn weights(size: u64, q: u64, random: [u32; 2]) -> (u64, u64) {
+        if q >= CERTAIN {
+            return (size, 1);
+        }
+        // q < CERTAIN only for size < ALWAYS_BYTES, so size << 32 fits.
+        (
+            divide_rounding_at_random(size << 32, q, random[0]),
+            divide_rounding_at_random(CERTAIN, q, random[1]),
+        )
+    }
+
+    /// `numerator / q`, rounded up with probability `(numerator % q) / q`.
+    #[inline(always)]
+    fn divide_rounding_at_random(numerator: u64, q: u64, random: u32) -> u64 {
+        let whole = numerator / q;
+        let rest = numerator % q;
+        // random / 2^32 < rest / q, in integers: rest < q <= 2^32, so neither side overflows.
+        whole + u64::from(u64::from(random) * q < rest << 32)
+    }
 }
 
 /// What one stack holds, kept up to date in the kernel so a report reads these rather than
@@ -379,10 +476,73 @@ mod tests {
         assert_eq!(stop.cfa(0x1000, 0x1100), None);
     }
 
+    #[cfg(feature = "user")]
+    fn curve(step: u32) -> u64 {
+        u64::from(sampling::curve_point(step))
+    }
+
+    #[cfg(feature = "user")]
+    #[test]
+    fn sampling_probability_follows_the_poisson_curve() {
+        use sampling::{CERTAIN, probability};
+        let mean = 512 * 1024;
+        assert_eq!(probability(64, 0, curve), CERTAIN);
+        assert_eq!(probability(32 * mean, mean, curve), CERTAIN);
+        assert_eq!(probability(sampling::ALWAYS_BYTES, 1 << 36, curve), CERTAIN);
+        for size in [
+            1,
+            8,
+            64,
+            1000,
+            8191,
+            8192,
+            8193,
+            100_000,
+            mean,
+            3 * mean,
+            31 * mean,
+        ] {
+            let q = probability(size, mean, curve) as f64 / CERTAIN as f64;
+            let exact = -(-(size as f64) / mean as f64).exp_m1();
+            // Linear between points 1/64 of the mean apart: within 0.01% of the curve.
+            assert!(
+                (q - exact).abs() <= exact * 1e-4 + 1e-9,
+                "size {size}: {q} vs {exact}"
+            );
+        }
+        // The smallest blocks still have a chance.
+        assert!(probability(1, 1 << 36, curve) >= 2);
+    }
+
+    #[test]
+    fn sampled_weights_average_to_the_inverse_probability() {
+        use sampling::{CERTAIN, weights};
+        assert_eq!(weights(100, CERTAIN, [0, 0]), (100, 1));
+        // p = 3/8: 100 bytes stand for 266.67 bytes and 2.67 blocks; over every random value
+        // the rounding averages to exactly that.
+        let q = CERTAIN * 3 / 8;
+        let (low_bytes, low_count) = weights(100, q, [0, 0]);
+        let (high_bytes, high_count) = weights(100, q, [u32::MAX, u32::MAX]);
+        assert_eq!((low_bytes, low_count), (267, 3));
+        assert_eq!((high_bytes, high_count), (266, 2));
+        let steps = 1u64 << 16;
+        let (mut bytes, mut count) = (0u64, 0u64);
+        for i in 0..steps {
+            let random = (i << 16) as u32;
+            let (b, c) = weights(100, q, [random, random]);
+            bytes += b;
+            count += c;
+        }
+        let mean_bytes = bytes as f64 / steps as f64;
+        let mean_count = count as f64 / steps as f64;
+        assert!((mean_bytes - 800.0 / 3.0).abs() < 1e-3, "{mean_bytes}");
+        assert!((mean_count - 8.0 / 3.0).abs() < 1e-3, "{mean_count}");
+    }
+
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<ThreadState>(), 40);
-        assert_eq!(core::mem::size_of::<AllocInfo>(), 24);
+        assert_eq!(core::mem::size_of::<ThreadState>(), 48);
+        assert_eq!(core::mem::size_of::<AllocInfo>(), 40);
         assert_eq!(core::mem::size_of::<StackTotals>(), 32);
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
         assert_eq!(core::mem::size_of::<MapArgs>(), 32);

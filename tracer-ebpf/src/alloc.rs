@@ -11,6 +11,7 @@ use aya_ebpf::{
 use tracer_common::{AllocKind, ThreadState, counter};
 
 use crate::{
+    sampling,
     stacks::walk_user_stack,
     state::{THREADS, count, inside_allocator, record, release_tracked, target_thread},
 };
@@ -64,13 +65,14 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
         Err(_) => return Ok(()),
     };
 
-    let fresh = ThreadState {
+    let fresh = || ThreadState {
         entry_sp: sp,
         size,
         old_ptr,
         out_ptr,
         kind,
         depth: 1,
+        probability: sampling::draw(size),
     };
     if let Some(state) = THREADS.get_ptr_mut(&pid_tgid) {
         // SAFETY: the pointer is to this thread's own live map value; only this thread writes it.
@@ -83,11 +85,11 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
             }
             count(counter::STALE_ENTRY, 1);
         }
-        *state = fresh;
+        *state = fresh();
         return Ok(());
     }
     THREADS
-        .insert(&pid_tgid, &fresh, u64::from(BPF_NOEXIST))
+        .insert(&pid_tgid, &fresh(), u64::from(BPF_NOEXIST))
         .map_err(|err| {
             count(counter::THREAD_MAP_FULL, 1);
             i64::from(err)
@@ -117,11 +119,16 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
         old_ptr,
         out_ptr,
         kind,
+        probability,
         ..
     } = *state;
     let ret: u64 = ctx.ret();
-    // Walked only for a call that allocated.
-    let stack = || walk_user_stack(ctx.regs, ret);
+    // Walked only for a call that allocated and that byte sampling picked.
+    let record_new = |addr: u64| {
+        if probability != 0 {
+            record(walk_user_stack(ctx.regs, addr), addr, size, probability);
+        }
+    };
 
     match AllocKind::try_from(kind) {
         Ok(AllocKind::Realloc | AllocKind::Reallocarray) => {
@@ -129,7 +136,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
                 if old_ptr != 0 {
                     release_tracked(old_ptr);
                 }
-                record(stack(), ret, size);
+                record_new(ret);
             } else if size == 0 && old_ptr != 0 {
                 // glibc's realloc(p, 0) frees p and returns NULL.
                 release_tracked(old_ptr);
@@ -144,11 +151,13 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
                 count(counter::FAILED_CALLS, 1);
                 return Ok(());
             }
-            // SAFETY: bpf_probe_read_user validates the user address.
-            let addr = unsafe { bpf_probe_read_user(out_ptr as *const u64) }?;
-            record(walk_user_stack(ctx.regs, addr), addr, size);
+            if probability != 0 {
+                // SAFETY: bpf_probe_read_user validates the user address.
+                let addr = unsafe { bpf_probe_read_user(out_ptr as *const u64) }?;
+                record_new(addr);
+            }
         }
-        Ok(_) if ret != 0 => record(stack(), ret, size),
+        Ok(_) if ret != 0 => record_new(ret),
         Ok(_) => count(counter::FAILED_CALLS, 1),
         Err(_) => {}
     }

@@ -20,6 +20,8 @@ mod alloc;
 #[cfg(target_arch = "bpf")]
 mod mapping;
 #[cfg(target_arch = "bpf")]
+mod sampling;
+#[cfg(target_arch = "bpf")]
 mod stacks;
 #[cfg(target_arch = "bpf")]
 mod state;

@@ -13,6 +13,8 @@ use aya_ebpf::{
 };
 use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter};
 
+use crate::sampling;
+
 /// The traced process, as leakhound's own PID namespace sees it. uprobes are already scoped to
 /// its memory, but syscall tracepoints fire for every process.
 #[unsafe(no_mangle)]
@@ -91,27 +93,31 @@ pub fn inside_allocator(pid_tgid: u64) -> bool {
     unsafe { THREADS.get(&pid_tgid) }.is_some_and(|state| state.depth > 0)
 }
 
-/// Records a new live block at `addr`. Its bytes go to the totals of the stack `stack_key`.
+/// Records a new live block at `addr`, picked with probability `probability` (a fraction of
+/// 2^32). What it stands for goes to the totals of the stack `stack_key`.
 #[inline(always)]
-pub fn record(stack_key: u64, addr: u64, size: u64) {
+pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
     // An address that is still live had its free missed (freed before attach, or through a
     // path that is not hooked). Retire it so the totals match the allocation map.
     if release_tracked(addr) {
         count(counter::ADDRESS_REUSED, 1);
     }
+    let (weight_bytes, weight_count) = sampling::weights(size, probability);
     let info = AllocInfo {
         size,
         // SAFETY: a plain helper call with no arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         stack_key,
+        weight_bytes,
+        weight_count,
     };
     if ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST)).is_err() {
-        count(counter::ALLOC_MAP_FULL, 1);
-        count(counter::ALLOC_MAP_FULL_BYTES, size);
+        count(counter::ALLOC_MAP_FULL, weight_count);
+        count(counter::ALLOC_MAP_FULL_BYTES, weight_bytes);
         return;
     }
     count(counter::ALLOCATIONS, 1);
-    add_to_totals(stack_key, size);
+    add_to_totals(stack_key, weight_bytes, weight_count);
 }
 
 /// Releases a block by address. Returns whether it was tracked.
@@ -128,24 +134,30 @@ pub fn release_tracked(addr: u64) -> bool {
     if let Some(totals) = STACK_TOTALS.get_ptr_mut(&info.stack_key) {
         // SAFETY: the pointer is to a live map value; the fields are updated atomically.
         unsafe {
-            add(&raw mut (*totals).live_bytes, info.size.wrapping_neg());
-            add(&raw mut (*totals).live_allocations, u64::MAX);
+            add(
+                &raw mut (*totals).live_bytes,
+                info.weight_bytes.wrapping_neg(),
+            );
+            add(
+                &raw mut (*totals).live_allocations,
+                info.weight_count.wrapping_neg(),
+            );
         }
     }
     true
 }
 
 #[inline(always)]
-fn add_to_totals(stack_key: u64, size: u64) {
+fn add_to_totals(stack_key: u64, bytes: u64, allocations: u64) {
     if let Some(totals) = STACK_TOTALS.get_ptr_mut(&stack_key) {
-        add_to(totals, size);
+        add_to(totals, bytes, allocations);
         return;
     }
     let fresh = StackTotals {
-        live_bytes: size,
-        live_allocations: 1,
-        total_bytes: size,
-        total_allocations: 1,
+        live_bytes: bytes,
+        live_allocations: allocations,
+        total_bytes: bytes,
+        total_allocations: allocations,
     };
     if STACK_TOTALS
         .insert(&stack_key, &fresh, u64::from(BPF_NOEXIST))
@@ -155,19 +167,19 @@ fn add_to_totals(stack_key: u64, size: u64) {
     }
     // Another CPU created it first, or the map is full.
     match STACK_TOTALS.get_ptr_mut(&stack_key) {
-        Some(totals) => add_to(totals, size),
+        Some(totals) => add_to(totals, bytes, allocations),
         None => count(counter::TOTALS_MAP_FULL, 1),
     }
 }
 
 #[inline(always)]
-fn add_to(totals: *mut StackTotals, size: u64) {
+fn add_to(totals: *mut StackTotals, bytes: u64, allocations: u64) {
     // SAFETY: the pointer is to a live map value; the fields are updated atomically.
     unsafe {
-        add(&raw mut (*totals).live_bytes, size);
-        add(&raw mut (*totals).live_allocations, 1);
-        add(&raw mut (*totals).total_bytes, size);
-        add(&raw mut (*totals).total_allocations, 1);
+        add(&raw mut (*totals).live_bytes, bytes);
+        add(&raw mut (*totals).live_allocations, allocations);
+        add(&raw mut (*totals).total_bytes, bytes);
+        add(&raw mut (*totals).total_allocations, allocations);
     }
 }
 

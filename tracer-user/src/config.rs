@@ -35,6 +35,8 @@ pub struct RecordConfig {
     pub top: usize,
     /// Allocators to hook beyond the ones found by their symbols (`--alloc-lib`).
     pub alloc_libs: Vec<AllocLib>,
+    /// Mean bytes between samples (`--sample-bytes`); none records every allocation.
+    pub sample_bytes: Option<u64>,
 }
 
 /// `leakhound report`: render saved recordings again.

@@ -109,6 +109,22 @@ pub struct StackRecord {
     /// How old the live allocations were when tracing ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ages: Option<AgeHistogram>,
+    /// Under byte sampling: the estimated variance of `live_bytes` (bytes squared), from the
+    /// sampled allocations that make it up. None when every allocation was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_bytes_variance: Option<f64>,
+}
+
+impl StackRecord {
+    /// Half the width of the 95% interval around `live_bytes`, under byte sampling.
+    pub fn live_bytes_margin(&self) -> Option<u64> {
+        self.live_bytes_variance.map(margin_of)
+    }
+}
+
+/// 1.96 standard deviations: half the width of a 95% normal interval.
+pub fn margin_of(variance: f64) -> u64 {
+    (1.96 * variance.max(0.0).sqrt()).round() as u64
 }
 
 /// Upper bounds, in seconds, of the age buckets; a last bucket holds everything older.
@@ -191,6 +207,10 @@ pub struct Recording {
     /// Why allocation ages are missing, when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ages_unavailable: Option<String>,
+    /// With `--sample-bytes`: the mean bytes between recorded allocations. Every malloc-family
+    /// figure is then an estimate (mappings are still recorded in full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_bytes: Option<u64>,
     pub stacks: Vec<StackRecord>,
 }
 
@@ -201,6 +221,18 @@ impl Recording {
 
     pub fn live_allocations(&self) -> u64 {
         self.stacks.iter().map(|stack| stack.live_allocations).sum()
+    }
+
+    /// Half the width of the 95% interval around [`Self::live_bytes`], under byte sampling
+    /// (stacks are sampled independently, so their variances add).
+    pub fn live_bytes_margin(&self) -> Option<u64> {
+        self.sample_bytes?;
+        let variance = self
+            .stacks
+            .iter()
+            .filter_map(|stack| stack.live_bytes_variance)
+            .sum();
+        Some(margin_of(variance))
     }
 
     pub fn live_bytes_of(&self, origin: Origin) -> u64 {

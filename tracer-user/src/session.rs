@@ -142,7 +142,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
         }
     };
     drain_events(session.events.get_mut(), &mut session.mapping);
-    let recording = session.finish(started, ended_by, config.min_age);
+    let recording = session.finish(started, ended_by, config.min_age, config.sample_bytes);
     match recording {
         Ok((recording, detaching)) => Outcome {
             recording: Some(recording),
@@ -224,7 +224,12 @@ impl Session {
         let mut prepared = target::prepare(&config.target, &config.alloc_libs)?;
         let pid = prepared.process.pid;
         let attached = (|| {
-            let mut probes = Probes::load(pid, config.sizes, config.unwind.uses_cfi())?;
+            let mut probes = Probes::load(
+                pid,
+                config.sizes,
+                config.unwind.uses_cfi(),
+                config.sample_bytes,
+            )?;
             for object in &prepared.objects {
                 probes.attach_allocator(&object.path, &object.points, pid)?;
             }
@@ -376,7 +381,10 @@ impl Session {
         let min_age_ns = min_age.map_or(0, |d| d.as_nanos() as u64);
         let malloc = allocs.iter().map(|(_, info)| Live {
             key: (Origin::Malloc, info.stack_key),
-            bytes: info.size,
+            bytes: info.weight_bytes,
+            count: info.weight_count,
+            // An unbiased estimate of its share of the variance: w(w - size) for weight w.
+            variance: info.weight_bytes as f64 * info.weight_bytes.saturating_sub(info.size) as f64,
             made_ns: info.timestamp_ns,
         });
         let mmap = self
@@ -386,6 +394,8 @@ impl Session {
             .map(|(stack_key, bytes, made_ns)| Live {
                 key: (Origin::Mmap, stack_key),
                 bytes,
+                count: 1,
+                variance: 0.0,
                 made_ns,
             });
         age::ages(malloc.chain(mmap), now, min_age_ns)
@@ -398,6 +408,7 @@ impl Session {
         started: Instant,
         mut ended_by: String,
         min_age: Option<Duration>,
+        sample_bytes: Option<u64>,
     ) -> Result<(Recording, Detaching), TracerError> {
         let mut phase = Instant::now();
         let mut probes = self.probes.take().expect("finish runs once");
@@ -551,6 +562,7 @@ impl Session {
                     total_allocations: t.total_allocations,
                     history: self.timeline.series(&(origin, key)),
                     ages: None,
+                    live_bytes_variance: None,
                 };
                 if let Some(ages) = &ages {
                     stack.ages = Some(
@@ -567,6 +579,10 @@ impl Session {
                             .unwrap_or_default();
                         stack.live_bytes = bytes;
                         stack.live_allocations = count;
+                    }
+                    if sample_bytes.is_some() && origin == Origin::Malloc {
+                        stack.live_bytes_variance =
+                            Some(ages.variance.get(&(origin, key)).copied().unwrap_or(0.0));
                     }
                 }
                 stack
@@ -587,6 +603,7 @@ impl Session {
             // Without ages there is nothing to filter by: say so rather than pretend.
             min_age_secs: min_age.filter(|_| ages.is_some()).map(|d| d.as_secs_f64()),
             ages_unavailable,
+            sample_bytes,
             stacks,
         };
         Ok((recording, detaching))
@@ -612,6 +629,10 @@ fn merge_equal_stacks(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
                     (Some(into), Some(ages)) => into.add(ages),
                     (into @ None, Some(ages)) => *into = Some(*ages),
                     (_, None) => {}
+                }
+                // Independent samples: variances add.
+                if let Some(variance) = stack.live_bytes_variance {
+                    *into.live_bytes_variance.get_or_insert(0.0) += variance;
                 }
             }
             None => {
@@ -743,6 +764,7 @@ mod tests {
                 total_allocations: 1,
                 history,
                 ages,
+                live_bytes_variance: None,
             };
         let ages = crate::model::AgeHistogram {
             allocations: [1, 0, 0, 0, 2],

@@ -27,6 +27,8 @@ const PAIRS_UNTRACED: u64 = 8_000_000;
 const PAIRS_HEAPTRACK: u64 = 1_000_000;
 const PAIRS_TRAPPED: u64 = 100_000;
 const THREAD_COUNTS: [u32; 2] = [1, 4];
+/// The sampled configuration's mean bytes between samples (Go's heap profiler's default).
+const SAMPLE_BYTES: &str = "512k";
 /// How long a tracer may take to attach, or a round to finish, before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -85,6 +87,13 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
             .measure(
                 PAIRS_TRAPPED,
                 Tracer::Leakhound(leakhound, &["--unwind", "fp"]),
+            )?
+            .ns;
+        // Byte sampling at Go's default rate: most pairs skip the stack walk and the maps.
+        row.leakhound_sampled = bench
+            .measure(
+                PAIRS_TRAPPED,
+                Tracer::Leakhound(leakhound, &["--sample-bytes", SAMPLE_BYTES]),
             )?
             .ns;
         attach_ms.extend(lh.attach_ms);
@@ -182,6 +191,7 @@ struct Row {
     untraced: f64,
     leakhound: f64,
     leakhound_fp: f64,
+    leakhound_sampled: f64,
     floor_entry: f64,
     floor_same_points: f64,
     bpftrace_count: f64,
@@ -548,6 +558,10 @@ fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: &LiveReport
                 row.leakhound,
             ),
             ("leakhound --unwind fp", row.leakhound_fp),
+            (
+                &*format!("leakhound --sample-bytes {SAMPLE_BYTES} (estimates)"),
+                row.leakhound_sampled,
+            ),
             ("heaptrack (LD_PRELOAD)", row.heaptrack),
         ];
         for (name, ns) in entries {
@@ -587,6 +601,15 @@ fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: &LiveReport
         "leakhound / bpftrace count-only",
         &|row| row.leakhound / row.bpftrace_count,
         0.70,
+    );
+    println!("  not full tracking, for comparison, single thread / 4 threads:");
+    let sampled = |row: &Row| row.leakhound_sampled / row.floor_same_points;
+    println!(
+        "  leakhound --sample-bytes {SAMPLE_BYTES} / no-op at leakhound's points: {}",
+        rows.iter()
+            .map(|row| format!("{:.2}", sampled(row)))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
 
     let mut attach = attach_ms.to_vec();

@@ -16,10 +16,15 @@ pub fn bucket(age_ns: u64) -> usize {
 }
 
 /// One live allocation, or one live mapping, as the age walk sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Live<K> {
     pub key: K,
     pub bytes: u64,
+    /// The allocations it stands for: 1, or more under byte sampling.
+    pub count: u64,
+    /// What it adds to the variance of its key's estimated bytes under byte sampling (0 when
+    /// recorded for certain).
+    pub variance: f64,
     /// When it was made, on the clock of `now_ns` (CLOCK_MONOTONIC, which is
     /// `bpf_ktime_get_ns`'s).
     pub made_ns: u64,
@@ -31,6 +36,8 @@ pub struct Ages<K> {
     pub histograms: HashMap<K, AgeHistogram>,
     /// Only allocations at least `min_age_ns` old: (bytes, allocations).
     pub old_enough: HashMap<K, (u64, u64)>,
+    /// The variance of those bytes, where it is not zero.
+    pub variance: HashMap<K, f64>,
 }
 
 pub fn ages<K: Hash + Eq + Copy>(
@@ -40,22 +47,27 @@ pub fn ages<K: Hash + Eq + Copy>(
 ) -> Ages<K> {
     let mut histograms: HashMap<K, AgeHistogram> = HashMap::new();
     let mut old_enough: HashMap<K, (u64, u64)> = HashMap::new();
+    let mut variance: HashMap<K, f64> = HashMap::new();
     for item in live {
         // An allocation stamped after `now` was read (the walk races the target) is new.
         let age = now_ns.saturating_sub(item.made_ns);
         let histogram = histograms.entry(item.key).or_default();
         let b = bucket(age);
-        histogram.allocations[b] += 1;
+        histogram.allocations[b] += item.count;
         histogram.bytes[b] += item.bytes;
         if age >= min_age_ns {
             let old = old_enough.entry(item.key).or_default();
             old.0 += item.bytes;
-            old.1 += 1;
+            old.1 += item.count;
+            if item.variance > 0.0 {
+                *variance.entry(item.key).or_default() += item.variance;
+            }
         }
     }
     Ages {
         histograms,
         old_enough,
+        variance,
     }
 }
 
@@ -80,16 +92,22 @@ mod tests {
             Live {
                 key: 1,
                 bytes: 10,
+                count: 1,
+                variance: 0.0,
                 made_ns: now - NANOS / 2,
             },
             Live {
                 key: 1,
                 bytes: 20,
+                count: 1,
+                variance: 0.0,
                 made_ns: now - 30 * NANOS,
             },
             Live {
                 key: 2,
                 bytes: 5,
+                count: 1,
+                variance: 0.0,
                 made_ns: now + 1, // stamped after `now` was read
             },
         ];

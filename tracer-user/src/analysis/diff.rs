@@ -70,6 +70,7 @@ mod tests {
             total_allocations: 1,
             history: history.to_vec(),
             ages: None,
+            live_bytes_variance: None,
         }
     }
 

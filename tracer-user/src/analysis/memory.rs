@@ -151,6 +151,7 @@ mod tests {
                 total_allocations: 3,
                 history: vec![0, 3_000, 3_000],
                 ages: None,
+                live_bytes_variance: None,
             }],
             ..Recording::default()
         };

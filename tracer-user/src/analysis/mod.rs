@@ -101,6 +101,7 @@ mod tests {
             total_allocations: 0,
             history: history.to_vec(),
             ages: None,
+            live_bytes_variance: None,
         }
     }
 

@@ -7,11 +7,14 @@ use std::{num::NonZeroU32, path::Path, time::Instant};
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, MapError},
     programs::{
         ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
+
+use tracer_common::sampling;
 
 use crate::{
     errors::TracerError,
@@ -139,10 +142,17 @@ const TRACEPOINTS: [(&str, &str); 6] = [
 impl Probes {
     /// Loads every program for the process `tgid` (as the root PID namespace sees it).
     /// `cfi`: walk stacks with CFI rules (`--unwind auto|dwarf`) rather than frame pointers.
-    pub fn load(tgid: u32, sizes: MapSizes, cfi: bool) -> Result<Self, TracerError> {
+    /// `sample_bytes`: the mean bytes between recorded allocations; none records them all.
+    pub fn load(
+        tgid: u32,
+        sizes: MapSizes,
+        cfi: bool,
+        sample_bytes: Option<u64>,
+    ) -> Result<Self, TracerError> {
         raise_memlock_limit();
         let (pidns_dev, pidns_ino) = own_pid_namespace();
         let unwind_dwarf = u32::from(cfi);
+        let sample_bytes = sample_bytes.unwrap_or(0);
         let mut loader = EbpfLoader::new();
         loader
             .override_global("TARGET_TGID", &tgid, true)
@@ -150,6 +160,7 @@ impl Probes {
             .override_global("PIDNS_INO", &pidns_ino, true)
             .override_global("UNWIND_DWARF", &unwind_dwarf, true)
             .override_global("STACK_COPY_LIMIT", &sizes.stack_copy, true)
+            .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .map_max_entries("ALLOCS", sizes.max_allocs)
             .map_max_entries("STACKS", sizes.max_stacks)
             // One more than the stacks, for LOST_STACK: this map must never fill.
@@ -167,6 +178,9 @@ impl Probes {
             }
         })?;
 
+        if sample_bytes != 0 {
+            write_sample_curve(&mut ebpf)?;
+        }
         for name in UPROBE_PROGRAMS {
             let program: &mut UProbe = program(&mut ebpf, name)?;
             program
@@ -273,6 +287,26 @@ impl Probes {
         self._tracefs = Some(guard);
         Ok(())
     }
+}
+
+/// Fills the kernel's table of sampling probabilities (see tracer_common::sampling).
+fn write_sample_curve(ebpf: &mut Ebpf) -> Result<(), TracerError> {
+    let map_error = |source| TracerError::Map {
+        map: "SAMPLE_CURVE",
+        source: Box::new(source),
+    };
+    let map = ebpf.map_mut("SAMPLE_CURVE").ok_or_else(|| {
+        map_error(MapError::InvalidName {
+            name: "SAMPLE_CURVE".into(),
+        })
+    })?;
+    let mut curve: Array<_, u32> = Array::try_from(map).map_err(map_error)?;
+    for step in 0..sampling::CURVE_LEN {
+        curve
+            .set(step, sampling::curve_point(step), 0)
+            .map_err(map_error)?;
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, TracerError>

@@ -43,6 +43,7 @@ mod tests {
             total_allocations: 1,
             history: Vec::new(),
             ages: None,
+            live_bytes_variance: None,
         }
     }
 

@@ -25,6 +25,9 @@ struct Document<'a> {
     duration_secs: f64,
     ended_by: &'a str,
     min_age_secs: Option<f64>,
+    /// `--sample-bytes`: malloc-family figures are estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_bytes: Option<u64>,
     totals: Totals,
     drops: Drops,
     activity: Activity,
@@ -41,6 +44,9 @@ struct Document<'a> {
 #[derive(Serialize)]
 struct Totals {
     bytes: u64,
+    /// Under byte sampling: half the width of the 95% interval around `bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_margin: Option<u64>,
     allocations: u64,
     malloc_bytes: u64,
     mmap_bytes: u64,
@@ -110,6 +116,9 @@ struct StackOut<'a> {
     origin: Origin,
     frames: &'a [Frame],
     bytes: u64,
+    /// Under byte sampling: half the width of the 95% interval around `bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_margin: Option<u64>,
     allocations: u64,
     total_bytes: u64,
     total_allocations: u64,
@@ -147,6 +156,7 @@ impl Render for Json {
                     origin: stack.origin,
                     frames: &stack.frames,
                     bytes: stack.live_bytes,
+                    bytes_margin: stack.live_bytes_margin(),
                     allocations: stack.live_allocations,
                     total_bytes: stack.total_bytes,
                     total_allocations: stack.total_allocations,
@@ -171,8 +181,10 @@ impl Render for Json {
             duration_secs: rec.duration_secs,
             ended_by: &rec.ended_by,
             min_age_secs: rec.min_age_secs,
+            sample_bytes: rec.sample_bytes,
             totals: Totals {
                 bytes: rec.live_bytes(),
+                bytes_margin: rec.live_bytes_margin(),
                 allocations: rec.live_allocations(),
                 malloc_bytes: rec.live_bytes_of(Origin::Malloc),
                 mmap_bytes: rec.live_bytes_of(Origin::Mmap),

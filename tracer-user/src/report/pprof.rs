@@ -258,6 +258,7 @@ mod tests {
                 total_allocations: 2,
                 history: vec![],
                 ages: None,
+                live_bytes_variance: None,
             }],
             ..Recording::default()
         };

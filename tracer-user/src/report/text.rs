@@ -23,8 +23,15 @@ impl Render for Text {
             "traced for {:.1} s; ended by {}{}",
             rec.duration_secs,
             rec.ended_by,
-            sampling(rec)
+            timeline(rec)
         )?;
+        if let Some(mean) = rec.sample_bytes {
+            writeln!(
+                out,
+                "byte sampling: one allocation recorded per {} on average (--sample-bytes); malloc-family figures marked ~ are unbiased estimates, ± a 95% interval; mappings are recorded in full",
+                human_bytes(mean)
+            )?;
+        }
         if let Some(min_age) = rec.min_age_secs {
             writeln!(
                 out,
@@ -36,10 +43,12 @@ impl Render for Text {
 
         writeln!(out)?;
         let holding = rec.holding_stacks();
+        let estimate = if rec.sample_bytes.is_some() { "~" } else { "" };
         writeln!(
             out,
-            "outstanding: {} ({} bytes) in {} allocations across {} stacks",
+            "outstanding: {estimate}{}{} ({} bytes) in {estimate}{} allocations across {} stacks",
             human_bytes(rec.live_bytes()),
+            margin(rec.live_bytes_margin()),
             rec.live_bytes(),
             rec.live_allocations(),
             holding.len()
@@ -56,8 +65,15 @@ impl Render for Text {
         let c = &rec.counters;
         writeln!(
             out,
-            "activity: {} allocations and {} frees tracked, {} mapping events",
-            c.allocations, c.frees, rec.mapping.events
+            "activity: {} allocations{} and {} frees tracked, {} mapping events",
+            c.allocations,
+            if rec.sample_bytes.is_some() {
+                " (sampled)"
+            } else {
+                ""
+            },
+            c.frees,
+            rec.mapping.events
         )?;
         write_losses(rec, out)?;
 
@@ -81,11 +97,17 @@ impl Render for Text {
         )?;
         for (rank, &i) in by_bytes.iter().take(self.top).enumerate() {
             let stack = &rec.stacks[i];
+            let estimate = if stack.live_bytes_variance.is_some() {
+                "~"
+            } else {
+                ""
+            };
             writeln!(
                 out,
-                "\n#{} {} in {} allocations [{}] ({} allocated in {} calls while traced)",
+                "\n#{} {estimate}{}{} in {estimate}{} allocations [{}] ({estimate}{} allocated in {estimate}{} calls while traced)",
                 rank + 1,
                 human_bytes(stack.live_bytes),
+                margin(stack.live_bytes_margin()),
                 stack.live_allocations,
                 origin(stack),
                 human_bytes(stack.total_bytes),
@@ -101,8 +123,15 @@ impl Render for Text {
     }
 }
 
+/// ` ± 1.2 MiB` under byte sampling, or nothing.
+fn margin(margin: Option<u64>) -> String {
+    margin
+        .map(|margin| format!(" ± {}", human_bytes(margin)))
+        .unwrap_or_default()
+}
+
 /// `; 12 samples, 1.0 s apart`, or nothing when there is no timeline.
-fn sampling(rec: &Recording) -> String {
+fn timeline(rec: &Recording) -> String {
     match rec.samples.as_slice() {
         [] => String::new(),
         [_] => "; 1 sample".to_owned(),
@@ -312,8 +341,16 @@ fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
     }
     writeln!(
         out,
-        "not losses: {} frees and {} unmaps of memory allocated before attach; {} address reuses without a seen free; {} failed calls",
-        c.free_unknown, rec.mapping.untracked_unmaps, c.address_reused, c.failed_calls
+        "not losses: {} frees and {} unmaps of memory allocated before attach{}; {} address reuses without a seen free; {} failed calls",
+        c.free_unknown,
+        rec.mapping.untracked_unmaps,
+        if rec.sample_bytes.is_some() {
+            " or passed over by sampling"
+        } else {
+            ""
+        },
+        c.address_reused,
+        c.failed_calls
     )?;
     if let Some(why) = &rec.ages_unavailable {
         writeln!(out, "allocation ages are missing: {why}")?;

@@ -217,7 +217,7 @@ impl MissHandler {
                 continue;
             }
             info.stack_key = repair.whole;
-            move_bytes(totals, repair, info.size);
+            move_bytes(totals, repair, info.weight_bytes, info.weight_count);
             moved += 1;
         }
         moved
@@ -240,18 +240,20 @@ fn join(below: &[u64], walked: &[u64], truncated: u32) -> (Vec<u64>, u32) {
     (ips, truncated)
 }
 
-fn move_bytes(totals: &mut HashMap<u64, StackTotals>, repair: &Repair, size: u64) {
+/// Moves what one allocation stands for (`bytes`, `count`: its size and 1, or its weights
+/// under byte sampling).
+fn move_bytes(totals: &mut HashMap<u64, StackTotals>, repair: &Repair, bytes: u64, count: u64) {
     if let Some(partial) = totals.get_mut(&repair.partial) {
-        partial.live_bytes = partial.live_bytes.wrapping_sub(size);
-        partial.live_allocations = partial.live_allocations.wrapping_sub(1);
-        partial.total_bytes = partial.total_bytes.saturating_sub(size);
-        partial.total_allocations = partial.total_allocations.saturating_sub(1);
+        partial.live_bytes = partial.live_bytes.wrapping_sub(bytes);
+        partial.live_allocations = partial.live_allocations.wrapping_sub(count);
+        partial.total_bytes = partial.total_bytes.saturating_sub(bytes);
+        partial.total_allocations = partial.total_allocations.saturating_sub(count);
     }
     let whole = totals.entry(repair.whole).or_default();
-    whole.live_bytes = whole.live_bytes.wrapping_add(size);
-    whole.live_allocations = whole.live_allocations.wrapping_add(1);
-    whole.total_bytes += size;
-    whole.total_allocations += 1;
+    whole.live_bytes = whole.live_bytes.wrapping_add(bytes);
+    whole.live_allocations = whole.live_allocations.wrapping_add(count);
+    whole.total_bytes += bytes;
+    whole.total_allocations += count;
 }
 
 fn missing(map: &'static str) -> TracerError {
@@ -288,7 +290,7 @@ mod tests {
                 total_allocations: 3,
             },
         )]);
-        move_bytes(&mut totals, &repair, 100);
+        move_bytes(&mut totals, &repair, 100, 1);
         assert_eq!(totals[&1].live_bytes + totals[&2].live_bytes, 300);
         assert_eq!(
             (totals[&1].live_allocations, totals[&2].live_allocations),
