@@ -97,11 +97,6 @@ pub fn inside_allocator(pid_tgid: u64) -> bool {
 /// 2^32). What it stands for goes to the totals of the stack `stack_key`.
 #[inline(always)]
 pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
-    // An address that is still live had its free missed (freed before attach, or through a
-    // path that is not hooked). Retire it so the totals match the allocation map.
-    if release_tracked(addr) {
-        count(counter::ADDRESS_REUSED, 1);
-    }
     let (weight_bytes, weight_count) = sampling::weights(size, probability);
     let info = AllocInfo {
         size,
@@ -111,7 +106,17 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
         weight_bytes,
         weight_count,
     };
-    if ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST)).is_err() {
+    // Inserted first and looked up only when that fails: the common case costs one map call.
+    let mut inserted = ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST));
+    if inserted == Err(EEXIST) {
+        // An address that is still live had its free missed (freed before attach, or through
+        // a path that is not hooked). Retire it so the totals match the allocation map.
+        if release_tracked(addr) {
+            count(counter::ADDRESS_REUSED, 1);
+        }
+        inserted = ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST));
+    }
+    if inserted.is_err() {
         count(counter::ALLOC_MAP_FULL, weight_count);
         count(counter::ALLOC_MAP_FULL_BYTES, weight_bytes);
         return;
@@ -119,6 +124,9 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
     count(counter::ALLOCATIONS, 1);
     add_to_totals(stack_key, weight_bytes, weight_count);
 }
+
+/// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is present.
+const EEXIST: i32 = -17;
 
 /// Releases a block by address. Returns whether it was tracked.
 #[inline(always)]
