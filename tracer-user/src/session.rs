@@ -614,7 +614,7 @@ impl Session {
 /// frame-pointer walk) read the same to a person, so they are one stack in every report.
 fn merge_equal_stacks(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
     let mut merged: Vec<StackRecord> = Vec::with_capacity(stacks.len());
-    let mut index: HashMap<(Origin, Vec<Frame>), usize> = HashMap::new();
+    let mut index: foldhash::HashMap<(Origin, Vec<Frame>), usize> = Default::default();
     for stack in stacks {
         match index.get(&(stack.origin, stack.frames.clone())) {
             Some(&i) => {

@@ -1,7 +1,9 @@
 //! How long live allocations have been held: "held for hours" is a leak suspect, "freed soon"
 //! is churn, even when both hold the same bytes now.
 
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use foldhash::HashMap;
 
 use crate::model::{AGE_BOUNDS_SECS, AgeHistogram};
 
@@ -45,9 +47,9 @@ pub fn ages<K: Hash + Eq + Copy>(
     now_ns: u64,
     min_age_ns: u64,
 ) -> Ages<K> {
-    let mut histograms: HashMap<K, AgeHistogram> = HashMap::new();
-    let mut old_enough: HashMap<K, (u64, u64)> = HashMap::new();
-    let mut variance: HashMap<K, f64> = HashMap::new();
+    let mut histograms: HashMap<K, AgeHistogram> = HashMap::default();
+    let mut old_enough: HashMap<K, (u64, u64)> = HashMap::default();
+    let mut variance: HashMap<K, f64> = HashMap::default();
     for item in live {
         // An allocation stamped after `now` was read (the walk races the target) is new.
         let age = now_ns.saturating_sub(item.made_ns);
