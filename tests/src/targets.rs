@@ -81,6 +81,11 @@ pub fn sampled_mix() -> PathBuf {
     build("sampled_mix", false)
 }
 
+/// `targets/call_site_burst.c`: 120,000 allocations from 1,200 call paths, in one burst.
+pub fn call_site_burst() -> PathBuf {
+    build("call_site_burst", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)

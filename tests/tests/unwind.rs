@@ -52,6 +52,17 @@ fn attach_and_check(test: &str, exe: &Path) {
     assert_paths(&truth, &folded);
 }
 
+/// Each unwind request is answered as it is read: a burst from new call sites must not fill
+/// the request buffer while a backlog is read, which would leave allocations pending.
+#[test]
+fn a_burst_from_new_call_sites_lands_on_whole_stacks() {
+    require_root!("a_burst_from_new_call_sites_lands_on_whole_stacks");
+    attach_and_check(
+        "a_burst_from_new_call_sites_lands_on_whole_stacks",
+        &targets::call_site_burst(),
+    );
+}
+
 #[test]
 fn call_chain_without_frame_pointers() {
     require_root!("call_chain_without_frame_pointers");

@@ -135,7 +135,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                 if let Some(totals) = session.take_sample(started)
                     && report_every.is_some()
                 {
-                    session.print_progress(started, &totals);
+                    session.print_progress(started, &totals, config.sample_bytes.is_some());
                 }
             }
             _ = tick.tick() => session.refresh_code(),
@@ -323,7 +323,13 @@ impl Session {
         self.runtime.tick(&self.target, &mut modules);
     }
 
-    fn print_progress(&self, started: Instant, totals: &HashMap<u64, StackTotals>) {
+    /// `estimated`: under byte sampling, where malloc-family figures are estimates.
+    fn print_progress(
+        &self,
+        started: Instant,
+        totals: &HashMap<u64, StackTotals>,
+        estimated: bool,
+    ) {
         let Some(probes) = &self.probes else { return };
         let (mut bytes, mut allocations) = (0u64, 0u64);
         for totals in totals.values() {
@@ -337,8 +343,9 @@ impl Session {
             + counters.stack_failed
             + counters.events_lost
             + counters.thread_map_full;
+        let estimate = if estimated { "~" } else { "" };
         eprintln!(
-            "leakhound: [{:>6.1}s] outstanding {} in {allocations} allocations + {} mapped, {} stacks, lost {lost}",
+            "leakhound: [{:>6.1}s] outstanding {estimate}{} in {estimate}{allocations} allocations + {} mapped, {} stacks, lost {lost}",
             started.elapsed().as_secs_f64(),
             human_bytes(bytes),
             human_bytes(mapped),

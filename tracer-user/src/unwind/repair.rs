@@ -36,6 +36,10 @@ pub struct MissHandler {
     repairs: HashMap<u64, Repair>,
     /// Return addresses whose rule the kernel already has: a miss's walk reuses many.
     in_kernel: HashSet<u64>,
+    /// Return addresses in no mapping even after the mappings were read again (garbage in a
+    /// stack, code unmapped since): they do not make every later miss reread the mappings,
+    /// which takes milliseconds while requests pile up.
+    unmapped: HashSet<u64>,
 }
 
 impl MissHandler {
@@ -57,6 +61,7 @@ impl MissHandler {
             rules: CfiRules::default(),
             repairs: HashMap::new(),
             in_kernel: HashSet::new(),
+            unmapped: HashSet::new(),
         })
     }
 
@@ -112,10 +117,10 @@ impl MissHandler {
         let mut modules = modules.lock().expect("modules lock");
         let mut used: Vec<(u64, UnwindRule)> = Vec::new();
         let walk = |modules: &Modules, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
-            let mut unknown = false;
+            let mut unknown = None;
             let walked = unwind_copy((miss.ip, miss.sp, miss.bp), &copy, |pc| {
                 let rule = rules.rule_for(modules, pc).unwrap_or_else(|| {
-                    unknown = true;
+                    unknown = Some(pc);
                     CfiRules::stop()
                 });
                 used.push((pc, rule));
@@ -124,12 +129,18 @@ impl MissHandler {
             (walked, unknown)
         };
         let (mut walked, unknown) = walk(&modules, &mut used, &mut self.rules);
-        if unknown {
+        if let Some(pc) = unknown
+            && !self.unmapped.contains(&pc)
+        {
             // Code mapped since the last refresh (a library loaded late, a launched command
             // that just started): read the mappings and walk again.
             modules.refresh(target);
             used.clear();
-            walked = walk(&modules, &mut used, &mut self.rules).0;
+            let (again, still_unknown) = walk(&modules, &mut used, &mut self.rules);
+            walked = again;
+            if let Some(pc) = still_unknown {
+                self.unmapped.insert(pc);
+            }
         }
         drop(modules);
 
