@@ -13,7 +13,7 @@ use tracer_common::{AllocKind, ThreadState, counter};
 use crate::{
     sampling,
     stacks::walk_user_stack,
-    state::{THREADS, count, inside_allocator, record, release_tracked, target_thread},
+    state::{THREADS, count, inside_allocator, is_tracked, record, release_tracked, target_thread},
 };
 
 const PAGE_SIZE: u64 = 4096;
@@ -169,14 +169,22 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
         return Ok(());
     };
     let addr = arg(ctx, 0);
-    // free(NULL) is a no-op; a free inside realloc is accounted when realloc returns.
-    if addr == 0 || inside_allocator(pid_tgid) {
+    // free(NULL) is a no-op.
+    if addr == 0 {
+        return Ok(());
+    }
+    // Most frees under byte sampling are of blocks passed over: the allocation map answers
+    // first, and only a tracked block needs the thread's state.
+    if !is_tracked(addr) {
+        count(counter::FREE_UNKNOWN, 1);
+        return Ok(());
+    }
+    // A free inside realloc is accounted when realloc returns.
+    if inside_allocator(pid_tgid) {
         return Ok(());
     }
     if release_tracked(addr) {
         count(counter::FREES, 1);
-    } else {
-        count(counter::FREE_UNKNOWN, 1);
     }
     Ok(())
 }

@@ -203,17 +203,31 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let Some(cfa) = rule.cfa(walk.sp, walk.bp) else {
         return 1;
     };
-    // SAFETY: bpf_probe_read_user validates the user address.
-    let Ok(ret) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
-        return 1;
-    };
-    if let Some(at) = rule.saved_bp_at(cfa) {
-        // SAFETY: as above.
-        match unsafe { bpf_probe_read_user(at as *const u64) } {
-            Ok(value) => walk.bp = value,
-            Err(_) => return 1,
+    let ret = match rule.saved_bp_at(cfa) {
+        // rbp pushed first, right below the return address: one read takes both.
+        Some(at) if at == cfa - 16 => {
+            // SAFETY: bpf_probe_read_user validates the user address.
+            let Ok([bp, ret]) = (unsafe { bpf_probe_read_user(at as *const [u64; 2]) }) else {
+                return 1;
+            };
+            walk.bp = bp;
+            ret
         }
-    }
+        saved_bp => {
+            // SAFETY: as above.
+            let Ok(ret) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+                return 1;
+            };
+            if let Some(at) = saved_bp {
+                // SAFETY: as above.
+                match unsafe { bpf_probe_read_user(at as *const u64) } {
+                    Ok(value) => walk.bp = value,
+                    Err(_) => return 1,
+                }
+            }
+            ret
+        }
+    };
     let Some(len) = push_frame(walk.frames, index, ret) else {
         return 1;
     };

@@ -128,6 +128,13 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
 /// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is present.
 const EEXIST: i32 = -17;
 
+/// Whether a block at `addr` is tracked.
+#[inline(always)]
+pub fn is_tracked(addr: u64) -> bool {
+    // SAFETY: only checks for presence.
+    unsafe { ALLOCS.get(&addr) }.is_some()
+}
+
 /// Releases a block by address. Returns whether it was tracked.
 #[inline(always)]
 pub fn release_tracked(addr: u64) -> bool {
