@@ -122,6 +122,16 @@ fn every_format_of_one_recording() {
     }
 }
 
+/// A recording made with `--sample-bytes 16k`: estimates marked, with their intervals.
+#[test]
+fn a_sampled_recording_marks_its_estimates() {
+    let recording = load("sampled_mix");
+    assert_eq!(recording.sample_bytes, Some(16 * 1024));
+    let report = Report::new(&recording);
+    check("sampled_mix.txt", &text(render(&report, Format::Text)));
+    check("sampled_mix.json", &text(render(&report, Format::Json)));
+}
+
 #[test]
 fn diff_between_two_recordings() {
     let (before, after) = (load("growth_shapes_4s"), load("growth_shapes"));

@@ -258,13 +258,18 @@ fn origin(stack: &StackRecord) -> &'static str {
 /// `<1s 3 (192 B), >=10m 1 (64 B)`: the non-empty age buckets.
 fn age_line(stack: &StackRecord) -> Option<String> {
     let ages = stack.ages.as_ref()?;
+    let estimate = if stack.live_bytes_variance.is_some() {
+        "~"
+    } else {
+        ""
+    };
     let parts: Vec<String> = AGE_LABELS
         .iter()
         .enumerate()
         .filter(|(i, _)| ages.allocations[*i] > 0)
         .map(|(i, label)| {
             format!(
-                "{label} {} ({})",
+                "{label} {estimate}{} ({estimate}{})",
                 ages.allocations[i],
                 human_bytes(ages.bytes[i])
             )
