@@ -1,7 +1,11 @@
 //! Per-function accuracy against the targets' own truth, in both ways of starting a trace.
 
+use std::process::Command;
+
 use tests::targets;
-use tests::{assert_matches_truth, require_root, serial, trace_attached, trace_launched};
+use tests::{
+    assert_matches_truth, leakhound_bin, require_root, serial, trace_attached, trace_launched,
+};
 
 /// Attach to a running target, let it allocate, stop leakhound with SIGINT.
 #[test]
@@ -21,6 +25,23 @@ fn launch_mode_matches_truth() {
     let (truth, folded) = trace_launched(
         "launch_mode_matches_truth",
         None,
+        &targets::alloc_family(),
+        &[],
+    );
+    assert_matches_truth(&truth, &folded);
+}
+
+/// Kernels before 6.6 have no multi-uprobe links: leakhound then attaches one perf event per
+/// probe. The tests' kernel has both, so this forces the older path and checks it too.
+#[test]
+fn perf_event_uprobes_match_truth() {
+    require_root!("perf_event_uprobes_match_truth");
+    let _serial = serial();
+    let mut via = Command::new(leakhound_bin());
+    via.env("LEAKHOUND_TEST_PERF_UPROBES", "1");
+    let (truth, folded) = trace_launched(
+        "perf_event_uprobes_match_truth",
+        Some(via),
         &targets::alloc_family(),
         &[],
     );

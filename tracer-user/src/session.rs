@@ -286,8 +286,12 @@ impl Session {
                 )
             }
         };
+        let links = match probes.multi_uprobe_links {
+            0 => String::new(),
+            n => format!(", {n} multi-uprobe links"),
+        };
         eprintln!(
-            "leakhound: attached to pid {pid} ({}, {} probes) in {:.0} ms",
+            "leakhound: attached to pid {pid} ({}, {} probes{links}) in {:.0} ms",
             prepared.hooked_summary(),
             probes.uprobes_attached + probes.tracepoints_attached,
             elapsed_ms(attach_started)

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod loader;
+pub mod multi_uprobe;
 pub mod reader;
 pub mod tracefs;
 

@@ -1,0 +1,264 @@
+//! Multi-uprobe links (Linux 6.6+): all the functions of one library go to one program in one
+//! `BPF_LINK_CREATE`, and closing the link detaches them all after a single RCU grace period.
+//! One perf event per probe, as aya 0.14 attaches them, waits out one grace period per probe
+//! under the kernel's event mutex when closed: about 75 ms each, 2 to 3 s for 29 probes. A
+//! multi-uprobe link also runs its program straight from the uprobe, without the perf event's
+//! trace machinery in between.
+//!
+//! The kernel only accepts programs loaded with the `BPF_TRACE_UPROBE_MULTI` attach type for
+//! such links, and aya 0.14 loads uprobe programs without one. So the uprobe programs are
+//! loaded here a second time from the same object, relocated against the maps aya created
+//! (they share every map and global), with the object's BTF (`bpf_loop` callbacks need its
+//! function info). Any failure leaves the caller to attach through aya instead.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    io,
+    mem::size_of,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+use aya::{Ebpf, maps::Map};
+use aya_obj::{
+    Object,
+    btf::BtfFeatures,
+    generated::{
+        BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type::BPF_TRACE_UPROBE_MULTI, bpf_attr, bpf_cmd,
+        bpf_insn, bpf_prog_type::BPF_PROG_TYPE_KPROBE,
+    },
+};
+
+/// The uprobe programs, loaded for multi-uprobe links.
+pub struct MultiUprobePrograms {
+    programs: HashMap<String, OwnedFd>,
+    /// The object's BTF, which the programs' function info refers to.
+    _btf: Option<OwnedFd>,
+}
+
+impl MultiUprobePrograms {
+    /// Loads the programs `names` of `object`, relocated against the maps that `ebpf` (loaded
+    /// from the same object) created.
+    pub fn load(ebpf: &Ebpf, object: &[u8], names: &[&str]) -> io::Result<Self> {
+        let mut obj = Object::parse(object).map_err(io::Error::other)?;
+        // Everything the object's BTF uses is in Linux 6.6, which multi-uprobes need anyway.
+        let btf_features = BtfFeatures::new(true, true, true, true, true, true, true, true);
+        let btf = match obj
+            .fixup_and_sanitize_btf(&btf_features)
+            .map_err(io::Error::other)?
+        {
+            Some(btf) => Some(load_btf(&btf.to_bytes())?),
+            None => None,
+        };
+        let features = aya_obj::Features::new(
+            true,
+            true,
+            true,
+            true,
+            true,
+            false,
+            false,
+            Some(btf_features),
+        );
+        // Relocating borrows the object mutably: the map definitions are cloned out first.
+        let maps = obj
+            .maps
+            .iter()
+            .map(|(name, map)| {
+                let loaded = ebpf
+                    .map(name)
+                    .ok_or_else(|| io::Error::other(format!("map {name} is not loaded")))?;
+                Ok((name.clone(), map_fd(loaded)?, map.clone()))
+            })
+            .collect::<io::Result<Vec<(String, RawFd, aya_obj::Map)>>>()?;
+        let text_sections: HashSet<usize> = obj.functions.keys().map(|(index, _)| *index).collect();
+        obj.relocate_maps(
+            maps.iter().map(|(name, fd, map)| (name.as_str(), *fd, map)),
+            &text_sections,
+        )
+        .map_err(io::Error::other)?;
+        obj.relocate_calls(&text_sections)
+            .map_err(io::Error::other)?;
+        obj.sanitize_functions(&features);
+
+        let mut programs = HashMap::new();
+        for name in names {
+            let program = obj
+                .programs
+                .get(*name)
+                .ok_or_else(|| io::Error::other(format!("no program {name}")))?;
+            let function = &obj.functions[&program.function_key()];
+            log::debug!(
+                "{name}: {} insns, func info {:?}, line info {} (num {})",
+                function.instructions.len(),
+                function
+                    .func_info
+                    .func_info
+                    .iter()
+                    .map(|f| (f.insn_off, f.type_id))
+                    .collect::<Vec<_>>(),
+                function.line_info.line_info.len(),
+                function.line_info.num_info
+            );
+            let fd = load_program(
+                name,
+                &function.instructions,
+                &obj.license,
+                btf.as_ref(),
+                (
+                    function.func_info_rec_size,
+                    function.func_info.len() as u32,
+                    function.func_info.func_info_bytes(),
+                ),
+                (
+                    function.line_info_rec_size,
+                    // `num_info` is not updated when called functions are linked in.
+                    function.line_info.len() as u32,
+                    function.line_info.line_info_bytes(),
+                ),
+            )?;
+            programs.insert((*name).to_owned(), fd);
+        }
+        Ok(Self {
+            programs,
+            _btf: btf,
+        })
+    }
+
+    /// Attaches `program` at `offsets` (file offsets) of `library` for the process `pid`, each
+    /// with its cookie; `retprobe` for return probes. Closing the returned link detaches them.
+    pub fn attach(
+        &self,
+        program: &str,
+        library: &Path,
+        offsets: &[u64],
+        cookies: &[u64],
+        retprobe: bool,
+        pid: u32,
+    ) -> io::Result<OwnedFd> {
+        let prog = self
+            .programs
+            .get(program)
+            .ok_or_else(|| io::Error::other(format!("no program {program}")))?;
+        let path = CString::new(library.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: bpf_attr is a plain C union; all zeros is its documented empty value.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the fields of the union member that BPF_LINK_CREATE reads.
+        unsafe {
+            let link = &mut attr.link_create;
+            link.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+            link.attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+            let multi = &mut link.__bindgen_anon_3.uprobe_multi;
+            multi.path = path.as_ptr() as u64;
+            multi.offsets = offsets.as_ptr() as u64;
+            multi.cookies = cookies.as_ptr() as u64;
+            multi.cnt = offsets.len() as u32;
+            multi.flags = if retprobe {
+                BPF_F_UPROBE_MULTI_RETURN
+            } else {
+                0
+            };
+            multi.pid = pid;
+        }
+        bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+    }
+}
+
+/// The descriptor of a map that aya created.
+fn map_fd(map: &Map) -> io::Result<RawFd> {
+    let data = match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::PerCpuHashMap(data)
+        | Map::RingBuf(data)
+        | Map::StackTraceMap(data) => data,
+        _ => return Err(io::Error::other("a map of a type leakhound does not use")),
+    };
+    Ok(data.fd().as_fd().as_raw_fd())
+}
+
+fn load_btf(bytes: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: as in `attach`.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the union member that BPF_BTF_LOAD reads; `bytes` outlives the call.
+    unsafe {
+        let btf = &mut attr.__bindgen_anon_7;
+        btf.btf = bytes.as_ptr() as u64;
+        btf.btf_size = bytes.len() as u32;
+    }
+    bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr)
+}
+
+/// `(record size, count, records)` of function or line info.
+type InfoRecords = (usize, u32, Vec<u8>);
+
+fn load_program(
+    name: &str,
+    instructions: &[bpf_insn],
+    license: &CString,
+    btf: Option<&OwnedFd>,
+    func_info: InfoRecords,
+    line_info: InfoRecords,
+) -> io::Result<OwnedFd> {
+    let mut log = vec![0u8; 1 << 20];
+    // SAFETY: as in `attach`.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the union member that BPF_PROG_LOAD reads; every pointer refers to a
+    // buffer that outlives the call, of the size given.
+    unsafe {
+        let load = &mut attr.__bindgen_anon_3;
+        load.prog_type = BPF_PROG_TYPE_KPROBE as u32;
+        load.expected_attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+        load.insns = instructions.as_ptr() as u64;
+        load.insn_cnt = instructions.len() as u32;
+        load.license = license.as_ptr() as u64;
+        for (slot, byte) in load.prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *slot = byte as core::ffi::c_char;
+        }
+        if let Some(btf) = btf {
+            load.prog_btf_fd = btf.as_raw_fd() as u32;
+            if func_info.1 > 0 {
+                load.func_info_rec_size = func_info.0 as u32;
+                load.func_info_cnt = func_info.1;
+                load.func_info = func_info.2.as_ptr() as u64;
+            }
+            if line_info.1 > 0 {
+                load.line_info_rec_size = line_info.0 as u32;
+                load.line_info_cnt = line_info.1;
+                load.line_info = line_info.2.as_ptr() as u64;
+            }
+        }
+        load.log_level = 1;
+        load.log_buf = log.as_mut_ptr() as u64;
+        load.log_size = log.len() as u32;
+    }
+    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr).map_err(|err| {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let tail = String::from_utf8_lossy(&log[end.saturating_sub(2000)..end]).into_owned();
+        io::Error::new(err.kind(), format!("loading {name}: {err}\n{tail}"))
+    })
+}
+
+/// bpf(2) for the commands that return a new descriptor.
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a valid bpf_attr for `cmd`, of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
