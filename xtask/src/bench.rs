@@ -108,8 +108,13 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
                 Tracer::Bpftrace(noop_script(&libc_info.path)),
             )?
             .ns;
+        // The fair floor: an empty program at exactly leakhound's points, attached the way
+        // leakhound attaches (multi-uprobe links); and the older way, one perf event each.
         row.floor_same_points = bench
-            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip))?
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, true))?
+            .ns;
+        row.floor_same_points_perf = bench
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, false))?
             .ns;
         row.bpftrace_count = bench
             .measure(
@@ -194,6 +199,7 @@ struct Row {
     leakhound_sampled: f64,
     floor_entry: f64,
     floor_same_points: f64,
+    floor_same_points_perf: f64,
     bpftrace_count: f64,
     heaptrack: f64,
     free_skip: u64,
@@ -207,7 +213,8 @@ enum Tracer<'a> {
     Bpftrace(String),
     /// Empty BPF programs on malloc's entry and return and on free, free moved by the given
     /// number of bytes as leakhound moves it: the floor at leakhound's own probe points.
-    Noop(&'a Libc, u64),
+    /// The libc, `free`'s probe offset, and whether to use multi-uprobe links.
+    Noop(&'a Libc, u64, bool),
     Heaptrack(&'a Path),
 }
 
@@ -309,8 +316,12 @@ impl Bench<'_> {
                 thread::spawn(move || for _ in stdout {});
                 tracer_process = Some(child);
             }
-            Tracer::Noop(libc, free_skip) => {
-                noop = Some(NoopProbes::attach(libc, *free_skip, pid)?);
+            Tracer::Noop(libc, free_skip, multi) => {
+                noop = Some(if *multi {
+                    NoopProbes::attach_multi(libc, *free_skip, pid)?
+                } else {
+                    NoopProbes::attach(libc, *free_skip, pid)?
+                });
             }
         }
 
@@ -549,8 +560,12 @@ fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: &LiveReport
                 row.floor_entry,
             ),
             (
-                &*format!("no-op BPF at leakhound's points{skip}"),
+                &*format!("no-op BPF at leakhound's points{skip}, multi-uprobe links as leakhound"),
                 row.floor_same_points,
+            ),
+            (
+                "no-op BPF at leakhound's points, one perf event per probe",
+                row.floor_same_points_perf,
             ),
             ("bpftrace, count() on the 3 probes", row.bpftrace_count),
             (
@@ -596,6 +611,13 @@ fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: &LiveReport
         "leakhound / no-op at leakhound's own points",
         &|row| row.leakhound / row.floor_same_points,
         1.15,
+    );
+    println!(
+        "    (against the same points with one perf event per probe: {})",
+        rows.iter()
+            .map(|row| format!("{:.2}", row.leakhound / row.floor_same_points_perf))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
     goal(
         "leakhound / bpftrace count-only",
@@ -840,7 +862,7 @@ struct NoopProbes {
 
 impl NoopProbes {
     fn attach(libc: &Libc, free_skip: u64, pid: u32) -> Result<Self> {
-        let program = load_noop_program()?;
+        let program = load_noop_program(false)?;
         let mut fds = Vec::new();
         for (offset, retprobe) in [
             (libc.malloc, false),
@@ -868,8 +890,50 @@ impl NoopProbes {
     }
 }
 
+impl NoopProbes {
+    /// The same three probes as two multi-uprobe links (entries, and malloc's return), as
+    /// leakhound attaches its own.
+    fn attach_multi(libc: &Libc, free_skip: u64, pid: u32) -> Result<Self> {
+        let program = load_noop_program(true)?;
+        let path = std::ffi::CString::new(libc.path.as_os_str().as_encoded_bytes())?;
+        let mut fds = Vec::new();
+        for (offsets, retprobe) in [
+            (vec![libc.malloc, libc.free + free_skip], false),
+            (vec![libc.malloc], true),
+        ] {
+            // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type, flags, then
+            // uprobe_multi: path, offsets, ref_ctr_offsets, cookies, cnt, flags, pid.
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+            attr[8..12].copy_from_slice(&BPF_TRACE_UPROBE_MULTI.to_ne_bytes());
+            attr[16..24].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+            attr[24..32].copy_from_slice(&(offsets.as_ptr() as u64).to_ne_bytes());
+            attr[48..52].copy_from_slice(&(offsets.len() as u32).to_ne_bytes());
+            attr[52..56].copy_from_slice(&u32::from(retprobe).to_ne_bytes()); // BPF_F_UPROBE_MULTI_RETURN
+            attr[56..60].copy_from_slice(&pid.to_ne_bytes());
+            // SAFETY: attr is a valid bpf_attr for BPF_LINK_CREATE (28) whose pointers outlive
+            // the call.
+            let fd = unsafe {
+                libc::syscall(libc::SYS_bpf, 28, attr.as_ptr(), attr.len() as libc::c_uint)
+            };
+            ensure!(
+                fd >= 0,
+                "creating a multi-uprobe link: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: a new descriptor that nothing else owns.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+        fds.push(program);
+        Ok(Self { _fds: fds })
+    }
+}
+
+/// `enum bpf_attach_type` in include/uapi/linux/bpf.h.
+const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+
 /// `r0 = 0; exit`, as a kprobe-type program (which uprobes run).
-fn load_noop_program() -> Result<OwnedFd> {
+fn load_noop_program(multi: bool) -> Result<OwnedFd> {
     let instructions: [u64; 2] = [
         // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm 0
         0xb7, // BPF_JMP | BPF_EXIT
@@ -882,6 +946,10 @@ fn load_noop_program() -> Result<OwnedFd> {
     attr[4..8].copy_from_slice(&(instructions.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(instructions.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    if multi {
+        // expected_attach_type = BPF_TRACE_UPROBE_MULTI, which multi-uprobe links require.
+        attr[68..72].copy_from_slice(&BPF_TRACE_UPROBE_MULTI.to_ne_bytes());
+    }
     // SAFETY: attr is a valid bpf_attr for BPF_PROG_LOAD (5) whose pointers outlive the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len() as libc::c_uint) };
     ensure!(
