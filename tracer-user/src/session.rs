@@ -35,7 +35,7 @@ use crate::{
     },
     process::TargetProcess,
     regions::{Held, Regions},
-    report::human_bytes,
+    report::{estimate_mark, human_bytes},
     symbolize::{CodeAddress, FrameNamer, Modules},
     target,
     unwind::MissHandler,
@@ -347,7 +347,7 @@ impl Session {
             + counters.stack_failed
             + counters.events_lost
             + counters.thread_map_full;
-        let estimate = if estimated { "~" } else { "" };
+        let estimate = estimate_mark(estimated);
         eprintln!(
             "leakhound: [{:>6.1}s] outstanding {estimate}{} in {estimate}{allocations} allocations + {} mapped, {} stacks, lost {lost}",
             started.elapsed().as_secs_f64(),

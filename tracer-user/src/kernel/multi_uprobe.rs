@@ -55,13 +55,13 @@ impl MultiUprobePrograms {
             None => None,
         };
         let features = aya_obj::Features::new(
-            true,
-            true,
-            true,
-            true,
-            true,
-            false,
-            false,
+            true,  // program and map names
+            true,  // bpf_probe_read_kernel
+            true,  // perf links
+            true,  // global data
+            true,  // attach cookies
+            false, // cpumap program ids (no such maps here)
+            false, // devmap program ids (no such maps here)
             Some(btf_features),
         );
         // Relocating borrows the object mutably: the map definitions are cloned out first.
@@ -92,18 +92,6 @@ impl MultiUprobePrograms {
                 .get(*name)
                 .ok_or_else(|| io::Error::other(format!("no program {name}")))?;
             let function = &obj.functions[&program.function_key()];
-            log::debug!(
-                "{name}: {} insns, func info {:?}, line info {} (num {})",
-                function.instructions.len(),
-                function
-                    .func_info
-                    .func_info
-                    .iter()
-                    .map(|f| (f.insn_off, f.type_id))
-                    .collect::<Vec<_>>(),
-                function.line_info.line_info.len(),
-                function.line_info.num_info
-            );
             let fd = load_program(
                 name,
                 &function.instructions,
@@ -198,6 +186,8 @@ fn load_btf(bytes: &[u8]) -> io::Result<OwnedFd> {
 /// `(record size, count, records)` of function or line info.
 type InfoRecords = (usize, u32, Vec<u8>);
 
+/// Loads one program; the verifier's log is asked for only to explain a refusal, since
+/// logging slows verification down.
 fn load_program(
     name: &str,
     instructions: &[bpf_insn],
@@ -206,7 +196,36 @@ fn load_program(
     func_info: InfoRecords,
     line_info: InfoRecords,
 ) -> io::Result<OwnedFd> {
-    let mut log = vec![0u8; 1 << 20];
+    let load = |log: &mut [u8]| {
+        load_program_logged(
+            name,
+            instructions,
+            license,
+            btf,
+            &func_info,
+            &line_info,
+            log,
+        )
+    };
+    load(&mut []).or_else(|_| {
+        let mut log = vec![0u8; 1 << 20];
+        load(&mut log).map_err(|err| {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let tail = String::from_utf8_lossy(&log[end.saturating_sub(2000)..end]).into_owned();
+            io::Error::new(err.kind(), format!("loading {name}: {err}\n{tail}"))
+        })
+    })
+}
+
+fn load_program_logged(
+    name: &str,
+    instructions: &[bpf_insn],
+    license: &CString,
+    btf: Option<&OwnedFd>,
+    func_info: &InfoRecords,
+    line_info: &InfoRecords,
+    log: &mut [u8],
+) -> io::Result<OwnedFd> {
     // SAFETY: as in `attach`.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the union member that BPF_PROG_LOAD reads; every pointer refers to a
@@ -234,15 +253,13 @@ fn load_program(
                 load.line_info = line_info.2.as_ptr() as u64;
             }
         }
-        load.log_level = 1;
-        load.log_buf = log.as_mut_ptr() as u64;
-        load.log_size = log.len() as u32;
+        if !log.is_empty() {
+            load.log_level = 1;
+            load.log_buf = log.as_mut_ptr() as u64;
+            load.log_size = log.len() as u32;
+        }
     }
-    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr).map_err(|err| {
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        let tail = String::from_utf8_lossy(&log[end.saturating_sub(2000)..end]).into_owned();
-        io::Error::new(err.kind(), format!("loading {name}: {err}\n{tail}"))
-    })
+    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
 }
 
 /// bpf(2) for the commands that return a new descriptor.

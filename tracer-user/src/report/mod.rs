@@ -106,6 +106,11 @@ impl Format {
     }
 }
 
+/// `~` before a figure that byte sampling estimated, nothing before an exact one.
+pub fn estimate_mark(estimated: bool) -> &'static str {
+    if estimated { "~" } else { "" }
+}
+
 /// Bytes in the binary units people read (KiB, MiB, ...).
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use super::{Render, Report, human_bytes, human_change};
+use super::{Render, Report, estimate_mark, human_bytes, human_change};
 use crate::{
     analysis::{Analysis, Reconciliation, Trend, TrendClass},
     model::{AGE_LABELS, Origin, Recording, StackRecord},
@@ -43,7 +43,7 @@ impl Render for Text {
 
         writeln!(out)?;
         let holding = rec.holding_stacks();
-        let estimate = if rec.sample_bytes.is_some() { "~" } else { "" };
+        let estimate = estimate_mark(rec.sample_bytes.is_some());
         writeln!(
             out,
             "outstanding: {estimate}{}{} ({} bytes) in {estimate}{} allocations across {} stacks",
@@ -97,11 +97,7 @@ impl Render for Text {
         )?;
         for (rank, &i) in by_bytes.iter().take(self.top).enumerate() {
             let stack = &rec.stacks[i];
-            let estimate = if stack.live_bytes_variance.is_some() {
-                "~"
-            } else {
-                ""
-            };
+            let estimate = estimate_mark(stack.live_bytes_variance.is_some());
             writeln!(
                 out,
                 "\n#{} {estimate}{}{} in {estimate}{} allocations [{}] ({estimate}{} allocated in {estimate}{} calls while traced)",
@@ -258,11 +254,7 @@ fn origin(stack: &StackRecord) -> &'static str {
 /// `<1s 3 (192 B), >=10m 1 (64 B)`: the non-empty age buckets.
 fn age_line(stack: &StackRecord) -> Option<String> {
     let ages = stack.ages.as_ref()?;
-    let estimate = if stack.live_bytes_variance.is_some() {
-        "~"
-    } else {
-        ""
-    };
+    let estimate = estimate_mark(stack.live_bytes_variance.is_some());
     let parts: Vec<String> = AGE_LABELS
         .iter()
         .enumerate()
