@@ -49,10 +49,15 @@ pub fn profile(report: &Report) -> Profile {
     ];
     let period_type = Some(value_type(&mut b, "space", "bytes"));
     let default_sample_type = b.string("inuse_space");
-    let comment = vec![b.string(&format!(
+    let mut comment = vec![b.string(&format!(
         "leakhound: pid {} ({}), ended by {}",
         rec.pid, rec.command, rec.ended_by
     ))];
+    if let Some(mean) = rec.sample_bytes {
+        comment.push(b.string(&format!(
+            "byte sampling: one allocation recorded per {mean} bytes on average; malloc values are unbiased estimates"
+        )));
+    }
     let (origin_key, trend_key, rate_key) = (
         b.string("origin"),
         b.string("trend"),
@@ -113,7 +118,8 @@ pub fn profile(report: &Report) -> Profile {
         time_nanos: 0,
         duration_nanos: (rec.duration_secs * 1e9) as i64,
         period_type,
-        period: 1,
+        // As Go's heap profiles do: the sampling period, the values already scaled up.
+        period: rec.sample_bytes.map_or(1, |mean| mean as i64),
         comment,
         default_sample_type,
     }
