@@ -13,7 +13,9 @@ use tracer_common::{AllocKind, ThreadState, counter};
 use crate::{
     sampling,
     stacks::walk_user_stack,
-    state::{THREADS, count, inside_allocator, is_tracked, record, release_tracked, target_thread},
+    state::{
+        THREADS, count, inside_allocator, record, release, release_tracked, target_thread, tracked,
+    },
 };
 
 const PAGE_SIZE: u64 = 4096;
@@ -175,15 +177,15 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
     }
     // Most frees under byte sampling are of blocks passed over: the allocation map answers
     // first, and only a tracked block needs the thread's state.
-    if !is_tracked(addr) {
+    let Some(info) = tracked(addr) else {
         count(counter::FREE_UNKNOWN, 1);
         return Ok(());
-    }
+    };
     // A free inside realloc is accounted when realloc returns.
     if inside_allocator(pid_tgid) {
         return Ok(());
     }
-    if release_tracked(addr) {
+    if release(addr, &info) {
         count(counter::FREES, 1);
     }
     Ok(())

@@ -128,20 +128,22 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
 /// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is present.
 const EEXIST: i32 = -17;
 
-/// Whether a block at `addr` is tracked.
+/// The live block at `addr`, if it is tracked.
 #[inline(always)]
-pub fn is_tracked(addr: u64) -> bool {
-    // SAFETY: only checks for presence.
-    unsafe { ALLOCS.get(&addr) }.is_some()
+pub fn tracked(addr: u64) -> Option<AllocInfo> {
+    // SAFETY: the value is copied out at once.
+    unsafe { ALLOCS.get(&addr) }.copied()
 }
 
 /// Releases a block by address. Returns whether it was tracked.
 #[inline(always)]
 pub fn release_tracked(addr: u64) -> bool {
-    // SAFETY: the value is copied out before the element is removed.
-    let Some(info) = (unsafe { ALLOCS.get(&addr) }).copied() else {
-        return false;
-    };
+    tracked(addr).is_some_and(|info| release(addr, &info))
+}
+
+/// Releases the block `info` found at `addr`. Returns whether this call removed it.
+#[inline(always)]
+pub fn release(addr: u64, info: &AllocInfo) -> bool {
     // Only the caller whose delete succeeds subtracts, so a race cannot subtract twice.
     if ALLOCS.remove(&addr).is_err() {
         return false;
