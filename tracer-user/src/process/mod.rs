@@ -6,6 +6,7 @@ pub mod elf;
 pub mod launch;
 pub mod maps;
 pub mod probe_offset;
+pub mod root;
 
 use std::{
     fs,
