@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod code_refresh;
 pub mod config;
 pub mod errors;
 pub mod exit_watch;

@@ -25,10 +25,10 @@ use crate::{
         history::{Timeline, add_series},
         memory::parse_smaps_rollup,
     },
+    code_refresh::{self, CodeRefresher},
     config::RecordConfig,
     errors::TracerError,
     exit_watch::{self, ChildExit},
-    jit,
     kernel::{Detaching, Probes, loader::elapsed_ms, reader},
     model::{
         Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording, StackRecord,
@@ -40,6 +40,10 @@ use crate::{
     target,
     unwind::MissHandler,
 };
+
+/// How long the end of a trace waits for the target's code to be reread, and then for the
+/// modules to be free for naming: the target may be slow or hostile.
+const FINAL_REFRESH_WAIT: Duration = Duration::from_millis(900);
 
 /// What a session produced: whatever was gathered, and the error that ended it early, if any.
 pub struct Outcome {
@@ -209,8 +213,8 @@ struct Session {
     /// Set for a launched command, which is stopped when tracing ends before it does.
     launched: Option<u32>,
     modules: Arc<Mutex<Modules>>,
-    /// Node.js or the JVM, once recognised: where JIT frames get their names.
-    runtime: jit::Runtime,
+    /// Rereads the target's code (mappings, perf maps, a JVM's perf map) off this thread.
+    refresher: CodeRefresher,
     mapping: MappingState,
     mapping_unavailable: Option<String>,
     /// Outstanding bytes per stack at every sample, for the trends.
@@ -231,7 +235,7 @@ impl Session {
                 config.sample_bytes,
             )?;
             for object in &prepared.objects {
-                probes.attach_allocator(&object.path, &object.points, pid)?;
+                probes.attach_allocator(&object.kernel_path(), &object.points, pid)?;
             }
             probes.attach_mapping_tracepoints()?;
             Ok(probes)
@@ -297,6 +301,8 @@ impl Session {
             elapsed_ms(attach_started)
         );
         let mapping_unavailable = probes.mapping_unavailable.clone();
+        let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&modules))
+            .map_err(TracerError::Io)?;
         Ok(Self {
             probes: Some(probes),
             events,
@@ -306,7 +312,7 @@ impl Session {
             command: prepared.command,
             launched,
             modules,
-            runtime: jit::Runtime::default(),
+            refresher,
             mapping: MappingState::default(),
             mapping_unavailable,
             timeline: Timeline::default(),
@@ -320,11 +326,10 @@ impl Session {
         }
     }
 
-    /// Rereads the target's code: its mappings, and its runtime's perf map.
+    /// Rereads the target's code: its mappings, and its runtime's perf map, on the
+    /// refresher's thread.
     fn refresh_code(&mut self) {
-        let mut modules = self.modules.lock().expect("modules lock");
-        modules.refresh(&self.target);
-        self.runtime.tick(&self.target, &mut modules);
+        self.refresher.poke();
     }
 
     /// `estimated`: under byte sampling, where malloc-family figures are estimates.
@@ -518,11 +523,13 @@ impl Session {
             addresses.len(),
             elapsed_ms(phase)
         );
-        if self.target.is_alive() {
-            let mut modules = self.modules.lock().expect("modules lock");
-            modules.refresh(&self.target);
-            // A JVM writes its perf map on request: ask now, so later-compiled code is named.
-            self.runtime.before_report(&self.target, &mut modules);
+        // The last refresh, and a JVM asked for its perf map now so that code compiled late is
+        // named; bounded, since the target may not answer.
+        if !self.refresher.finish(FINAL_REFRESH_WAIT) {
+            eprintln!(
+                "leakhound: the target's code was not reread within {:.1} s; frames of code loaded since the last refresh may be unnamed",
+                FINAL_REFRESH_WAIT.as_secs_f64()
+            );
         }
         // Everything is read: the report need not wait for the detach.
         let detaching = probes.detach_in_background();
@@ -537,11 +544,19 @@ impl Session {
         }
 
         phase = Instant::now();
-        let modules = self.modules.lock().expect("modules lock");
+        let unnamed = Modules::default();
+        let held = code_refresh::lock_within(&self.modules, FINAL_REFRESH_WAIT);
+        if held.is_none() {
+            eprintln!(
+                "leakhound: the target's files did not answer within {:.1} s; frames are left unnamed",
+                FINAL_REFRESH_WAIT.as_secs_f64()
+            );
+        }
+        let modules: &Modules = held.as_deref().unwrap_or(&unnamed);
         let mut namer = FrameNamer::default();
         let unique: HashSet<CodeAddress> = addresses.values().flatten().copied().collect();
         let unique_count = unique.len();
-        namer.name_all(&modules, unique);
+        namer.name_all(modules, unique);
         log::info!(
             "report: {unique_count} addresses symbolized in {:.1} ms",
             elapsed_ms(phase)
@@ -554,7 +569,7 @@ impl Session {
                     origin,
                     frames: match addresses.get(&key) {
                         Some(addrs) if !addrs.is_empty() => {
-                            let mut frames = namer.stack(&modules, addrs);
+                            let mut frames = namer.stack(modules, addrs);
                             // Say where a walk stopped short, so the bytes stay visible.
                             match stacks.truncated(key) {
                                 TRUNCATED_PENDING => {

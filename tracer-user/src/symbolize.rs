@@ -20,7 +20,10 @@ use blazesym::symbolize::{
 use crate::{
     jit::PerfMaps,
     model::{Frame, FrameData},
-    process::TargetProcess,
+    process::{
+        TargetProcess,
+        root::{self, RootError, TargetRoot},
+    },
 };
 
 /// A code address from a stack walk. Return addresses point after their call instruction,
@@ -66,6 +69,7 @@ impl Modules {
     pub fn refresh(&mut self, target: &TargetProcess) {
         self.perf_maps.refresh(target);
         let Ok(maps) = target.maps() else { return };
+        let root = TargetRoot::open(target.pid).ok();
         for mapping in maps.into_iter().filter(|m| m.executable) {
             if let Some(name) = mapping.pseudo.clone() {
                 self.pseudo.insert(mapping.start, (mapping.end, name));
@@ -85,12 +89,19 @@ impl Modules {
                     "/proc/{}/map_files/{:x}-{:x}",
                     target.pid, mapping.start, mapping.end
                 ));
-                let file = File::open(&by_range)
-                    .or_else(|_| File::open(target.in_root(&path)))
+                let file = root::open_regular_link(&by_range)
+                    .or_else(|err| match (&err, &root) {
+                        // Only without the capability map_files needs: resolved inside the
+                        // target's root, so a link it planted cannot reach another file.
+                        (RootError::Io { .. }, Some(root)) if !mapping.deleted => {
+                            root.open_regular(&path)
+                        }
+                        _ => Err(err),
+                    })
+                    .inspect_err(|err| {
+                        log::debug!("not reading symbols of {}: {err}", path.display())
+                    })
                     .ok();
-                if file.is_none() {
-                    log::debug!("cannot open {} for symbols", path.display());
-                }
                 self.files.insert(key.clone(), file);
             }
             self.by_start.insert(

@@ -1,6 +1,6 @@
 //! Turns a target spec into a process to trace and the allocators to hook in it.
 
-use std::{fs, path::PathBuf};
+use std::{collections::HashSet, fs, path::PathBuf};
 
 use crate::{
     config::TargetSpec,
@@ -9,6 +9,7 @@ use crate::{
         TargetProcess,
         allocators::{self, AllocLib, Candidate, HookedObject},
         elf, launch,
+        root::{self, RootError, TargetRoot},
     },
 };
 
@@ -46,11 +47,24 @@ pub fn prepare(spec: &TargetSpec, alloc_libs: &[AllocLib]) -> Result<PreparedTar
 fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerError> {
     let process = TargetProcess::open(pid)?;
     let exe_path = fs::read_link(process.exe_link()).unwrap_or_else(|_| process.exe_link());
-    let exe = match fs::read(process.exe_link()) {
+    let exe = match root::open_regular_link(&process.exe_link())
+        .map_err(|err| match err {
+            RootError::Io { source, .. } => TracerError::ReadElf {
+                path: exe_path.clone(),
+                source: source.into(),
+            },
+            other => TracerError::ReadElf {
+                path: exe_path.clone(),
+                source: other.to_string().into(),
+            },
+        })
+        .and_then(|file| elf::read_object(&file, &exe_path))
+    {
         Ok(data) => Some(data),
-        Err(err)
-            if err.raw_os_error() == Some(libc::EACCES)
-                || err.raw_os_error() == Some(libc::EPERM) =>
+        Err(TracerError::ReadElf { source, .. })
+            if source.downcast_ref::<std::io::Error>().is_some_and(|err| {
+                matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+            }) =>
         {
             return Err(TracerError::PermissionDenied {
                 what: format!("cannot read the executable of process {pid}"),
@@ -63,23 +77,39 @@ fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerErr
         }
     };
     let maps = process.maps()?;
+    let target_root = TargetRoot::open(pid);
+    let in_root = |path: &std::path::Path| match &target_root {
+        Ok(target_root) => target_root.open_regular(path),
+        Err(err) => Err(RootError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(err.to_string()),
+        }),
+    };
+    let mut seen = HashSet::new();
     let candidates: Vec<Candidate> = maps
         .iter()
         .filter(|m| m.executable)
         .filter_map(|m| {
             let shown = m.path.clone()?;
-            // The kernel resolves this path to the very inode the target mapped, even across
-            // mount namespaces; map_files also covers a file replaced on disk since it was
-            // mapped.
-            let open = if m.deleted {
-                PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
-            } else {
-                process.in_root(&shown)
-            };
-            Some(Candidate { shown, open })
+            if !seen.insert(shown.clone()) {
+                return None;
+            }
+            // map_files names the very inode the target mapped, even across mount
+            // namespaces and after the file was replaced on disk; a path the target names
+            // could be a symlink it planted since. Without the capability map_files needs,
+            // the path is resolved inside the target's root instead.
+            let link = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+            let file = root::open_regular_link(&link).or_else(|err| {
+                if m.deleted || matches!(err, RootError::NotRegular { .. }) {
+                    Err(err)
+                } else {
+                    in_root(&shown)
+                }
+            });
+            Some(Candidate { shown, file })
         })
         .collect();
-    let objects = allocators::find(&candidates, alloc_libs, |path| process.in_root(path))?;
+    let objects = allocators::find(candidates, alloc_libs, in_root)?;
     check_found(&objects, exe.as_deref(), &exe_path)?;
     let command = process.command_line();
     Ok(PreparedTarget {
@@ -100,14 +130,15 @@ fn spawn(
     })?;
     let program = launch::resolve_program(program.as_ref())?;
     let loaded = launch::objects_of(&program)?;
+    // The command is the user's own: its files are named in leakhound's own root.
     let candidates: Vec<Candidate> = std::iter::once(&loaded.program)
         .chain(&loaded.libraries)
         .map(|path| Candidate {
             shown: path.clone(),
-            open: path.clone(),
+            file: root::open_regular_link(path),
         })
         .collect();
-    let objects = allocators::find(&candidates, alloc_libs, |path| path.to_owned())?;
+    let objects = allocators::find(candidates, alloc_libs, root::open_regular_link)?;
     check_found(&objects, Some(&loaded.program_data), &loaded.program)?;
     let child = launch::GatedChild::spawn(&program, args)?;
     let process = TargetProcess { pid: child.pid() };

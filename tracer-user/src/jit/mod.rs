@@ -12,14 +12,20 @@ pub mod node;
 pub mod perf_map;
 
 use std::{
-    fs::{self, File},
-    io::{Read as _, Seek as _, SeekFrom},
-    os::unix::fs::MetadataExt as _,
+    fs,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use crate::{model::Frame, process::TargetProcess, symbolize::Modules};
+use crate::{
+    model::Frame,
+    process::{
+        TargetProcess,
+        root::{self, TargetRoot},
+    },
+    symbolize::Modules,
+};
 use perf_map::PerfMap;
 
 /// The PID a process sees itself as, in its innermost PID namespace (`NSpid`'s last field).
@@ -44,13 +50,36 @@ struct FileState {
     consumed: u64,
 }
 
+/// The most of a perf map read at one refresh; the rest waits for the next one, so a huge
+/// map costs time in slices and never a burst of memory.
+const PERF_MAP_READ_BYTES: u64 = 16 << 20;
+/// The most of a perf map ever read. A runtime writes about 100 bytes per compiled function;
+/// this is some 2.5 million functions.
+const PERF_MAP_MAX_BYTES: u64 = 256 << 20;
+/// The longest line taken: a name past this is not a function's (V8 and HotSpot write
+/// signatures of a few hundred bytes at most).
+const PERF_MAP_MAX_LINE: usize = 4096;
+
+/// Something about a target's perf map that the user should hear of once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PerfMapWarning {
+    Unreadable,
+    TooLarge,
+    LongLines,
+}
+
 /// The target's perf map file and everything read from it over the session.
 #[derive(Debug, Default)]
 pub struct PerfMaps {
+    /// The map as the target names it (`/tmp/perf-<nspid>.map`), resolved inside its root.
     path: Option<PathBuf>,
     state: Option<FileState>,
     /// Set when the runtime rewrote the file in place (HotSpot does): read it all again.
     reread: bool,
+    /// The last read stopped inside an over-long line: skip to its end first.
+    in_long_line: bool,
+    long_lines: u64,
+    warned: Vec<PerfMapWarning>,
     map: PerfMap,
 }
 
@@ -58,11 +87,27 @@ impl PerfMaps {
     /// Rereads the map if it changed (size, modification time, or identity). Appended lines
     /// (V8) are read from where the last read stopped; a file that shrank, was replaced or was
     /// rewritten is read whole. Errors (no file, the target exited) keep what is known.
+    ///
+    /// The file is the target's to craft: it is resolved inside the target's root, only a
+    /// regular file is opened, and every read is capped (module docs of `process::root`).
     pub fn refresh(&mut self, target: &TargetProcess) {
         let Some(path) = self.path(target) else {
             return;
         };
-        let Ok(meta) = fs::metadata(&path) else {
+        let opened = TargetRoot::open(target.pid).and_then(|root| root.open_regular(&path));
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(err) if err.is_not_found() => return,
+            Err(err) => {
+                self.warn(
+                    target,
+                    PerfMapWarning::Unreadable,
+                    &format!("{err}; not read"),
+                );
+                return;
+            }
+        };
+        let Ok(meta) = file.metadata() else {
             return;
         };
         let now = FileState {
@@ -73,7 +118,12 @@ impl PerfMaps {
             consumed: 0,
         };
         let from = match self.state {
-            Some(old) if !self.reread && FileState { consumed: 0, ..old } == now => return,
+            Some(old) if !self.reread && FileState { consumed: 0, ..old } == now => {
+                if old.consumed >= old.len.min(PERF_MAP_MAX_BYTES) {
+                    return;
+                }
+                old.consumed
+            }
             Some(old)
                 if !self.reread
                     && (old.dev, old.ino) == (now.dev, now.ino)
@@ -81,23 +131,63 @@ impl PerfMaps {
             {
                 old.consumed
             }
-            _ => 0,
+            _ => {
+                self.in_long_line = false;
+                0
+            }
         };
-        match read_lines_from(&path, from) {
-            Ok((text, consumed)) => {
-                let added = self.map.add_text(&text);
+        if from >= PERF_MAP_MAX_BYTES {
+            let shown = format!(
+                "{} is over {} MiB; the rest is not read",
+                path.display(),
+                PERF_MAP_MAX_BYTES >> 20
+            );
+            self.warn(target, PerfMapWarning::TooLarge, &shown);
+            return;
+        }
+        let budget = PERF_MAP_READ_BYTES.min(PERF_MAP_MAX_BYTES - from);
+        match root::read_capped(&mut file, from, budget) {
+            Ok((bytes, _)) => {
+                let chunk = complete_lines(&bytes, self.in_long_line, budget);
+                self.in_long_line = chunk.in_long_line;
+                self.long_lines += chunk.long_lines;
+                let mut added = 0;
+                for line in chunk.text.split(|&b| b == b'\n') {
+                    if line.len() > PERF_MAP_MAX_LINE {
+                        continue;
+                    }
+                    if let Some(entry) = perf_map::parse_line(&String::from_utf8_lossy(line)) {
+                        self.map.insert(&entry);
+                        added += 1;
+                    }
+                }
                 log::debug!(
                     "{}: {added} entries from offset {from}, {} known",
                     path.display(),
                     self.map.len()
                 );
+                if self.long_lines > 0 {
+                    let shown = format!(
+                        "{} has {} lines over {PERF_MAP_MAX_LINE} bytes; skipped",
+                        path.display(),
+                        self.long_lines
+                    );
+                    self.warn(target, PerfMapWarning::LongLines, &shown);
+                }
                 self.state = Some(FileState {
-                    consumed: from + consumed,
+                    consumed: from + chunk.consumed,
                     ..now
                 });
                 self.reread = false;
             }
             Err(err) => log::debug!("reading {}: {err}", path.display()),
+        }
+    }
+
+    fn warn(&mut self, target: &TargetProcess, warning: PerfMapWarning, what: &str) {
+        if !self.warned.contains(&warning) {
+            self.warned.push(warning);
+            eprintln!("leakhound: perf map of pid {}: {what}", target.pid);
         }
     }
 
@@ -118,7 +208,7 @@ impl PerfMaps {
         self.map.is_empty()
     }
 
-    /// `/proc/PID/root/tmp/perf-<nspid>.map`, worked out once while the target lives.
+    /// `/tmp/perf-<nspid>.map`, worked out once while the target lives.
     fn path(&mut self, target: &TargetProcess) -> Option<PathBuf> {
         if self.path.is_none() {
             self.path = perf_map_path(target);
@@ -127,26 +217,73 @@ impl PerfMaps {
     }
 }
 
-/// Where the target's runtime writes its perf map, as reached from here.
+/// Where the target's runtime writes its perf map, as the target names it: a path to resolve
+/// inside its root ([`TargetRoot`]), never through `/proc/PID/root` with the host's links.
 pub fn perf_map_path(target: &TargetProcess) -> Option<PathBuf> {
     let status = fs::read_to_string(format!("/proc/{}/status", target.pid)).ok()?;
     let nspid = namespace_pid(&status)?;
-    Some(target.in_root(Path::new(&format!("/tmp/perf-{nspid}.map"))))
+    Some(PathBuf::from(format!("/tmp/perf-{nspid}.map")))
 }
 
-/// Reads the complete lines of `path` from byte `from`; returns them and how many bytes they
-/// take. A line still being written is left for the next read.
-fn read_lines_from(path: &Path, from: u64) -> std::io::Result<(String, u64)> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(from))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    bytes.truncate(complete);
-    Ok((
-        String::from_utf8_lossy(&bytes).into_owned(),
-        complete as u64,
-    ))
+/// Whether the target has a perf map, as a regular file inside its root.
+fn has_perf_map(target: &TargetProcess) -> bool {
+    perf_map_path(target).is_some_and(|path| {
+        TargetRoot::open(target.pid).is_ok_and(|root| root.open_regular(&path).is_ok())
+    })
+}
+
+/// What one read of a perf map yields: its complete lines (those over [`PERF_MAP_MAX_LINE`]
+/// are counted here and skipped by the reader), how many bytes they take, and whether the read ended inside an over-long line.
+#[derive(Debug, PartialEq, Eq)]
+struct Chunk<'a> {
+    text: &'a [u8],
+    consumed: u64,
+    long_lines: u64,
+    in_long_line: bool,
+}
+
+/// Cuts `bytes` (read from where the last read stopped, at most `budget`) to complete lines.
+/// A line still being written is left for the next read; a line longer than
+/// [`PERF_MAP_MAX_LINE`] is consumed and counted but not kept, even when no end is in sight.
+fn complete_lines(bytes: &[u8], mut in_long_line: bool, budget: u64) -> Chunk<'_> {
+    let mut start = 0;
+    if in_long_line {
+        match bytes.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                start = end + 1;
+                in_long_line = false;
+            }
+            None => {
+                return Chunk {
+                    text: &[],
+                    consumed: bytes.len() as u64,
+                    long_lines: 0,
+                    in_long_line: true,
+                };
+            }
+        }
+    }
+    let rest = &bytes[start..];
+    let complete = rest.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = &rest[..complete];
+    let mut consumed = (start + complete) as u64;
+    let mut long_lines = lines
+        .split(|&b| b == b'\n')
+        .filter(|line| line.len() > PERF_MAP_MAX_LINE)
+        .count() as u64;
+    let tail = &rest[complete..];
+    if tail.len() > PERF_MAP_MAX_LINE || (bytes.len() as u64 >= budget && complete == 0) {
+        // No end in this read, and already too long to be a line: skip it whole.
+        long_lines += 1;
+        consumed = bytes.len() as u64;
+        in_long_line = true;
+    }
+    Chunk {
+        text: lines,
+        consumed,
+        long_lines,
+        in_long_line,
+    }
 }
 
 /// The managed runtime in the target, once it is recognised from the files it maps.
@@ -174,56 +311,92 @@ pub struct Jvm {
 
 /// How often a running JVM is asked for a new perf map, besides before the report.
 const JVM_REFRESH_EVERY: Duration = Duration::from_secs(30);
-/// How long the attach handshake may take.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the attach handshake may take while tracing (on the refresher's thread).
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the last handshake may take: the trace has ended and the report waits for it.
+pub const FINAL_ATTACH_TIMEOUT: Duration = Duration::from_millis(600);
 /// After this many failed handshakes in a row, only the final one before the report is tried.
 const ATTACH_ATTEMPTS: u32 = 2;
 
 impl Runtime {
     /// Called with every refresh of the target's code: recognises the runtime from the files
-    /// it maps and says once what the user should know about it; asks a JVM for a new perf map
-    /// now and then, and rereads the map it wrote.
-    pub fn tick(&mut self, target: &TargetProcess, modules: &mut Modules) {
+    /// it maps and says once what the user should know about it. Returns whether a JVM is due
+    /// to be asked for a new perf map: the caller asks ([`Runtime::ask_jvm`]) without holding
+    /// the modules, since the JVM may take its time or be an impostor that never answers.
+    pub fn tick(&mut self, target: &TargetProcess, modules: &Modules) -> bool {
         if let Self::Unknown = self {
             *self = detect(target, modules.mapped_files());
             match self {
                 Self::Node => warn_node(target),
                 Self::Jvm(jvm) => jvm.gave_up = !warn_jvm(target),
-                Self::Unknown => return,
+                Self::Unknown => return false,
             }
         }
-        if let Self::Jvm(jvm) = self
-            && !jvm.gave_up
-            && jvm.failures < ATTACH_ATTEMPTS
-            && jvm
-                .last_request
-                .is_none_or(|at| at.elapsed() >= JVM_REFRESH_EVERY)
-            && jvm.request(target, &mut modules.perf_maps)
-        {
-            modules.perf_maps.refresh(target);
+        matches!(self, Self::Jvm(jvm)
+            if !jvm.gave_up
+                && jvm.failures < ATTACH_ATTEMPTS
+                && jvm.last_request.is_none_or(|at| at.elapsed() >= JVM_REFRESH_EVERY))
+    }
+
+    /// Asks a JVM to write its perf map now, waiting at most `timeout`; true when it did, and
+    /// the map is then to be read again whole ([`PerfMaps::reread_next`]).
+    pub fn ask_jvm(&mut self, target: &TargetProcess, timeout: Duration) -> bool {
+        match self {
+            Self::Jvm(jvm) if !jvm.gave_up && target.is_alive() => jvm.request(target, timeout),
+            _ => false,
         }
     }
 
-    /// Before the report: a JVM that still runs writes a current perf map, which is read.
-    pub fn before_report(&mut self, target: &TargetProcess, modules: &mut Modules) {
-        let Self::Jvm(jvm) = self else { return };
-        if !jvm.gave_up && target.is_alive() && jvm.request(target, &mut modules.perf_maps) {
-            modules.perf_maps.refresh(target);
-        }
-        if let Some(path) = jvm.map_made.take() {
-            let _ = fs::remove_file(path);
+    /// After the last read: the perf map leakhound made the JVM write is removed, so that no
+    /// file is left in the target's /tmp on its behalf.
+    pub fn clean_up(&mut self, target: &TargetProcess) {
+        if let Self::Jvm(jvm) = self
+            && let Some(path) = jvm.map_made.take()
+            && let Err(err) = remove_in_root(target, &path)
+        {
+            log::debug!("not removing {}: {err}", path.display());
         }
     }
 }
 
+/// Removes a regular file that leakhound had the target write, resolved inside the target's
+/// root; a symlink or anything else put there since is left alone.
+fn remove_in_root(target: &TargetProcess, path: &Path) -> std::io::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let root = TargetRoot::open(target.pid).map_err(std::io::Error::other)?;
+    let dir = root.open_dir(parent).map_err(std::io::Error::other)?;
+    let name = std::ffi::CString::new(name.as_encoded_bytes())?;
+    // SAFETY: the name is NUL-terminated; `stat` is a valid out pointer.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; AT_SYMLINK_NOFOLLOW makes a planted link report as a link.
+    let found = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut stat,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if found != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    // SAFETY: the directory descriptor is open and the name NUL-terminated.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl Jvm {
-    fn request(&mut self, target: &TargetProcess, perf_maps: &mut PerfMaps) -> bool {
-        if self.last_request.is_none() {
-            self.map_made = perf_map_path(target).filter(|path| !path.exists());
+    fn request(&mut self, target: &TargetProcess, timeout: Duration) -> bool {
+        if self.last_request.is_none() && !has_perf_map(target) {
+            self.map_made = perf_map_path(target);
         }
         self.last_request = Some(Instant::now());
         let started = Instant::now();
-        match jvm_attach::request_perf_map(target, ATTACH_TIMEOUT) {
+        match jvm_attach::request_perf_map(target, timeout) {
             Ok(_) => {
                 log::debug!(
                     "Compiler.perfmap in pid {} took {:.0} ms",
@@ -231,7 +404,6 @@ impl Jvm {
                     started.elapsed().as_secs_f64() * 1e3
                 );
                 self.failures = 0;
-                perf_maps.reread_next();
                 true
             }
             Err(err) => {
@@ -267,7 +439,7 @@ fn detect<'a>(target: &TargetProcess, mapped: impl IntoIterator<Item = &'a Path>
 fn warn_node(target: &TargetProcess) {
     let cmdline = fs::read(format!("/proc/{}/cmdline", target.pid)).unwrap_or_default();
     let environ = fs::read(format!("/proc/{}/environ", target.pid)).unwrap_or_default();
-    let has_map = perf_map_path(target).is_some_and(|path| path.exists());
+    let has_map = has_perf_map(target);
     if let Some(advice) = node::advice(&cmdline, &environ, has_map) {
         eprintln!("leakhound: node (pid {}): {advice}", target.pid);
     }
@@ -372,16 +544,34 @@ mod tests {
     }
 
     #[test]
-    fn appended_lines_are_read_incrementally_and_rewrites_whole() {
-        let dir = std::env::temp_dir().join(format!("leakhound-perfmap-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("perf.map");
-        fs::write(&path, "1000 10 first\n2000 10 sec").unwrap();
-        let (text, consumed) = read_lines_from(&path, 0).unwrap();
-        assert_eq!((text.as_str(), consumed), ("1000 10 first\n", 14));
-        fs::write(&path, "1000 10 first\n2000 10 second\n").unwrap();
-        let (text, consumed) = read_lines_from(&path, 14).unwrap();
-        assert_eq!((text.as_str(), consumed), ("2000 10 second\n", 15));
-        fs::remove_dir_all(&dir).unwrap();
+    fn only_complete_lines_are_taken() {
+        let chunk = complete_lines(b"1000 10 first\n2000 10 sec", false, 1 << 20);
+        assert_eq!(chunk.text, b"1000 10 first\n");
+        assert_eq!(
+            (chunk.consumed, chunk.long_lines, chunk.in_long_line),
+            (14, 0, false)
+        );
+        let chunk = complete_lines(b"", false, 1 << 20);
+        assert_eq!((chunk.consumed, chunk.in_long_line), (0, false));
+    }
+
+    #[test]
+    fn over_long_lines_are_counted_and_skipped_to_their_end() {
+        let long = "x".repeat(PERF_MAP_MAX_LINE + 1);
+        let text = format!("1000 10 a\n{long}\n2000 10 b\n");
+        let chunk = complete_lines(text.as_bytes(), false, 1 << 20);
+        assert_eq!(chunk.long_lines, 1);
+        assert_eq!(chunk.consumed, text.len() as u64);
+        // A line with no end in sight (a file of zeros, one 10 MiB line) is consumed whole.
+        let endless = vec![0u8; 64 << 10];
+        let chunk = complete_lines(&endless, false, 64 << 10);
+        assert_eq!((chunk.consumed, chunk.long_lines), (64 << 10, 1));
+        assert!(chunk.in_long_line && chunk.text.is_empty());
+        // The next read skips to that line's end, then takes what follows.
+        let chunk = complete_lines(b"xxxx\n3000 10 c\n", true, 1 << 20);
+        assert_eq!(chunk.text, b"3000 10 c\n");
+        assert!(!chunk.in_long_line);
+        let chunk = complete_lines(b"xxxx", true, 1 << 20);
+        assert_eq!((chunk.consumed, chunk.in_long_line), (4, true));
     }
 }

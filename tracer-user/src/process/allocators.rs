@@ -6,10 +6,16 @@
 
 use std::{
     collections::HashSet,
+    fs::File,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use super::elf::{self, HookPoint};
+use super::{
+    elf::{self, HookPoint},
+    root::RootError,
+};
 use crate::errors::TracerError;
 
 /// `--alloc-lib PATH[:PREFIX]`: an allocator to hook that leakhound would not find by itself.
@@ -60,27 +66,37 @@ impl AllocLib {
 /// One object to hook.
 #[derive(Clone, Debug)]
 pub struct HookedObject {
-    /// A path this process can open (under `/proc/PID/root`, or a `map_files` link).
-    pub path: PathBuf,
+    /// The very file whose symbols were read, held open so that the kernel attaches to it
+    /// and to nothing the target could swap in under its name.
+    pub file: Arc<File>,
     /// The object as the target names it, for messages.
     pub shown: PathBuf,
     pub points: Vec<HookPoint>,
 }
 
-/// A file the target has mapped (or will map): as it names it, and as leakhound opens it.
-#[derive(Clone, Debug)]
+impl HookedObject {
+    /// The path the kernel is given to attach to: the open descriptor's `/proc/self/fd`
+    /// link, which it follows to the inode read here.
+    pub fn kernel_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// A file the target has mapped (or will map): as it names it, and opened (through
+/// `/proc/PID/map_files`, or resolved inside the target's root), or why it could not be.
+#[derive(Debug)]
 pub struct Candidate {
     pub shown: PathBuf,
-    pub open: PathBuf,
+    pub file: Result<File, RootError>,
 }
 
 /// The objects among `candidates` that define an allocator, then every `--alloc-lib` that
 /// matched none of them (a library the target will `dlopen`: a uprobe on a file applies when
-/// it is mapped later). `open_unmapped` turns such a path into one this process can open.
+/// it is mapped later). `open_unmapped` opens such a path as the target would see it.
 pub fn find(
-    candidates: &[Candidate],
+    candidates: Vec<Candidate>,
     extra: &[AllocLib],
-    open_unmapped: impl Fn(&Path) -> PathBuf,
+    open_unmapped: impl Fn(&Path) -> Result<File, RootError>,
 ) -> Result<Vec<HookedObject>, TracerError> {
     let mut seen = HashSet::new();
     let mut used = vec![false; extra.len()];
@@ -94,7 +110,12 @@ pub fn find(
             used[i] = true;
         }
         let prefix = named.and_then(|i| extra[i].prefix.as_deref());
-        let points = match elf::hook_points(&candidate.open, prefix) {
+        let points = match candidate
+            .file
+            .as_ref()
+            .map_err(|err| unreadable(&candidate.shown, err))
+            .and_then(|file| elf::hook_points(file, &candidate.shown, prefix))
+        {
             Ok(points) => points,
             // Not ELF, or unreadable: only an object the user named is worth an error.
             Err(err) if named.is_some() => return Err(err),
@@ -106,25 +127,34 @@ pub fn find(
         if named.is_some() {
             require_allocator(&points, &extra[named.unwrap_or_default()])?;
         }
-        if points.iter().any(HookPoint::allocates) {
+        if points.iter().any(HookPoint::allocates)
+            && let Ok(file) = candidate.file
+        {
             objects.push(HookedObject {
-                path: candidate.open.clone(),
-                shown: candidate.shown.clone(),
+                file: Arc::new(file),
+                shown: candidate.shown,
                 points,
             });
         }
     }
     for (lib, _) in extra.iter().zip(used).filter(|(_, used)| !used) {
-        let open = open_unmapped(&lib.path);
-        let points = elf::hook_points(&open, lib.prefix.as_deref())?;
+        let file = open_unmapped(&lib.path).map_err(|err| unreadable(&lib.path, &err))?;
+        let points = elf::hook_points(&file, &lib.path, lib.prefix.as_deref())?;
         require_allocator(&points, lib)?;
         objects.push(HookedObject {
-            path: open,
+            file: Arc::new(file),
             shown: lib.path.clone(),
             points,
         });
     }
     Ok(objects)
+}
+
+fn unreadable(shown: &Path, err: &RootError) -> TracerError {
+    TracerError::ReadElf {
+        path: shown.to_owned(),
+        source: err.to_string().into(),
+    }
 }
 
 fn require_allocator(points: &[HookPoint], lib: &AllocLib) -> Result<(), TracerError> {
@@ -185,7 +215,7 @@ mod tests {
         let names = |file: &str| -> Option<Vec<String>> {
             let path = dir.join(file);
             path.exists().then(|| {
-                elf::hook_points(&path, None)
+                elf::hook_points(&File::open(&path).expect("opens"), &path, None)
                     .expect("hook points")
                     .into_iter()
                     .map(|p| p.name)

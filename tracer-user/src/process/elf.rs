@@ -1,12 +1,12 @@
 //! ELF facts that attaching needs: whether a file is dynamically linked or a Go program, and
 //! the file offsets of the allocation functions it defines.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{collections::BTreeMap, fs::File, path::Path};
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 use tracer_common::{AllocKind, MapEventKind};
 
-use super::probe_offset;
+use super::{probe_offset, root};
 use crate::errors::TracerError;
 
 /// What a probe on one function does.
@@ -136,15 +136,37 @@ pub fn is_go(data: &[u8]) -> bool {
 /// operators. One probe per distinct address: glibc's `aligned_alloc` and `memalign`, and
 /// tcmalloc's `free`, `cfree`, `tc_free` and `operator delete`, are one function, and two
 /// probes at one address would both fire for one call.
-pub fn hook_points(path: &Path, extra_prefix: Option<&str>) -> Result<Vec<HookPoint>, TracerError> {
-    let data = fs::read(path).map_err(|source| TracerError::ReadElf {
-        path: path.into(),
-        source: source.into(),
-    })?;
+pub fn hook_points(
+    file: &File,
+    shown: &Path,
+    extra_prefix: Option<&str>,
+) -> Result<Vec<HookPoint>, TracerError> {
+    let data = read_object(file, shown)?;
     hook_points_in(&data, extra_prefix).map_err(|source| TracerError::ReadElf {
-        path: path.into(),
+        path: shown.into(),
         source: source.into(),
     })
+}
+
+/// The largest object file read whole. Debian's largest shared objects are tens of MiB; a
+/// target can map a sparse file of any size, which would otherwise be read into memory.
+pub const MAX_OBJECT_BYTES: u64 = 1 << 30;
+
+/// Reads an object file the target mapped, refusing one over [`MAX_OBJECT_BYTES`].
+pub fn read_object(file: &File, shown: &Path) -> Result<Vec<u8>, TracerError> {
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| TracerError::ReadElf {
+        path: shown.into(),
+        source,
+    };
+    let size = file.metadata().map_err(|e| error(e.into()))?.len();
+    if size > MAX_OBJECT_BYTES {
+        return Err(error(
+            format!("{size} bytes, over the {MAX_OBJECT_BYTES}-byte limit for an object file")
+                .into(),
+        ));
+    }
+    let (data, _) = root::read_capped(file, 0, MAX_OBJECT_BYTES).map_err(|e| error(e.into()))?;
+    Ok(data)
 }
 
 /// [`hook_points`] over a file's bytes.
@@ -268,13 +290,14 @@ mod tests {
             eprintln!("skipped: no {LIBC}");
             return;
         }
-        let data = fs::read(path).expect("libc");
+        let data = std::fs::read(path).expect("libc");
         let file = object::File::parse(&*data).expect("libc parses");
         let starts: BTreeMap<&str, u64> = file
             .dynamic_symbols()
             .filter_map(|symbol| Some((symbol.name().ok()?, symbol.address())))
             .collect();
-        let points = hook_points(path, None).expect("hook points");
+        let points =
+            hook_points(&File::open(path).expect("libc"), path, None).expect("hook points");
         assert!(points.iter().any(|p| p.name == "malloc"));
         for point in &points {
             // glibc's text segment is mapped at its file offset.

@@ -19,7 +19,7 @@
 use std::{
     ffi::{CString, OsStr},
     fs::File,
-    io::{self, Read as _, Seek as _, SeekFrom},
+    io::{self, Read as _, SeekFrom},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
@@ -192,7 +192,11 @@ pub fn fstat(fd: &impl std::os::fd::AsRawFd) -> io::Result<libc::stat> {
 
 /// Reads at most `cap` bytes of `file` from `from`. A file that holds more says so rather than
 /// being read whole: the caller decides whether a prefix is of use.
-pub fn read_capped(file: &mut File, from: u64, cap: u64) -> io::Result<(Vec<u8>, bool)> {
+pub fn read_capped(
+    mut file: impl io::Read + io::Seek,
+    from: u64,
+    cap: u64,
+) -> io::Result<(Vec<u8>, bool)> {
     file.seek(SeekFrom::Start(from))?;
     let mut bytes = Vec::new();
     file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;

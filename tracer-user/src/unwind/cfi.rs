@@ -13,6 +13,9 @@ use tracer_common::{
 
 use crate::symbolize::{Location, Modules};
 
+/// The largest `.eh_frame` or `.eh_frame_hdr` read. libjvm.so's `.eh_frame` is about 2 MiB.
+const MAX_CFI_SECTION_BYTES: u64 = 64 << 20;
+
 /// The CFI of one mapped file, with what it takes to turn file offsets into the addresses the
 /// CFI speaks of.
 struct ModuleCfi {
@@ -31,6 +34,11 @@ impl ModuleCfi {
         let elf = object::File::parse(&cache).ok()?;
         let section = |name: &str| {
             let section = elf.section_by_name(name)?;
+            // The file is the target's: a section header may claim any size.
+            if section.size() > MAX_CFI_SECTION_BYTES {
+                log::debug!("{name} of {} bytes: not read", section.size());
+                return None;
+            }
             Some((section.data().ok()?.to_vec(), section.address()))
         };
         let (eh_frame, eh_frame_addr) = section(".eh_frame")?;
