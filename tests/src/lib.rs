@@ -4,6 +4,7 @@
 //! Tests that need root call [`require_root!`]; every test that runs leakhound holds
 //! [`serial()`], since the machine has 2 cores and the probe checks need no other tracer.
 
+pub mod container;
 pub mod frame_pointer_targets;
 pub mod probes;
 pub mod process;

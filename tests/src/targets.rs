@@ -70,6 +70,19 @@ fn build(name: &str, static_link: bool) -> PathBuf {
     build_source(&format!("{name}.c"), name, &flags, &[])
 }
 
+/// `targets/anon_code.c`: malloc called from a stub in anonymous executable memory, as JIT
+/// code calls it; with frame pointers, so the walk goes on past the stub.
+pub fn anon_code() -> PathBuf {
+    let flags: Vec<&str> = CFLAGS
+        .iter()
+        .map(|f| match *f {
+            "-fomit-frame-pointer" => "-fno-omit-frame-pointer",
+            other => other,
+        })
+        .collect();
+    build_source("anon_code.c", "anon_code", &flags, &[])
+}
+
 /// `targets/call_chain.c`: main -> level_one -> level_two -> malloc, and another path into
 /// level_two, -O2 without frame pointers.
 pub fn call_chain() -> PathBuf {
