@@ -22,7 +22,7 @@ use crate::{
     model::Frame,
     process::{
         TargetProcess,
-        root::{self, TargetRoot},
+        root::{self, RootError, TargetRoot},
     },
     symbolize::Modules,
 };
@@ -99,11 +99,11 @@ impl PerfMaps {
             Ok(file) => file,
             Err(err) if err.is_not_found() => return,
             Err(err) => {
-                self.warn(
-                    target,
-                    PerfMapWarning::Unreadable,
-                    &format!("{err}; not read"),
-                );
+                let shown = match err {
+                    RootError::NotRegular { .. } => err.to_string(),
+                    _ => format!("{err}; not read"),
+                };
+                self.warn(target, PerfMapWarning::Unreadable, &shown);
                 return;
             }
         };
