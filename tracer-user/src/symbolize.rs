@@ -26,6 +26,27 @@ use crate::{
     },
 };
 
+/// A copy of a mapped file that only leakhound holds, for blazesym, which maps the file it
+/// reads: a target that truncated its own file under that mapping would end leakhound with
+/// SIGBUS, and the report with it. Files are capped as every object file is.
+fn private_copy(file: &File) -> std::io::Result<File> {
+    use std::io::{Seek as _, SeekFrom};
+    // SAFETY: the name is a NUL-terminated literal; memfd_create has no other arguments.
+    let fd = unsafe { libc::memfd_create(c"leakhound-symbols".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let mut copy = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut source = file;
+    source.seek(SeekFrom::Start(0))?;
+    std::io::copy(
+        &mut std::io::Read::take(source, crate::process::elf::MAX_OBJECT_BYTES),
+        &mut copy,
+    )?;
+    Ok(copy)
+}
+
 /// A code address from a stack walk. Return addresses point after their call instruction,
 /// which may already belong to the next line or function, so they are looked up at `addr - 1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -229,8 +250,11 @@ impl FrameNamer {
                 .get(key)
                 .and_then(Option::as_ref)
                 .and_then(|file| {
+                    let copy = private_copy(file)
+                        .map_err(|err| log::debug!("copying {}: {err}", key.1.display()))
+                        .ok()?;
                     let source =
-                        Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
+                        Source::Elf(Elf::new(format!("/proc/self/fd/{}", copy.as_raw_fd())));
                     self.symbolizer
                         .symbolize(&source, Input::FileOffset(&offsets))
                         .map_err(|err| log::debug!("symbolizing {}: {err}", key.1.display()))
