@@ -1,0 +1,228 @@
+//! `cargo xtask bench`: leakhound's overhead against the kernel's trap floor, bpftrace and
+//! heaptrack, and leakhound's own costs, measured in one run so that the ratios hold on a
+//! noisy machine.
+//!
+//! Every traced run synchronises with a handshake, never a sleep: the benchmark prints
+//! `ready PID` and waits on stdin; the tracer attaches; only once the tracer says it is
+//! attached (leakhound's `attached` line, or a bpftrace `BEGIN` probe, which bpftrace fires
+//! after attaching every other probe) does the benchmark get its `go`.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+mod floor;
+mod live;
+mod micro;
+mod processes;
+mod table;
+mod tracefs;
+
+use floor::*;
+use live::*;
+use micro::*;
+use processes::*;
+use table::*;
+use tracefs::*;
+
+/// Rounds per configuration; the table shows the median.
+const ROUNDS: usize = 5;
+/// Pairs per round, over all threads: enough for about half a second of traced work.
+const PAIRS_UNTRACED: u64 = 8_000_000;
+const PAIRS_HEAPTRACK: u64 = 1_000_000;
+const PAIRS_TRAPPED: u64 = 100_000;
+const THREAD_COUNTS: [u32; 2] = [1, 4];
+/// The sampled configuration's mean bytes between samples (Go's heap profiler's default).
+const SAMPLE_BYTES: &str = "512k";
+/// How long a tracer may take to attach, or a round to finish, before the bench gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
+    ensure_packages(&["bpftrace", "heaptrack"])?;
+    let out = root.join("target/bench");
+    fs::create_dir_all(&out)?;
+    let alloc_bench = out.join("alloc_bench");
+    let live_target = out.join("live_target");
+    crate::run(
+        Command::new("cc")
+            .args([
+                "-O2",
+                "-pthread",
+                "-fno-builtin-malloc",
+                "-fno-builtin-free",
+                "-o",
+            ])
+            .arg(&alloc_bench)
+            .arg(root.join("bench/alloc_bench.c")),
+    )?;
+    // Frame pointers and no sibling calls: every recursion level is a frame on the stack.
+    crate::run(
+        Command::new("cc")
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-fno-optimize-sibling-calls",
+                "-o",
+            ])
+            .arg(&live_target)
+            .arg(root.join("bench/live_target.c")),
+    )?;
+    let _tracefs = TracefsMount::ensure()?;
+
+    let machine = machine_description();
+    eprintln!("bench: {machine}");
+    let mut attach_ms = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut libc = None;
+    for threads in THREAD_COUNTS {
+        let bench = Bench {
+            binary: &alloc_bench,
+            threads,
+        };
+        let mut row = Row {
+            threads,
+            ..Row::default()
+        };
+        row.untraced = bench.measure(PAIRS_UNTRACED, Tracer::None)?.ns;
+        let lh = bench.measure(PAIRS_TRAPPED, Tracer::Leakhound(leakhound, &[]))?;
+        row.leakhound = lh.ns;
+        // The frame-pointer walk, to show what CFI unwinding (the default) costs.
+        row.leakhound_fp = bench
+            .measure(
+                PAIRS_TRAPPED,
+                Tracer::Leakhound(leakhound, &["--unwind", "fp"]),
+            )?
+            .ns;
+        // Byte sampling at Go's default rate: most pairs skip the stack walk and the maps.
+        row.leakhound_sampled = bench
+            .measure(
+                PAIRS_TRAPPED,
+                Tracer::Leakhound(leakhound, &["--sample-bytes", SAMPLE_BYTES]),
+            )?
+            .ns;
+        attach_ms.extend(lh.attach_ms);
+        let libc_info = match &libc {
+            Some(info) => info,
+            None => libc.insert(Libc::inspect(lh.libc.as_deref())?),
+        };
+        let free_skip = lh.free_skip.unwrap_or(0);
+        row.floor_entry = bench
+            .measure(
+                PAIRS_TRAPPED,
+                Tracer::Bpftrace(noop_script(&libc_info.path)),
+            )?
+            .ns;
+        // The fair floor: an empty program at exactly leakhound's points, attached the way
+        // leakhound attaches (multi-uprobe links); and the older way, one perf event each.
+        row.floor_same_points = bench
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, true))?
+            .ns;
+        row.floor_same_points_perf = bench
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, false))?
+            .ns;
+        row.bpftrace_count = bench
+            .measure(
+                PAIRS_TRAPPED,
+                Tracer::Bpftrace(count_script(&libc_info.path)),
+            )?
+            .ns;
+        row.heaptrack = bench.measure(PAIRS_HEAPTRACK, Tracer::Heaptrack(&out))?.ns;
+        row.free_skip = free_skip;
+        rows.push(row);
+    }
+    let live = live_report(leakhound, &live_target, &out)?;
+    attach_ms.push(live.attach_ms);
+    print_table(&machine, &rows, &attach_ms, &live);
+    check_no_probes_left();
+    Ok(())
+}
+
+/// Installs the Debian packages the comparison needs, when missing.
+fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", package])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn machine_description() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|name| name.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let glibc = command_line_output("ldd", &["--version"])
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().last())
+        .unwrap_or("?")
+        .to_owned();
+    format!(
+        "{cpu}, {cores} cores, kernel {}, glibc {glibc}",
+        kernel.trim()
+    )
+}
+
+fn command_line_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_attach_line() {
+        let line = "leakhound: attached to pid 42 (/usr/lib/libc.so.6, 29 probes) in 131 ms";
+        assert_eq!(parse_attach_ms(line), Some(131.0));
+        assert_eq!(parse_attach_ms("attached"), None);
+    }
+
+    #[test]
+    fn median_of_rounds() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn scripts_name_the_three_probes() {
+        let script = count_script(Path::new("/lib/libc.so.6"));
+        assert_eq!(script.matches("count()").count(), 3);
+        assert!(noop_script(Path::new("/l")).contains("uretprobe:/l:malloc {}"));
+    }
+}
