@@ -86,6 +86,12 @@ pub fn call_site_burst() -> PathBuf {
     build("call_site_burst", false)
 }
 
+/// `targets/job_control.c`: leaks a block and prints `tick N` every 20 ms until a line
+/// arrives on stdin, for stopping and continuing it under leakhound.
+pub fn job_control() -> PathBuf {
+    build("job_control", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)

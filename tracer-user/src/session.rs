@@ -530,9 +530,13 @@ impl Session {
         if let Some(pid) = self.launched
             && TargetProcess::open(pid).is_ok()
         {
-            // Tracing ended first (duration or signal): stop the command, as `timeout` would.
-            // SAFETY: sends a signal to our own child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            // Tracing ended first (duration or signal): stop the command, as `timeout` would,
+            // with a SIGCONT after, so that a command paused by job control gets it too.
+            // SAFETY: sends signals to our own child.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                libc::kill(pid as libc::pid_t, libc::SIGCONT);
+            }
             ended_by.push_str("; the launched command was sent SIGTERM");
         }
 

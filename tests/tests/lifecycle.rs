@@ -1,0 +1,100 @@
+//! A target's life as leakhound meets it: paused and continued, exec'd into another program,
+//! attached before its allocator is mapped, and processes that cannot be traced at all.
+
+use std::time::{Duration, Instant};
+
+use tests::process::TIMEOUT;
+use tests::targets;
+use tests::{Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
+
+/// The process state letter of `/proc/PID/stat`.
+fn state_of(pid: libc::pid_t) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+/// Waits until `pid` is stopped (`T`, or `t` while its tracer holds it in the stop).
+fn wait_stopped(pid: libc::pid_t) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !matches!(state_of(pid), Some('T' | 't')) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} did not stop (state {:?})",
+            state_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The number in the next `tick N` line at or after `deadline`'s start.
+fn next_tick(lines: &tests::process::Lines, deadline: Instant, what: &str) -> u64 {
+    loop {
+        let line = lines
+            .next(deadline, what)
+            .unwrap_or_else(|| panic!("the target's output ended while waiting for {what}"));
+        if let Some(n) = line.strip_prefix("tick ") {
+            return n.trim().parse().expect("tick count");
+        }
+    }
+}
+
+/// A launched command stopped with SIGSTOP, then with SIGTSTP, and continued each time with
+/// SIGCONT, runs on as without a tracer; the trace then ends with it and matches its truth.
+#[test]
+fn launched_command_survives_job_control() {
+    require_root!("launched_command_survives_job_control");
+    let _serial = serial();
+    let out = paths::scratch("launched_command_survives_job_control").join("out.folded");
+    let exe = targets::job_control();
+    let mut run = Run::start(&["record", "-o", arg(&out), "--", arg(&exe), "--now"]);
+    let stdout = &run.proc.stdout;
+    let ready = stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("the command's `ready` line");
+    let pid: libc::pid_t = ready
+        .strip_prefix("ready ")
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {ready:?}"));
+    next_tick(stdout, Instant::now() + TIMEOUT, "a first tick");
+
+    for stop in [libc::SIGSTOP, libc::SIGTSTP] {
+        // SAFETY: kill has no memory arguments; the pid is the command leakhound launched,
+        // which runs until the test tells it to stop ticking.
+        assert_eq!(unsafe { libc::kill(pid, stop) }, 0);
+        wait_stopped(pid);
+        // Ticks printed before the stop may still be in the pipe: the last one read after a
+        // quiet spell is the tick the command stopped at.
+        let mut stopped_at = 0;
+        while let Ok(line) = stdout_quiet_line(stdout) {
+            if let Some(n) = line.strip_prefix("tick ") {
+                stopped_at = n.trim().parse().expect("tick count");
+            }
+        }
+        assert!(
+            matches!(state_of(pid), Some('T' | 't')),
+            "pid {pid} resumed by itself after signal {stop}"
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        let resumed = next_tick(
+            stdout,
+            Instant::now() + Duration::from_secs(10),
+            &format!("a tick after SIGCONT (stopped by signal {stop})"),
+        );
+        assert!(
+            resumed > stopped_at,
+            "tick {resumed} after SIGCONT, stopped at {stopped_at}"
+        );
+    }
+
+    run.proc.write_line("stop");
+    let truth = targets::read_truth(&run.proc.stdout, "job_control");
+    run.finish().assert_success();
+    assert_matches_truth(&truth, &read_report(&out));
+}
+
+/// The next line if one arrives within 300 ms, else an error: how the test tells that a
+/// stopped command has gone quiet.
+fn stdout_quiet_line(lines: &tests::process::Lines) -> Result<String, ()> {
+    lines.next_within(Duration::from_millis(300)).ok_or(())
+}
