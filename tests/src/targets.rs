@@ -92,6 +92,12 @@ pub fn job_control() -> PathBuf {
     build("job_control", false)
 }
 
+/// `targets/exec_after_leak.c`: leaks 10 blocks of 1000 bytes, then execs `/bin/sleep 60`
+/// on a line from stdin.
+pub fn exec_after_leak() -> PathBuf {
+    build("exec_after_leak", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)

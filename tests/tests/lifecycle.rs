@@ -98,3 +98,107 @@ fn launched_command_survives_job_control() {
 fn stdout_quiet_line(lines: &tests::process::Lines) -> Result<String, ()> {
     lines.next_within(Duration::from_millis(300)).ok_or(())
 }
+
+/// Checks the reports of a trace that the target's exec ended: nothing the old program held
+/// is outstanding, and all of it is reported as released by the exec.
+fn assert_ended_by_exec(dir: &std::path::Path, truth: &tests::report::Truth, stderr: &[String]) {
+    assert!(
+        stderr.iter().any(|line| line.contains("exec'd")),
+        "leakhound did not say that the target exec'd; stderr:\n{}",
+        stderr.join("\n")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&read_report(&dir.join("out.json"))).expect("JSON report");
+    let ended_by = json["ended_by"].as_str().unwrap_or_default();
+    assert!(ended_by.starts_with("exec"), "ended_by is {ended_by:?}");
+    assert_eq!(
+        json["totals"]["bytes"], 0,
+        "bytes still outstanding after the exec: {:#}",
+        json["totals"]
+    );
+    for stack in json["stacks"].as_array().expect("stacks") {
+        assert_eq!(stack["bytes"], 0, "a stack still holds bytes: {stack:#}");
+    }
+    let released = &json["released_by_exec"];
+    let truth_bytes: u64 = truth.values().sum();
+    let released_bytes = released["released_bytes"].as_u64().unwrap_or_default();
+    assert!(
+        released_bytes >= truth_bytes,
+        "released by exec {released_bytes} bytes, but the target held {truth_bytes}: {released:#}"
+    );
+    assert!(
+        released["released_allocations"]
+            .as_u64()
+            .unwrap_or_default()
+            >= 10,
+        "the target's 10 blocks were not all released: {released:#}"
+    );
+    assert!(
+        released["program"]
+            .as_str()
+            .is_some_and(|program| program.ends_with("sleep")),
+        "the exec'd program: {released:#}"
+    );
+    let text = read_report(&dir.join("out.txt"));
+    assert!(
+        text.contains("ended by exec") && text.contains("released by exec"),
+        "the text report does not say exec:\n{text}"
+    );
+}
+
+/// Attached by PID, the target execs `/bin/sleep` (the same libc, so the probes reach the new
+/// program too): the trace ends at once, and the old program's blocks are released.
+#[test]
+fn exec_ends_an_attached_trace() {
+    require_root!("exec_ends_an_attached_trace");
+    let _serial = serial();
+    let dir = paths::scratch("exec_ends_an_attached_trace");
+    let mut target = targets::Target::start(&targets::exec_after_leak(), &[]);
+    let pid = target.pid().to_string();
+    let mut run = Run::start(&[
+        "record",
+        "--pid",
+        &pid,
+        "-o",
+        arg(&dir.join("out.json")),
+        "-o",
+        arg(&dir.join("out.txt")),
+    ]);
+    run.wait_attached();
+    target.go();
+    let truth = target.read_truth();
+    let exec_at = Instant::now();
+    target.proc.write_line("exec");
+    let outcome = run.finish();
+    eprintln!(
+        "leakhound exited {:?} after the exec was requested",
+        exec_at.elapsed()
+    );
+    outcome.assert_success();
+    assert_ended_by_exec(&dir, &truth, &outcome.stderr);
+    // The target is /bin/sleep now; dropping it kills it.
+}
+
+/// A launched command's own exec starts the trace; its second exec ends it.
+#[test]
+fn exec_ends_a_launched_trace() {
+    require_root!("exec_ends_a_launched_trace");
+    let _serial = serial();
+    let dir = paths::scratch("exec_ends_a_launched_trace");
+    let exe = targets::exec_after_leak();
+    let mut run = Run::start(&[
+        "record",
+        "-o",
+        arg(&dir.join("out.json")),
+        "-o",
+        arg(&dir.join("out.txt")),
+        "--",
+        arg(&exe),
+        "--now",
+    ]);
+    let truth = targets::read_truth(&run.proc.stdout, "exec_after_leak");
+    run.proc.write_line("exec");
+    let outcome = run.finish();
+    outcome.assert_success();
+    assert_ended_by_exec(&dir, &truth, &outcome.stderr);
+}

@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod exec_watch;
 pub mod exit_watch;
 pub mod jit;
 pub mod kernel;
