@@ -202,3 +202,155 @@ fn exec_ends_a_launched_trace() {
     outcome.assert_success();
     assert_ended_by_exec(&dir, &truth, &outcome.stderr);
 }
+
+/// Attached by PID right after exec, before the dynamic loader has mapped libc: leakhound
+/// waits for the allocator to be mapped, then attaches, and the bytes match the truth. The
+/// race is made certain: the test starts the target under ptrace, so it stops at its exec,
+/// and lets it go only once leakhound says it is waiting.
+#[test]
+fn attach_before_the_allocator_is_mapped() {
+    require_root!("attach_before_the_allocator_is_mapped");
+    let _serial = serial();
+    let out = paths::scratch("attach_before_the_allocator_is_mapped").join("out.folded");
+    let mut cmd = std::process::Command::new(targets::alloc_family());
+    // SAFETY: the closure runs in the child between fork and exec and makes one
+    // async-signal-safe system call.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let proc = tests::process::Proc::spawn(cmd, "alloc_family", true);
+    let pid = proc.pid();
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid out pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        waited == pid && libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGTRAP,
+        "the target did not stop at its exec (status {status:#x})"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    assert!(
+        !maps.contains("libc.so"),
+        "libc is mapped already at exec:\n{maps}"
+    );
+
+    let pid_arg = pid.to_string();
+    let mut run = Run::start(&["record", "--pid", &pid_arg, "-o", arg(&out)]);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let line = run
+            .proc
+            .stderr
+            .next(deadline, "`leakhound: waiting for pid`")
+            .expect("leakhound's stderr ended before it waited");
+        if line.starts_with(&format!(
+            "leakhound: waiting for pid {pid} to map its allocator"
+        )) {
+            break;
+        }
+        assert!(
+            !line.starts_with("leakhound: attached") && !line.starts_with("leakhound: error"),
+            "leakhound did not wait for the allocator: {line}"
+        );
+    }
+    // SAFETY: a plain ptrace request on the stopped tracee this thread started.
+    let detached = unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    assert_eq!(
+        detached,
+        0,
+        "PTRACE_DETACH: {}",
+        std::io::Error::last_os_error()
+    );
+    run.wait_attached();
+    let ready = proc
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("the target's `ready` line");
+    assert_eq!(ready.trim_end(), format!("ready {pid}"));
+    let mut target = targets::Target { proc };
+    target.go();
+    let truth = target.read_truth();
+    run.signal(libc::SIGINT);
+    run.finish().assert_success();
+    assert_matches_truth(&truth, &read_report(&out));
+    target.release();
+}
+
+/// A static executable has no dynamic loader to wait for: the refusal comes at once.
+#[test]
+fn static_binary_is_not_waited_for() {
+    require_root!("static_binary_is_not_waited_for");
+    let _serial = serial();
+    let target = targets::Target::start(&targets::static_target_stripped(), &[]);
+    let pid = target.pid().to_string();
+    let outcome = Run::start(&["record", "--pid", &pid]).finish();
+    outcome.assert_error("statically linked");
+    assert!(
+        !outcome
+            .stderr
+            .iter()
+            .any(|line| line.contains("waiting for pid")),
+        "leakhound waited for a static executable: {:?}",
+        outcome.stderr
+    );
+}
+
+/// A kernel thread (PID 2, kthreadd) has no user memory: a one-line error says so.
+#[test]
+fn kernel_thread_is_refused() {
+    require_root!("kernel_thread_is_refused");
+    let _serial = serial();
+    let comm = std::fs::read_to_string("/proc/2/comm").unwrap_or_default();
+    if comm.trim() != "kthreadd" {
+        println!("skipped: pid 2 is not kthreadd here ({comm:?})");
+        return;
+    }
+    let outcome = Run::start(&["record", "--pid", "2"]).finish();
+    outcome.assert_error("kernel thread");
+    assert!(
+        !outcome.stderr.join("\n").contains("--alloc-lib"),
+        "a kernel thread got an allocator hint: {:?}",
+        outcome.stderr
+    );
+}
+
+/// Root without CAP_SYS_PTRACE cannot read another user's process: the error says what is
+/// missing rather than telling root to run as root.
+#[test]
+fn root_without_ptrace_is_not_told_to_be_root() {
+    require_root!("root_without_ptrace_is_not_told_to_be_root");
+    let _serial = serial();
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: needs setpriv (util-linux)");
+        return;
+    }
+    let mut nobody = std::process::Command::new("setpriv");
+    nobody
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(targets::alloc_family());
+    let proc = tests::process::Proc::spawn(nobody, "alloc_family", true);
+    let ready = proc
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("the target's `ready` line");
+    let pid = ready.trim_start_matches("ready ").trim().to_owned();
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"])
+        .arg(tests::leakhound_bin());
+    let outcome = Run::start_with(cmd, &["record", "--pid", &pid]).finish();
+    outcome.assert_hint_mentions("CAP_SYS_PTRACE");
+    let text = outcome.stderr.join("\n");
+    assert!(
+        !text.contains("run as root"),
+        "root was told to run as root:\n{text}"
+    );
+    // Dropping the target closes its stdin: it leaves without allocating.
+}

@@ -1,6 +1,10 @@
 //! Turns a target spec into a process to trace and the allocators to hook in it.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     config::TargetSpec,
@@ -43,8 +47,18 @@ pub fn prepare(spec: &TargetSpec, alloc_libs: &[AllocLib]) -> Result<PreparedTar
     }
 }
 
+/// How long a process that has not mapped its allocator yet (attached right after exec,
+/// while its dynamic loader runs) is waited for.
+const ALLOCATOR_WAIT: Duration = Duration::from_secs(5);
+
 fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerError> {
     let process = TargetProcess::open(pid)?;
+    if process.is_kernel_thread() {
+        return Err(TracerError::KernelThread {
+            pid,
+            name: process.name(),
+        });
+    }
     let exe_path = fs::read_link(process.exe_link()).unwrap_or_else(|_| process.exe_link());
     let exe = match fs::read(process.exe_link()) {
         Ok(data) => Some(data),
@@ -52,16 +66,80 @@ fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerErr
             if err.raw_os_error() == Some(libc::EACCES)
                 || err.raw_os_error() == Some(libc::EPERM) =>
         {
-            return Err(TracerError::PermissionDenied {
-                what: format!("cannot read the executable of process {pid}"),
+            // Only a privileged leakhound gets here (see session::preflight).
+            return Err(TracerError::AccessDenied {
+                pid,
+                what: "the executable".into(),
             });
         }
         Err(_) => {
-            // Gone between the checks, or a kernel thread: the maps decide below.
+            // Gone between the checks: the maps decide below.
             TargetProcess::open(pid)?;
             None
         }
     };
+    let mut objects = allocators_mapped(&process, alloc_libs)?;
+    // A dynamically linked program maps its libraries after exec, from its dynamic loader.
+    // Attached before that, it is waited for; a static one (Go included) never maps any.
+    if objects.is_empty() && exe.as_deref().and_then(launch::interpreter_of).is_some() {
+        objects = wait_for_allocator(&process, alloc_libs)?;
+    }
+    check_found(&objects, exe.as_deref(), &exe_path)?;
+    let command = process.command_line();
+    Ok(PreparedTarget {
+        process,
+        objects,
+        child: None,
+        command,
+    })
+}
+
+/// Follows the mappings of a process whose dynamic loader has not mapped an allocator yet,
+/// until one is mapped or [`ALLOCATOR_WAIT`] has passed (then none is found, and the caller
+/// says so). The objects are looked for again only when the mapped files change.
+fn wait_for_allocator(
+    process: &TargetProcess,
+    alloc_libs: &[AllocLib],
+) -> Result<Vec<HookedObject>, TracerError> {
+    eprintln!(
+        "leakhound: waiting for pid {} to map its allocator (up to {} s)",
+        process.pid,
+        ALLOCATOR_WAIT.as_secs()
+    );
+    let deadline = Instant::now() + ALLOCATOR_WAIT;
+    let mut files = mapped_code(process)?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        TargetProcess::open(process.pid)?;
+        let now = mapped_code(process)?;
+        if now == files {
+            continue;
+        }
+        files = now;
+        let objects = allocators_mapped(process, alloc_libs)?;
+        if !objects.is_empty() {
+            return Ok(objects);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// The files a process has mapped executable.
+fn mapped_code(process: &TargetProcess) -> Result<Vec<PathBuf>, TracerError> {
+    Ok(process
+        .maps()?
+        .into_iter()
+        .filter(|m| m.executable)
+        .filter_map(|m| m.path)
+        .collect())
+}
+
+/// Every mapped object that defines an allocator, and every `--alloc-lib`.
+fn allocators_mapped(
+    process: &TargetProcess,
+    alloc_libs: &[AllocLib],
+) -> Result<Vec<HookedObject>, TracerError> {
+    let pid = process.pid;
     let maps = process.maps()?;
     let candidates: Vec<Candidate> = maps
         .iter()
@@ -79,15 +157,7 @@ fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerErr
             Some(Candidate { shown, open })
         })
         .collect();
-    let objects = allocators::find(&candidates, alloc_libs, |path| process.in_root(path))?;
-    check_found(&objects, exe.as_deref(), &exe_path)?;
-    let command = process.command_line();
-    Ok(PreparedTarget {
-        process,
-        objects,
-        child: None,
-        command,
-    })
+    allocators::find(&candidates, alloc_libs, |path| process.in_root(path))
 }
 
 fn spawn(
