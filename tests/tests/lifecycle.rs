@@ -354,3 +354,107 @@ fn root_without_ptrace_is_not_told_to_be_root() {
     );
     // Dropping the target closes its stdin: it leaves without allocating.
 }
+
+/// Lines of a mount table (`/proc/PID/mountinfo`) that mount something at the tracefs path.
+fn tracefs_mounts(pid: &str) -> Vec<String> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_else(|e| panic!("mountinfo of {pid}: {e}"));
+    table
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some("/sys/kernel/tracing"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs leakhound against `pid` in a mount namespace of the test's own (never the host's),
+/// where tracefs is not mounted, and a holder process keeps that namespace's mount table to
+/// look at. Returns the run, once attached, and the holder.
+fn run_without_tracefs(pid: &str, out: &std::path::Path) -> (Run, Holder) {
+    let script = "umount /sys/kernel/tracing || exit 3; \
+        sleep 600 </dev/null >/dev/null 2>&1 & echo \"holder $!\" >&2; exec \"$0\" \"$@\"";
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(tests::leakhound_bin());
+    let mut run = Run::start_with(cmd, &["record", "--pid", pid, "-o", arg(out)]);
+    let line = run
+        .proc
+        .stderr
+        .next(Instant::now() + TIMEOUT, "`holder <pid>`")
+        .expect("the holder's pid");
+    let holder = Holder(
+        line.strip_prefix("holder ")
+            .unwrap_or_else(|| panic!("expected `holder <pid>`, got {line:?}"))
+            .trim()
+            .to_owned(),
+    );
+    assert!(
+        tracefs_mounts(&holder.0).is_empty(),
+        "tracefs is still mounted in the test's namespace"
+    );
+    run.wait_attached();
+    (run, holder)
+}
+
+/// The `sleep 600` that keeps a test namespace alive; killed when dropped.
+struct Holder(String);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Ok(pid) = self.0.parse::<libc::pid_t>() {
+            // SAFETY: kill has no memory arguments; the pid is the holder this test started,
+            // which only this guard ends.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Without tracefs, leakhound mounts one where only it sees it: the tracepoints attach (mmap
+/// is tracked), and nothing is mounted in the namespace it ran in, not even after a SIGKILL.
+#[test]
+fn tracefs_mount_is_never_left_behind() {
+    require_root!("tracefs_mount_is_never_left_behind");
+    let _serial = serial();
+    if std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: needs unshare (util-linux)");
+        return;
+    }
+    let dir = paths::scratch("tracefs_mount_is_never_left_behind");
+    let mut target = targets::Target::start(&targets::alloc_family(), &[]);
+    let pid = target.pid().to_string();
+
+    let out = dir.join("out.json");
+    let (run, holder) = run_without_tracefs(&pid, &out);
+    assert_eq!(
+        tracefs_mounts(&holder.0),
+        Vec::<String>::new(),
+        "leakhound's tracefs shows in the namespace it runs in"
+    );
+    run.signal(libc::SIGINT);
+    run.finish().assert_success();
+    drop(holder);
+    let json: serde_json::Value = serde_json::from_str(&read_report(&out)).expect("JSON report");
+    assert!(
+        json.get("mapping_unavailable").is_none(),
+        "the tracepoints were not attached: {}",
+        json["mapping_unavailable"]
+    );
+
+    let (run, holder) = run_without_tracefs(&pid, &dir.join("killed.json"));
+    run.signal(libc::SIGKILL);
+    let outcome = run.finish();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&outcome.status),
+        Some(libc::SIGKILL)
+    );
+    let left = tracefs_mounts(&holder.0);
+    drop(holder);
+    assert!(left.is_empty(), "a killed leakhound left {left:?}");
+
+    target.go();
+    let _ = target.read_truth();
+    target.release();
+}
