@@ -3,8 +3,9 @@
 //! The kernel side (tracer-ebpf's lifecycle module) sees the exec at the
 //! `sched:sched_process_exec` tracepoint, stops recording at that instant, marks the moment
 //! in its lifecycle array, and sends one event on a ring buffer of its own. The event makes
-//! the notice prompt; the mark is what the once-a-second check reads, so that code is never
-//! reread from a process that already runs another program.
+//! the notice prompt; the mark is read before each (once a second) reread of the target's
+//! code, so that the new program's code is not mixed with the old one's. (An exec in the
+//! microseconds between that read and the reread is the one window left.)
 
 use aya::{
     Ebpf,

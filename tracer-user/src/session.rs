@@ -142,7 +142,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                 }
             }
             _ = tick.tick() => {
-                // Checked first: code must never be reread from the program an exec brought.
+                // Checked first, so that the code of a program the target exec'd is not read.
                 if session.exec_seen() {
                     break session.exec_ended();
                 }
@@ -488,6 +488,11 @@ impl Session {
         sample_bytes: Option<u64>,
     ) -> Result<(Recording, Detaching), TracerError> {
         let mut phase = Instant::now();
+        if self.exec_program.is_none() && self.exec_seen() {
+            // The target exec'd just as the trace ended some other way (a signal, or the new
+            // program exiting at once): the kernel stopped recording at the exec all the same.
+            ended_by = self.exec_ended();
+        }
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses
             .drain(&mut probes.ebpf, &self.modules, &self.target);
