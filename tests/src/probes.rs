@@ -16,6 +16,7 @@ pub const PROGRAMS: &[&str] = &[
     "mapping_exit",
     "map_call_enter",
     "map_call_exit",
+    "exec_notice",
 ];
 
 const UPROBE_EVENTS: &str = "/sys/kernel/tracing/uprobe_events";

@@ -58,6 +58,11 @@ impl Lines {
         }
     }
 
+    /// The next line if one arrives within `timeout`; None when none does (or at EOF).
+    pub fn next_within(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
     /// Every line read so far.
     pub fn snapshot(&self) -> Vec<String> {
         lock(&self.all).clone()

@@ -99,6 +99,18 @@ pub fn call_site_burst() -> PathBuf {
     build("call_site_burst", false)
 }
 
+/// `targets/job_control.c`: leaks a block and prints `tick N` every 20 ms until a line
+/// arrives on stdin, for stopping and continuing it under leakhound.
+pub fn job_control() -> PathBuf {
+    build("job_control", false)
+}
+
+/// `targets/exec_after_leak.c`: leaks 10 blocks of 1000 bytes, then execs `/bin/sleep 60`
+/// on a line from stdin.
+pub fn exec_after_leak() -> PathBuf {
+    build("exec_after_leak", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)

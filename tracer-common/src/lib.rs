@@ -362,6 +362,48 @@ pub struct MapArgs {
     pub new_len: u64,
 }
 
+/// Kinds of [`LifecycleEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifecycleKind {
+    /// The target exec'd another program: its old image, and all of its memory, are gone.
+    Exec = 0,
+}
+
+impl TryFrom<u32> for LifecycleKind {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(Self::Exec),
+            other => Err(other),
+        }
+    }
+}
+
+/// A change in the target's life, sent on a ring buffer of its own so that a burst of mapping
+/// events can never crowd it out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LifecycleEvent {
+    /// A [`LifecycleKind`].
+    pub kind: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` when it happened.
+    pub timestamp_ns: u64,
+}
+
+/// Slots of the kernel's lifecycle array.
+pub mod lifecycle {
+    /// Execs of the target seen so far, the ones that started it included.
+    pub const EXECS_SEEN: u32 = 0;
+    /// When the target exec'd, ending the trace (`bpf_ktime_get_ns`), or 0. Once set, no probe
+    /// records anything more: what the new program does is not part of the trace.
+    pub const ENDED_AT: u32 = 1;
+    /// How many slots there are.
+    pub const COUNT: u32 = 2;
+}
+
 /// Indexes of the kernel's loss and activity counters (a per-CPU array).
 pub mod counter {
     /// Allocations recorded.
@@ -401,7 +443,8 @@ pub mod counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AllocInfo, MapEvent, StackFrames, StackTotals, ThreadState, UnwindMiss, UnwindRule,
+        AllocInfo, LifecycleEvent, MapEvent, StackFrames, StackTotals, ThreadState, UnwindMiss,
+        UnwindRule,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of `u64`/`u32` fields with explicit
@@ -413,6 +456,8 @@ mod user {
     unsafe impl aya::Pod for MapEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ThreadState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LifecycleEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StackFrames {}
     // SAFETY: as above.
@@ -433,6 +478,8 @@ mod tests {
         assert_eq!(AllocKind::try_from(8), Err(8));
         assert_eq!(MapEventKind::try_from(2), Ok(MapEventKind::Remap));
         assert_eq!(MapEventKind::try_from(3), Err(3));
+        assert_eq!(LifecycleKind::try_from(0), Ok(LifecycleKind::Exec));
+        assert_eq!(LifecycleKind::try_from(1), Err(1));
     }
 
     #[test]
@@ -546,6 +593,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<StackTotals>(), 32);
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
         assert_eq!(core::mem::size_of::<MapArgs>(), 32);
+        assert_eq!(core::mem::size_of::<LifecycleEvent>(), 16);
         assert_eq!(core::mem::size_of::<StackFrames>(), 8 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<UnwindRule>(), 16);
         assert_eq!(core::mem::size_of::<UnwindMiss>(), 48 + STACK_COPY_BYTES);

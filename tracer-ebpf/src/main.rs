@@ -18,6 +18,8 @@
 #[cfg(target_arch = "bpf")]
 mod alloc;
 #[cfg(target_arch = "bpf")]
+mod lifecycle;
+#[cfg(target_arch = "bpf")]
 mod mapping;
 #[cfg(target_arch = "bpf")]
 mod sampling;

@@ -49,9 +49,17 @@ pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static MAP_ARGS: HashMap<u64, MapArgs> = HashMap::with_max_entries(16384, 0);
 
-/// The calling thread's `pid_tgid`, or `None` when it belongs to another process.
+/// The calling thread's `pid_tgid`, or `None` when it belongs to another process, or to the
+/// program the target exec'd (see [`lifecycle`](crate::lifecycle)).
 #[inline(always)]
 pub fn target_thread() -> Option<u64> {
+    target_process().filter(|_| !crate::lifecycle::ended())
+}
+
+/// The calling thread's `pid_tgid` when it belongs to the target process, whatever program
+/// it runs.
+#[inline(always)]
+pub fn target_process() -> Option<u64> {
     // Root-namespace ids: unique, so they also key per-thread state.
     let pid_tgid = bpf_get_current_pid_tgid();
     let ino = PIDNS_INO.load();

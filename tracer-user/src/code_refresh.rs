@@ -26,8 +26,11 @@ use crate::{
 
 enum Request {
     Refresh,
-    /// The trace has ended: one last refresh (and perf map request) for the report, then exit.
-    Final,
+    /// The trace has ended: one last refresh (and perf map request) for the report unless the
+    /// code may no longer be the traced program's, then exit.
+    Final {
+        reread: bool,
+    },
 }
 
 /// The thread that refreshes the target's code, and how to reach it.
@@ -49,8 +52,8 @@ impl CodeRefresher {
                 while let Ok(request) = incoming.recv() {
                     match request {
                         Request::Refresh => refresh(&target, &modules, &mut runtime, None),
-                        Request::Final => {
-                            if target.is_alive() {
+                        Request::Final { reread } => {
+                            if reread && target.is_alive() {
                                 let timeout = Some(jit::FINAL_ATTACH_TIMEOUT);
                                 refresh(&target, &modules, &mut runtime, timeout);
                             }
@@ -76,11 +79,12 @@ impl CodeRefresher {
         }
     }
 
-    /// One last refresh for the report, waited for at most `wait`; false if it did not end in
-    /// time (the thread is then left to finish, or to die with the process).
-    pub fn finish(&mut self, wait: Duration) -> bool {
+    /// One last refresh for the report (with `reread`; without, only the clean-up), waited for
+    /// at most `wait`; false if it did not end in time (the thread is then left to finish, or
+    /// to die with the process).
+    pub fn finish(&mut self, wait: Duration, reread: bool) -> bool {
         let deadline = Instant::now() + wait;
-        let mut request = Request::Final;
+        let mut request = Request::Final { reread };
         // A refresh may still be waiting in the channel: retry until there is room.
         loop {
             match self.requests.try_send(request) {

@@ -18,6 +18,16 @@ pub enum TracerError {
     #[error("permission denied: {what}")]
     PermissionDenied { what: String },
 
+    /// Denied although leakhound has its privileges: CAP_SYS_PTRACE was dropped, or a
+    /// security module or sandbox protects the process.
+    #[error(
+        "the kernel denies leakhound access to {what} of process {pid}, though leakhound has its tracing privileges"
+    )]
+    AccessDenied { pid: u32, what: String },
+
+    #[error("process {pid} ({name}) is a kernel thread: it has no user memory to trace")]
+    KernelThread { pid: u32, name: String },
+
     #[error("this kernel has no uprobe support ({missing} is missing)")]
     NoUprobes { missing: &'static str },
 
@@ -81,6 +91,10 @@ impl TracerError {
             Self::ProcRead { .. } | Self::PermissionDenied { .. } => {
                 "run as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE; in Kubernetes use a privileged debug pod"
             }
+            Self::AccessDenied { .. } => {
+                "reading another process's executable and memory map takes CAP_SYS_PTRACE over it (root has it unless it was dropped, as with setpriv or a container's capability set); with it, a security module or sandbox is protecting this process, which cannot be traced from here"
+            }
+            Self::KernelThread { .. } => "give the PID of a user-space process",
             Self::NoUprobes { .. } => {
                 "use a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS"
             }

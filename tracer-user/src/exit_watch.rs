@@ -4,7 +4,8 @@
 //! command is our child, and is seized with ptrace for one event only, PTRACE_EVENT_EXIT: the
 //! child stops on its way out while its memory map still exists, so that the mappings of a
 //! short-lived command are known and its frames can be named. No other stop is kept: signals
-//! are passed straight on.
+//! are passed straight on, and job control (Ctrl-Z, SIGSTOP, SIGCONT) works as without a
+//! tracer; see [`resume`].
 
 use std::{
     io,
@@ -85,18 +86,13 @@ pub fn watch_child(
                 if !libc::WIFSTOPPED(status) {
                     continue;
                 }
-                let event = status >> 16;
-                let (request, signal) = if event == libc::PTRACE_EVENT_EXIT {
-                    if let Ok(mut modules) = modules.lock() {
-                        modules.refresh(&target);
-                    }
-                    (libc::PTRACE_CONT, 0)
-                } else if event == libc::PTRACE_EVENT_STOP {
-                    // A group stop (SIGSTOP and friends): stay stopped as without a tracer.
-                    (libc::PTRACE_LISTEN, 0)
-                } else {
-                    (libc::PTRACE_CONT, libc::WSTOPSIG(status))
-                };
+                let stop = Stop::of(status);
+                if stop == Stop::Exit
+                    && let Ok(mut modules) = modules.lock()
+                {
+                    modules.refresh(&target);
+                }
+                let (request, signal) = resume(stop);
                 // SAFETY: plain ptrace request on our stopped tracee.
                 unsafe { libc::ptrace(request, pid, 0, signal as libc::c_ulong) };
             }
@@ -105,4 +101,84 @@ pub fn watch_child(
         .recv()
         .map_err(|_| io::Error::other("watcher thread ended"))??;
     Ok(exit_rx)
+}
+
+/// What a ptrace stop of a seized tracee is (see "Stopped states" in ptrace(2)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// PTRACE_EVENT_EXIT: on its way out, its memory map still there.
+    Exit,
+    /// A group-stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU): the process is stopped.
+    Group,
+    /// Any other PTRACE_EVENT_STOP, with SIGTRAP: under PTRACE_SEIZE, the tracee stops so
+    /// once more when SIGCONT ends a group-stop it was listening in.
+    Event,
+    /// A signal is about to be delivered.
+    Signal(i32),
+}
+
+impl Stop {
+    fn of(status: i32) -> Self {
+        let signal = libc::WSTOPSIG(status);
+        match status >> 16 {
+            libc::PTRACE_EVENT_EXIT => Self::Exit,
+            libc::PTRACE_EVENT_STOP
+                if matches!(
+                    signal,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) =>
+            {
+                Self::Group
+            }
+            libc::PTRACE_EVENT_STOP => Self::Event,
+            _ => Self::Signal(signal),
+        }
+    }
+}
+
+/// How to let the tracee go on after `stop`, as if it had no tracer: the request and the
+/// signal to deliver.
+///
+/// A group-stop is answered with PTRACE_LISTEN, so the tracee stays stopped but SIGCONT can
+/// wake it; when it does, the tracee reports one more PTRACE_EVENT_STOP, which must be
+/// answered with PTRACE_CONT. Answering that one with PTRACE_LISTEN too (as a group-stop)
+/// left a continued command frozen until the trace ended. A signal-delivery-stop gets its
+/// signal back: a stop signal then starts the group-stop, SIGCONT and the rest do what they do.
+fn resume(stop: Stop) -> (libc::c_uint, i32) {
+    match stop {
+        Stop::Group => (libc::PTRACE_LISTEN, 0),
+        Stop::Exit | Stop::Event => (libc::PTRACE_CONT, 0),
+        Stop::Signal(signal) => (libc::PTRACE_CONT, signal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stop status as waitpid reports it: the signal in bits 8..16, the event above.
+    fn status(signal: i32, event: i32) -> i32 {
+        0x7f | (signal << 8) | (event << 16)
+    }
+
+    #[test]
+    fn job_control_stops_are_told_apart() {
+        let listen = |signal| resume(Stop::of(status(signal, libc::PTRACE_EVENT_STOP)));
+        for signal in [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            assert_eq!(listen(signal), (libc::PTRACE_LISTEN, 0));
+        }
+        // The stop after SIGCONT woke a listening tracee: it must run again.
+        assert_eq!(listen(libc::SIGTRAP), (libc::PTRACE_CONT, 0));
+        // Signals are delivered, stop signals included (that starts the group-stop).
+        for signal in [libc::SIGSTOP, libc::SIGCONT, libc::SIGTERM, libc::SIGUSR1] {
+            assert_eq!(
+                resume(Stop::of(status(signal, 0))),
+                (libc::PTRACE_CONT, signal)
+            );
+        }
+        assert_eq!(
+            Stop::of(status(libc::SIGTRAP, libc::PTRACE_EVENT_EXIT)),
+            Stop::Exit
+        );
+    }
 }

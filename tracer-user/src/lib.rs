@@ -9,6 +9,7 @@ pub mod cli;
 pub mod code_refresh;
 pub mod config;
 pub mod errors;
+pub mod exec_watch;
 pub mod exit_watch;
 pub mod jit;
 pub mod kernel;

@@ -211,7 +211,21 @@ pub struct Recording {
     /// figure is then an estimate (mappings are still recorded in full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_bytes: Option<u64>,
+    /// Set when the target exec'd another program, which ended the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecEnd>,
     pub stacks: Vec<StackRecord>,
+}
+
+/// The target exec'd: the exec replaced its whole memory, so what the old program still held
+/// was released then, not leaked. leakhound does not follow into the new program.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecEnd {
+    /// The program it exec'd, as `/proc/PID/exe` named it when leakhound noticed.
+    pub program: String,
+    /// Allocations and mappings the old program still held, released by the exec.
+    pub released_allocations: u64,
+    pub released_bytes: u64,
 }
 
 impl Recording {

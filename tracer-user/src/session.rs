@@ -28,10 +28,12 @@ use crate::{
     code_refresh::{self, CodeRefresher},
     config::RecordConfig,
     errors::TracerError,
+    exec_watch::ExecWatch,
     exit_watch::{self, ChildExit},
     kernel::{Detaching, Probes, loader::elapsed_ms, reader},
     model::{
-        Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording, StackRecord,
+        ExecEnd, Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording,
+        StackRecord,
     },
     process::TargetProcess,
     regions::{Held, Regions},
@@ -131,6 +133,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             _ = sigint.recv() => break "SIGINT".to_owned(),
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             exit = session.exit.wait() => break format!("the target exiting ({exit})"),
+            () = session.exec_watch.exec() => break session.exec_ended(),
             () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
             _ = sample_tick.tick() => {
                 drain_events(session.events.get_mut(), &mut session.mapping);
@@ -142,7 +145,13 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                     session.print_progress(started, &totals, config.sample_bytes.is_some());
                 }
             }
-            _ = tick.tick() => session.refresh_code(),
+            _ = tick.tick() => {
+                // Checked first, so that the code of a program the target exec'd is not read.
+                if session.exec_seen() {
+                    break session.exec_ended();
+                }
+                session.refresh_code();
+            }
         }
     };
     drain_events(session.events.get_mut(), &mut session.mapping);
@@ -207,6 +216,9 @@ struct Session {
     events: AsyncFd<RingBuf<MapData>>,
     /// Unwind misses from the kernel walk, answered as they come.
     misses: MissHandler,
+    exec_watch: ExecWatch,
+    /// The program the target exec'd, once it has: that ended the trace.
+    exec_program: Option<String>,
     exit: ExitSignal,
     target: TargetProcess,
     command: String,
@@ -228,16 +240,19 @@ impl Session {
         let mut prepared = target::prepare(&config.target, &config.alloc_libs)?;
         let pid = prepared.process.pid;
         let attached = (|| {
+            // A launched command's own first exec starts the trace; any other ends it.
+            let execs_before_trace = u32::from(prepared.child.is_some());
             let mut probes = Probes::load(
                 pid,
                 config.sizes,
                 config.unwind.uses_cfi(),
                 config.sample_bytes,
+                execs_before_trace,
             )?;
             for object in &prepared.objects {
                 probes.attach_allocator(&object.kernel_path(), &object.points, pid)?;
             }
-            probes.attach_mapping_tracepoints()?;
+            probes.attach_tracepoints()?;
             Ok(probes)
         })();
         let mut probes = match attached {
@@ -266,6 +281,7 @@ impl Session {
             unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
 
         let mut misses = MissHandler::new(&mut probes.ebpf)?;
+        let exec_watch = ExecWatch::new(&mut probes.ebpf)?;
 
         let modules = Arc::new(Mutex::new(Modules::default()));
         let (exit, launched) = match prepared.child.take() {
@@ -307,6 +323,8 @@ impl Session {
             probes: Some(probes),
             events,
             misses,
+            exec_watch,
+            exec_program: None,
             exit,
             target: prepared.process,
             command: prepared.command,
@@ -324,6 +342,28 @@ impl Session {
             self.misses
                 .drain(&mut probes.ebpf, &self.modules, &self.target);
         }
+    }
+
+    /// Whether the target has exec'd (the kernel's mark; one map read).
+    fn exec_seen(&mut self) -> bool {
+        match &self.probes {
+            Some(probes) => self.exec_watch.ended(&probes.ebpf),
+            None => false,
+        }
+    }
+
+    /// Says that the target exec'd and what it runs now; returns why tracing ended.
+    fn exec_ended(&mut self) -> String {
+        let program = std::fs::read_link(self.target.exe_link()).map_or_else(
+            |_| "another program".to_owned(),
+            |path| path.display().to_string(),
+        );
+        eprintln!(
+            "leakhound: pid {} exec'd {program}: tracing ends here (leakhound does not follow an exec); what the old program held was released by the exec",
+            self.target.pid
+        );
+        self.exec_program = Some(program);
+        "exec".to_owned()
     }
 
     /// Rereads the target's code: its mappings, and its runtime's perf map, on the
@@ -417,6 +457,32 @@ impl Session {
         age::ages(malloc.chain(mmap), now, min_age_ns)
     }
 
+    /// Empties every stack at an exec, which released everything the old program held: its
+    /// blocks (the kernel recorded nothing after the exec, so every live one is the old
+    /// program's) and its mappings. Returns the allocations and bytes released.
+    fn release_by_exec(
+        &mut self,
+        totals: &mut HashMap<u64, StackTotals>,
+        live_allocs: &mut Result<Vec<(u64, AllocInfo)>, TracerError>,
+    ) -> (u64, u64) {
+        let (mut allocations, mut bytes) = (0, 0);
+        for t in totals.values_mut() {
+            allocations += live(t.live_allocations);
+            bytes += live(t.live_bytes);
+            t.live_allocations = 0;
+            t.live_bytes = 0;
+        }
+        for held in self.mapping.regions.held_by_stack().values() {
+            allocations += held.regions;
+            bytes += held.bytes;
+        }
+        self.mapping.regions = Regions::default();
+        if let Ok(allocs) = live_allocs {
+            allocs.clear();
+        }
+        (allocations, bytes)
+    }
+
     /// Reads everything out of the kernel, detaches, then names frames (which can be slow and
     /// needs no probes).
     fn finish(
@@ -427,6 +493,11 @@ impl Session {
         sample_bytes: Option<u64>,
     ) -> Result<(Recording, Detaching), TracerError> {
         let mut phase = Instant::now();
+        if self.exec_program.is_none() && self.exec_seen() {
+            // The target exec'd just as the trace ended some other way (a signal, or the new
+            // program exiting at once): the kernel stopped recording at the exec all the same.
+            ended_by = self.exec_ended();
+        }
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses
             .drain(&mut probes.ebpf, &self.modules, &self.target);
@@ -434,7 +505,7 @@ impl Session {
         let counters = reader::counters(&probes.ebpf)?;
         // Allocations and mappings whose stacks were repaired from a copy count under their
         // whole stacks.
-        let live_allocs = reader::live_allocations(&probes.ebpf).map(|(mut allocs, _)| {
+        let mut live_allocs = reader::live_allocations(&probes.ebpf).map(|(mut allocs, _)| {
             self.misses.repair_allocations(&mut totals, &mut allocs);
             allocs
         });
@@ -453,11 +524,21 @@ impl Session {
                 made.1 += 1;
             }
         }
+        let exec = self.exec_program.take().map(|program| {
+            let (released_allocations, released_bytes) =
+                self.release_by_exec(&mut totals, &mut live_allocs);
+            ExecEnd {
+                program,
+                released_allocations,
+                released_bytes,
+            }
+        });
         log::info!("report: kernel maps read in {:.1} ms", elapsed_ms(phase));
         phase = Instant::now();
         let held = self.mapping.regions.held_by_stack();
         let traced = started.elapsed();
-        let memory = self.memory();
+        // After an exec, /proc describes the new program, which was not traced.
+        let memory = if exec.is_some() { None } else { self.memory() };
         self.timeline
             .push(traced.as_secs_f64(), memory, sample_values(&totals, &held));
         let (ages, ages_unavailable) = match &live_allocs {
@@ -523,9 +604,10 @@ impl Session {
             addresses.len(),
             elapsed_ms(phase)
         );
-        // The last refresh, and a JVM asked for its perf map now so that code compiled late is
+        // The last refresh (none after an exec: the new program's code would name the old
+        // one's frames), and a JVM asked for its perf map now so that code compiled late is
         // named; bounded, since the target may not answer.
-        if !self.refresher.finish(FINAL_REFRESH_WAIT) {
+        if !self.refresher.finish(FINAL_REFRESH_WAIT, exec.is_none()) {
             eprintln!(
                 "leakhound: the target's code was not reread within {:.1} s; frames of code loaded since the last refresh may be unnamed",
                 FINAL_REFRESH_WAIT.as_secs_f64()
@@ -537,9 +619,13 @@ impl Session {
         if let Some(pid) = self.launched
             && TargetProcess::open(pid).is_ok()
         {
-            // Tracing ended first (duration or signal): stop the command, as `timeout` would.
-            // SAFETY: sends a signal to our own child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            // Tracing ended first (duration or signal): stop the command, as `timeout` would,
+            // with a SIGCONT after, so that a command paused by job control gets it too.
+            // SAFETY: sends signals to our own child.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                libc::kill(pid as libc::pid_t, libc::SIGCONT);
+            }
             ended_by.push_str("; the launched command was sent SIGTERM");
         }
 
@@ -630,6 +716,7 @@ impl Session {
             min_age_secs: min_age.filter(|_| ages.is_some()).map(|d| d.as_secs_f64()),
             ages_unavailable,
             sample_bytes,
+            exec,
             stacks,
         };
         Ok((recording, detaching))

@@ -1,6 +1,11 @@
 //! Turns a target spec into a process to trace and the allocators to hook in it.
 
-use std::{collections::HashSet, fs, path::PathBuf};
+use std::{
+    collections::HashSet,
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     config::TargetSpec,
@@ -44,8 +49,18 @@ pub fn prepare(spec: &TargetSpec, alloc_libs: &[AllocLib]) -> Result<PreparedTar
     }
 }
 
+/// How long a process that has not mapped its allocator yet (attached right after exec,
+/// while its dynamic loader runs) is waited for.
+const ALLOCATOR_WAIT: Duration = Duration::from_secs(5);
+
 fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerError> {
     let process = TargetProcess::open(pid)?;
+    if process.is_kernel_thread() {
+        return Err(TracerError::KernelThread {
+            pid,
+            name: process.name(),
+        });
+    }
     let exe_path = fs::read_link(process.exe_link()).unwrap_or_else(|_| process.exe_link());
     let exe = match root::open_regular_link(&process.exe_link())
         .map_err(|err| match err {
@@ -66,16 +81,98 @@ fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerErr
                 matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM))
             }) =>
         {
-            return Err(TracerError::PermissionDenied {
-                what: format!("cannot read the executable of process {pid}"),
+            // Only a privileged leakhound gets here (see session::preflight).
+            return Err(TracerError::AccessDenied {
+                pid,
+                what: "the executable".into(),
             });
         }
         Err(_) => {
-            // Gone between the checks, or a kernel thread: the maps decide below.
+            // Gone between the checks: the maps decide below.
             TargetProcess::open(pid)?;
             None
         }
     };
+    let mut objects = allocators_mapped(&process, alloc_libs)?;
+    // A dynamically linked program maps its libraries after exec, from its dynamic loader.
+    // Attached before that, while only the program and its loader are mapped, it is waited
+    // for; a static one (Go included) never maps any, and one whose libraries are mapped
+    // already has nothing more to wait for.
+    if objects.is_empty()
+        && let Some(interpreter) = exe.as_deref().and_then(launch::interpreter_of)
+        && loader_still_running(&mapped_code(&process)?, &exe_path, &interpreter)
+    {
+        objects = wait_for_allocator(&process, alloc_libs)?;
+    }
+    check_found(&objects, exe.as_deref(), &exe_path)?;
+    let command = process.command_line();
+    Ok(PreparedTarget {
+        process,
+        objects,
+        child: None,
+        command,
+    })
+}
+
+/// Follows the mappings of a process whose dynamic loader has not mapped an allocator yet,
+/// until one is mapped or [`ALLOCATOR_WAIT`] has passed (then none is found, and the caller
+/// says so). The objects are looked for again only when the mapped files change.
+fn wait_for_allocator(
+    process: &TargetProcess,
+    alloc_libs: &[AllocLib],
+) -> Result<Vec<HookedObject>, TracerError> {
+    eprintln!(
+        "leakhound: waiting for pid {} to map its allocator (up to {} s)",
+        process.pid,
+        ALLOCATOR_WAIT.as_secs()
+    );
+    let deadline = Instant::now() + ALLOCATOR_WAIT;
+    let mut files = mapped_code(process)?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        TargetProcess::open(process.pid)?;
+        let now = mapped_code(process)?;
+        if now == files {
+            continue;
+        }
+        files = now;
+        let objects = allocators_mapped(process, alloc_libs)?;
+        if !objects.is_empty() {
+            return Ok(objects);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Whether the only code mapped is the program and its dynamic loader: the loader has not
+/// mapped the libraries yet. Names are compared by file name, since the program's path is seen
+/// from here and the mappings' from inside the target, and the loader is named by a link.
+fn loader_still_running(
+    mapped: &[PathBuf],
+    exe: &std::path::Path,
+    interpreter: &std::path::Path,
+) -> bool {
+    mapped.iter().all(|path| {
+        path.file_name() == exe.file_name() || path.file_name() == interpreter.file_name()
+    })
+}
+
+/// The files a process has mapped executable.
+fn mapped_code(process: &TargetProcess) -> Result<Vec<PathBuf>, TracerError> {
+    Ok(process
+        .maps()?
+        .into_iter()
+        .filter(|m| m.executable)
+        .filter_map(|m| m.path)
+        .collect())
+}
+
+/// Every mapped object that defines an allocator, and every `--alloc-lib`.
+fn allocators_mapped(
+    process: &TargetProcess,
+    alloc_libs: &[AllocLib],
+) -> Result<Vec<HookedObject>, TracerError> {
+    let pid = process.pid;
     let maps = process.maps()?;
     let target_root = TargetRoot::open(pid);
     let in_root = |path: &std::path::Path| match &target_root {
@@ -109,15 +206,7 @@ fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerErr
             Some(Candidate { shown, file })
         })
         .collect();
-    let objects = allocators::find(candidates, alloc_libs, in_root)?;
-    check_found(&objects, exe.as_deref(), &exe_path)?;
-    let command = process.command_line();
-    Ok(PreparedTarget {
-        process,
-        objects,
-        child: None,
-        command,
-    })
+    allocators::find(candidates, alloc_libs, in_root)
 }
 
 fn spawn(

@@ -19,7 +19,7 @@ use tracer_common::sampling;
 use super::multi_uprobe::MultiUprobePrograms;
 use crate::{
     errors::TracerError,
-    kernel::tracefs::TracefsGuard,
+    kernel::tracefs,
     process::elf::{Hook, HookPoint},
 };
 
@@ -57,7 +57,8 @@ pub struct Probes {
     /// How many multi-uprobe links carry them (0: one perf event per probe).
     pub multi_uprobe_links: usize,
     pub tracepoints_attached: usize,
-    /// Why mapping syscalls are not tracked, if they are not.
+    /// Why mapping syscalls are not tracked, if they are not. (The target's exec is then not
+    /// noticed either: the same tracefs finds both.)
     pub mapping_unavailable: Option<String>,
     /// The uprobe programs loaded for multi-uprobe links, while the kernel takes them.
     multi: Option<MultiUprobePrograms>,
@@ -66,7 +67,6 @@ pub struct Probes {
     /// Every attached link, owned here rather than by its program so that they can be closed
     /// together (see the `Drop` impl).
     links: Vec<AttachedLink>,
-    _tracefs: Option<TracefsGuard>,
 }
 
 /// A uprobe or tracepoint link: dropping it detaches it.
@@ -146,16 +146,21 @@ const TRACEPOINTS: [(&str, &str); 6] = [
     ("mapping_exit", "sys_exit_munmap"),
     ("mapping_exit", "sys_exit_mremap"),
 ];
+/// The target's exec (see tracer-ebpf's lifecycle module).
+const EXEC_TRACEPOINT: (&str, &str, &str) = ("exec_notice", "sched", "sched_process_exec");
 
 impl Probes {
     /// Loads every program for the process `tgid` (as the root PID namespace sees it).
     /// `cfi`: walk stacks with CFI rules (`--unwind auto|dwarf`) rather than frame pointers.
     /// `sample_bytes`: the mean bytes between recorded allocations; none records them all.
+    /// `execs_before_trace`: execs of the target that start the trace rather than end it (1
+    /// for a launched command, whose first exec starts it).
     pub fn load(
         tgid: u32,
         sizes: MapSizes,
         cfi: bool,
         sample_bytes: Option<u64>,
+        execs_before_trace: u32,
     ) -> Result<Self, TracerError> {
         raise_memlock_limit();
         let (pidns_dev, pidns_ino) = own_pid_namespace();
@@ -169,6 +174,7 @@ impl Probes {
             .override_global("UNWIND_DWARF", &unwind_dwarf, true)
             .override_global("STACK_COPY_LIMIT", &sizes.stack_copy, true)
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
+            .override_global("EXECS_BEFORE_TRACE", &execs_before_trace, true)
             .map_max_entries("ALLOCS", sizes.max_allocs)
             .map_max_entries("STACKS", sizes.max_stacks)
             // One more than the stacks, for LOST_STACK: this map must never fill.
@@ -189,7 +195,13 @@ impl Probes {
         if sample_bytes != 0 {
             write_sample_curve(&mut ebpf)?;
         }
-        for name in ["mmap_enter", "munmap_enter", "mremap_enter", "mapping_exit"] {
+        for name in [
+            "mmap_enter",
+            "munmap_enter",
+            "mremap_enter",
+            "mapping_exit",
+            EXEC_TRACEPOINT.0,
+        ] {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
                 .load()
@@ -222,7 +234,6 @@ impl Probes {
             multi,
             perf_programs_loaded: false,
             links: Vec::new(),
-            _tracefs: None,
         };
         if probes.multi.is_none() {
             probes.load_perf_programs()?;
@@ -391,30 +402,38 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the mapping-syscall tracepoints. Without tracefs, mapping tracking is off and
-    /// the report says so; malloc tracking does not depend on it.
-    pub fn attach_mapping_tracepoints(&mut self) -> Result<(), TracerError> {
-        let guard = match TracefsGuard::ensure() {
-            Ok(guard) => guard,
+    /// Attaches the tracepoints: the mapping syscalls, and the target's exec. Without tracefs
+    /// neither is available: mapping tracking is off and the report says so, and an exec is
+    /// not noticed; malloc tracking depends on neither.
+    pub fn attach_tracepoints(&mut self) -> Result<(), TracerError> {
+        match tracefs::with_tracefs(|| self.attach_tracepoints_now()) {
+            Ok(attached) => attached,
             Err(why) => {
-                log::warn!("anonymous mmap tracking is off: {why}");
+                log::warn!(
+                    "anonymous mmap tracking is off, and an exec will not be noticed: {why}"
+                );
                 self.mapping_unavailable = Some(why);
-                return Ok(());
+                Ok(())
             }
-        };
-        for (name, event) in TRACEPOINTS {
+        }
+    }
+
+    fn attach_tracepoints_now(&mut self) -> Result<(), TracerError> {
+        let syscalls = TRACEPOINTS
+            .iter()
+            .map(|(program, event)| (*program, "syscalls", *event));
+        for (name, category, event) in syscalls.chain([EXEC_TRACEPOINT]) {
             let program: &mut TracePoint = program(&mut self.ebpf, name)?;
             let link = program
-                .attach("syscalls", event)
+                .attach(category, event)
                 .and_then(|id| program.take_link(id))
                 .map_err(|source| TracerError::Attach {
-                    what: format!("tracepoint syscalls/{event}"),
+                    what: format!("tracepoint {category}/{event}"),
                     source: Box::new(source),
                 })?;
             self.links.push(Box::new(link));
             self.tracepoints_attached += 1;
         }
-        self._tracefs = Some(guard);
         Ok(())
     }
 }

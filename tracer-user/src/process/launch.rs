@@ -208,7 +208,9 @@ pub fn objects_of(program: &Path) -> Result<LaunchObjects, TracerError> {
     })
 }
 
-fn interpreter_of(data: &[u8]) -> Option<PathBuf> {
+/// The program interpreter (`PT_INTERP`) of an executable: its dynamic loader, which maps its
+/// libraries after exec. None for a static executable, static-pie included.
+pub fn interpreter_of(data: &[u8]) -> Option<PathBuf> {
     use object::read::elf::{ElfFile64, ProgramHeader as _};
     let elf = ElfFile64::<object::Endianness>::parse(data).ok()?;
     let endian = elf.endian();

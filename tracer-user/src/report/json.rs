@@ -32,6 +32,9 @@ struct Document<'a> {
     drops: Drops,
     activity: Activity,
     memory: Option<Memory>,
+    /// Set when the target exec'd, which ended the trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    released_by_exec: Option<&'a crate::model::ExecEnd>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mapping_unavailable: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,6 +234,7 @@ impl Render for Json {
                     explained_share: r.explained_share(),
                 },
             }),
+            released_by_exec: rec.exec.as_ref(),
             mapping_unavailable: rec.mapping_unavailable.as_deref(),
             ages_unavailable: rec.ages_unavailable.as_deref(),
             age_buckets: AGE_LABELS,

@@ -59,6 +59,16 @@ impl Render for Text {
             human_bytes(rec.live_bytes_of(Origin::Malloc)),
             human_bytes(rec.live_bytes_of(Origin::Mmap))
         )?;
+        if let Some(exec) = &rec.exec {
+            writeln!(
+                out,
+                "released by exec: {} ({} bytes) in {} allocations that the program still held when it exec'd {}; an exec frees them, so they are not outstanding",
+                human_bytes(exec.released_bytes),
+                exec.released_bytes,
+                exec.released_allocations,
+                exec.program
+            )?;
+        }
         if let Some(r) = &analysis.reconciliation {
             write_memory(r, out)?;
         }
