@@ -27,6 +27,31 @@ pub struct StackFrames {
 /// space was asked for the rule, and repairs this allocation's stack from a copy.
 pub const TRUNCATED_PENDING: u32 = 2;
 
+/// How a stored walk ended: `StackFrames::truncated` decoded. The kernel writes the `u32`; user
+/// space decodes it with `TryFrom`, so an unknown value is an error, never a guess.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truncation {
+    /// The walk reached the outermost frame.
+    Complete,
+    /// Cut at [`MAX_STACK_DEPTH`] with frames left.
+    DepthLimit,
+    /// Stopped at an address with no unwind rule yet ([`TRUNCATED_PENDING`]).
+    Pending,
+}
+
+impl TryFrom<u32> for Truncation {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            0 => Ok(Self::Complete),
+            1 => Ok(Self::DepthLimit),
+            TRUNCATED_PENDING => Ok(Self::Pending),
+            other => Err(other),
+        }
+    }
+}
+
 /// How to step from a frame to its caller's, for one return address. User space derives it from
 /// the module's CFI (`.eh_frame`) and inserts it on demand; the kernel walk applies it.
 #[repr(C)]

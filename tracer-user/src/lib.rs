@@ -5,6 +5,7 @@
 //! into reports.
 
 pub mod analysis;
+pub mod builder;
 pub mod cli;
 pub mod code_refresh;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod exec_watch;
 pub mod exit_watch;
 pub mod jit;
 pub mod kernel;
+pub mod mapping_tracker;
 pub mod model;
 pub mod process;
 pub mod regions;

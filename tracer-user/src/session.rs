@@ -15,28 +15,25 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::oneshot,
 };
-use tracer_common::{
-    AllocInfo, LOST_STACK, MapEvent, MapEventKind, StackTotals, TRUNCATED_PENDING,
-};
+use tracer_common::StackTotals;
 
 use crate::{
-    analysis::{
-        age::{self, Live},
-        history::{Timeline, add_series},
-        memory::parse_smaps_rollup,
-    },
+    analysis::{history::Timeline, memory::parse_smaps_rollup},
+    builder::{Gathered, Trace, live, sample_values},
     code_refresh::{self, CodeRefresher},
     config::RecordConfig,
     errors::TracerError,
     exec_watch::ExecWatch,
     exit_watch::{self, ChildExit},
-    kernel::{Detaching, Probes, loader::elapsed_ms, reader},
-    model::{
-        ExecEnd, Frame, MappingCounters, Origin, ProcessMemory, RECORDING_VERSION, Recording,
-        StackRecord,
+    kernel::{
+        Detaching, Probes,
+        loader::elapsed_ms,
+        reader,
+        snapshot::{self, KernelSnapshot},
     },
+    mapping_tracker::MappingTracker,
+    model::{Origin, ProcessMemory, Recording},
     process::TargetProcess,
-    regions::{Held, Regions},
     report::{estimate_mark, human_bytes},
     symbolize::{CodeAddress, FrameNamer, Modules},
     target,
@@ -118,7 +115,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             guard = session.events.readable_mut() => {
                 match guard {
                     Ok(mut guard) => {
-                        drain_events(guard.get_inner_mut(), &mut session.mapping);
+                        drain_events(guard.get_inner_mut(), &mut session.mappings);
                         guard.clear_ready();
                     }
                     Err(err) => { error = Some(err.into()); break "an error".to_owned(); }
@@ -136,7 +133,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             () = session.exec_watch.exec() => break session.exec_ended(),
             () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
             _ = sample_tick.tick() => {
-                drain_events(session.events.get_mut(), &mut session.mapping);
+                drain_events(session.events.get_mut(), &mut session.mappings);
                 // With --interval, samples are taken every interval: the progress line reads
                 // the totals the sample just read.
                 if let Some(totals) = session.take_sample(started)
@@ -154,7 +151,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             }
         }
     };
-    drain_events(session.events.get_mut(), &mut session.mapping);
+    drain_events(session.events.get_mut(), &mut session.mappings);
     let recording = session.finish(started, ended_by, config.min_age, config.sample_bytes);
     match recording {
         Ok((recording, detaching)) => Outcome {
@@ -202,15 +199,6 @@ impl ExitSignal {
     }
 }
 
-/// Anonymous mappings, as user space rebuilds them from the kernel's events.
-#[derive(Default)]
-struct MappingState {
-    regions: Regions,
-    /// Bytes and mappings ever made per stack while traced.
-    made: HashMap<u64, (u64, u64)>,
-    counters: MappingCounters,
-}
-
 struct Session {
     probes: Option<Probes>,
     events: AsyncFd<RingBuf<MapData>>,
@@ -227,7 +215,7 @@ struct Session {
     modules: Arc<Mutex<Modules>>,
     /// Rereads the target's code (mappings, perf maps, a JVM's perf map) off this thread.
     refresher: CodeRefresher,
-    mapping: MappingState,
+    mappings: MappingTracker,
     mapping_unavailable: Option<String>,
     /// Outstanding bytes per stack at every sample, for the trends.
     timeline: Timeline<(Origin, u64)>,
@@ -331,7 +319,7 @@ impl Session {
             launched,
             modules,
             refresher,
-            mapping: MappingState::default(),
+            mappings: MappingTracker::default(),
             mapping_unavailable,
             timeline: Timeline::default(),
         })
@@ -385,7 +373,7 @@ impl Session {
             bytes += live(totals.live_bytes);
             allocations += live(totals.live_allocations);
         }
-        let held = self.mapping.regions.held_by_stack();
+        let held = self.mappings.held_by_stack();
         let mapped: u64 = held.values().map(|held| held.bytes).sum();
         let counters = reader::counters(&probes.ebpf).unwrap_or_default();
         let lost = counters.alloc_map_full
@@ -413,7 +401,7 @@ impl Session {
                 return None;
             }
         };
-        let held = self.mapping.regions.held_by_stack();
+        let held = self.mappings.held_by_stack();
         let memory = self.memory();
         self.timeline.offer(
             started.elapsed().as_secs_f64(),
@@ -430,61 +418,8 @@ impl Session {
         parse_smaps_rollup(&text)
     }
 
-    /// Ages of every live allocation and mapping, from one batched walk of the kernel's
-    /// allocation map. Per key: the histogram, and the (bytes, allocations) old enough.
-    fn ages(&self, allocs: &[(u64, AllocInfo)], min_age: Option<Duration>) -> Ages {
-        let now = reader::ktime_now_ns();
-        let min_age_ns = min_age.map_or(0, |d| d.as_nanos() as u64);
-        let malloc = allocs.iter().map(|(_, info)| Live {
-            key: (Origin::Malloc, info.stack_key),
-            bytes: info.weight_bytes,
-            count: info.weight_count,
-            // An unbiased estimate of its share of the variance: w(w - size) for weight w.
-            variance: info.weight_bytes as f64 * info.weight_bytes.saturating_sub(info.size) as f64,
-            made_ns: info.timestamp_ns,
-        });
-        let mmap = self
-            .mapping
-            .regions
-            .live()
-            .map(|(stack_key, bytes, made_ns)| Live {
-                key: (Origin::Mmap, stack_key),
-                bytes,
-                count: 1,
-                variance: 0.0,
-                made_ns,
-            });
-        age::ages(malloc.chain(mmap), now, min_age_ns)
-    }
-
-    /// Empties every stack at an exec, which released everything the old program held: its
-    /// blocks (the kernel recorded nothing after the exec, so every live one is the old
-    /// program's) and its mappings. Returns the allocations and bytes released.
-    fn release_by_exec(
-        &mut self,
-        totals: &mut HashMap<u64, StackTotals>,
-        live_allocs: &mut Result<Vec<(u64, AllocInfo)>, TracerError>,
-    ) -> (u64, u64) {
-        let (mut allocations, mut bytes) = (0, 0);
-        for t in totals.values_mut() {
-            allocations += live(t.live_allocations);
-            bytes += live(t.live_bytes);
-            t.live_allocations = 0;
-            t.live_bytes = 0;
-        }
-        for held in self.mapping.regions.held_by_stack().values() {
-            allocations += held.regions;
-            bytes += held.bytes;
-        }
-        self.mapping.regions = Regions::default();
-        if let Ok(allocs) = live_allocs {
-            allocs.clear();
-        }
-        (allocations, bytes)
-    }
-
     /// Reads everything out of the kernel, detaches, then names frames (which can be slow and
-    /// needs no probes).
+    /// needs no probes), and builds the recording from plain data (`crate::builder`).
     fn finish(
         mut self,
         started: Instant,
@@ -501,113 +436,41 @@ impl Session {
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses
             .drain(&mut probes.ebpf, &self.modules, &self.target);
-        let mut totals = reader::stack_totals(&probes.ebpf)?;
-        let counters = reader::counters(&probes.ebpf)?;
-        // Allocations and mappings whose stacks were repaired from a copy count under their
-        // whole stacks.
-        let mut live_allocs = reader::live_allocations(&probes.ebpf).map(|(mut allocs, _)| {
-            self.misses.repair_allocations(&mut totals, &mut allocs);
-            allocs
-        });
-        for (start, repair) in self.misses.repairs() {
-            let bytes = self
-                .mapping
-                .regions
-                .rekey(start, repair.partial, repair.whole);
-            if bytes > 0 {
-                if let Some(made) = self.mapping.made.get_mut(&repair.partial) {
-                    made.0 = made.0.saturating_sub(bytes);
-                    made.1 = made.1.saturating_sub(1);
-                }
-                let made = self.mapping.made.entry(repair.whole).or_default();
-                made.0 += bytes;
-                made.1 += 1;
-            }
-        }
-        let exec = self.exec_program.take().map(|program| {
-            let (released_allocations, released_bytes) =
-                self.release_by_exec(&mut totals, &mut live_allocs);
-            ExecEnd {
-                program,
-                released_allocations,
-                released_bytes,
-            }
-        });
+        let snapshot = KernelSnapshot::read(&probes.ebpf)?;
+        let traced = started.elapsed();
+        let exec_program = self.exec_program.take();
+        // After an exec, /proc describes the new program, which was not traced.
+        let memory = if exec_program.is_some() {
+            None
+        } else {
+            self.memory()
+        };
+        let gathered = Gathered::new(
+            snapshot,
+            std::mem::take(&mut self.mappings),
+            self.misses.ledger(),
+            std::mem::take(&mut self.timeline),
+            exec_program,
+            (traced.as_secs_f64(), memory),
+        );
         log::info!("report: kernel maps read in {:.1} ms", elapsed_ms(phase));
         phase = Instant::now();
-        let held = self.mapping.regions.held_by_stack();
-        let traced = started.elapsed();
-        // After an exec, /proc describes the new program, which was not traced.
-        let memory = if exec.is_some() { None } else { self.memory() };
-        self.timeline
-            .push(traced.as_secs_f64(), memory, sample_values(&totals, &held));
-        let (ages, ages_unavailable) = match &live_allocs {
-            Ok(allocs) => (Some(self.ages(allocs, min_age)), None),
-            Err(err) => (
-                None,
-                Some(format!("the allocation map could not be read: {err}")),
-            ),
-        };
-
-        log::info!("report: allocation ages in {:.1} ms", elapsed_ms(phase));
-        phase = Instant::now();
-        let mut stacks = reader::StackCache::default();
-        let mut raw: Vec<(Origin, u64, StackTotals)> = totals
-            .into_iter()
-            .filter(|(_, t)| live(t.live_bytes) > 0 || t.total_bytes > 0)
-            .map(|(key, t)| (Origin::Malloc, key, t))
-            .collect();
-        for (key, (made_bytes, made_count)) in &self.mapping.made {
-            let now = held.get(key).copied().unwrap_or_default();
-            raw.push((
-                Origin::Mmap,
-                *key,
-                StackTotals {
-                    live_bytes: now.bytes,
-                    live_allocations: now.regions,
-                    total_bytes: *made_bytes,
-                    total_allocations: *made_count,
-                },
-            ));
-        }
-        // A stack seen in a sample always has a total now (totals are never deleted), but a
-        // stack whose mappings were all unmapped may be missing from `made` after a lost event.
-        let present: HashSet<(Origin, u64)> = raw.iter().map(|(o, k, _)| (*o, *k)).collect();
-        let mut missing: Vec<(Origin, u64)> = self
-            .timeline
-            .keys()
-            .filter(|key| !present.contains(key))
-            .copied()
-            .collect();
-        missing.sort_unstable();
-        raw.extend(
-            missing
-                .into_iter()
-                .map(|(origin, key)| (origin, key, StackTotals::default())),
-        );
-        let mut addresses: HashMap<u64, Vec<CodeAddress>> = HashMap::new();
-        for (_, key, _) in &raw {
-            if *key != LOST_STACK && !addresses.contains_key(key) {
-                let ips = stacks.get(&probes.ebpf, *key)?;
-                // Every frame of a user stack taken at a return or a syscall exit is a
-                // return address (the syscall's is where execution resumes).
-                addresses.insert(
-                    *key,
-                    ips.iter()
-                        .map(|ip| CodeAddress::ReturnAddress(*ip))
-                        .collect(),
-                );
-            }
-        }
+        let frames = snapshot::read_stacks(
+            &probes.ebpf,
+            gathered.stacks().into_iter().map(|(_, key, _)| key),
+        )?;
         log::info!(
-            "report: {} stacks read, code refreshed in {:.1} ms",
-            addresses.len(),
+            "report: {} stacks read in {:.1} ms",
+            frames.len(),
             elapsed_ms(phase)
         );
         // The last refresh (none after an exec: the new program's code would name the old
         // one's frames), and a JVM asked for its perf map now so that code compiled late is
         // named; bounded, since the target may not answer.
-        if !self.refresher.finish(FINAL_REFRESH_WAIT, exec.is_none()) {
+        if !self
+            .refresher
+            .finish(FINAL_REFRESH_WAIT, gathered.exec.is_none())
+        {
             eprintln!(
                 "leakhound: the target's code was not reread within {:.1} s; frames of code loaded since the last refresh may be unnamed",
                 FINAL_REFRESH_WAIT.as_secs_f64()
@@ -640,7 +503,10 @@ impl Session {
         }
         let modules: &Modules = held.as_deref().unwrap_or(&unnamed);
         let mut namer = FrameNamer::default();
-        let unique: HashSet<CodeAddress> = addresses.values().flatten().copied().collect();
+        let unique: HashSet<CodeAddress> = frames
+            .values()
+            .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
+            .collect();
         let unique_count = unique.len();
         namer.name_all(modules, unique);
         log::info!(
@@ -648,175 +514,29 @@ impl Session {
             elapsed_ms(phase)
         );
         phase = Instant::now();
-        let stacks = raw
-            .into_iter()
-            .map(|(origin, key, t)| {
-                let mut stack = StackRecord {
-                    origin,
-                    frames: match addresses.get(&key) {
-                        Some(addrs) if !addrs.is_empty() => {
-                            let mut frames = namer.stack(modules, addrs);
-                            // Say where a walk stopped short, so the bytes stay visible.
-                            match stacks.truncated(key) {
-                                TRUNCATED_PENDING => {
-                                    frames.insert(0, Frame::named("[unwind pending]"))
-                                }
-                                1 => frames.insert(0, Frame::named("[truncated]")),
-                                _ => {}
-                            }
-                            frames
-                        }
-                        _ => vec![Frame::named("[lost stack]")],
-                    },
-                    live_bytes: live(t.live_bytes),
-                    live_allocations: live(t.live_allocations),
-                    total_bytes: t.total_bytes,
-                    total_allocations: t.total_allocations,
-                    history: self.timeline.series(&(origin, key)),
-                    ages: None,
-                    live_bytes_variance: None,
-                };
-                if let Some(ages) = &ages {
-                    stack.ages = Some(
-                        ages.histograms
-                            .get(&(origin, key))
-                            .copied()
-                            .unwrap_or_default(),
-                    );
-                    if min_age.is_some() {
-                        let (bytes, count) = ages
-                            .old_enough
-                            .get(&(origin, key))
-                            .copied()
-                            .unwrap_or_default();
-                        stack.live_bytes = bytes;
-                        stack.live_allocations = count;
-                    }
-                    if sample_bytes.is_some() && origin == Origin::Malloc {
-                        stack.live_bytes_variance =
-                            Some(ages.variance.get(&(origin, key)).copied().unwrap_or(0.0));
-                    }
-                }
-                stack
-            })
-            .collect();
-        let stacks = merge_equal_stacks(stacks);
-        log::info!("report: stacks built in {:.1} ms", elapsed_ms(phase));
-        let recording = Recording {
-            version: RECORDING_VERSION,
+        let trace = Trace {
             pid: self.target.pid,
             command: self.command,
-            duration_secs: traced.as_secs_f64(),
             ended_by,
-            counters,
-            mapping: self.mapping.counters,
-            mapping_unavailable: self.mapping_unavailable,
-            samples: self.timeline.samples().to_vec(),
-            // Without ages there is nothing to filter by: say so rather than pretend.
-            min_age_secs: min_age.filter(|_| ages.is_some()).map(|d| d.as_secs_f64()),
-            ages_unavailable,
+            traced_secs: traced.as_secs_f64(),
+            min_age_ns: min_age.map(|d| d.as_nanos() as u64),
             sample_bytes,
-            exec,
-            stacks,
+            mapping_unavailable: self.mapping_unavailable,
         };
+        let recording = gathered.build(trace, &frames, |addrs| namer.stack(modules, addrs));
+        log::info!(
+            "report: ages and stacks built in {:.1} ms",
+            elapsed_ms(phase)
+        );
         Ok((recording, detaching))
     }
 }
 
-/// Stacks that differ only in addresses (two call sites on one line, or garbage cut from a
-/// frame-pointer walk) read the same to a person, so they are one stack in every report.
-fn merge_equal_stacks(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
-    let mut merged: Vec<StackRecord> = Vec::with_capacity(stacks.len());
-    let mut index: foldhash::HashMap<(Origin, Vec<Frame>), usize> = Default::default();
-    for stack in stacks {
-        match index.get(&(stack.origin, stack.frames.clone())) {
-            Some(&i) => {
-                let into = &mut merged[i];
-                into.live_bytes += stack.live_bytes;
-                into.live_allocations += stack.live_allocations;
-                into.total_bytes += stack.total_bytes;
-                into.total_allocations += stack.total_allocations;
-                // Every history follows the same samples, so they add pointwise.
-                add_series(&mut into.history, &stack.history);
-                match (&mut into.ages, &stack.ages) {
-                    (Some(into), Some(ages)) => into.add(ages),
-                    (into @ None, Some(ages)) => *into = Some(*ages),
-                    (_, None) => {}
-                }
-                // Independent samples: variances add.
-                if let Some(variance) = stack.live_bytes_variance {
-                    *into.live_bytes_variance.get_or_insert(0.0) += variance;
-                }
-            }
-            None => {
-                index.insert((stack.origin, stack.frames.clone()), merged.len());
-                merged.push(stack);
-            }
-        }
-    }
-    merged
-}
-
-type Ages = age::Ages<(Origin, u64)>;
-
-/// Outstanding bytes per stack at this moment: malloc totals from the kernel, mappings from
-/// the regions user space keeps.
-fn sample_values<'a>(
-    totals: &'a HashMap<u64, StackTotals>,
-    held: &'a HashMap<u64, Held>,
-) -> impl Iterator<Item = ((Origin, u64), u64)> + 'a {
-    let malloc = totals
-        .iter()
-        .map(|(key, t)| ((Origin::Malloc, *key), live(t.live_bytes)))
-        .filter(|(_, bytes)| *bytes > 0);
-    let mmap = held
-        .iter()
-        .map(|(key, held)| ((Origin::Mmap, *key), held.bytes));
-    malloc.chain(mmap)
-}
-
-/// A kernel total is a wrapping sum; a reader can see a free before its allocation's add.
-fn live(value: u64) -> u64 {
-    (value as i64).max(0) as u64
-}
-
-fn drain_events(ring: &mut RingBuf<MapData>, state: &mut MappingState) {
+/// Feeds every record waiting in the mapping ring buffer to the tracker.
+fn drain_events(ring: &mut RingBuf<MapData>, mappings: &mut MappingTracker) {
     while let Some(item) = ring.next() {
-        state.counters.events += 1;
-        let Some(event) = parse_event(&item) else {
-            state.counters.malformed_events += 1;
-            continue;
-        };
-        match MapEventKind::try_from(event.kind) {
-            Ok(MapEventKind::Map) => {
-                state
-                    .regions
-                    .map(event.addr, event.len, event.stack_key, event.timestamp_ns);
-                let made = state.made.entry(event.stack_key).or_default();
-                made.0 += event.len.div_ceil(4096) * 4096;
-                made.1 += 1;
-            }
-            Ok(MapEventKind::Unmap) => {
-                if state.regions.unmap(event.addr, event.len) == 0 {
-                    state.counters.untracked_unmaps += 1;
-                }
-            }
-            Ok(MapEventKind::Remap) => {
-                state
-                    .regions
-                    .remap(event.old_addr, event.old_len, event.addr, event.len);
-            }
-            Err(_) => state.counters.malformed_events += 1,
-        }
+        mappings.consume(&item);
     }
-}
-
-fn parse_event(bytes: &[u8]) -> Option<MapEvent> {
-    (bytes.len() >= size_of::<MapEvent>()).then(|| {
-        // SAFETY: the buffer holds at least one MapEvent, a plain-old-data type; the read is
-        // unaligned because ring buffer records are only 8-byte aligned by convention.
-        unsafe { bytes.as_ptr().cast::<MapEvent>().read_unaligned() }
-    })
 }
 
 /// Checks that fail fast with a clear cause, before anything is loaded.
@@ -859,98 +579,4 @@ fn has_tracing_privileges() -> bool {
     };
     let has = |cap: u32| effective & (1 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merged_stacks_add_their_histories_and_ages_pointwise() {
-        let stack =
-            |bytes: u64, history: Vec<u64>, ages: Option<crate::model::AgeHistogram>| StackRecord {
-                origin: Origin::Malloc,
-                frames: vec![Frame::named("main"), Frame::named("leak")],
-                live_bytes: bytes,
-                live_allocations: 1,
-                total_bytes: bytes,
-                total_allocations: 1,
-                history,
-                ages,
-                live_bytes_variance: None,
-            };
-        let ages = crate::model::AgeHistogram {
-            allocations: [1, 0, 0, 0, 2],
-            bytes: [10, 0, 0, 0, 20],
-        };
-        let merged = merge_equal_stacks(vec![
-            stack(30, vec![10, 20, 30], Some(ages)),
-            stack(5, vec![0, 5, 5], None),
-            stack(7, vec![1, 1, 7], Some(ages)),
-        ]);
-        assert_eq!(merged.len(), 1);
-        assert_eq!(merged[0].live_bytes, 42);
-        assert_eq!(merged[0].history, [11, 26, 42]);
-        let merged_ages = merged[0].ages.unwrap();
-        assert_eq!(merged_ages.allocations, [2, 0, 0, 0, 4]);
-        assert_eq!(merged_ages.bytes, [20, 0, 0, 0, 40]);
-    }
-
-    #[test]
-    fn samples_hold_malloc_totals_and_mapped_bytes() {
-        let totals = HashMap::from([
-            (
-                1,
-                StackTotals {
-                    live_bytes: 64,
-                    ..StackTotals::default()
-                },
-            ),
-            (
-                2,
-                StackTotals {
-                    live_bytes: 0u64.wrapping_sub(8),
-                    ..StackTotals::default()
-                },
-            ),
-        ]);
-        let held = HashMap::from([(
-            1,
-            Held {
-                bytes: 4096,
-                regions: 1,
-            },
-        )]);
-        let mut values: Vec<_> = sample_values(&totals, &held).collect();
-        values.sort_unstable();
-        assert_eq!(
-            values,
-            [((Origin::Malloc, 1), 64), ((Origin::Mmap, 1), 4096)]
-        );
-    }
-
-    #[test]
-    fn wrapped_totals_read_as_zero() {
-        assert_eq!(live(5), 5);
-        assert_eq!(live(0u64.wrapping_sub(3)), 0);
-    }
-
-    #[test]
-    fn short_records_are_malformed() {
-        assert!(parse_event(&[0u8; 8]).is_none());
-        let event = MapEvent {
-            kind: 1,
-            addr: 0x1000,
-            len: 4096,
-            ..MapEvent::default()
-        };
-        // SAFETY: MapEvent is plain old data; the slice covers exactly one value.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<MapEvent>())
-        };
-        assert_eq!(
-            parse_event(bytes).map(|e| (e.kind, e.addr, e.len)),
-            Some((1, 0x1000, 4096))
-        );
-    }
 }

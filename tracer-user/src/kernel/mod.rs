@@ -5,6 +5,7 @@ pub mod batch;
 pub mod loader;
 pub mod multi_uprobe;
 pub mod reader;
+pub mod snapshot;
 pub mod tracefs;
 
 pub use loader::{Detaching, MapSizes, Probes};

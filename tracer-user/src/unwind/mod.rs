@@ -7,10 +7,11 @@
 //! into the kernel, so the next allocation from that site is walked whole in the kernel.
 
 mod cfi;
+pub mod ledger;
 mod repair;
 
 pub use cfi::CfiRules;
-pub use repair::{MissHandler, Repair};
+pub use repair::MissHandler;
 use tracer_common::{
     MAX_STACK_DEPTH, STACK_HASH_SEED, TRUNCATED_PENDING, UnwindRule, stack_hash_step,
 };

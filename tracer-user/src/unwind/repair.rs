@@ -8,32 +8,26 @@
 //! address) is remembered, so that the report counts its bytes under the whole stack rather
 //! than the partial one: totals are conserved, nothing is dropped.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
-};
+use std::{collections::HashSet, sync::Mutex};
 
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
 };
 use tokio::io::unix::AsyncFd;
-use tracer_common::{AllocInfo, MAX_STACK_DEPTH, StackFrames, StackTotals, UnwindMiss, UnwindRule};
+use tracer_common::{MAX_STACK_DEPTH, StackFrames, UnwindMiss, UnwindRule};
 
-use super::{CfiRules, StackCopy, stack_key, unwind_copy};
+use super::{
+    CfiRules, StackCopy,
+    ledger::{Repair, RepairLedger},
+    stack_key, unwind_copy,
+};
 use crate::{errors::TracerError, process::TargetProcess, symbolize::Modules};
-
-/// The partial and the whole stack of one allocation or mapping, by its address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Repair {
-    pub partial: u64,
-    pub whole: u64,
-}
 
 pub struct MissHandler {
     ring: AsyncFd<RingBuf<MapData>>,
     rules: CfiRules,
-    repairs: HashMap<u64, Repair>,
+    repairs: RepairLedger,
     /// Return addresses whose rule the kernel already has: a miss's walk reuses many.
     in_kernel: HashSet<u64>,
     /// Return addresses in no mapping even after the mappings were read again (garbage in a
@@ -59,7 +53,7 @@ impl MissHandler {
         Ok(Self {
             ring,
             rules: CfiRules::default(),
-            repairs: HashMap::new(),
+            repairs: RepairLedger::default(),
             in_kernel: HashSet::new(),
             unmapped: HashSet::new(),
         })
@@ -200,7 +194,7 @@ impl MissHandler {
                 source: Box::new(source),
             })?;
         if miss.tag != 0 && whole != miss.partial_key {
-            self.repairs.insert(
+            self.repairs.record(
                 miss.tag,
                 Repair {
                     partial: miss.partial_key,
@@ -211,32 +205,9 @@ impl MissHandler {
         Ok(())
     }
 
-    /// Moves repaired allocations that are still live from their partial stack to their whole
-    /// one, in the live list and in the totals read from the kernel.
-    pub fn repair_allocations(
-        &self,
-        totals: &mut HashMap<u64, StackTotals>,
-        live: &mut [(u64, AllocInfo)],
-    ) -> u64 {
-        let mut moved = 0;
-        for (addr, info) in live.iter_mut() {
-            let Some(repair) = self.repairs.get(addr) else {
-                continue;
-            };
-            // The address may have been freed and reused by an allocation of another stack.
-            if info.stack_key != repair.partial {
-                continue;
-            }
-            info.stack_key = repair.whole;
-            move_bytes(totals, repair, info.weight_bytes, info.weight_count);
-            moved += 1;
-        }
-        moved
-    }
-
-    /// The repairs for mappings, by start address.
-    pub fn repairs(&self) -> impl Iterator<Item = (u64, Repair)> + '_ {
-        self.repairs.iter().map(|(addr, repair)| (*addr, *repair))
+    /// The repairs made so far, for the report.
+    pub fn ledger(&self) -> &RepairLedger {
+        &self.repairs
     }
 }
 
@@ -249,22 +220,6 @@ fn join(below: &[u64], walked: &[u64], truncated: u32) -> (Vec<u64>, u32) {
         return (ips, 1);
     }
     (ips, truncated)
-}
-
-/// Moves what one allocation stands for (`bytes`, `count`: its size and 1, or its weights
-/// under byte sampling).
-fn move_bytes(totals: &mut HashMap<u64, StackTotals>, repair: &Repair, bytes: u64, count: u64) {
-    if let Some(partial) = totals.get_mut(&repair.partial) {
-        partial.live_bytes = partial.live_bytes.wrapping_sub(bytes);
-        partial.live_allocations = partial.live_allocations.wrapping_sub(count);
-        partial.total_bytes = partial.total_bytes.saturating_sub(bytes);
-        partial.total_allocations = partial.total_allocations.saturating_sub(count);
-    }
-    let whole = totals.entry(repair.whole).or_default();
-    whole.live_bytes = whole.live_bytes.wrapping_add(bytes);
-    whole.live_allocations = whole.live_allocations.wrapping_add(count);
-    whole.total_bytes += bytes;
-    whole.total_allocations += count;
 }
 
 fn missing(map: &'static str) -> TracerError {
@@ -284,29 +239,5 @@ mod tests {
         let long = vec![7; MAX_STACK_DEPTH];
         let (ips, truncated) = join(&[1], &long, 0);
         assert_eq!((ips.len(), ips[0], truncated), (MAX_STACK_DEPTH, 1, 1));
-    }
-
-    #[test]
-    fn repairs_move_live_allocations_and_conserve_totals() {
-        let repair = Repair {
-            partial: 1,
-            whole: 2,
-        };
-        let mut totals = HashMap::from([(
-            1,
-            StackTotals {
-                live_bytes: 300,
-                live_allocations: 3,
-                total_bytes: 300,
-                total_allocations: 3,
-            },
-        )]);
-        move_bytes(&mut totals, &repair, 100, 1);
-        assert_eq!(totals[&1].live_bytes + totals[&2].live_bytes, 300);
-        assert_eq!(
-            (totals[&1].live_allocations, totals[&2].live_allocations),
-            (2, 1)
-        );
-        assert_eq!(totals[&2].total_bytes, 100);
     }
 }
