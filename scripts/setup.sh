@@ -30,10 +30,12 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# clippy with it, to lint the eBPF crate for its real target (cargo xtask test).
+installed="$(rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null || true)"
 if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 ||
-    ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
-    log "installing $NIGHTLY with rust-src"
-    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+    ! grep -q '^rust-src' <<<"$installed" || ! grep -q '^clippy' <<<"$installed"; then
+    log "installing $NIGHTLY with rust-src and clippy"
+    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --component clippy
 fi
 
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then

@@ -14,6 +14,15 @@
         reason = "atomic_xadd is the only atomic add on bpf"
     )
 )]
+// aya-ebpf's map methods take `impl Borrow<K>`: a reference keeps one copy of a key or value
+// on the 512-byte BPF stack, where passing it by value would make the callee copy it again.
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "one copy of map keys and values on the BPF stack"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod alloc;

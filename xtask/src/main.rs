@@ -72,6 +72,11 @@ fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// The pinned nightly that builds the eBPF crate (scripts/setup.sh installs it).
+fn nightly() -> String {
+    env::var("LEAKHOUND_NIGHTLY").unwrap_or_else(|_| "nightly-2026-05-20".to_owned())
+}
+
 fn setup(root: &Path) -> Result<()> {
     run(Command::new("bash").arg(root.join("scripts/setup.sh")))
 }
@@ -125,6 +130,27 @@ fn test(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The eBPF crate for its real target: on the host every module is compiled out.
+    // Through the rustup proxy on PATH, which understands `+toolchain`.
+    run(Command::new("cargo")
+        .current_dir(root.join("tracer-ebpf"))
+        .arg(format!("+{}", nightly()))
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(root.join("target/bpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        // The rustup proxy picks the toolchain from `+nightly`; the outer cargo's own
+        // variables would point the inner one at stable.
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
     // The integration tests run the real binary against real processes; they serialize
     // themselves, since they check that no probe outlives a run.
     run(cargo()
