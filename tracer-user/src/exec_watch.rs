@@ -7,14 +7,11 @@
 //! code, so that the new program's code is not mixed with the old one's. (An exec in the
 //! microseconds between that read and the reread is the one window left.)
 
-use aya::{
-    Ebpf,
-    maps::{Array, MapData, RingBuf},
-};
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{LifecycleEvent, LifecycleKind, lifecycle};
 
-use crate::errors::TracerError;
+use crate::{errors::TracerError, kernel::maps::KernelMaps};
 
 pub struct ExecWatch {
     events: AsyncFd<RingBuf<MapData>>,
@@ -22,18 +19,8 @@ pub struct ExecWatch {
 }
 
 impl ExecWatch {
-    /// Takes the kernel's lifecycle ring buffer out of `ebpf`.
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, TracerError> {
-        let map_error = |source| TracerError::Map {
-            map: "LIFECYCLE_EVENTS",
-            source: Box::new(source),
-        };
-        let map = ebpf.take_map("LIFECYCLE_EVENTS").ok_or_else(|| {
-            map_error(aya::maps::MapError::InvalidName {
-                name: "LIFECYCLE_EVENTS".into(),
-            })
-        })?;
-        let ring = RingBuf::try_from(map).map_err(map_error)?;
+    /// Waits on the kernel's lifecycle ring buffer.
+    pub fn new(ring: RingBuf<MapData>) -> Result<Self, TracerError> {
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
         let events =
             unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
@@ -61,12 +48,11 @@ impl ExecWatch {
     }
 
     /// Whether the kernel marked an exec (one map read).
-    pub fn ended(&mut self, ebpf: &Ebpf) -> bool {
-        let marked = ebpf
-            .map("LIFECYCLE")
-            .and_then(|map| Array::<_, u64>::try_from(map).ok())
-            .and_then(|slots| slots.get(&lifecycle::ENDED_AT, 0).ok())
-            .is_some_and(|ended_at| ended_at != 0);
+    pub fn ended(&mut self, maps: &KernelMaps) -> bool {
+        let marked = maps
+            .lifecycle
+            .get(&lifecycle::ENDED_AT, 0)
+            .is_ok_and(|ended_at| ended_at != 0);
         self.seen |= marked;
         self.seen
     }

@@ -254,22 +254,13 @@ impl Session {
             }
         };
 
-        let ring = probes.ebpf.take_map("MAP_EVENTS").ok_or(TracerError::Map {
-            map: "MAP_EVENTS",
-            source: Box::new(aya::maps::MapError::InvalidName {
-                name: "MAP_EVENTS".into(),
-            }),
-        })?;
-        let ring = RingBuf::try_from(ring).map_err(|source| TracerError::Map {
-            map: "MAP_EVENTS",
-            source: Box::new(source),
-        })?;
+        let rings = probes.take_rings().expect("the rings are taken once");
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
-        let events =
-            unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
+        let events = unsafe { AsyncFd::register(rings.map_events) }
+            .map_err(|err| TracerError::Io(err.into()))?;
 
-        let mut misses = MissHandler::new(&mut probes.ebpf)?;
-        let exec_watch = ExecWatch::new(&mut probes.ebpf)?;
+        let mut misses = MissHandler::new(rings.unwind_misses)?;
+        let exec_watch = ExecWatch::new(rings.lifecycle_events)?;
 
         let modules = Arc::new(Mutex::new(Modules::default()));
         let (exit, launched) = match prepared.child.take() {
@@ -328,14 +319,14 @@ impl Session {
     fn answer_misses(&mut self) {
         if let Some(probes) = self.probes.as_mut() {
             self.misses
-                .drain(&mut probes.ebpf, &self.modules, &self.target);
+                .drain(&mut probes.maps, &self.modules, &self.target);
         }
     }
 
     /// Whether the target has exec'd (the kernel's mark; one map read).
     fn exec_seen(&mut self) -> bool {
         match &self.probes {
-            Some(probes) => self.exec_watch.ended(&probes.ebpf),
+            Some(probes) => self.exec_watch.ended(&probes.maps),
             None => false,
         }
     }
@@ -375,7 +366,7 @@ impl Session {
         }
         let held = self.mappings.held_by_stack();
         let mapped: u64 = held.values().map(|held| held.bytes).sum();
-        let counters = reader::counters(&probes.ebpf).unwrap_or_default();
+        let counters = reader::counters(&probes.maps).unwrap_or_default();
         let lost = counters.alloc_map_full
             + counters.stack_failed
             + counters.events_lost
@@ -394,7 +385,7 @@ impl Session {
     /// Samples every stack for the trends; returns the kernel totals it read.
     fn take_sample(&mut self, started: Instant) -> Option<HashMap<u64, StackTotals>> {
         let probes = self.probes.as_ref()?;
-        let totals = match reader::stack_totals(&probes.ebpf) {
+        let totals = match reader::stack_totals(&probes.maps) {
             Ok(totals) => totals,
             Err(err) => {
                 log::debug!("sample skipped: {err}");
@@ -435,8 +426,8 @@ impl Session {
         }
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses
-            .drain(&mut probes.ebpf, &self.modules, &self.target);
-        let snapshot = KernelSnapshot::read(&probes.ebpf)?;
+            .drain(&mut probes.maps, &self.modules, &self.target);
+        let snapshot = KernelSnapshot::read(&probes.maps)?;
         let traced = started.elapsed();
         let exec_program = self.exec_program.take();
         // After an exec, /proc describes the new program, which was not traced.
@@ -456,9 +447,9 @@ impl Session {
         log::info!("report: kernel maps read in {:.1} ms", elapsed_ms(phase));
         phase = Instant::now();
         let frames = snapshot::read_stacks(
-            &probes.ebpf,
+            &probes.maps,
             gathered.stacks().into_iter().map(|(_, key, _)| key),
-        )?;
+        );
         log::info!(
             "report: {} stacks read in {:.1} ms",
             frames.len(),

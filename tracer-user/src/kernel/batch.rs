@@ -15,22 +15,21 @@ use std::{
 
 use aya::Pod;
 
-/// `BPF_MAP_LOOKUP_BATCH` from `enum bpf_cmd` (include/uapi/linux/bpf.h).
-const BPF_MAP_LOOKUP_BATCH: libc::c_int = 24;
+use super::sys::{Bpf, cmd::BPF_MAP_LOOKUP_BATCH};
 
 /// The `batch` member of `union bpf_attr`. The kernel accepts an attr shorter than its own
 /// union and treats the rest as zero.
 #[repr(C)]
 #[derive(Debug, Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(super) struct BatchAttr {
+    pub(super) in_batch: u64,
+    pub(super) out_batch: u64,
+    pub(super) keys: u64,
+    pub(super) values: u64,
+    pub(super) count: u32,
+    pub(super) map_fd: u32,
+    pub(super) elem_flags: u64,
+    pub(super) flags: u64,
 }
 
 /// Entries asked for per call: 24 bytes of key and value each for the allocation map, so a
@@ -48,6 +47,7 @@ pub enum BatchError {
 /// Every entry of the hash map `fd`, whose keys are `K` and values `V` (the caller checks the
 /// sizes, as aya's typed maps do). Not for per-CPU maps, whose values are per CPU.
 pub fn lookup_all<K: Pod, V: Pod>(
+    bpf: &impl Bpf,
     fd: BorrowedFd<'_>,
     chunk: u32,
 ) -> Result<Vec<(K, V)>, BatchError> {
@@ -75,15 +75,14 @@ pub fn lookup_all<K: Pod, V: Pod>(
         // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_LOOKUP_BATCH; every pointer in
         // it refers to a live buffer with room for `count` keys, `count` values and one token,
         // and the kernel writes no further than that. The kernel also writes `attr.count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
+        let result = unsafe {
+            bpf.call(
                 BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
+                (&raw mut attr).cast(),
                 size_of::<BatchAttr>() as u32,
             )
         };
-        let error = (rc < 0).then(io::Error::last_os_error);
+        let error = result.err();
         let errno = error.as_ref().and_then(io::Error::raw_os_error);
         let got = (attr.count as usize).min(chunk);
         let done = match (error, errno) {
@@ -124,5 +123,126 @@ pub fn lookup_all<K: Pod, V: Pod>(
         }
         std::mem::swap(&mut token_in, &mut token_out);
         first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, os::fd::AsFd as _};
+
+    use super::*;
+
+    /// A hash map as `htab_map_lookup_batch` walks it: buckets of (key, value) entries; the
+    /// token is the next bucket's index. `first_error` answers the first call instead.
+    struct FakeMap {
+        buckets: Vec<Vec<(u64, u64)>>,
+        first_error: Option<i32>,
+        calls: RefCell<Vec<u32>>,
+    }
+
+    impl Bpf for FakeMap {
+        unsafe fn call(&self, cmd: libc::c_int, attr: *mut u8, size: u32) -> io::Result<i64> {
+            assert_eq!(cmd, BPF_MAP_LOOKUP_BATCH);
+            assert_eq!(size as usize, size_of::<BatchAttr>());
+            // SAFETY: lookup_all passes a BatchAttr.
+            let attr = unsafe { &mut *attr.cast::<BatchAttr>() };
+            self.calls.borrow_mut().push(attr.count);
+            if let Some(errno) = self.first_error.filter(|_| self.calls.borrow().len() == 1) {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            let mut bucket = if attr.in_batch == 0 {
+                0
+            } else {
+                // SAFETY: the token buffer holds at least a u64.
+                unsafe { (attr.in_batch as *const u64).read_unaligned() as usize }
+            };
+            let room = attr.count as usize;
+            let mut written = 0;
+            while bucket < self.buckets.len() {
+                let entries = &self.buckets[bucket];
+                if written + entries.len() > room {
+                    break;
+                }
+                for (key, value) in entries {
+                    // SAFETY: lookup_all made room for `count` keys and values.
+                    unsafe {
+                        (attr.keys as *mut u64).add(written).write_unaligned(*key);
+                        (attr.values as *mut u64)
+                            .add(written)
+                            .write_unaligned(*value);
+                    }
+                    written += 1;
+                }
+                bucket += 1;
+            }
+            attr.count = written as u32;
+            // SAFETY: the token buffer holds at least a u64.
+            unsafe { (attr.out_batch as *mut u64).write_unaligned(bucket as u64) };
+            if bucket == self.buckets.len() {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            if written == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Ok(0)
+        }
+    }
+
+    fn map(buckets: &[usize]) -> FakeMap {
+        let mut next = 0;
+        FakeMap {
+            buckets: buckets
+                .iter()
+                .map(|&n| {
+                    (0..n)
+                        .map(|_| {
+                            next += 1;
+                            (next, next * 10)
+                        })
+                        .collect()
+                })
+                .collect(),
+            first_error: None,
+            calls: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn read(fake: &FakeMap, chunk: u32) -> Result<Vec<(u64, u64)>, BatchError> {
+        let fd = std::fs::File::open("/dev/null").expect("a descriptor to pass");
+        lookup_all::<u64, u64>(fake, fd.as_fd(), chunk)
+    }
+
+    #[test]
+    fn reads_every_entry_across_calls_and_ends_on_enoent() {
+        let fake = map(&[3, 0, 2, 4, 1]);
+        let entries = read(&fake, 4).expect("read");
+        assert_eq!(entries.len(), 10);
+        assert!(entries.iter().all(|(k, v)| *v == k * 10));
+        assert_eq!(fake.calls.borrow().len(), 4, "{:?}", fake.calls.borrow());
+    }
+
+    #[test]
+    fn a_bucket_larger_than_the_chunk_doubles_it_after_enospc() {
+        let fake = map(&[2, 9, 1]);
+        let entries = read(&fake, 2).expect("read");
+        assert_eq!(entries.len(), 12);
+        // 2 fit, then 9 do not fit in 2, 4 or 8 (ENOSPC each), then 16 holds the rest.
+        assert_eq!(*fake.calls.borrow(), [2, 2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn an_empty_map_ends_at_once() {
+        let fake = map(&[]);
+        assert!(read(&fake, 8).expect("read").is_empty());
+    }
+
+    #[test]
+    fn no_batch_support_says_so_on_the_first_call_only() {
+        let mut fake = map(&[1, 1]);
+        fake.first_error = Some(libc::EINVAL);
+        assert!(matches!(read(&fake, 8), Err(BatchError::Unsupported(_))));
+        let mut fake = map(&[1, 1]);
+        fake.first_error = Some(libc::EPERM);
+        assert!(matches!(read(&fake, 8), Err(BatchError::Failed(_))));
     }
 }

@@ -16,7 +16,10 @@ use aya::{
 
 use tracer_common::sampling;
 
-use super::multi_uprobe::MultiUprobePrograms;
+use super::{
+    maps::{KernelMaps, Rings},
+    multi_uprobe::MultiUprobePrograms,
+};
 use crate::{
     errors::TracerError,
     kernel::tracefs,
@@ -53,6 +56,10 @@ impl Default for MapSizes {
 /// The loaded and attached programs.
 pub struct Probes {
     pub ebpf: Ebpf,
+    /// The maps user space reads and writes, taken out of `ebpf` once loaded.
+    pub maps: KernelMaps,
+    /// The ring buffers, until their readers take them ([`Probes::take_rings`]).
+    rings: Option<Rings>,
     pub uprobes_attached: usize,
     /// How many multi-uprobe links carry them (0: one perf event per probe).
     pub multi_uprobe_links: usize,
@@ -225,8 +232,11 @@ impl Probes {
                     None
                 }
             };
+        let (maps, rings) = KernelMaps::take(&mut ebpf)?;
         let mut probes = Self {
             ebpf,
+            maps,
+            rings: Some(rings),
             uprobes_attached: 0,
             multi_uprobe_links: 0,
             tracepoints_attached: 0,
@@ -239,6 +249,11 @@ impl Probes {
             probes.load_perf_programs()?;
         }
         Ok(probes)
+    }
+
+    /// The ring buffers, for the readers that wait on them; once.
+    pub fn take_rings(&mut self) -> Option<Rings> {
+        self.rings.take()
     }
 
     /// Loads the uprobe programs that aya attaches, one perf event per probe.

@@ -3,9 +3,11 @@
 
 pub mod batch;
 pub mod loader;
+pub mod maps;
 pub mod multi_uprobe;
 pub mod reader;
 pub mod snapshot;
+pub mod sys;
 pub mod tracefs;
 
 pub use loader::{Detaching, MapSizes, Probes};

@@ -17,13 +17,15 @@ use std::{
     io,
     mem::size_of,
     os::{
-        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
 };
 
 use aya::{Ebpf, maps::Map};
+
+use super::sys::{Bpf as _, Kernel};
 use aya_obj::{
     Object,
     btf::BtfFeatures,
@@ -262,20 +264,14 @@ fn load_program_logged(
     bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
 }
 
-/// bpf(2) for the commands that return a new descriptor.
+/// bpf(2) for the commands that return a new descriptor, through the kernel layer.
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a valid bpf_attr for `cmd`, of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
+    unsafe {
+        Kernel.call_for_fd(
             cmd as libc::c_int,
-            std::ptr::from_mut(attr),
-            size_of::<bpf_attr>(),
+            std::ptr::from_mut(attr).cast(),
+            size_of::<bpf_attr>() as u32,
         )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
 }

@@ -6,22 +6,29 @@
 use std::{collections::HashMap, hash::Hash, os::fd::AsFd as _, time::Instant};
 
 use aya::{
-    Ebpf, Pod,
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    Pod,
+    maps::{HashMap as BpfHashMap, IterableMap, MapData},
 };
-use tracer_common::{AllocInfo, StackFrames, StackTotals, counter};
+use tracer_common::{AllocInfo, StackTotals, counter};
 
-use super::batch::{self, BatchError};
+use super::{
+    batch::{self, BatchError},
+    maps::KernelMaps,
+    sys::Kernel,
+};
 use crate::{errors::TracerError, model::KernelCounters};
 
-pub fn stack_totals(ebpf: &Ebpf) -> Result<HashMap<u64, StackTotals>, TracerError> {
-    Ok(read_hash(ebpf, "STACK_TOTALS")?.0.into_iter().collect())
+pub fn stack_totals(maps: &KernelMaps) -> Result<HashMap<u64, StackTotals>, TracerError> {
+    Ok(read_hash(&maps.totals, "STACK_TOTALS")?
+        .0
+        .into_iter()
+        .collect())
 }
 
 /// Every live allocation (address, info), and whether the batched read worked.
-pub fn live_allocations(ebpf: &Ebpf) -> Result<(Vec<(u64, AllocInfo)>, bool), TracerError> {
+pub fn live_allocations(maps: &KernelMaps) -> Result<(Vec<(u64, AllocInfo)>, bool), TracerError> {
     let started = Instant::now();
-    let (entries, batched) = read_hash(ebpf, "ALLOCS")?;
+    let (entries, batched) = read_hash(&maps.allocs, "ALLOCS")?;
     log::info!(
         "read {} live allocations in {:.1} ms ({})",
         entries.len(),
@@ -49,45 +56,35 @@ pub fn ktime_now_ns() -> u64 {
 
 /// A whole hash map, batched where the kernel can, else through aya's iterator.
 fn read_hash<K: Pod + Eq + Hash, V: Pod>(
-    ebpf: &Ebpf,
+    map: &BpfHashMap<MapData, K, V>,
     name: &'static str,
 ) -> Result<(Vec<(K, V)>, bool), TracerError> {
-    let map_error = |source| TracerError::Map {
-        map: name,
-        source: Box::new(source),
-    };
-    let map = ebpf.map(name).ok_or(missing(name))?;
-    // The typed view checks that K and V have the map's key and value sizes.
-    let typed: BpfHashMap<&MapData, K, V> = BpfHashMap::try_from(map).map_err(map_error)?;
-    if let Map::HashMap(data) | Map::LruHashMap(data) = map {
-        match batch::lookup_all::<K, V>(data.fd().as_fd(), batch::DEFAULT_CHUNK) {
-            Ok(entries) => return Ok((entries, true)),
-            Err(BatchError::Unsupported(err)) => {
-                log::debug!("no batched lookup for {name} ({err}); reading entry by entry");
-            }
-            Err(BatchError::Failed(err)) => return Err(TracerError::Io(err)),
+    match batch::lookup_all::<K, V>(&Kernel, map.map().fd().as_fd(), batch::DEFAULT_CHUNK) {
+        Ok(entries) => return Ok((entries, true)),
+        Err(BatchError::Unsupported(err)) => {
+            log::debug!("no batched lookup for {name} ({err}); reading entry by entry");
         }
+        Err(BatchError::Failed(err)) => return Err(TracerError::Io(err)),
     }
-    let entries = typed
+    let entries = map
         .iter()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(map_error)?;
+        .map_err(|source| TracerError::Map {
+            map: name,
+            source: Box::new(source),
+        })?;
     Ok((entries, false))
 }
 
-pub fn counters(ebpf: &Ebpf) -> Result<KernelCounters, TracerError> {
-    let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-        ebpf.map("COUNTERS").ok_or(missing("COUNTERS"))?,
-    )
-    .map_err(|source| TracerError::Map {
-        map: "COUNTERS",
-        source: Box::new(source),
-    })?;
+pub fn counters(maps: &KernelMaps) -> Result<KernelCounters, TracerError> {
     let read = |index: u32| -> Result<u64, TracerError> {
-        let values = map.get(&index, 0).map_err(|source| TracerError::Map {
-            map: "COUNTERS",
-            source: Box::new(source),
-        })?;
+        let values = maps
+            .counters
+            .get(&index, 0)
+            .map_err(|source| TracerError::Map {
+                map: "COUNTERS",
+                source: Box::new(source),
+            })?;
         Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
     };
     Ok(KernelCounters {
@@ -117,16 +114,9 @@ pub struct StackCache {
 
 impl StackCache {
     /// The user-space return addresses of a stack, innermost first.
-    pub fn get(&mut self, ebpf: &Ebpf, key: u64) -> Result<&[u64], TracerError> {
+    pub fn get(&mut self, maps: &KernelMaps, key: u64) -> &[u64] {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(key) {
-            let map: BpfHashMap<&MapData, u64, StackFrames> = BpfHashMap::try_from(
-                ebpf.map("STACKS").ok_or(missing("STACKS"))?,
-            )
-            .map_err(|source| TracerError::Map {
-                map: "STACKS",
-                source: Box::new(source),
-            })?;
-            let frames = match map.get(&key, 0) {
+            let frames = match maps.stacks.get(&key, 0) {
                 Ok(stack) => {
                     let len = (stack.len as usize).min(stack.ips.len());
                     self.truncated.insert(key, stack.truncated);
@@ -139,18 +129,11 @@ impl StackCache {
             };
             slot.insert(frames);
         }
-        Ok(&self.stacks[&key])
+        &self.stacks[&key]
     }
 
     /// How the walk of a stack read by [`Self::get`] ended (`StackFrames::truncated`).
     pub fn truncated(&self, key: u64) -> u32 {
         self.truncated.get(&key).copied().unwrap_or(0)
-    }
-}
-
-fn missing(map: &'static str) -> TracerError {
-    TracerError::Map {
-        map,
-        source: Box::new(aya::maps::MapError::InvalidName { name: map.into() }),
     }
 }

@@ -5,10 +5,9 @@
 
 use std::collections::HashMap;
 
-use aya::Ebpf;
 use tracer_common::{AllocInfo, LOST_STACK, StackTotals, Truncation};
 
-use super::reader;
+use super::{maps::KernelMaps, reader};
 use crate::{errors::TracerError, model::KernelCounters};
 
 /// One stored stack: return addresses, innermost first, and how its walk ended.
@@ -41,11 +40,11 @@ impl Default for KernelSnapshot {
 
 impl KernelSnapshot {
     /// Totals, counters and the live allocations.
-    pub fn read(ebpf: &Ebpf) -> Result<Self, TracerError> {
+    pub fn read(maps: &KernelMaps) -> Result<Self, TracerError> {
         Ok(Self {
-            totals: reader::stack_totals(ebpf)?,
-            counters: reader::counters(ebpf)?,
-            live: reader::live_allocations(ebpf)
+            totals: reader::stack_totals(maps)?,
+            counters: reader::counters(maps)?,
+            live: reader::live_allocations(maps)
                 .map(|(allocs, _)| allocs)
                 .map_err(|err| err.to_string()),
             now_ns: reader::ktime_now_ns(),
@@ -56,16 +55,16 @@ impl KernelSnapshot {
 /// The stacks under `keys`, read from the kernel's stack map. A key whose stack cannot be read
 /// (or [`LOST_STACK`]) is left out: the report shows its bytes under `[lost stack]`.
 pub fn read_stacks(
-    ebpf: &Ebpf,
+    maps: &KernelMaps,
     keys: impl IntoIterator<Item = u64>,
-) -> Result<HashMap<u64, RawStack>, TracerError> {
+) -> HashMap<u64, RawStack> {
     let mut cache = reader::StackCache::default();
     let mut stacks = HashMap::new();
     for key in keys {
         if key == LOST_STACK || stacks.contains_key(&key) {
             continue;
         }
-        let ips = cache.get(ebpf, key)?.to_vec();
+        let ips = cache.get(maps, key).to_vec();
         if ips.is_empty() {
             continue;
         }
@@ -75,5 +74,5 @@ pub fn read_stacks(
         });
         stacks.insert(key, RawStack { ips, truncation });
     }
-    Ok(stacks)
+    stacks
 }

@@ -10,10 +10,7 @@
 
 use std::{collections::HashSet, sync::Mutex};
 
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, RingBuf},
-};
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{MAX_STACK_DEPTH, StackFrames, UnwindMiss, UnwindRule};
 
@@ -22,7 +19,9 @@ use super::{
     ledger::{Repair, RepairLedger},
     stack_key, unwind_copy,
 };
-use crate::{errors::TracerError, process::TargetProcess, symbolize::Modules};
+use crate::{
+    errors::TracerError, kernel::maps::KernelMaps, process::TargetProcess, symbolize::Modules,
+};
 
 pub struct MissHandler {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -37,17 +36,8 @@ pub struct MissHandler {
 }
 
 impl MissHandler {
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, TracerError> {
-        let map_error = |source| TracerError::Map {
-            map: "UNWIND_MISSES",
-            source: Box::new(source),
-        };
-        let ring = ebpf.take_map("UNWIND_MISSES").ok_or_else(|| {
-            map_error(aya::maps::MapError::InvalidName {
-                name: "UNWIND_MISSES".into(),
-            })
-        })?;
-        let ring = RingBuf::try_from(ring).map_err(map_error)?;
+    /// Answers the requests that arrive on the kernel's unwind ring buffer.
+    pub fn new(ring: RingBuf<MapData>) -> Result<Self, TracerError> {
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|err| TracerError::Io(err.into()))?;
         Ok(Self {
@@ -72,7 +62,12 @@ impl MissHandler {
     /// into the kernel at once, so that in a burst of allocations from a new call site the
     /// kernel stops missing after the first answer instead of refilling the buffer while a
     /// backlog is read.
-    pub fn drain(&mut self, ebpf: &mut Ebpf, modules: &Mutex<Modules>, target: &TargetProcess) {
+    pub fn drain(
+        &mut self,
+        maps: &mut KernelMaps,
+        modules: &Mutex<Modules>,
+        target: &TargetProcess,
+    ) {
         let started = std::time::Instant::now();
         let mut count = 0usize;
         loop {
@@ -87,7 +82,7 @@ impl MissHandler {
                 Box::new(unsafe { item.as_ptr().cast::<UnwindMiss>().read_unaligned() })
             };
             count += 1;
-            if let Err(err) = self.answer(&miss, ebpf, modules, target) {
+            if let Err(err) = self.answer(&miss, maps, modules, target) {
                 log::debug!("unwind miss at {:#x}: {err}", miss.ip);
             }
         }
@@ -99,7 +94,7 @@ impl MissHandler {
     fn answer(
         &mut self,
         miss: &UnwindMiss,
-        ebpf: &mut Ebpf,
+        maps: &mut KernelMaps,
         modules: &Mutex<Modules>,
         target: &TargetProcess,
     ) -> Result<(), TracerError> {
@@ -138,29 +133,15 @@ impl MissHandler {
         }
         drop(modules);
 
-        let mut rules: BpfHashMap<&mut MapData, u64, UnwindRule> = BpfHashMap::try_from(
-            ebpf.map_mut("UNWIND_RULES")
-                .ok_or_else(|| missing("UNWIND_RULES"))?,
-        )
-        .map_err(|source| TracerError::Map {
-            map: "UNWIND_RULES",
-            source: Box::new(source),
-        })?;
         for (pc, rule) in used {
-            if !self.in_kernel.contains(&pc) && rules.insert(pc, rule, 0).is_ok() {
+            if !self.in_kernel.contains(&pc) && maps.rules.insert(pc, rule, 0).is_ok() {
                 self.in_kernel.insert(pc);
             }
         }
 
-        let mut stacks: BpfHashMap<&mut MapData, u64, StackFrames> =
-            BpfHashMap::try_from(ebpf.map_mut("STACKS").ok_or_else(|| missing("STACKS"))?)
-                .map_err(|source| TracerError::Map {
-                    map: "STACKS",
-                    source: Box::new(source),
-                })?;
         // The walk stopped at `miss.ip`, the last frame of the partial stack; the frames
         // below it are the partial stack's.
-        let Ok(partial) = stacks.get(&miss.partial_key, 0) else {
+        let Ok(partial) = maps.stacks.get(&miss.partial_key, 0) else {
             log::debug!(
                 "miss at {:#x}: partial stack {:#x} unreadable",
                 miss.ip,
@@ -187,7 +168,7 @@ impl MissHandler {
             ips: [0; MAX_STACK_DEPTH],
         };
         frames.ips[..ips.len()].copy_from_slice(&ips);
-        stacks
+        maps.stacks
             .insert(whole, frames, 0)
             .map_err(|source| TracerError::Map {
                 map: "STACKS",
@@ -220,13 +201,6 @@ fn join(below: &[u64], walked: &[u64], truncated: u32) -> (Vec<u64>, u32) {
         return (ips, 1);
     }
     (ips, truncated)
-}
-
-fn missing(map: &'static str) -> TracerError {
-    TracerError::Map {
-        map,
-        source: Box::new(aya::maps::MapError::InvalidName { name: map.into() }),
-    }
 }
 
 #[cfg(test)]

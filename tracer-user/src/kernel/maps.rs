@@ -1,0 +1,77 @@
+//! The kernel side's maps, each taken out of the loaded object once, by name, with its key and
+//! value types checked then. Everything after load holds a typed handle: no map is looked up
+//! by a string again, and a misnamed or resized map fails at load, not in the middle of a
+//! trace.
+//!
+//! The programs keep working on maps taken out of [`aya::Ebpf`]: their instructions hold the
+//! maps' descriptors, which these handles keep open.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+};
+use tracer_common::{AllocInfo, StackFrames, StackTotals, UnwindRule};
+
+use crate::errors::TracerError;
+
+pub struct KernelMaps {
+    /// Outstanding and total bytes per stack key (`STACK_TOTALS`).
+    pub totals: HashMap<MapData, u64, StackTotals>,
+    /// Live allocations by address (`ALLOCS`).
+    pub allocs: HashMap<MapData, u64, AllocInfo>,
+    /// Stored stacks by key (`STACKS`); user space adds repaired ones.
+    pub stacks: HashMap<MapData, u64, StackFrames>,
+    /// Unwind rules by return address (`UNWIND_RULES`), added on demand.
+    pub rules: HashMap<MapData, u64, UnwindRule>,
+    /// Activity and loss counters per CPU (`COUNTERS`, indexed by `tracer_common::counter`).
+    pub counters: PerCpuArray<MapData, u64>,
+    /// The target's lifecycle marks (`LIFECYCLE`, indexed by `tracer_common::lifecycle`).
+    pub lifecycle: Array<MapData, u64>,
+}
+
+/// The ring buffers, each handed to the one reader that waits on it.
+pub struct Rings {
+    /// Anonymous mapping events (`MAP_EVENTS`).
+    pub map_events: RingBuf<MapData>,
+    /// Unwind requests from the kernel walk (`UNWIND_MISSES`).
+    pub unwind_misses: RingBuf<MapData>,
+    /// The target's exec (`LIFECYCLE_EVENTS`).
+    pub lifecycle_events: RingBuf<MapData>,
+}
+
+impl KernelMaps {
+    /// Takes every map that user space reads or writes out of `ebpf`.
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, Rings), TracerError> {
+        Ok((
+            Self {
+                totals: typed(ebpf, "STACK_TOTALS")?,
+                allocs: typed(ebpf, "ALLOCS")?,
+                stacks: typed(ebpf, "STACKS")?,
+                rules: typed(ebpf, "UNWIND_RULES")?,
+                counters: typed(ebpf, "COUNTERS")?,
+                lifecycle: typed(ebpf, "LIFECYCLE")?,
+            },
+            Rings {
+                map_events: typed(ebpf, "MAP_EVENTS")?,
+                unwind_misses: typed(ebpf, "UNWIND_MISSES")?,
+                lifecycle_events: typed(ebpf, "LIFECYCLE_EVENTS")?,
+            },
+        ))
+    }
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, TracerError> {
+    let error = |source| TracerError::Map {
+        map: name,
+        source: Box::new(source),
+    };
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        error(MapError::InvalidName {
+            name: name.to_owned(),
+        })
+    })?;
+    T::try_from(map).map_err(error)
+}
