@@ -195,6 +195,14 @@ impl HeldDir {
         })
     }
 
+    /// The same directory, held by a second descriptor.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            shown: self.shown.clone(),
+        })
+    }
+
     /// How an entry of this directory is shown in messages.
     pub fn display(&self, name: &EntryName) -> PathBuf {
         self.shown.join(name.as_str())

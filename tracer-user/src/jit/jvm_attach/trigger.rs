@@ -6,22 +6,26 @@
 //! the target's user. So the file is made only as a new entry (`O_CREAT | O_EXCL |
 //! O_NOFOLLOW`) relative to a held directory, only where the JVM's user could make it itself,
 //! given to that user with `fchown` on its own descriptor, and removed only while the entry
-//! still is the file that leakhound made.
+//! still is the file that leakhound made: when the handshake ends, or when leakhound exits
+//! while a handshake still waits (its thread is not waited for at the end of a trace).
 
-use std::{fs::File, io, os::unix::fs::fchown};
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::fchown,
+    sync::{Mutex, Once, PoisonError},
+};
 
 use super::JvmIdentity;
 use crate::process::root::{EntryName, HeldDir, file_id, fstat};
 
 /// A trigger file that leakhound made; dropping it removes it.
-pub struct Trigger<'d> {
-    dir: &'d HeldDir,
-    name: EntryName,
-    file: File,
+pub struct Trigger {
+    key: u64,
 }
 
-impl<'d> Trigger<'d> {
-    pub fn create(dir: &'d HeldDir, name: &EntryName, jvm: JvmIdentity) -> io::Result<Self> {
+impl Trigger {
+    pub fn create(dir: &HeldDir, name: &EntryName, jvm: JvmIdentity) -> io::Result<Self> {
         let parent = dir.fstat()?;
         if !jvm_may_create_in(parent.st_mode, parent.st_uid, parent.st_gid, jvm) {
             return Err(io::Error::new(
@@ -29,25 +33,67 @@ impl<'d> Trigger<'d> {
                 "the JVM's user cannot create files there",
             ));
         }
-        let trigger = Self {
-            dir,
+        let held = dir.try_clone()?;
+        let file = dir.create_exclusive(name, 0o600)?;
+        // From here on the file is removed when the trigger is dropped, or at exit.
+        let trigger = Self::register(Made {
+            dir: held,
             name: name.clone(),
-            file: dir.create_exclusive(name, 0o600)?,
-        };
+            file,
+        });
         // The JVM trusts the file only if its owner is the JVM's effective uid or root as its
-        // namespace sees it (host root is nobody in another user namespace). On an error the
-        // drop removes the file.
-        fchown(&trigger.file, Some(jvm.euid), Some(jvm.egid))?;
-        Ok(trigger)
+        // namespace sees it (host root is nobody in another user namespace).
+        with_live(trigger.key, |made| {
+            fchown(&made.file, Some(jvm.euid), Some(jvm.egid))
+        })
+        .map(|()| trigger)
+    }
+
+    fn register(made: Made) -> Self {
+        static AT_EXIT: Once = Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: the handler is an extern "C" fn without arguments that never unwinds.
+            if unsafe { libc::atexit(remove_at_exit) } != 0 {
+                log::debug!("cannot register the removal of attach triggers at exit");
+            }
+        });
+        let mut live = live();
+        let key = live.next_key;
+        live.next_key += 1;
+        live.made.push((key, made));
+        Self { key }
     }
 }
 
-impl Drop for Trigger<'_> {
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        remove_live_where(|key| key == self.key);
+    }
+}
+
+/// Runs `f` on a live trigger.
+fn with_live(key: u64, f: impl FnOnce(&Made) -> io::Result<()>) -> io::Result<()> {
+    let live = live();
+    match live.made.iter().find(|(k, _)| *k == key) {
+        Some((_, made)) => f(made),
+        None => Err(io::Error::other("the trigger was removed at exit")),
+    }
+}
+
+/// What is needed to remove a trigger: the directory it was made in, its name there, and the
+/// file itself, to tell whether the name still is that file.
+struct Made {
+    dir: HeldDir,
+    name: EntryName,
+    file: File,
+}
+
+impl Made {
     /// Removes the entry if it is still the file made here (same device and inode). The target
     /// may rename that file away and put another entry under the name between the check and
-    /// the unlink; the entry removed is then one the target itself put in that directory, never
-    /// a file elsewhere, and only the name goes: unlinkat never follows a link.
-    fn drop(&mut self) {
+    /// the unlink; the entry removed is then one that the target itself put in that directory,
+    /// never a file elsewhere, and only the name goes: unlinkat never follows a link.
+    fn remove(&self) {
         let ours = fstat(&self.file).map(|stat| file_id(&stat));
         let there = self.dir.stat_entry(&self.name).map(|stat| file_id(&stat));
         match (ours, there) {
@@ -65,6 +111,46 @@ impl Drop for Trigger<'_> {
             ),
         }
     }
+}
+
+/// Triggers that exist now. The handshake may run on a thread that the end of the trace does
+/// not wait for (a JVM that never opens its socket keeps it waiting up to its deadline), so
+/// leakhound's exit removes what such a thread could not.
+struct Live {
+    next_key: u64,
+    made: Vec<(u64, Made)>,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    next_key: 0,
+    made: Vec::new(),
+});
+
+/// A panic elsewhere cannot leave the list half-changed: a push or a removal is one step.
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Takes the live triggers whose key `which` picks out of the list, then removes them: each
+/// is removed once, by whoever takes it.
+fn remove_live_where(which: impl Fn(u64) -> bool) {
+    let taken: Vec<Made> = {
+        let mut live = live();
+        let (taken, kept) = std::mem::take(&mut live.made)
+            .into_iter()
+            .partition(|(key, _)| which(*key));
+        live.made = kept;
+        taken.into_iter().map(|(_, made)| made).collect()
+    };
+    for made in taken {
+        made.remove();
+    }
+}
+
+/// At exit, every trigger still live; their own drops then find nothing to do.
+extern "C" fn remove_at_exit() {
+    // A panic must not cross into libc's exit.
+    let _ = std::panic::catch_unwind(|| remove_live_where(|_| true));
 }
 
 /// Whether the JVM's user could create a file in a directory, by the directory's mode bits as
@@ -175,6 +261,25 @@ mod tests {
                 .unwrap()
                 .is_symlink()
         );
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn live_triggers_are_removed_at_exit() {
+        let base = scratch("exit");
+        let root = TargetRoot::at(&base).unwrap();
+        let tmp = root.hold_dir(std::path::Path::new("/tmp")).unwrap();
+        let name = EntryName::new(".attach_pid7").unwrap();
+        let trigger = Trigger::create(&tmp, &name, me()).unwrap();
+        assert!(base.join("tmp/.attach_pid7").exists());
+        // What the exit handler does, while a handshake on another thread still waits (for
+        // this trigger only: other tests run beside this one).
+        remove_live_where(|key| key == trigger.key);
+        assert!(!base.join("tmp/.attach_pid7").exists());
+        // A new file under the name is not the trigger's to remove.
+        fs::write(base.join("tmp/.attach_pid7"), "the target's\n").unwrap();
+        drop(trigger);
+        assert!(base.join("tmp/.attach_pid7").exists());
         fs::remove_dir_all(&base).unwrap();
     }
 
