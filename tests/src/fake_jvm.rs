@@ -25,6 +25,8 @@ pub enum Trap<'a> {
     Dribble,
     /// No trap: a listener that starts on SIGQUIT and a trigger file, and answers.
     Answer,
+    /// On SIGQUIT it looks at the trigger file, and never listens.
+    Silent,
 }
 
 pub struct FakeJvm {
@@ -48,6 +50,7 @@ impl FakeJvm {
             Trap::SocketLink(path) => ("socket-link", Some(path)),
             Trap::Dribble => ("dribble", None),
             Trap::Answer => ("answer", None),
+            Trap::Silent => ("silent", None),
         };
         // The program and the library are reached through /mnt if they are under /tmp,
         // which the tmpfs hides; the trap's path is the host's, as a planted link names it.

@@ -10,6 +10,8 @@
  *                                      every 3 s, forever
  *   fake_jvm LIBJVM answer             a well-behaved listener: on SIGQUIT it checks the
  *                                      trigger file as HotSpot does, then answers "0"
+ *   fake_jvm LIBJVM silent             on SIGQUIT it checks the trigger file, and never
+ *                                      listens
  *
  * Lines it prints besides the truth: "sigquit N" and "served N" (requests answered), then
  * "trigger <where> <uid>" for every trigger it saw, and "left <name>" for every attach file
@@ -108,7 +110,7 @@ static int trigger_present(void)
 
 static void *answer(void *arg)
 {
-    (void)arg;
+    int listens = arg != NULL;
     int fd = -1;
     sig_atomic_t handled = 0;
     for (;;) {
@@ -118,7 +120,7 @@ static void *answer(void *arg)
                 continue;
             }
             handled = quits;
-            if (trigger_present())
+            if (trigger_present() && listens)
                 fd = listen_at(socket_path);
             continue;
         }
@@ -200,8 +202,9 @@ int main(int argc, char **argv)
         mine = socket_path;
         if (pthread_create(&thread, NULL, dribble, &fd) != 0)
             die("pthread_create");
-    } else if (strcmp(mode, "answer") == 0) {
-        if (pthread_create(&thread, NULL, answer, NULL) != 0)
+    } else if (strcmp(mode, "answer") == 0 || strcmp(mode, "silent") == 0) {
+        static int listens = 1;
+        if (pthread_create(&thread, NULL, answer, strcmp(mode, "answer") == 0 ? &listens : NULL) != 0)
             die("pthread_create");
         mine = socket_path;
     } else {
