@@ -3,7 +3,7 @@
 //!
 //! The handshake (HotSpot `attachListener_linux.cpp`, JDK `VirtualMachineImpl.java`):
 //! 1. The JVM listens on `/tmp/.java_pid<pid>` once its attach listener runs; `<pid>` is the
-//!    PID in the JVM's own namespace, and `/tmp` is the JVM's, reached through `/proc/PID/root`.
+//!    PID in the JVM's own namespace, and `/tmp` is the JVM's, resolved inside its root.
 //! 2. If it does not listen yet, create `.attach_pid<pid>` in its working directory (or its
 //!    `/tmp`), owned by its effective uid or by root, and send SIGQUIT: the signal thread sees
 //!    the file and starts the listener instead of printing a thread dump.
@@ -11,6 +11,12 @@
 //!    or uid 0, as its own user namespace sees them.
 //! 4. Send `1\0jcmd\0Compiler.perfmap\0\0\0` (protocol version, command, three arguments) and
 //!    read to the end: a status line (`0` is success), then the command's output.
+//!
+//! leakhound runs as root, and anything that maps a `libjvm.so` and catches SIGQUIT passes
+//! for a JVM; its working directory and `/tmp` are its own to fill with links. So the trigger
+//! is made and removed by name in held directories, never through a link (`trigger.rs`); the
+//! socket is checked by what it is, not by its name, and connected to as that inode
+//! (`socket.rs`); and the whole handshake, the wait for the socket included, has one deadline.
 
 mod deadline;
 mod socket;
@@ -28,8 +34,8 @@ use crate::process::{
     TargetProcess,
     root::{EntryName, HeldDir, RootError, TargetRoot},
 };
-pub use deadline::Deadline;
-pub use socket::{ExchangeError, MAX_REPLY, SocketProblem};
+use deadline::Deadline;
+pub use socket::{ExchangeError, SocketProblem};
 use trigger::Trigger;
 
 #[derive(Debug, Error)]
