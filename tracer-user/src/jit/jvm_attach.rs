@@ -24,15 +24,19 @@ mod trigger;
 
 use std::{
     fs, io,
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use thiserror::Error;
 
-use crate::process::{
-    TargetProcess,
-    root::{EntryName, HeldDir, RootError, TargetRoot},
+use crate::{
+    exit_watch,
+    process::{
+        TargetProcess,
+        root::{EntryName, HeldDir, RootError, TargetRoot},
+    },
 };
 use deadline::Deadline;
 pub use socket::{ExchangeError, SocketProblem};
@@ -62,6 +66,8 @@ pub enum AttachError {
     Refused { status: i32, message: String },
     #[error("cannot read /proc/{pid}/status")]
     Status { pid: u32 },
+    #[error("cannot send SIGQUIT to pid {pid}: {source}")]
+    Signal { pid: u32, source: io::Error },
     #[error(transparent)]
     Root(#[from] RootError),
 }
@@ -174,32 +180,27 @@ fn one_line(text: &str, max: usize) -> String {
 /// Runs `Compiler.perfmap` in the JVM, starting its attach listener first if needed; all of it
 /// within `budget`.
 pub fn request_perf_map(target: &TargetProcess, budget: Duration) -> Result<String, AttachError> {
-    let deadline = Deadline::after(budget);
-    let status = fs::read_to_string(format!("/proc/{}/status", target.pid))
-        .map_err(|_| AttachError::Status { pid: target.pid })?;
-    let jvm = identity(&status).ok_or(AttachError::Status { pid: target.pid })?;
-    // The JVM's /tmp as the JVM resolves it, held: every later step is relative to it.
-    let tmp = TargetRoot::open(target.pid)?.hold_dir(Path::new("/tmp"))?;
-    let name = EntryName::new(&format!(".java_pid{}", jvm.nspid)).expect("one file name");
-    let shown = tmp.display(&name);
+    let handshake = Handshake::begin(target, budget)?;
     let socket_error = |source| AttachError::Socket {
-        path: shown.clone(),
+        path: handshake.tmp.display(&handshake.socket),
         source,
     };
-
-    let stream = match find_socket(&tmp, &name, jvm)? {
+    let (jvm, deadline) = (handshake.jvm, handshake.deadline);
+    let stream = match handshake.find_socket()? {
         Some(socket) => match socket.connect_as(jvm, deadline) {
             Ok(stream) => stream,
             // Nobody listens: a socket left by an earlier JVM with this PID. HotSpot replaces
             // it when its listener starts.
             Err(ExchangeError::Io(err)) if err.kind() == io::ErrorKind::ConnectionRefused => {
-                start_listener(target, jvm, &tmp, &name, Some(socket.id()), deadline)?
+                handshake
+                    .start_listener(Some(socket.id()))?
                     .connect_as(jvm, deadline)
                     .map_err(socket_error)?
             }
             Err(err) => return Err(socket_error(err)),
         },
-        None => start_listener(target, jvm, &tmp, &name, None, deadline)?
+        None => handshake
+            .start_listener(None)?
             .connect_as(jvm, deadline)
             .map_err(socket_error)?,
     };
@@ -208,78 +209,127 @@ pub fn request_perf_map(target: &TargetProcess, budget: Duration) -> Result<Stri
     parse_reply(&reply)
 }
 
-/// The socket at `name` if there is one; anything there that is not the JVM's socket is
-/// refused.
-fn find_socket(
-    tmp: &HeldDir,
-    name: &EntryName,
+/// What one handshake works with, found once at its start.
+struct Handshake<'t> {
+    target: &'t TargetProcess,
+    /// Held before the status is read: SIGQUIT then reaches the process whose status said
+    /// that it catches the signal, even if that one has exited and its PID is another's by then.
+    process: OwnedFd,
     jvm: JvmIdentity,
-) -> Result<Option<socket::AttachSocket>, AttachError> {
-    let shown = || tmp.display(name);
-    let Some(entry) = socket::find(tmp, name).map_err(|err| AttachError::Socket {
-        path: shown(),
-        source: err.into(),
-    })?
-    else {
-        return Ok(None);
-    };
-    entry
-        .vet(jvm)
-        .map(Some)
-        .map_err(|problem| AttachError::Untrusted {
-            path: shown(),
-            problem,
-        })
+    /// The JVM's /tmp as the JVM resolves it, held: every later step is relative to it.
+    tmp: HeldDir,
+    /// `.java_pid<nspid>`.
+    socket: EntryName,
+    deadline: Deadline,
 }
 
-/// Creates the trigger file, sends SIGQUIT and waits for the socket (another than `stale`, if
-/// given); the trigger is removed on the way out.
-fn start_listener(
-    target: &TargetProcess,
-    jvm: JvmIdentity,
-    tmp: &HeldDir,
-    socket: &EntryName,
-    stale: Option<(u64, u64)>,
-    deadline: Deadline,
-) -> Result<socket::AttachSocket, AttachError> {
-    if !jvm.catches_quit {
-        return Err(AttachError::NoQuitHandler);
+impl<'t> Handshake<'t> {
+    fn begin(target: &'t TargetProcess, budget: Duration) -> Result<Self, AttachError> {
+        let deadline = Deadline::after(budget);
+        let status_error = || AttachError::Status { pid: target.pid };
+        let process = exit_watch::pidfd(target.pid).map_err(|_| status_error())?;
+        let status = fs::read_to_string(format!("/proc/{}/status", target.pid))
+            .map_err(|_| status_error())?;
+        let jvm = identity(&status).ok_or_else(status_error)?;
+        let tmp = TargetRoot::open(target.pid)?.hold_dir(Path::new("/tmp"))?;
+        let socket = EntryName::new(&format!(".java_pid{}", jvm.nspid)).expect("one file name");
+        Ok(Self {
+            target,
+            process,
+            jvm,
+            tmp,
+            socket,
+            deadline,
+        })
     }
-    let name = EntryName::new(&format!(".attach_pid{}", jvm.nspid)).expect("one file name");
-    // The working directory that the kernel holds for the process, not a path to it.
-    let cwd = HeldDir::open_link(Path::new(&format!("/proc/{}/cwd", target.pid)));
-    let in_cwd = match &cwd {
-        Ok(dir) => Trigger::create(dir, &name, jvm),
-        Err(err) => Err(io::Error::other(err.to_string())),
-    };
-    let _trigger = match in_cwd {
-        Ok(trigger) => trigger,
-        Err(err) => {
-            log::debug!("no attach trigger in the JVM's working directory: {err}");
-            Trigger::create(tmp, &name, jvm).map_err(|source| AttachError::Trigger {
-                path: tmp.display(&name),
-                source,
+
+    /// The socket if there is one; anything at its name that is not the JVM's socket is
+    /// refused.
+    fn find_socket(&self) -> Result<Option<socket::AttachSocket>, AttachError> {
+        let shown = || self.tmp.display(&self.socket);
+        let Some(entry) =
+            socket::find(&self.tmp, &self.socket).map_err(|err| AttachError::Socket {
+                path: shown(),
+                source: err.into(),
             })?
-        }
-    };
-    // SAFETY: kill has no memory arguments; the caller checked that this process is a JVM
-    // that catches SIGQUIT.
-    unsafe { libc::kill(target.pid as libc::pid_t, libc::SIGQUIT) };
-    let mut pause = Duration::from_millis(5);
-    loop {
-        // The JVM binds its socket under a temporary name and renames it into place, so the
-        // name appears once, complete. It gives no event to wait on: poll with a growing
-        // pause, as jcmd does.
-        match find_socket(tmp, socket, jvm)? {
-            Some(found) if Some(found.id()) != stale => return Ok(found),
-            _ => {}
-        }
-        let Some(left) = deadline.remaining() else {
-            return Err(AttachError::NoSocket(deadline.budget()));
+        else {
+            return Ok(None);
         };
-        std::thread::sleep(pause.min(left));
-        pause = (pause * 2).min(Duration::from_millis(100));
+        entry
+            .vet(self.jvm)
+            .map(Some)
+            .map_err(|problem| AttachError::Untrusted {
+                path: shown(),
+                problem,
+            })
     }
+
+    /// Creates the trigger file, sends SIGQUIT and waits for the socket (another than `stale`,
+    /// if given); the trigger is removed on the way out.
+    fn start_listener(
+        &self,
+        stale: Option<(u64, u64)>,
+    ) -> Result<socket::AttachSocket, AttachError> {
+        let (target, jvm) = (self.target, self.jvm);
+        if !jvm.catches_quit {
+            return Err(AttachError::NoQuitHandler);
+        }
+        let name = EntryName::new(&format!(".attach_pid{}", jvm.nspid)).expect("one file name");
+        // The working directory that the kernel holds for the process, not a path to it.
+        let cwd = HeldDir::open_link(Path::new(&format!("/proc/{}/cwd", target.pid)));
+        let in_cwd = match &cwd {
+            Ok(dir) => Trigger::create(dir, &name, jvm),
+            Err(err) => Err(io::Error::other(err.to_string())),
+        };
+        let _trigger = match in_cwd {
+            Ok(trigger) => trigger,
+            Err(err) => {
+                log::debug!("no attach trigger in the JVM's working directory: {err}");
+                Trigger::create(&self.tmp, &name, jvm).map_err(|source| AttachError::Trigger {
+                    path: self.tmp.display(&name),
+                    source,
+                })?
+            }
+        };
+        send_quit(&self.process).map_err(|source| AttachError::Signal {
+            pid: target.pid,
+            source,
+        })?;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            // The JVM binds its socket under a temporary name and renames it into place, so
+            // the name appears once, complete. It gives no event to wait on: poll with a
+            // growing pause, as jcmd does.
+            match self.find_socket()? {
+                Some(found) if Some(found.id()) != stale => return Ok(found),
+                _ => {}
+            }
+            let Some(left) = self.deadline.remaining() else {
+                return Err(AttachError::NoSocket(self.deadline.budget()));
+            };
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// SIGQUIT through the process's pidfd; the caller checked that it catches the signal.
+fn send_quit(process: &OwnedFd) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal number, a null siginfo (as kill
+    // would send) and flags; no other memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            process.as_raw_fd(),
+            libc::SIGQUIT,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
