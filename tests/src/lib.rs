@@ -5,6 +5,7 @@
 //! [`serial()`], since the machine has 2 cores and the probe checks need no other tracer.
 
 pub mod container;
+pub mod fake_jvm;
 pub mod frame_pointer_targets;
 pub mod probes;
 pub mod process;

@@ -305,3 +305,19 @@ pub fn go_heap() -> PathBuf {
         .unwrap_or_else(|e| panic!("renaming to {}: {e}", output.display()));
     output
 }
+
+/// `targets/fake_jvm.c`: a process that passes for a JVM and sets traps for the attach
+/// handshake (see [`crate::fake_jvm`]).
+pub fn fake_jvm() -> PathBuf {
+    build("fake_jvm", false)
+}
+
+/// `targets/fake_libjvm.c` as a shared object named `libjvm.so`, for [`fake_jvm`] to map.
+pub fn fake_libjvm() -> PathBuf {
+    build_source(
+        "fake_libjvm.c",
+        "libjvm.so",
+        &["-O2", "-shared", "-fPIC", "-Wall", "-Wextra"],
+        &[],
+    )
+}

@@ -45,7 +45,7 @@ impl RootError {
 }
 
 /// The kind of file an `fstat` mode names, for messages.
-fn kind_of(mode: libc::mode_t) -> &'static str {
+pub fn kind_of(mode: libc::mode_t) -> &'static str {
     match mode & libc::S_IFMT {
         libc::S_IFREG => "regular file",
         libc::S_IFDIR => "directory",
@@ -132,6 +132,160 @@ impl TargetRoot {
         let fd = self.open_path(path, false)?;
         reopen_regular(fd, &self.display(path))
     }
+
+    /// A directory inside the root, held to create, look at and remove entries in it by name.
+    pub fn hold_dir(&self, path: &Path) -> Result<HeldDir, RootError> {
+        let shown = self.display(path);
+        let fd = self.open_path(path, false)?;
+        let stat = fstat(&fd).map_err(|source| RootError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(RootError::NotRegular {
+                path: shown,
+                kind: kind_of(stat.st_mode),
+            });
+        }
+        Ok(HeldDir { fd, shown })
+    }
+}
+
+/// One name in a directory: not empty, no `/`, no NUL, not `.` or `..`. An entry is reached
+/// by such a name relative to a [`HeldDir`], so nothing is resolved along a path again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryName(CString);
+
+impl EntryName {
+    pub fn new(name: &str) -> Option<Self> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return None;
+        }
+        CString::new(name).ok().map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("made from a str")
+    }
+}
+
+/// A directory held open by descriptor. Its entries are created with `O_EXCL | O_NOFOLLOW`,
+/// looked at without following a link, and removed by name in this very directory: a link
+/// planted in it, or a rename of the directory itself, never sends leakhound elsewhere.
+#[derive(Debug)]
+pub struct HeldDir {
+    fd: OwnedFd,
+    /// Where it was opened from, for messages.
+    shown: PathBuf,
+}
+
+impl HeldDir {
+    /// The directory that a magic link such as `/proc/PID/cwd` names. The kernel resolves the
+    /// link to the process's own directory, not by its path, so no link along it is followed.
+    pub fn open_link(link: &Path) -> Result<Self, RootError> {
+        let fd = open_raw(link, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).map_err(
+            |source| RootError::Io {
+                path: link.to_owned(),
+                source,
+            },
+        )?;
+        Ok(Self {
+            fd,
+            shown: link.to_owned(),
+        })
+    }
+
+    /// The same directory, held by a second descriptor.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            shown: self.shown.clone(),
+        })
+    }
+
+    /// How an entry of this directory is shown in messages.
+    pub fn display(&self, name: &EntryName) -> PathBuf {
+        self.shown.join(name.as_str())
+    }
+
+    pub fn fstat(&self) -> io::Result<libc::stat> {
+        fstat(&self.fd)
+    }
+
+    /// Creates a new regular file, open for writing. An entry of that name, a symlink or a
+    /// dangling one included, is never reused: the call fails with `EEXIST`.
+    pub fn create_exclusive(&self, name: &EntryName, mode: libc::mode_t) -> io::Result<File> {
+        // SAFETY: the name is NUL-terminated; the mode is passed as the variadic argument
+        // that O_CREAT reads.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                name.0.as_ptr(),
+                libc::O_WRONLY
+                    | libc::O_CREAT
+                    | libc::O_EXCL
+                    | libc::O_NOFOLLOW
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC,
+                libc::c_uint::from(mode),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// An `O_PATH` descriptor of the entry itself: a symlink is returned as the link.
+    pub fn open_entry(&self, name: &EntryName) -> io::Result<OwnedFd> {
+        // SAFETY: the name is NUL-terminated; openat has no other memory arguments.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                name.0.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// What the entry is now, without following a link.
+    pub fn stat_entry(&self, name: &EntryName) -> io::Result<libc::stat> {
+        // SAFETY: `stat` is plain data that fstatat fills in; zeroed is a valid value of it.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the name is NUL-terminated and `stat` is a valid out pointer.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                name.0.as_ptr(),
+                &mut stat,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stat)
+    }
+
+    /// Removes the entry from this directory (a link is removed as a link).
+    pub fn unlink_entry(&self, name: &EntryName) -> io::Result<()> {
+        // SAFETY: the name is NUL-terminated; unlinkat has no other memory arguments.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.0.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// What a `stat` identifies: the same pair is the same file, whatever its name now.
+pub fn file_id(stat: &libc::stat) -> (u64, u64) {
+    (stat.st_dev, stat.st_ino)
 }
 
 /// pathrs errors as the rest of leakhound sees them: an OS error keeps its errno, so that "not
@@ -313,6 +467,50 @@ mod tests {
     #[test]
     fn paths_stay_inside_the_root() {
         check_containment("resolve");
+    }
+
+    #[test]
+    fn entry_names_are_one_component() {
+        assert_eq!(
+            EntryName::new(".java_pid1").map(|n| n.as_str().to_owned()),
+            Some(".java_pid1".to_owned())
+        );
+        for bad in ["", ".", "..", "a/b", "/a", "a/", "a\0b"] {
+            assert_eq!(EntryName::new(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_held_directory_works_by_name_and_never_follows() {
+        let fixture = Fixture::new("held");
+        let root = TargetRoot::at(&fixture.root).unwrap();
+        let tmp = root.hold_dir(Path::new("/tmp")).unwrap();
+        let absolute = EntryName::new("absolute").unwrap();
+        assert_eq!(
+            tmp.stat_entry(&absolute).unwrap().st_mode & libc::S_IFMT,
+            libc::S_IFLNK
+        );
+        let err = tmp.create_exclusive(&absolute, 0o600).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+        let fresh = EntryName::new("fresh").unwrap();
+        let file = tmp.create_exclusive(&fresh, 0o600).unwrap();
+        assert_eq!(
+            file_id(&fstat(&file).unwrap()),
+            file_id(&tmp.stat_entry(&fresh).unwrap())
+        );
+        tmp.unlink_entry(&absolute).unwrap();
+        assert_eq!(
+            fs::read_to_string(&fixture.secret).unwrap(),
+            "host secret\n"
+        );
+        // A root whose /tmp is a link out is held inside the root, or not at all.
+        let escaping = fixture.base.join("escaping");
+        fs::create_dir_all(&escaping).unwrap();
+        symlink(&fixture.base, escaping.join("tmp")).unwrap();
+        let held = TargetRoot::at(&escaping)
+            .unwrap()
+            .hold_dir(Path::new("/tmp"));
+        assert!(held.is_err(), "/tmp -> a host directory must not be held");
     }
 
     #[test]
