@@ -13,7 +13,7 @@ pub mod perf_map;
 
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -362,31 +362,20 @@ impl Runtime {
 /// Removes a regular file that leakhound had the target write, resolved inside the target's
 /// root; a symlink or anything else put there since is left alone.
 fn remove_in_root(target: &TargetProcess, path: &Path) -> std::io::Result<()> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
         return Ok(());
     };
-    let root = TargetRoot::open(target.pid).map_err(std::io::Error::other)?;
-    let dir = root.open_dir(parent).map_err(std::io::Error::other)?;
-    let name = std::ffi::CString::new(name.as_encoded_bytes())?;
-    // SAFETY: the name is NUL-terminated; `stat` is a valid out pointer.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; AT_SYMLINK_NOFOLLOW makes a planted link report as a link.
-    let found = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut stat,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if found != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+    let Some(name) = root::EntryName::new(name) else {
         return Ok(());
+    };
+    let dir = TargetRoot::open(target.pid)
+        .and_then(|root| root.hold_dir(parent))
+        .map_err(std::io::Error::other)?;
+    match dir.stat_entry(&name) {
+        Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFREG => dir.unlink_entry(&name),
+        _ => Ok(()),
     }
-    // SAFETY: the directory descriptor is open and the name NUL-terminated.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl Jvm {

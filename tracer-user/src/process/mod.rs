@@ -8,11 +8,7 @@ pub mod maps;
 pub mod probe_offset;
 pub mod root;
 
-use std::{
-    fs,
-    io::ErrorKind,
-    path::{Path, PathBuf},
-};
+use std::{fs, io::ErrorKind, path::PathBuf};
 
 use crate::errors::TracerError;
 
@@ -76,12 +72,6 @@ impl TargetProcess {
                 source,
             }),
         }
-    }
-
-    /// A path as the target sees it, reached from here through `/proc/PID/root`.
-    pub fn in_root(&self, path: &Path) -> PathBuf {
-        let relative = path.strip_prefix("/").unwrap_or(path);
-        PathBuf::from(format!("/proc/{}/root", self.pid)).join(relative)
     }
 
     /// The executable, through the `/proc/PID/exe` link (works for deleted files too).
