@@ -39,6 +39,16 @@ pub enum Truncation {
     Pending,
 }
 
+impl From<Truncation> for u32 {
+    fn from(truncation: Truncation) -> u32 {
+        match truncation {
+            Truncation::Complete => 0,
+            Truncation::DepthLimit => 1,
+            Truncation::Pending => TRUNCATED_PENDING,
+        }
+    }
+}
+
 impl TryFrom<u32> for Truncation {
     type Error = u32;
 
@@ -67,6 +77,27 @@ pub struct UnwindRule {
 }
 
 impl UnwindRule {
+    /// A rule of `kind` with its offsets; `rbp_offset` is [`RBP_UNCHANGED`] where the frame
+    /// leaves rbp as it was.
+    pub const fn new(kind: RuleKind, cfa_offset: i32, rbp_offset: i32) -> Self {
+        Self {
+            kind: kind as u32,
+            cfa_offset,
+            rbp_offset,
+            _pad: 0,
+        }
+    }
+
+    /// The walk ends at this frame.
+    pub const fn stop() -> Self {
+        Self::new(RuleKind::Stop, 0, 0)
+    }
+
+    /// A frame-pointer frame: CFA = rbp + 16, the caller's rbp at CFA - 16.
+    pub const fn frame_pointer() -> Self {
+        Self::new(RuleKind::FramePointer, 0, 0)
+    }
+
     /// The frame's CFA (the caller's stack pointer) under this rule, from the frame's `sp` and
     /// `bp`; `None` where the walk ends: a stop rule, or a CFA that is not above `sp` on the
     /// same stack. The kernel walk and user space's walk of a copy both step with this, so the
@@ -107,16 +138,58 @@ pub fn stack_hash_step(hash: u64, ip: u64) -> u64 {
 /// The FNV-1a offset basis.
 pub const STACK_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// CFA = rsp + offset.
-pub const RULE_CFA_RSP: u32 = 0;
-/// CFA = rbp + offset.
-pub const RULE_CFA_RBP: u32 = 1;
-/// No CFI (JIT code, hand-written assembly): a frame-pointer frame, CFA = rbp + 16.
-pub const RULE_FRAME_POINTER: u32 = 2;
-/// The outermost frame, or CFI that the kernel walk cannot apply: the walk ends here.
-pub const RULE_STOP: u32 = 3;
+/// The key a stack is stored under, from the hash of its frames: [`LOST_STACK`] is reserved,
+/// so a hash that lands on it moves one down. The kernel and user space both end with this,
+/// so a stack repaired in user space gets the key the kernel would give it.
+#[inline(always)]
+pub fn stack_key_of_hash(hash: u64) -> u64 {
+    if hash == LOST_STACK { hash - 1 } else { hash }
+}
+
+/// How an [`UnwindRule`] finds the CFA. The kernel matches on the `u32` values (the
+/// `RULE_*` constants); user space builds and decodes rules through this enum.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleKind {
+    /// CFA = rsp + offset.
+    CfaRsp = 0,
+    /// CFA = rbp + offset.
+    CfaRbp = 1,
+    /// No CFI (JIT code, hand-written assembly): a frame-pointer frame, CFA = rbp + 16.
+    FramePointer = 2,
+    /// The outermost frame, or CFI that the kernel walk cannot apply: the walk ends here.
+    Stop = 3,
+}
+
+impl TryFrom<u32> for RuleKind {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            RULE_CFA_RSP => Ok(Self::CfaRsp),
+            RULE_CFA_RBP => Ok(Self::CfaRbp),
+            RULE_FRAME_POINTER => Ok(Self::FramePointer),
+            RULE_STOP => Ok(Self::Stop),
+            other => Err(other),
+        }
+    }
+}
+
+pub const RULE_CFA_RSP: u32 = RuleKind::CfaRsp as u32;
+pub const RULE_CFA_RBP: u32 = RuleKind::CfaRbp as u32;
+pub const RULE_FRAME_POINTER: u32 = RuleKind::FramePointer as u32;
+pub const RULE_STOP: u32 = RuleKind::Stop as u32;
 /// `UnwindRule::rbp_offset` when the frame leaves rbp as it was.
 pub const RBP_UNCHANGED: i32 = i32::MIN;
+
+/// The registers a stack walk carries from frame to frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    /// The return address (or, innermost, the instruction pointer).
+    pub pc: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
 
 /// Bytes of user stack copied into an [`UnwindMiss`].
 pub const STACK_COPY_BYTES: usize = 8192;
@@ -494,6 +567,30 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncations_and_rule_kinds_decode_both_ways() {
+        for truncation in [Truncation::Complete, Truncation::DepthLimit, Truncation::Pending] {
+            assert_eq!(Truncation::try_from(u32::from(truncation)), Ok(truncation));
+        }
+        assert_eq!(Truncation::try_from(7), Err(7));
+        for kind in [
+            RuleKind::CfaRsp,
+            RuleKind::CfaRbp,
+            RuleKind::FramePointer,
+            RuleKind::Stop,
+        ] {
+            assert_eq!(RuleKind::try_from(kind as u32), Ok(kind));
+        }
+        assert_eq!(RuleKind::try_from(4), Err(4));
+        assert_eq!(UnwindRule::stop().kind, RULE_STOP);
+    }
+
+    #[test]
+    fn no_stack_is_keyed_as_lost() {
+        assert_eq!(stack_key_of_hash(LOST_STACK), LOST_STACK - 1);
+        assert_eq!(stack_key_of_hash(42), 42);
+    }
 
     #[test]
     fn tags_round_trip() {

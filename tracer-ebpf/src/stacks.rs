@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     LOST_STACK, MAX_STACK_DEPTH, MAX_STACK_SPAN, STACK_COPY_BYTES, STACK_HASH_SEED, StackFrames,
-    TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter, stack_hash_step,
+    TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter, stack_hash_step, stack_key_of_hash,
 };
 
 use crate::state::count;
@@ -316,8 +316,7 @@ fn store(frames: &StackFrames) -> u64 {
         &mut hashing,
     );
     let hash = hashing.hash;
-    // LOST_STACK is reserved.
-    let key = if hash == LOST_STACK { hash - 1 } else { hash };
+    let key = stack_key_of_hash(hash);
     // SAFETY: only checks for presence.
     if unsafe { STACKS.get(&key) }.is_some() {
         return key;

@@ -7,9 +7,7 @@ use gimli::{
     UnwindSection as _, X86_64,
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, read::ReadCache};
-use tracer_common::{
-    RBP_UNCHANGED, RULE_CFA_RBP, RULE_CFA_RSP, RULE_FRAME_POINTER, RULE_STOP, UnwindRule,
-};
+use tracer_common::{RBP_UNCHANGED, RuleKind, UnwindRule};
 
 use crate::symbolize::{Location, Modules};
 
@@ -91,10 +89,7 @@ impl ModuleCfi {
 
 /// Turns a CFI row into what the kernel walk can apply; anything else ends the walk there.
 fn rule_of(row: &gimli::UnwindTableRow<usize>) -> UnwindRule {
-    let stop = UnwindRule {
-        kind: RULE_STOP,
-        ..UnwindRule::default()
-    };
+    let stop = UnwindRule::stop();
     // The return address must be at CFA - 8, as the call pushed it; `_start` marks it
     // undefined, which ends every walk at the outermost frame.
     if !matches!(row.register(X86_64::RA), Some(RegisterRule::Offset(-8))) {
@@ -102,10 +97,10 @@ fn rule_of(row: &gimli::UnwindTableRow<usize>) -> UnwindRule {
     }
     let (kind, cfa_offset) = match row.cfa() {
         CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
-            (RULE_CFA_RSP, *offset)
+            (RuleKind::CfaRsp, *offset)
         }
         CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
-            (RULE_CFA_RBP, *offset)
+            (RuleKind::CfaRbp, *offset)
         }
         _ => return stop,
     };
@@ -120,12 +115,7 @@ fn rule_of(row: &gimli::UnwindTableRow<usize>) -> UnwindRule {
     let Ok(cfa_offset) = i32::try_from(cfa_offset) else {
         return stop;
     };
-    UnwindRule {
-        kind,
-        cfa_offset,
-        rbp_offset,
-        _pad: 0,
-    }
+    UnwindRule::new(kind, cfa_offset, rbp_offset)
 }
 
 /// Rules by return address for one traced process.
@@ -168,21 +158,12 @@ impl CfiRules {
                         .address_of(file_offset)
                         .and_then(|address| module.rule_at(address, &mut self.ctx))
                         // Code with no CFI (hand-written assembly) may still keep rbp.
-                        .unwrap_or(UnwindRule {
-                            kind: RULE_FRAME_POINTER,
-                            ..UnwindRule::default()
-                        }),
-                    None => UnwindRule {
-                        kind: RULE_FRAME_POINTER,
-                        ..UnwindRule::default()
-                    },
+                        .unwrap_or(UnwindRule::frame_pointer()),
+                    None => UnwindRule::frame_pointer(),
                 }
             }
             // JIT code has no CFI; V8 and HotSpot (with -XX:+PreserveFramePointer) keep rbp.
-            Location::Anonymous => UnwindRule {
-                kind: RULE_FRAME_POINTER,
-                ..UnwindRule::default()
-            },
+            Location::Anonymous => UnwindRule::frame_pointer(),
             Location::Unknown => return None,
         };
         self.by_address.insert(return_address, rule);
@@ -202,10 +183,7 @@ impl CfiRules {
 
     /// A rule for an address in no mapping: the walk ends there.
     pub fn stop() -> UnwindRule {
-        UnwindRule {
-            kind: RULE_STOP,
-            ..UnwindRule::default()
-        }
+        UnwindRule::stop()
     }
 }
 
@@ -241,14 +219,6 @@ mod tests {
         let rule = module
             .rule_at(malloc, &mut ctx)
             .expect("an FDE covers malloc");
-        assert_eq!(
-            rule,
-            UnwindRule {
-                kind: RULE_CFA_RSP,
-                cfa_offset: 8,
-                rbp_offset: RBP_UNCHANGED,
-                _pad: 0
-            }
-        );
+        assert_eq!(rule, UnwindRule::new(RuleKind::CfaRsp, 8, RBP_UNCHANGED));
     }
 }

@@ -13,7 +13,7 @@ mod repair;
 pub use cfi::CfiRules;
 pub use repair::MissHandler;
 use tracer_common::{
-    MAX_STACK_DEPTH, STACK_HASH_SEED, TRUNCATED_PENDING, UnwindRule, stack_hash_step,
+    MAX_STACK_DEPTH, Regs, STACK_HASH_SEED, Truncation, UnwindRule, stack_hash_step,
 };
 
 /// How stacks are walked (`--unwind`).
@@ -53,37 +53,40 @@ impl StackCopy<'_> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Walked {
     pub ips: Vec<u64>,
-    /// As `StackFrames::truncated`: 0, 1 (depth limit) or [`TRUNCATED_PENDING`].
-    pub truncated: u32,
+    pub truncation: Truncation,
 }
 
 /// Walks a copied stack from the registers at an allocation's return, exactly as the kernel's
 /// CFI walk does, so that the result is the stack the kernel will store for the same site.
 /// `rule_for` gives the rule for a return address (`None`: no rule can be had).
 pub fn unwind_copy(
-    regs: (u64, u64, u64),
+    regs: Regs,
     copy: &StackCopy<'_>,
     mut rule_for: impl FnMut(u64) -> Option<UnwindRule>,
 ) -> Walked {
-    let (mut pc, mut sp, mut bp) = regs;
+    let Regs {
+        mut pc,
+        mut sp,
+        mut bp,
+    } = regs;
     let mut ips = vec![pc];
-    let mut truncated = 0;
+    let mut truncation = Truncation::Complete;
     for slot in 1..MAX_STACK_DEPTH {
         let Some(rule) = rule_for(pc) else {
-            truncated = TRUNCATED_PENDING;
+            truncation = Truncation::Pending;
             break;
         };
         let Some(cfa) = rule.cfa(sp, bp) else { break };
         let Some(ret) = copy.read(cfa - 8) else {
             // The stack goes on beyond the copy: say so rather than cut it silently.
-            truncated = 1;
+            truncation = Truncation::DepthLimit;
             break;
         };
         if let Some(at) = rule.saved_bp_at(cfa) {
             match copy.read(at) {
                 Some(value) => bp = value,
                 None => {
-                    truncated = 1;
+                    truncation = Truncation::DepthLimit;
                     break;
                 }
             }
@@ -95,38 +98,29 @@ pub fn unwind_copy(
         sp = cfa;
         pc = ret;
         if slot == MAX_STACK_DEPTH - 1 {
-            truncated = 1;
+            truncation = Truncation::DepthLimit;
         }
     }
-    Walked { ips, truncated }
+    Walked { ips, truncation }
 }
 
 /// The key the kernel stores a stack under: FNV-1a over its return addresses, with
 /// `LOST_STACK` (all ones) reserved.
 pub fn stack_key(ips: &[u64]) -> u64 {
-    let hash = ips
-        .iter()
-        .fold(STACK_HASH_SEED, |hash, ip| stack_hash_step(hash, *ip));
-    if hash == tracer_common::LOST_STACK {
-        hash - 1
-    } else {
-        hash
-    }
+    tracer_common::stack_key_of_hash(
+        ips.iter()
+            .fold(STACK_HASH_SEED, |hash, ip| stack_hash_step(hash, *ip)),
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::{RBP_UNCHANGED, RULE_CFA_RBP, RULE_CFA_RSP, RULE_STOP};
+    use tracer_common::{RBP_UNCHANGED, RuleKind};
 
     use super::*;
 
-    fn rule(kind: u32, cfa_offset: i32, rbp_offset: i32) -> UnwindRule {
-        UnwindRule {
-            kind,
-            cfa_offset,
-            rbp_offset,
-            _pad: 0,
-        }
+    fn rule(kind: RuleKind, cfa_offset: i32, rbp_offset: i32) -> UnwindRule {
+        UnwindRule::new(kind, cfa_offset, rbp_offset)
     }
 
     /// A recorded stack: main (frame pointer) -> a (no frame pointer, 24-byte frame) ->
@@ -150,41 +144,62 @@ mod tests {
         let (bytes, sp) = recorded();
         let copy = StackCopy { sp, bytes: &bytes };
         let rules = |pc: u64| match pc {
-            0x40_1050 => Some(rule(RULE_CFA_RSP, 16, RBP_UNCHANGED)), // in b, after the call
-            0x40_1100 => Some(rule(RULE_CFA_RSP, 24, RBP_UNCHANGED)), // in a
-            0x40_1200 => Some(rule(RULE_CFA_RBP, 16, -16)),           // main keeps rbp
-            0x7f00_0002_9d90 => Some(rule(RULE_STOP, 0, 0)),
+            0x40_1050 => Some(rule(RuleKind::CfaRsp, 16, RBP_UNCHANGED)), // in b, after the call
+            0x40_1100 => Some(rule(RuleKind::CfaRsp, 24, RBP_UNCHANGED)), // in a
+            0x40_1200 => Some(rule(RuleKind::CfaRbp, 16, -16)),           // main keeps rbp
+            0x7f00_0002_9d90 => Some(rule(RuleKind::Stop, 0, 0)),
             _ => None,
         };
         // At b's return from malloc: rip in b, rsp = b's frame, rbp = main's frame pointer.
-        let walked = unwind_copy((0x40_1050, sp, sp + 48), &copy, rules);
+        let walked = unwind_copy(
+            Regs {
+                pc: 0x40_1050,
+                sp,
+                bp: sp + 48,
+            },
+            &copy,
+            rules,
+        );
         assert_eq!(
             walked.ips,
             [0x40_1050, 0x40_1100, 0x40_1200, 0x7f00_0002_9d90]
         );
-        assert_eq!(walked.truncated, 0);
+        assert_eq!(walked.truncation, Truncation::Complete);
     }
 
     #[test]
     fn a_missing_rule_marks_the_walk_pending_and_a_short_copy_ends_it() {
         let (bytes, sp) = recorded();
         let copy = StackCopy { sp, bytes: &bytes };
-        let walked = unwind_copy((0x40_1050, sp, 0), &copy, |pc| {
-            (pc == 0x40_1050).then(|| rule(RULE_CFA_RSP, 16, RBP_UNCHANGED))
-        });
+        let walked = unwind_copy(
+            Regs {
+                pc: 0x40_1050,
+                sp,
+                bp: 0,
+            },
+            &copy,
+            |pc| (pc == 0x40_1050).then(|| rule(RuleKind::CfaRsp, 16, RBP_UNCHANGED)),
+        );
         assert_eq!(walked.ips, [0x40_1050, 0x40_1100]);
-        assert_eq!(walked.truncated, TRUNCATED_PENDING);
+        assert_eq!(walked.truncation, Truncation::Pending);
 
         let short = StackCopy {
             sp,
             bytes: &bytes[..8],
         };
-        let walked = unwind_copy((0x40_1050, sp, 0), &short, |_| {
-            Some(rule(RULE_CFA_RSP, 16, RBP_UNCHANGED))
-        });
+        let walked = unwind_copy(
+            Regs {
+                pc: 0x40_1050,
+                sp,
+                bp: 0,
+            },
+            &short,
+            |_| Some(rule(RuleKind::CfaRsp, 16, RBP_UNCHANGED)),
+        );
         assert_eq!(walked.ips, [0x40_1050]);
         assert_eq!(
-            walked.truncated, 1,
+            walked.truncation,
+            Truncation::DepthLimit,
             "a walk that runs off the copy is marked truncated"
         );
     }

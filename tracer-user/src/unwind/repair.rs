@@ -12,7 +12,7 @@ use std::{collections::HashSet, sync::Mutex};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{MAX_STACK_DEPTH, StackFrames, UnwindMiss, UnwindRule};
+use tracer_common::{MAX_STACK_DEPTH, Regs, StackFrames, Truncation, UnwindMiss, UnwindRule};
 
 use super::{
     CfiRules, StackCopy,
@@ -107,7 +107,12 @@ impl MissHandler {
         let mut used: Vec<(u64, UnwindRule)> = Vec::new();
         let walk = |modules: &Modules, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
             let mut unknown = None;
-            let walked = unwind_copy((miss.ip, miss.sp, miss.bp), &copy, |pc| {
+            let regs = Regs {
+                pc: miss.ip,
+                sp: miss.sp,
+                bp: miss.bp,
+            };
+            let walked = unwind_copy(regs, &copy, |pc| {
                 let rule = rules.rule_for(modules, pc).unwrap_or_else(|| {
                     unknown = Some(pc);
                     CfiRules::stop()
@@ -160,11 +165,11 @@ impl MissHandler {
             );
             return Ok(());
         }
-        let (ips, truncated) = join(below, &walked.ips, walked.truncated);
+        let (ips, truncation) = join(below, &walked.ips, walked.truncation);
         let whole = stack_key(&ips);
         let mut frames = StackFrames {
             len: ips.len() as u32,
-            truncated,
+            truncated: truncation.into(),
             ips: [0; MAX_STACK_DEPTH],
         };
         frames.ips[..ips.len()].copy_from_slice(&ips);
@@ -194,13 +199,13 @@ impl MissHandler {
 
 /// The frames below the miss followed by those walked from it, at most [`MAX_STACK_DEPTH`]
 /// (cut and marked truncated beyond).
-fn join(below: &[u64], walked: &[u64], truncated: u32) -> (Vec<u64>, u32) {
+fn join(below: &[u64], walked: &[u64], truncation: Truncation) -> (Vec<u64>, Truncation) {
     let mut ips: Vec<u64> = below.iter().chain(walked).copied().collect();
     if ips.len() > MAX_STACK_DEPTH {
         ips.truncate(MAX_STACK_DEPTH);
-        return (ips, 1);
+        return (ips, Truncation::DepthLimit);
     }
-    (ips, truncated)
+    (ips, truncation)
 }
 
 #[cfg(test)]
@@ -209,9 +214,15 @@ mod tests {
 
     #[test]
     fn whole_stacks_join_the_partial_frames_and_the_walk() {
-        assert_eq!(join(&[1, 2], &[3, 4], 0), (vec![1, 2, 3, 4], 0));
+        assert_eq!(
+            join(&[1, 2], &[3, 4], Truncation::Complete),
+            (vec![1, 2, 3, 4], Truncation::Complete)
+        );
         let long = vec![7; MAX_STACK_DEPTH];
-        let (ips, truncated) = join(&[1], &long, 0);
-        assert_eq!((ips.len(), ips[0], truncated), (MAX_STACK_DEPTH, 1, 1));
+        let (ips, truncation) = join(&[1], &long, Truncation::Complete);
+        assert_eq!(
+            (ips.len(), ips[0], truncation),
+            (MAX_STACK_DEPTH, 1, Truncation::DepthLimit)
+        );
     }
 }
