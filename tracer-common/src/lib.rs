@@ -570,7 +570,11 @@ mod tests {
 
     #[test]
     fn truncations_and_rule_kinds_decode_both_ways() {
-        for truncation in [Truncation::Complete, Truncation::DepthLimit, Truncation::Pending] {
+        for truncation in [
+            Truncation::Complete,
+            Truncation::DepthLimit,
+            Truncation::Pending,
+        ] {
             assert_eq!(Truncation::try_from(u32::from(truncation)), Ok(truncation));
         }
         assert_eq!(Truncation::try_from(7), Err(7));

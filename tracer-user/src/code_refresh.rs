@@ -6,7 +6,7 @@
 //! trace and the probes with it. So the session only pokes this thread, and at the end gives
 //! it a bounded time for one last refresh.
 //!
-//! The modules are locked only for reading files, which are capped in size
+//! The target code is locked only for reading files, which are capped in size
 //! (`process::root`); the JVM handshake runs with no lock held.
 
 use std::{
@@ -19,10 +19,26 @@ use std::{
 };
 
 use crate::{
-    jit::{self, Runtime},
-    process::TargetProcess,
-    symbolize::Modules,
+    jit::{self, PerfMaps, Runtime},
+    process::{TargetProcess, address_space::AddressSpace},
 };
+
+/// What is known of the target's code: its address space, and the names its runtime gives
+/// to code no file describes. Shared by the refresher, the unwinder, the exit watcher and the
+/// report, behind one lock.
+#[derive(Debug, Default)]
+pub struct TargetCode {
+    pub space: AddressSpace,
+    pub jit: PerfMaps,
+}
+
+impl TargetCode {
+    /// Rereads the mappings and the perf map. Errors (the target exited) keep what is known.
+    pub fn refresh(&mut self, target: &TargetProcess) {
+        self.jit.refresh(target);
+        self.space.refresh(target);
+    }
+}
 
 enum Request {
     Refresh,
@@ -41,7 +57,7 @@ pub struct CodeRefresher {
 }
 
 impl CodeRefresher {
-    pub fn start(target: TargetProcess, modules: Arc<Mutex<Modules>>) -> std::io::Result<Self> {
+    pub fn start(target: TargetProcess, code: Arc<Mutex<TargetCode>>) -> std::io::Result<Self> {
         // One request waiting is enough: a refresh reads everything that is new.
         let (requests, incoming) = mpsc::sync_channel(1);
         let (done, finished) = mpsc::sync_channel(1);
@@ -51,11 +67,11 @@ impl CodeRefresher {
                 let mut runtime = Runtime::default();
                 while let Ok(request) = incoming.recv() {
                     match request {
-                        Request::Refresh => refresh(&target, &modules, &mut runtime, None),
+                        Request::Refresh => refresh(&target, &code, &mut runtime, None),
                         Request::Final { reread } => {
                             if reread && target.is_alive() {
                                 let timeout = Some(jit::FINAL_ATTACH_TIMEOUT);
-                                refresh(&target, &modules, &mut runtime, timeout);
+                                refresh(&target, &code, &mut runtime, timeout);
                             }
                             runtime.clean_up(&target);
                             let _ = done.send(());
@@ -115,37 +131,36 @@ impl CodeRefresher {
 /// lock released while it answers.
 fn refresh(
     target: &TargetProcess,
-    modules: &Mutex<Modules>,
+    code: &Mutex<TargetCode>,
     runtime: &mut Runtime,
     final_timeout: Option<Duration>,
 ) {
     let due = {
-        let mut modules = lock(modules);
-        modules.refresh(target);
-        runtime.tick(target, &modules)
+        let mut code = lock(code);
+        code.refresh(target);
+        runtime.tick(target, &code.space)
     };
     let ask = final_timeout.is_some() || due;
     if ask && runtime.ask_jvm(target, final_timeout.unwrap_or(jit::ATTACH_TIMEOUT)) {
-        let mut modules = lock(modules);
-        modules.perf_maps.reread_next();
-        modules.perf_maps.refresh(target);
+        let mut code = lock(code);
+        code.jit.reread_next();
+        code.jit.refresh(target);
     }
 }
 
-/// A panic elsewhere while the lock was held leaves the modules as they were, which is still
+/// A panic elsewhere while the lock was held leaves the target code as it was, which is still
 /// the best knowledge there is.
-pub fn lock(modules: &Mutex<Modules>) -> MutexGuard<'_, Modules> {
-    modules
-        .lock()
+pub fn lock(code: &Mutex<TargetCode>) -> MutexGuard<'_, TargetCode> {
+    code.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The modules, waiting at most `wait` for a refresh that holds them; `None` if it does not
+/// The target code, waiting at most `wait` for a refresh that holds it; `None` if it does not
 /// let go in time (a target's file system that does not answer).
-pub fn lock_within(modules: &Mutex<Modules>, wait: Duration) -> Option<MutexGuard<'_, Modules>> {
+pub fn lock_within(code: &Mutex<TargetCode>, wait: Duration) -> Option<MutexGuard<'_, TargetCode>> {
     let deadline = Instant::now() + wait;
     loop {
-        match modules.try_lock() {
+        match code.try_lock() {
             Ok(guard) => return Some(guard),
             Err(std::sync::TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {

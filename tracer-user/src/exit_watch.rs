@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::{process::TargetProcess, symbolize::Modules};
+use crate::{code_refresh::TargetCode, process::TargetProcess};
 
 /// How a launched command ended.
 #[derive(Clone, Copy, Debug)]
@@ -47,7 +47,7 @@ pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
 /// requires that one thread make every request. Returns once the seize is in place.
 pub fn watch_child(
     target: TargetProcess,
-    modules: Arc<Mutex<Modules>>,
+    modules: Arc<Mutex<TargetCode>>,
 ) -> io::Result<oneshot::Receiver<ChildExit>> {
     let (seized_tx, seized_rx) = std::sync::mpsc::channel();
     let (exit_tx, exit_rx) = oneshot::channel();

@@ -20,7 +20,7 @@ use tracer_common::StackTotals;
 use crate::{
     analysis::{history::Timeline, memory::parse_smaps_rollup},
     builder::{Gathered, Trace, live, sample_values},
-    code_refresh::{self, CodeRefresher},
+    code_refresh::{self, CodeRefresher, TargetCode},
     config::RecordConfig,
     errors::TracerError,
     exec_watch::ExecWatch,
@@ -35,13 +35,13 @@ use crate::{
     model::{Origin, ProcessMemory, Recording},
     process::TargetProcess,
     report::{estimate_mark, human_bytes},
-    symbolize::{CodeAddress, FrameNamer, Modules},
+    symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
     unwind::MissHandler,
 };
 
 /// How long the end of a trace waits for the target's code to be reread, and then for the
-/// modules to be free for naming: the target may be slow or hostile.
+/// target code to be free for naming: the target may be slow or hostile.
 const FINAL_REFRESH_WAIT: Duration = Duration::from_millis(900);
 
 /// What a session produced: whatever was gathered, and the error that ended it early, if any.
@@ -212,7 +212,7 @@ struct Session {
     command: String,
     /// Set for a launched command, which is stopped when tracing ends before it does.
     launched: Option<u32>,
-    modules: Arc<Mutex<Modules>>,
+    code: Arc<Mutex<TargetCode>>,
     /// Rereads the target's code (mappings, perf maps, a JVM's perf map) off this thread.
     refresher: CodeRefresher,
     mappings: MappingTracker,
@@ -262,17 +262,17 @@ impl Session {
         let mut misses = MissHandler::new(rings.unwind_misses)?;
         let exec_watch = ExecWatch::new(rings.lifecycle_events)?;
 
-        let modules = Arc::new(Mutex::new(Modules::default()));
+        let code = Arc::new(Mutex::new(TargetCode::default()));
         let (exit, launched) = match prepared.child.take() {
             Some(mut child) => {
-                let exit = exit_watch::watch_child(prepared.process.clone(), Arc::clone(&modules))?;
+                let exit = exit_watch::watch_child(prepared.process.clone(), Arc::clone(&code))?;
                 child.release()?;
                 (ExitSignal::Launched(exit), Some(pid))
             }
             None => {
-                let mut known = modules.lock().expect("modules lock");
+                let mut known = code_refresh::lock(&code);
                 known.refresh(&prepared.process);
-                misses.prepare(&known);
+                misses.prepare(&known.space);
                 drop(known);
                 let fd = exit_watch::pidfd(pid).map_err(|_| TracerError::ProcessExited { pid })?;
                 // SAFETY: the pidfd is owned here and stays open while registered.
@@ -296,7 +296,7 @@ impl Session {
             elapsed_ms(attach_started)
         );
         let mapping_unavailable = probes.mapping_unavailable.clone();
-        let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&modules))
+        let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&code))
             .map_err(TracerError::Io)?;
         Ok(Self {
             probes: Some(probes),
@@ -308,7 +308,7 @@ impl Session {
             target: prepared.process,
             command: prepared.command,
             launched,
-            modules,
+            code,
             refresher,
             mappings: MappingTracker::default(),
             mapping_unavailable,
@@ -319,7 +319,7 @@ impl Session {
     fn answer_misses(&mut self) {
         if let Some(probes) = self.probes.as_mut() {
             self.misses
-                .drain(&mut probes.maps, &self.modules, &self.target);
+                .drain(&mut probes.maps, &self.code, &self.target);
         }
     }
 
@@ -426,7 +426,7 @@ impl Session {
         }
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses
-            .drain(&mut probes.maps, &self.modules, &self.target);
+            .drain(&mut probes.maps, &self.code, &self.target);
         let snapshot = KernelSnapshot::read(&probes.maps)?;
         let traced = started.elapsed();
         let exec_program = self.exec_program.take();
@@ -484,22 +484,23 @@ impl Session {
         }
 
         phase = Instant::now();
-        let unnamed = Modules::default();
-        let held = code_refresh::lock_within(&self.modules, FINAL_REFRESH_WAIT);
+        let unnamed = TargetCode::default();
+        let held = code_refresh::lock_within(&self.code, FINAL_REFRESH_WAIT);
         if held.is_none() {
             eprintln!(
                 "leakhound: the target's files did not answer within {:.1} s; frames are left unnamed",
                 FINAL_REFRESH_WAIT.as_secs_f64()
             );
         }
-        let modules: &Modules = held.as_deref().unwrap_or(&unnamed);
+        let code: &TargetCode = held.as_deref().unwrap_or(&unnamed);
+        let (space, jit): (_, &dyn NameSource) = (&code.space, &code.jit);
         let mut namer = FrameNamer::default();
         let unique: HashSet<CodeAddress> = frames
             .values()
             .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
             .collect();
         let unique_count = unique.len();
-        namer.name_all(modules, unique);
+        namer.name_all(space, jit, unique);
         log::info!(
             "report: {unique_count} addresses symbolized in {:.1} ms",
             elapsed_ms(phase)
@@ -514,7 +515,7 @@ impl Session {
             sample_bytes,
             mapping_unavailable: self.mapping_unavailable,
         };
-        let recording = gathered.build(trace, &frames, |addrs| namer.stack(modules, addrs));
+        let recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
         log::info!(
             "report: ages and stacks built in {:.1} ms",
             elapsed_ms(phase)

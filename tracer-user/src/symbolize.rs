@@ -1,16 +1,10 @@
-//! Names stack frames with blazesym.
+//! Names stack frames with blazesym, from the files of the target's address space
+//! (`process::address_space`), and with a [`NameSource`] for code that no file describes.
 //!
-//! The target may exit before the report is written, so user space keeps its own table of the
-//! target's executable mappings, refreshed while it runs, with an open descriptor for every
-//! mapped file. Frames are then named by file offset from `/proc/self/fd/N`, which works after
+//! Frames are named by file offset from a private copy of each mapped file, which works after
 //! the process is gone, after the file was replaced on disk, and across mount namespaces.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fs::File,
-    os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, fs::File, os::fd::AsRawFd as _, path::Path};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
@@ -18,13 +12,29 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    jit::PerfMaps,
     model::{Frame, FrameData},
-    process::{
-        TargetProcess,
-        root::{self, RootError, TargetRoot},
-    },
+    process::address_space::{AddressSpace, FileKey},
 };
+
+/// Names for code that no file describes (JIT code), from what a runtime says of it: its perf
+/// map today, its own metadata later. The namer asks it for addresses outside every mapped
+/// file, and for those whose file has no symbol for them.
+pub trait NameSource {
+    fn name(&self, addr: u64) -> Option<Frame>;
+    /// Whether it knows the address as code.
+    fn covers(&self, addr: u64) -> bool;
+}
+
+/// No names: for a report whose target's code could not be read.
+impl NameSource for () {
+    fn name(&self, _: u64) -> Option<Frame> {
+        None
+    }
+
+    fn covers(&self, _: u64) -> bool {
+        false
+    }
+}
 
 /// A copy of a mapped file that only leakhound holds, for blazesym, which maps the file it
 /// reads: a target that truncated its own file under that mapping would end leakhound with
@@ -64,139 +74,6 @@ impl CodeAddress {
     }
 }
 
-#[derive(Debug)]
-struct ModuleRange {
-    end: u64,
-    offset: u64,
-    /// Key into `Modules::files`: inode and the path as the target names it.
-    file_key: (u64, PathBuf),
-}
-
-/// The target's executable mappings, accumulated over the session: a range stays known after
-/// it is unmapped, since live allocations may still point at code that was there.
-#[derive(Debug, Default)]
-pub struct Modules {
-    by_start: BTreeMap<u64, ModuleRange>,
-    /// Open files by (inode, path); `None` when the file could not be opened.
-    files: HashMap<(u64, PathBuf), Option<File>>,
-    pseudo: BTreeMap<u64, (u64, String)>,
-    /// JIT code named by the runtime's perf map (Node.js, the JVM).
-    pub perf_maps: PerfMaps,
-}
-
-impl Modules {
-    /// Rereads the target's mappings and its perf map. Errors (the target exited) keep what is
-    /// known.
-    pub fn refresh(&mut self, target: &TargetProcess) {
-        self.perf_maps.refresh(target);
-        let Ok(maps) = target.maps() else { return };
-        let root = TargetRoot::open(target.pid).ok();
-        for mapping in maps.into_iter().filter(|m| m.executable) {
-            if let Some(name) = mapping.pseudo.clone() {
-                self.pseudo.insert(mapping.start, (mapping.end, name));
-                continue;
-            }
-            let Some(path) = mapping.path.clone() else {
-                // Anonymous executable memory is JIT code: a real frame, with no file.
-                self.pseudo
-                    .insert(mapping.start, (mapping.end, "[anon]".to_owned()));
-                continue;
-            };
-            let key = (mapping.inode, path.clone());
-            if !self.files.contains_key(&key) {
-                // map_files reaches the very file that is mapped, even if it was deleted or
-                // lives in another mount namespace; the root path is the fallback.
-                let by_range = PathBuf::from(format!(
-                    "/proc/{}/map_files/{:x}-{:x}",
-                    target.pid, mapping.start, mapping.end
-                ));
-                let file = root::open_regular_link(&by_range)
-                    .or_else(|err| match (&err, &root) {
-                        // Only without the capability map_files needs: resolved inside the
-                        // target's root, so a link it planted cannot reach another file.
-                        (RootError::Io { .. }, Some(root)) if !mapping.deleted => {
-                            root.open_regular(&path)
-                        }
-                        _ => Err(err),
-                    })
-                    .inspect_err(|err| {
-                        log::debug!("not reading symbols of {}: {err}", path.display())
-                    })
-                    .ok();
-                self.files.insert(key.clone(), file);
-            }
-            self.by_start.insert(
-                mapping.start,
-                ModuleRange {
-                    end: mapping.end,
-                    offset: mapping.offset,
-                    file_key: key,
-                },
-            );
-        }
-    }
-
-    /// Whether an address lies in executable memory of the target. A frame-pointer walk
-    /// through code without frame pointers reads garbage, which is never in such memory.
-    pub fn is_code(&self, addr: u64) -> bool {
-        self.file_offset(addr).is_some()
-            || self.pseudo_name(addr).is_some()
-            || self.perf_maps.covers(addr)
-    }
-
-    /// Every file the target has mapped executable, as the target names it.
-    /// Every mapped file that could be opened, with its key.
-    pub fn open_files(&self) -> impl Iterator<Item = (&(u64, PathBuf), &File)> {
-        self.files
-            .iter()
-            .filter_map(|(key, file)| Some((key, file.as_ref()?)))
-    }
-
-    pub fn mapped_files(&self) -> impl Iterator<Item = &Path> {
-        self.files.keys().map(|(_, path)| path.as_path())
-    }
-
-    /// Where an address is: in a mapped file (which one, opened, and at what offset), in
-    /// anonymous executable memory, or nowhere known.
-    pub fn locate(&self, addr: u64) -> Location<'_> {
-        if let Some((range, file_offset)) = self.file_offset(addr)
-            && let Some(Some(file)) = self.files.get(&range.file_key)
-        {
-            return Location::File {
-                key: &range.file_key,
-                file,
-                file_offset,
-            };
-        }
-        match self.pseudo_name(addr) {
-            Some("[anon]") => Location::Anonymous,
-            _ => Location::Unknown,
-        }
-    }
-
-    fn file_offset(&self, addr: u64) -> Option<(&ModuleRange, u64)> {
-        let (start, range) = self.by_start.range(..=addr).next_back()?;
-        (addr < range.end).then(|| (range, addr - start + range.offset))
-    }
-
-    fn pseudo_name(&self, addr: u64) -> Option<&str> {
-        let (_, (end, name)) = self.pseudo.range(..=addr).next_back()?;
-        (addr < *end).then_some(name.as_str())
-    }
-}
-
-/// See [`Modules::locate`].
-pub enum Location<'a> {
-    File {
-        /// The file's inode and path as the target names it.
-        key: &'a (u64, PathBuf),
-        file: &'a File,
-        file_offset: u64,
-    },
-    Anonymous,
-    Unknown,
-}
-
 /// Owns the blazesym symbolizer (which is neither Send nor Sync and caches per file) and a
 /// cache of names by address for the session.
 pub struct FrameNamer {
@@ -221,22 +98,24 @@ impl Default for FrameNamer {
 
 impl FrameNamer {
     /// Names every address not named before, one blazesym call per module.
-    pub fn name_all(&mut self, modules: &Modules, addrs: impl IntoIterator<Item = CodeAddress>) {
-        let mut by_file: HashMap<&(u64, PathBuf), Vec<(CodeAddress, u64)>> = HashMap::new();
+    pub fn name_all(
+        &mut self,
+        space: &AddressSpace,
+        jit: &dyn NameSource,
+        addrs: impl IntoIterator<Item = CodeAddress>,
+    ) {
+        let mut by_file: HashMap<&FileKey, Vec<(CodeAddress, u64)>> = HashMap::new();
         for addr in addrs {
             if self.names.contains_key(&addr) {
                 continue;
             }
             let lookup = addr.lookup_address();
-            match modules.file_offset(lookup) {
-                Some((range, offset)) => by_file
-                    .entry(&range.file_key)
-                    .or_default()
-                    .push((addr, offset)),
+            match space.file_offset(lookup) {
+                Some((key, offset)) => by_file.entry(key).or_default().push((addr, offset)),
                 None => {
                     // JIT code lives in anonymous memory, or in memory unmapped since.
-                    let frame = modules.perf_maps.lookup(lookup).unwrap_or_else(|| {
-                        Frame::named(modules.pseudo_name(lookup).unwrap_or("[unknown]"))
+                    let frame = jit.name(lookup).unwrap_or_else(|| {
+                        Frame::named(space.pseudo(lookup).map_or("[unknown]", |p| p.name()))
                     });
                     self.names.insert(addr, vec![frame]);
                 }
@@ -245,33 +124,28 @@ impl FrameNamer {
         for (key, addrs) in by_file {
             let display = module_name(&key.1);
             let offsets: Vec<u64> = addrs.iter().map(|(_, offset)| *offset).collect();
-            let symbolized = modules
-                .files
-                .get(key)
-                .and_then(Option::as_ref)
-                .and_then(|file| {
-                    let copy = private_copy(file)
-                        .map_err(|err| log::debug!("copying {}: {err}", key.1.display()))
-                        .ok()?;
-                    let source =
-                        Source::Elf(Elf::new(format!("/proc/self/fd/{}", copy.as_raw_fd())));
-                    self.symbolizer
-                        .symbolize(&source, Input::FileOffset(&offsets))
-                        .map_err(|err| log::debug!("symbolizing {}: {err}", key.1.display()))
-                        .ok()
-                        .map(|syms| {
-                            syms.into_iter()
-                                .map(|sym| frames_of(sym, &key.1))
-                                .collect::<Vec<_>>()
-                        })
-                });
+            let symbolized = space.file(key).and_then(|file| {
+                let copy = private_copy(file)
+                    .map_err(|err| log::debug!("copying {}: {err}", key.1.display()))
+                    .ok()?;
+                let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", copy.as_raw_fd())));
+                self.symbolizer
+                    .symbolize(&source, Input::FileOffset(&offsets))
+                    .map_err(|err| log::debug!("symbolizing {}: {err}", key.1.display()))
+                    .ok()
+                    .map(|syms| {
+                        syms.into_iter()
+                            .map(|sym| frames_of(sym, &key.1))
+                            .collect::<Vec<_>>()
+                    })
+            });
             for (i, (addr, offset)) in addrs.iter().enumerate() {
                 // A runtime may put code in a file mapping of its own; its perf map names it.
                 let frames = symbolized
                     .as_ref()
                     .and_then(|all| all.get(i).cloned().flatten())
                     .or_else(|| {
-                        let frame = modules.perf_maps.lookup(addr.lookup_address())?;
+                        let frame = jit.name(addr.lookup_address())?;
                         Some(vec![frame])
                     })
                     .unwrap_or_else(|| vec![Frame::named(format!("{display}+{offset:#x}"))]);
@@ -283,10 +157,18 @@ impl FrameNamer {
     /// A stack's frames, root first. `addrs` is innermost first, as the kernel gives it; the
     /// walk is cut at the first address outside executable memory, which is where a
     /// frame-pointer walk left real frames and read garbage.
-    pub fn stack(&self, modules: &Modules, addrs: &[CodeAddress]) -> Vec<Frame> {
+    pub fn stack(
+        &self,
+        space: &AddressSpace,
+        jit: &dyn NameSource,
+        addrs: &[CodeAddress],
+    ) -> Vec<Frame> {
         let real = addrs
             .iter()
-            .position(|addr| !modules.is_code(addr.lookup_address()))
+            .position(|addr| {
+                let addr = addr.lookup_address();
+                !space.is_code(addr) && !jit.covers(addr)
+            })
             .unwrap_or(addrs.len());
         addrs[..real.max(1)]
             .iter()

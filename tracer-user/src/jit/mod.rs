@@ -22,9 +22,10 @@ use crate::{
     model::Frame,
     process::{
         TargetProcess,
+        address_space::AddressSpace,
         root::{self, RootError, TargetRoot},
     },
-    symbolize::Modules,
+    symbolize::NameSource,
 };
 use perf_map::PerfMap;
 
@@ -196,14 +197,6 @@ impl PerfMaps {
         self.reread = true;
     }
 
-    pub fn lookup(&self, addr: u64) -> Option<Frame> {
-        self.map.lookup(addr).map(perf_map::frame)
-    }
-
-    pub fn covers(&self, addr: u64) -> bool {
-        self.map.lookup(addr).is_some()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -214,6 +207,16 @@ impl PerfMaps {
             self.path = perf_map_path(target);
         }
         self.path.clone()
+    }
+}
+
+impl NameSource for PerfMaps {
+    fn name(&self, addr: u64) -> Option<Frame> {
+        self.map.lookup(addr).map(perf_map::frame)
+    }
+
+    fn covers(&self, addr: u64) -> bool {
+        self.map.lookup(addr).is_some()
     }
 }
 
@@ -323,9 +326,9 @@ impl Runtime {
     /// it maps and says once what the user should know about it. Returns whether a JVM is due
     /// to be asked for a new perf map: the caller asks ([`Runtime::ask_jvm`]) without holding
     /// the modules, since the JVM may take its time or be an impostor that never answers.
-    pub fn tick(&mut self, target: &TargetProcess, modules: &Modules) -> bool {
+    pub fn tick(&mut self, target: &TargetProcess, space: &AddressSpace) -> bool {
         if let Self::Unknown = self {
-            *self = detect(target, modules.mapped_files());
+            *self = detect(target, space.mapped_files());
             match self {
                 Self::Node => warn_node(target),
                 Self::Jvm(jvm) => jvm.gave_up = !warn_jvm(target),

@@ -1,6 +1,7 @@
 //! The traced process as `/proc` shows it: existence, liveness, mappings, and paths reached
 //! through its own root so that targets in other mount namespaces work.
 
+pub mod address_space;
 pub mod allocators;
 pub mod elf;
 pub mod launch;

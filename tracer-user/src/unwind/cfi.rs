@@ -1,6 +1,6 @@
 //! Unwind rules from `.eh_frame`, one module at a time, cached for the session.
 
-use std::{collections::HashMap, fs::File, path::PathBuf};
+use std::{collections::HashMap, fs::File};
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
@@ -9,7 +9,7 @@ use gimli::{
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, read::ReadCache};
 use tracer_common::{RBP_UNCHANGED, RuleKind, UnwindRule};
 
-use crate::symbolize::{Location, Modules};
+use crate::process::address_space::{AddressSpace, FileKey, Location};
 
 /// The largest `.eh_frame` or `.eh_frame_hdr` read. libjvm.so's `.eh_frame` is about 2 MiB.
 const MAX_CFI_SECTION_BYTES: u64 = 64 << 20;
@@ -120,7 +120,7 @@ fn rule_of(row: &gimli::UnwindTableRow<usize>) -> UnwindRule {
 
 /// Rules by return address for one traced process.
 pub struct CfiRules {
-    modules: HashMap<(u64, PathBuf), Option<ModuleCfi>>,
+    modules: HashMap<FileKey, Option<ModuleCfi>>,
     by_address: HashMap<u64, UnwindRule>,
     ctx: UnwindContext<usize>,
 }
@@ -139,11 +139,11 @@ impl CfiRules {
     /// The rule for a return address, or `None` when the address is in no known mapping (the
     /// caller may refresh the mappings and ask again). A return address is looked up at
     /// `address - 1`: the call it returns from may be the last instruction of its function.
-    pub fn rule_for(&mut self, modules: &Modules, return_address: u64) -> Option<UnwindRule> {
+    pub fn rule_for(&mut self, space: &AddressSpace, return_address: u64) -> Option<UnwindRule> {
         if let Some(rule) = self.by_address.get(&return_address) {
             return Some(*rule);
         }
-        let rule = match modules.locate(return_address.saturating_sub(1)) {
+        let rule = match space.locate(return_address.saturating_sub(1)) {
             Location::File {
                 key,
                 file,
@@ -173,8 +173,8 @@ impl CfiRules {
     /// Reads the CFI of every mapped file now, so that the first unwind requests, which come
     /// in a burst as a traced program starts allocating, are answered in microseconds rather
     /// than after parsing a large executable's `.eh_frame`.
-    pub fn prepare(&mut self, modules: &Modules) {
-        for (key, file) in modules.open_files() {
+    pub fn prepare(&mut self, space: &AddressSpace) {
+        for (key, file) in space.open_files() {
             self.modules
                 .entry(key.clone())
                 .or_insert_with(|| ModuleCfi::read(file));

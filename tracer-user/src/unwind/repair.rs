@@ -20,7 +20,10 @@ use super::{
     stack_key, unwind_copy,
 };
 use crate::{
-    errors::TracerError, kernel::maps::KernelMaps, process::TargetProcess, symbolize::Modules,
+    code_refresh::TargetCode,
+    errors::TracerError,
+    kernel::maps::KernelMaps,
+    process::{TargetProcess, address_space::AddressSpace},
 };
 
 pub struct MissHandler {
@@ -50,8 +53,8 @@ impl MissHandler {
     }
 
     /// See [`CfiRules::prepare`].
-    pub fn prepare(&mut self, modules: &Modules) {
-        self.rules.prepare(modules);
+    pub fn prepare(&mut self, space: &AddressSpace) {
+        self.rules.prepare(space);
     }
 
     pub fn ring(&mut self) -> &mut AsyncFd<RingBuf<MapData>> {
@@ -65,7 +68,7 @@ impl MissHandler {
     pub fn drain(
         &mut self,
         maps: &mut KernelMaps,
-        modules: &Mutex<Modules>,
+        modules: &Mutex<TargetCode>,
         target: &TargetProcess,
     ) {
         let started = std::time::Instant::now();
@@ -95,7 +98,7 @@ impl MissHandler {
         &mut self,
         miss: &UnwindMiss,
         maps: &mut KernelMaps,
-        modules: &Mutex<Modules>,
+        modules: &Mutex<TargetCode>,
         target: &TargetProcess,
     ) -> Result<(), TracerError> {
         let copied = (miss.copied as usize).min(miss.stack.len());
@@ -103,40 +106,41 @@ impl MissHandler {
             sp: miss.sp,
             bytes: &miss.stack[..copied],
         };
-        let mut modules = modules.lock().expect("modules lock");
+        let mut code = crate::code_refresh::lock(modules);
         let mut used: Vec<(u64, UnwindRule)> = Vec::new();
-        let walk = |modules: &Modules, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
-            let mut unknown = None;
-            let regs = Regs {
-                pc: miss.ip,
-                sp: miss.sp,
-                bp: miss.bp,
-            };
-            let walked = unwind_copy(regs, &copy, |pc| {
-                let rule = rules.rule_for(modules, pc).unwrap_or_else(|| {
-                    unknown = Some(pc);
-                    CfiRules::stop()
+        let walk =
+            |space: &AddressSpace, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
+                let mut unknown = None;
+                let regs = Regs {
+                    pc: miss.ip,
+                    sp: miss.sp,
+                    bp: miss.bp,
+                };
+                let walked = unwind_copy(regs, &copy, |pc| {
+                    let rule = rules.rule_for(space, pc).unwrap_or_else(|| {
+                        unknown = Some(pc);
+                        CfiRules::stop()
+                    });
+                    used.push((pc, rule));
+                    Some(rule)
                 });
-                used.push((pc, rule));
-                Some(rule)
-            });
-            (walked, unknown)
-        };
-        let (mut walked, unknown) = walk(&modules, &mut used, &mut self.rules);
+                (walked, unknown)
+            };
+        let (mut walked, unknown) = walk(&code.space, &mut used, &mut self.rules);
         if let Some(pc) = unknown
             && !self.unmapped.contains(&pc)
         {
             // Code mapped since the last refresh (a library loaded late, a launched command
             // that just started): read the mappings and walk again.
-            modules.refresh(target);
+            code.space.refresh(target);
             used.clear();
-            let (again, still_unknown) = walk(&modules, &mut used, &mut self.rules);
+            let (again, still_unknown) = walk(&code.space, &mut used, &mut self.rules);
             walked = again;
             if let Some(pc) = still_unknown {
                 self.unmapped.insert(pc);
             }
         }
-        drop(modules);
+        drop(code);
 
         for (pc, rule) in used {
             if !self.in_kernel.contains(&pc) && maps.rules.insert(pc, rule, 0).is_ok() {
