@@ -100,7 +100,13 @@ fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerErr
     // already has nothing more to wait for.
     if objects.is_empty()
         && let Some(interpreter) = exe.as_deref().and_then(launch::interpreter_of)
-        && loader_still_running(&mapped_code(&process)?, &exe_path, &interpreter)
+        && loader_still_running(
+            mapped_code(&process)?
+                .iter()
+                .map(|(path, ..)| path.as_path()),
+            &exe_path,
+            &interpreter,
+        )
     {
         objects = wait_for_allocator(&process, alloc_libs)?;
     }
@@ -127,7 +133,9 @@ fn wait_for_allocator(
         ALLOCATOR_WAIT.as_secs()
     );
     let deadline = Instant::now() + ALLOCATOR_WAIT;
-    let mut files = mapped_code(process)?;
+    // Empty, so that the first look is made at once: the loader may have mapped everything
+    // between the caller's look and this one.
+    let mut files = Vec::new();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
         TargetProcess::open(process.pid)?;
@@ -147,23 +155,25 @@ fn wait_for_allocator(
 /// Whether the only code mapped is the program and its dynamic loader: the loader has not
 /// mapped the libraries yet. Names are compared by file name, since the program's path is seen
 /// from here and the mappings' from inside the target, and the loader is named by a link.
-fn loader_still_running(
-    mapped: &[PathBuf],
+fn loader_still_running<'a>(
+    mut mapped: impl Iterator<Item = &'a std::path::Path>,
     exe: &std::path::Path,
     interpreter: &std::path::Path,
 ) -> bool {
-    mapped.iter().all(|path| {
+    mapped.all(|path| {
         path.file_name() == exe.file_name() || path.file_name() == interpreter.file_name()
     })
 }
 
-/// The files a process has mapped executable.
-fn mapped_code(process: &TargetProcess) -> Result<Vec<PathBuf>, TracerError> {
+/// The files a process has mapped executable, with their ranges: the loader maps a library
+/// in steps, and a range that changed under a look at it (its `map_files` link gone) is worth
+/// another look once it settles.
+fn mapped_code(process: &TargetProcess) -> Result<Vec<(PathBuf, u64, u64)>, TracerError> {
     Ok(process
         .maps()?
         .into_iter()
         .filter(|m| m.executable)
-        .filter_map(|m| m.path)
+        .filter_map(|m| Some((m.path?, m.start, m.end)))
         .collect())
 }
 
