@@ -23,7 +23,7 @@ use tracer_common::{
     TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter, stack_hash_step, stack_key_of_hash,
 };
 
-use crate::state::count;
+use crate::{diag::diag, state::count};
 
 #[map]
 pub static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
@@ -324,7 +324,11 @@ fn store(frames: &StackFrames) -> u64 {
     match STACKS.insert(&key, frames, u64::from(BPF_NOEXIST)) {
         // EEXIST: another CPU stored the same stack first.
         Ok(()) | Err(-17) => key,
-        Err(_) => {
+        Err(err) => {
+            // -E2BIG is the map being full, which the counter reports; anything else is news.
+            if err != -7 {
+                diag!("stack map insert failed: error {}", err);
+            }
             count(counter::STACK_FAILED, 1);
             LOST_STACK
         }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter};
 
-use crate::sampling;
+use crate::{diag::diag, sampling};
 
 /// The traced process, as leakhound's own PID namespace sees it. uprobes are already scoped to
 /// its memory, but syscall tracepoints fire for every process.
@@ -124,7 +124,11 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
         }
         inserted = ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST));
     }
-    if inserted.is_err() {
+    if let Err(err) = inserted {
+        // E2BIG is the map being full, which the counters report; anything else is news.
+        if err != E2BIG {
+            diag!("allocation map insert failed: error {}", err);
+        }
         count(counter::ALLOC_MAP_FULL, weight_count);
         count(counter::ALLOC_MAP_FULL_BYTES, weight_bytes);
         return;
@@ -135,6 +139,8 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
 
 /// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is present.
 const EEXIST: i32 = -17;
+/// `-E2BIG`, what an insert into a full hash map returns.
+const E2BIG: i32 = -7;
 
 /// The live block at `addr`, if it is tracked.
 #[inline(always)]

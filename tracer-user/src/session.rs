@@ -121,6 +121,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                     Err(err) => { error = Some(err.into()); break "an error".to_owned(); }
                 }
             }
+            () = kernel_log_ready(&mut session.kernel_log) => {}
             ready = session.misses.ring().readable_mut() => {
                 if let Ok(mut guard) = ready {
                     guard.clear_ready();
@@ -166,6 +167,22 @@ async fn record_async(config: &RecordConfig) -> Outcome {
         },
     }
 }
+
+/// Passes what the kernel programs logged on to leakhound's log; never completes without a
+/// kernel log.
+async fn kernel_log_ready(log: &mut Option<AsyncFd<KernelLog>>) {
+    match log {
+        Some(log) => {
+            if let Ok(mut guard) = log.readable_mut().await {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -213,6 +230,8 @@ struct Session {
     /// Set for a launched command, which is stopped when tracing ends before it does.
     launched: Option<u32>,
     code: Arc<Mutex<TargetCode>>,
+    /// The kernel programs' log, with `--log-kernel`.
+    kernel_log: Option<AsyncFd<KernelLog>>,
     /// Rereads the target's code (mappings, perf maps, a JVM's perf map) off this thread.
     refresher: CodeRefresher,
     mappings: MappingTracker,
@@ -259,6 +278,14 @@ impl Session {
         let events = unsafe { AsyncFd::register(rings.map_events) }
             .map_err(|err| TracerError::Io(err.into()))?;
 
+        let kernel_log = match probes.kernel_log.take() {
+            // SAFETY: the logger owns its ring buffer's descriptor and keeps it open while
+            // registered.
+            Some(logger) => Some(
+                unsafe { AsyncFd::register(logger) }.map_err(|err| TracerError::Io(err.into()))?,
+            ),
+            None => None,
+        };
         let mut misses = MissHandler::new(rings.unwind_misses)?;
         let exec_watch = ExecWatch::new(rings.lifecycle_events)?;
 
@@ -310,6 +337,7 @@ impl Session {
             launched,
             code,
             refresher,
+            kernel_log,
             mappings: MappingTracker::default(),
             mapping_unavailable,
             timeline: Timeline::default(),

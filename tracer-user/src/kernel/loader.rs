@@ -14,6 +14,7 @@ use aya::{
     },
 };
 
+use aya_log::EbpfLogger;
 use tracer_common::sampling;
 
 use super::{
@@ -60,6 +61,8 @@ pub struct Probes {
     pub maps: KernelMaps,
     /// The ring buffers, until their readers take them ([`Probes::take_rings`]).
     rings: Option<Rings>,
+    /// The kernel programs' own log (aya-log), when `leakhound::kernel` logs at debug.
+    pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
     pub uprobes_attached: usize,
     /// How many multi-uprobe links carry them (0: one perf event per probe).
     pub multi_uprobe_links: usize,
@@ -173,6 +176,7 @@ impl Probes {
         let (pidns_dev, pidns_ino) = own_pid_namespace();
         let unwind_dwarf = u32::from(cfi);
         let sample_bytes = sample_bytes.unwrap_or(0);
+        let log_level = kernel_log_level();
         let mut loader = EbpfLoader::new();
         loader
             .override_global("TARGET_TGID", &tgid, true)
@@ -182,6 +186,8 @@ impl Probes {
             .override_global("STACK_COPY_LIMIT", &sizes.stack_copy, true)
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .override_global("EXECS_BEFORE_TRACE", &execs_before_trace, true)
+            // aya-log's level in the kernel: nothing unless the kernel's log is asked for.
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries("ALLOCS", sizes.max_allocs)
             .map_max_entries("STACKS", sizes.max_stacks)
             // One more than the stacks, for LOST_STACK: this map must never fill.
@@ -233,10 +239,18 @@ impl Probes {
                 }
             };
         let (maps, rings) = KernelMaps::take(&mut ebpf)?;
+        let kernel_log = if log_level == 0 {
+            None
+        } else {
+            EbpfLogger::init(&mut ebpf)
+                .inspect_err(|err| log::warn!("the kernel side's log is not available: {err}"))
+                .ok()
+        };
         let mut probes = Self {
             ebpf,
             maps,
             rings: Some(rings),
+            kernel_log,
             uprobes_attached: 0,
             multi_uprobe_links: 0,
             tracepoints_attached: 0,
@@ -562,6 +576,17 @@ fn raise_memlock_limit() {
 }
 
 /// How long loading and attaching took, for the attach line and the benchmark.
+/// aya-log's level for the kernel programs: all of it when `leakhound::kernel` logs at debug
+/// (`--log-kernel`, or `RUST_LOG=leakhound::kernel=debug`), else 0, which turns every log site
+/// in the kernel into a load and a branch.
+fn kernel_log_level() -> u8 {
+    if log::log_enabled!(target: "leakhound::kernel", log::Level::Debug) {
+        aya_log::Level::Trace as u8
+    } else {
+        0
+    }
+}
+
 pub fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
