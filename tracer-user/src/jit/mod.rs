@@ -7,6 +7,7 @@
 //! compiles when started with `--perf-basic-prof`; HotSpot writes it on request, which
 //! [`Runtime`] makes through the attach mechanism before each report.
 
+pub mod hotspot;
 pub mod jvm_attach;
 pub mod node;
 pub mod perf_map;
