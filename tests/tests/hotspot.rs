@@ -1,0 +1,255 @@
+//! HotSpot's own metadata, checked against the JVM itself. A JVM 17 started with no flags at
+//! all writes its perf map on request (`jcmd PID Compiler.perfmap`); every compiled Java
+//! method in it must resolve, through leakhound's walk of the code heaps (`leakhound
+//! debug-jvm`), to a blob with the same code bounds and the same `package.Class.method`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use tests::process::{Proc, TIMEOUT};
+use tests::{arg, leakhound_bin, paths, require_root, runtimes, serial};
+
+macro_rules! require_program {
+    ($test:expr, $program:expr, $flag:expr) => {
+        if !runtimes::available($program, $flag) {
+            println!("skipped: {} needs {}", $test, $program);
+            return;
+        }
+    };
+}
+
+/// One line of the perf map.
+struct MapEntry {
+    start: u64,
+    size: u64,
+    name: String,
+}
+
+fn parse_perf_map(text: &str) -> Vec<MapEntry> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ' ');
+            Some(MapEntry {
+                start: hex(fields.next()?)?,
+                size: hex(fields.next()?)?,
+                name: fields.next()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// `void pkg.Class.method(int, long)` → `pkg.Class.method`; `None` for stubs and such.
+fn java_method(name: &str) -> Option<&str> {
+    let (_, rest) = name.split_once(' ')?;
+    let (method, params) = rest.split_once('(')?;
+    (params.ends_with(')') && method.contains('.')).then_some(method)
+}
+
+/// One line of `leakhound debug-jvm --pcs`: kind, code bounds, name and source by pc.
+struct Resolved {
+    kind: String,
+    code: (u64, u64),
+    name: String,
+    source: String,
+}
+
+fn parse_resolved(stdout: &str) -> HashMap<u64, Resolved> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let pc = hex(fields.first()?)?;
+            let resolved = if fields.len() >= 9 {
+                Resolved {
+                    kind: fields[1].to_owned(),
+                    code: (hex(fields[3])?, hex(fields[4])?),
+                    name: fields[7].to_owned(),
+                    source: fields[8].to_owned(),
+                }
+            } else {
+                Resolved {
+                    kind: fields.get(1..)?.join(" "),
+                    code: (0, 0),
+                    name: String::new(),
+                    source: String::new(),
+                }
+            };
+            Some((pc, resolved))
+        })
+        .collect()
+}
+
+#[test]
+fn compiled_java_methods_resolve_through_the_code_heaps_of_a_jvm_without_flags() {
+    let test = "compiled_java_methods_resolve_through_the_code_heaps_of_a_jvm_without_flags";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    require_program!(test, "jcmd", "-h");
+    let _serial = serial();
+    let dir = paths::scratch(test);
+    let classes = runtimes::java_classes();
+
+    // No flags beyond a small heap: the point is a JVM as it is usually started.
+    let mut cmd = Command::new("java");
+    cmd.arg("-Xmx64m")
+        .arg("-cp")
+        .arg(&classes)
+        .args(["JitLeak", "10"])
+        .current_dir(&dir);
+    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
+        cmd.env_remove(var);
+    }
+    let mut jvm = Proc::spawn(cmd, "java", true);
+    let ready = jvm
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("ready line");
+    let pid = jvm.pid();
+    assert_eq!(ready.trim_end(), format!("ready {pid}"));
+
+    // The ground truth: the JVM's own list of its code.
+    let jcmd = Command::new("jcmd")
+        .args(["-J-Xmx64m", &pid.to_string(), "Compiler.perfmap"])
+        .output()
+        .expect("running jcmd");
+    assert!(
+        jcmd.status.success(),
+        "jcmd failed: {}",
+        String::from_utf8_lossy(&jcmd.stderr)
+    );
+    let map_path = Path::new("/tmp").join(format!("perf-{pid}.map"));
+    let map_text = std::fs::read_to_string(&map_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", map_path.display()));
+    let _ = std::fs::remove_file(&map_path);
+    let entries = parse_perf_map(&map_text);
+    let java: Vec<&MapEntry> = entries
+        .iter()
+        .filter(|e| java_method(&e.name).is_some())
+        .collect();
+    let interpreter = entries
+        .iter()
+        .find(|e| e.name == "Interpreter")
+        .expect("an Interpreter entry in the perf map");
+    assert!(
+        java.len() >= 20,
+        "only {} compiled Java methods in the perf map",
+        java.len()
+    );
+
+    // The first and the last byte of each compiled method, and the interpreter's middle.
+    let mut pcs: Vec<u64> = Vec::new();
+    for entry in &java {
+        pcs.push(entry.start);
+        pcs.push(entry.start + entry.size - 1);
+    }
+    let interpreter_middle = interpreter.start + interpreter.size / 2;
+    pcs.extend([interpreter.start, interpreter_middle]);
+    let pcs_file = dir.join("pcs.txt");
+    let listed: Vec<String> = pcs.iter().map(|pc| format!("{pc:#x}")).collect();
+    std::fs::write(&pcs_file, listed.join("\n")).expect("writing the pcs");
+
+    let started = Instant::now();
+    let output = Command::new(leakhound_bin())
+        .args([
+            "debug-jvm",
+            "--pid",
+            &pid.to_string(),
+            "--pcs",
+            arg(&pcs_file),
+        ])
+        .output()
+        .expect("running leakhound debug-jvm");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "leakhound debug-jvm failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in stdout.lines().filter(|l| !l.starts_with("0x")) {
+        eprintln!("{line}");
+    }
+    let resolved = parse_resolved(&stdout);
+
+    let mut matched = 0;
+    let mut misses = Vec::new();
+    for entry in &java {
+        let want = java_method(&entry.name).expect("a Java method");
+        let end = entry.start + entry.size;
+        let ok = [entry.start, end - 1].iter().all(|pc| {
+            resolved.get(pc).is_some_and(|r| {
+                r.kind == "Nmethod" && r.code == (entry.start, end) && r.name == want
+            })
+        });
+        if ok {
+            matched += 1;
+        } else {
+            let got = resolved
+                .get(&entry.start)
+                .map_or("nothing".to_owned(), |r| {
+                    format!("{} {:#x}-{:#x} {}", r.kind, r.code.0, r.code.1, r.name)
+                });
+            misses.push(format!(
+                "{:#x}-{end:#x} {}: got {got}",
+                entry.start, entry.name
+            ));
+        }
+    }
+    let share = matched as f64 * 100.0 / java.len() as f64;
+    eprintln!(
+        "{matched} of {} compiled Java methods matched ({share:.1}%), {} pcs resolved in {} ms \
+         (leakhound's whole run, reading libjvm and the tables included)",
+        java.len(),
+        pcs.len(),
+        took.as_millis()
+    );
+    assert!(
+        share >= 95.0,
+        "only {share:.1}% of the perf map's compiled methods resolved to the same blob and name; \
+         misses:\n{}",
+        misses.join("\n")
+    );
+
+    // The method that the target compiled while warming up, with its source file.
+    let accept = java
+        .iter()
+        .find(|e| java_method(&e.name) == Some("JitLeak.acceptConnection"))
+        .expect("JitLeak.acceptConnection was compiled");
+    assert_eq!(resolved[&accept.start].source, "JitLeak.java");
+
+    for pc in [interpreter.start, interpreter_middle] {
+        let r = resolved.get(&pc).expect("the interpreter pc resolved");
+        assert_eq!(r.kind, "Interpreter", "pc {pc:#x}");
+        assert_eq!(
+            r.code,
+            (interpreter.start, interpreter.start + interpreter.size)
+        );
+    }
+
+    jvm.write_line("go");
+    jvm.write_line("");
+    let status = jvm.wait_exit(TIMEOUT);
+    assert!(status.success(), "the JVM exited with {status}");
+}
+
+#[test]
+fn a_process_without_a_jvm_is_one_clear_error() {
+    let test = "a_process_without_a_jvm_is_one_clear_error";
+    require_root!(test);
+    let output = Command::new(leakhound_bin())
+        .args(["debug-jvm", "--pid", &std::process::id().to_string()])
+        .output()
+        .expect("running leakhound debug-jvm");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("leakhound: error:") && stderr.contains("no libjvm.so is mapped"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  hint: "), "{stderr}");
+}
