@@ -56,20 +56,128 @@ pub struct CodeCacheLayout {
     blob: BlobLayout,
 }
 
+/// Where a blob's instructions are. JDK 17 keeps absolute pointers (`_code_begin`,
+/// `_code_end`); from JDK 23 a blob keeps offsets from its own start (`_code_offset`, and
+/// `_data_offset` where the code ends).
+#[derive(Clone, Copy, Debug)]
+enum CodeBounds {
+    Pointers { begin: Field, end: Field },
+    Offsets { begin: Field, end: Field },
+}
+
+/// How a blob's kind is told. From JDK 23 a blob has `_kind`, with the values exported as
+/// constants (`CodeBlobKind::Nmethod`); before, only its name tells.
+#[derive(Clone, Copy, Debug)]
+enum KindSource {
+    Name,
+    Field { kind: Field, nmethod: u64 },
+}
+
+/// An nmethod's verified entry: a pointer (JDK 17) or an offset from its code (JDK 23+).
+#[derive(Clone, Copy, Debug)]
+enum VerifiedEntry {
+    Pointer(Field),
+    CodeOffset(Field),
+}
+
 #[derive(Clone, Debug)]
 struct BlobLayout {
     name: Field,
     size: Field,
     frame_size: Field,
-    code_begin: Field,
-    code_end: Field,
+    code: CodeBounds,
+    kind: KindSource,
     method: Field,
     compile_id: Field,
     comp_level: Field,
     entry_bci: Field,
-    verified_entry_point: Field,
+    verified_entry: VerifiedEntry,
     /// Bytes to read at a blob's start to cover every field above.
     image_len: u64,
+}
+
+impl BlobLayout {
+    fn new(vm: &VmStructs) -> Result<Self, HotspotError> {
+        let code = match vm.field("CodeBlob", "_code_begin") {
+            Ok(begin) => CodeBounds::Pointers {
+                begin,
+                end: vm.field("CodeBlob", "_code_end")?,
+            },
+            Err(_) => CodeBounds::Offsets {
+                begin: vm.field("CodeBlob", "_code_offset")?,
+                end: vm.field("CodeBlob", "_data_offset")?,
+            },
+        };
+        let kind = match (
+            vm.field("CodeBlob", "_kind"),
+            vm.int_constants.get("CodeBlobKind::Nmethod"),
+        ) {
+            (Ok(kind), Some(&nmethod)) => KindSource::Field {
+                kind,
+                nmethod: u64::from(nmethod as u32),
+            },
+            _ => KindSource::Name,
+        };
+        let verified_entry = match vm.field("nmethod", "_verified_entry_point") {
+            Ok(field) => VerifiedEntry::Pointer(field),
+            Err(_) => VerifiedEntry::CodeOffset(vm.field("nmethod", "_verified_entry_offset")?),
+        };
+        let mut layout = Self {
+            name: vm.field("CodeBlob", "_name")?,
+            size: vm.field("CodeBlob", "_size")?,
+            frame_size: vm.field("CodeBlob", "_frame_size")?,
+            code,
+            kind,
+            method: vm.field("nmethod", "_method")?,
+            compile_id: vm.field("nmethod", "_compile_id")?,
+            comp_level: vm.field("nmethod", "_comp_level")?,
+            entry_bci: vm.field("nmethod", "_entry_bci")?,
+            verified_entry,
+            image_len: 0,
+        };
+        let (CodeBounds::Pointers { begin, end } | CodeBounds::Offsets { begin, end }) = code;
+        let mut fields = vec![
+            layout.name,
+            layout.size,
+            layout.frame_size,
+            begin,
+            end,
+            layout.method,
+            layout.compile_id,
+            layout.comp_level,
+            layout.entry_bci,
+        ];
+        let (VerifiedEntry::Pointer(entry) | VerifiedEntry::CodeOffset(entry)) = verified_entry;
+        fields.push(entry);
+        if let KindSource::Field { kind, .. } = kind {
+            fields.push(kind);
+        }
+        layout.image_len = fields.iter().map(|field| field.end()).max().unwrap_or(0);
+        if layout.image_len > MAX_BLOB_IMAGE {
+            return Err(HotspotError::BadTable {
+                table: "gHotSpotVMStructs",
+                detail: format!(
+                    "CodeBlob fields reach {} bytes into the blob",
+                    layout.image_len
+                ),
+            });
+        }
+        Ok(layout)
+    }
+
+    /// The code bounds of the blob at `start` whose copy is `image`.
+    fn code(&self, start: TargetAddr, image: &[u8]) -> Option<(u64, u64)> {
+        match self.code {
+            CodeBounds::Pointers { begin, end } => Some((begin.get(image)?, end.get(image)?)),
+            CodeBounds::Offsets { begin, end } => {
+                let offset = |field: Field| {
+                    let value = field.get_i64(image)?;
+                    start.0.checked_add(u64::try_from(value).ok()?)
+                };
+                Some((offset(begin)?, offset(end)?))
+            }
+        }
+    }
 }
 
 impl CodeCacheLayout {
@@ -79,41 +187,7 @@ impl CodeCacheLayout {
             offset: field.offset + header,
             ..field
         };
-        let blob = BlobLayout {
-            name: vm.field("CodeBlob", "_name")?,
-            size: vm.field("CodeBlob", "_size")?,
-            frame_size: vm.field("CodeBlob", "_frame_size")?,
-            code_begin: vm.field("CodeBlob", "_code_begin")?,
-            code_end: vm.field("CodeBlob", "_code_end")?,
-            method: vm.field("nmethod", "_method")?,
-            compile_id: vm.field("nmethod", "_compile_id")?,
-            comp_level: vm.field("nmethod", "_comp_level")?,
-            entry_bci: vm.field("nmethod", "_entry_bci")?,
-            verified_entry_point: vm.field("nmethod", "_verified_entry_point")?,
-            image_len: 0,
-        };
-        let image_len = [
-            blob.name,
-            blob.size,
-            blob.frame_size,
-            blob.code_begin,
-            blob.code_end,
-            blob.method,
-            blob.compile_id,
-            blob.comp_level,
-            blob.entry_bci,
-            blob.verified_entry_point,
-        ]
-        .iter()
-        .map(|field| field.end())
-        .max()
-        .unwrap_or(0);
-        if image_len > MAX_BLOB_IMAGE {
-            return Err(HotspotError::BadTable {
-                table: "gHotSpotVMStructs",
-                detail: format!("CodeBlob fields reach {image_len} bytes into the blob"),
-            });
-        }
+        let blob = BlobLayout::new(vm)?;
         Ok(Self {
             heaps: vm.static_address("CodeCache", "_heaps")?,
             array_len: vm.field("GrowableArrayBase", "_len")?,
@@ -126,7 +200,7 @@ impl CodeCacheLayout {
             block_size: vm.size_of("HeapBlock")?,
             block_length: shift(vm.field("HeapBlock::Header", "_length")?),
             block_used: shift(vm.field("HeapBlock::Header", "_used")?),
-            blob: BlobLayout { image_len, ..blob },
+            blob,
         })
     }
 
@@ -256,12 +330,11 @@ impl CodeCacheLayout {
                 source,
             })?;
         let get = |field: Field| field.get(&image);
-        let (Some(name), Some(size), Some(frame_size), Some(code_begin), Some(code_end)) = (
+        let (Some(name), Some(size), Some(frame_size), Some((code_begin, code_end))) = (
             get(layout.name),
             get(layout.size),
             get(layout.frame_size),
-            get(layout.code_begin),
-            get(layout.code_end),
+            layout.code(start, &image),
         ) else {
             return Ok(None);
         };
@@ -274,14 +347,30 @@ impl CodeCacheLayout {
             return Ok(None);
         }
         let name = names.get(memory, TargetAddr(name))?;
-        let kind = BlobKind::from_name(&name);
+        let kind = match layout.kind {
+            KindSource::Name => BlobKind::from_name(&name),
+            KindSource::Field { kind, nmethod } => match get(kind) {
+                Some(value) if value == nmethod => BlobKind::Nmethod,
+                Some(_) if BlobKind::from_name(&name) == BlobKind::Interpreter => {
+                    BlobKind::Interpreter
+                }
+                Some(_) => BlobKind::Stub,
+                None => return Ok(None),
+            },
+        };
         let nmethod = if kind == BlobKind::Nmethod {
+            let verified = match layout.verified_entry {
+                VerifiedEntry::Pointer(field) => get(field),
+                VerifiedEntry::CodeOffset(field) => {
+                    get(field).and_then(|offset| code_begin.checked_add(offset))
+                }
+            };
             let (Some(method), Some(compile_id), Some(level), Some(bci), Some(verified)) = (
                 get(layout.method),
                 get(layout.compile_id),
                 get(layout.comp_level),
                 get(layout.entry_bci),
-                get(layout.verified_entry_point),
+                verified,
             ) else {
                 return Ok(None);
             };
@@ -640,6 +729,104 @@ pub mod tests {
         assert!(find(CODE - 1).is_none());
         assert!(find(CODE + (SEGMENTS << LOG2)).is_none());
         assert!(find(CODE + (10 << LOG2) + 4).is_none());
+    }
+
+    #[test]
+    fn reads_the_jdk23_layout_of_offsets_and_kinds() {
+        // From JDK 23 a blob keeps its code bounds as offsets from its start, says its kind
+        // in `_kind`, and an nmethod keeps its verified entry as an offset from its code.
+        let mut jvm = FakeJvm::new();
+        jvm.type_entry("HeapBlock", None, 16);
+        jvm.type_entry("HeapBlock::Header", None, 16);
+        jvm.type_entry("CodeBlob", None, 64);
+        jvm.type_entry("nmethod", Some("CodeBlob"), 200);
+        jvm.type_entry("CodeBlobKind", None, 1);
+        jvm.type_entry("uint32_t", None, 4);
+        jvm.field("HeapBlock", "_header", "HeapBlock::Header", 0);
+        jvm.field("HeapBlock::Header", "_length", "uint32_t", 0);
+        jvm.field("HeapBlock::Header", "_used", "bool", 4);
+        jvm.field("CodeBlob", "_name", "const char*", 8);
+        jvm.field("CodeBlob", "_size", "int", 16);
+        jvm.field("CodeBlob", "_frame_size", "int", 20);
+        jvm.field("CodeBlob", "_code_offset", "int", 24);
+        jvm.field("CodeBlob", "_data_offset", "int", 28);
+        jvm.field("CodeBlob", "_kind", "CodeBlobKind", 32);
+        jvm.field("nmethod", "_method", "Method*", 64);
+        jvm.field("nmethod", "_entry_bci", "int", 120);
+        jvm.field("nmethod", "_compile_id", "int", 124);
+        jvm.field("nmethod", "_comp_level", "int", 128);
+        jvm.field("nmethod", "_verified_entry_offset", "u2", 132);
+        jvm.ints.push(("CodeBlobKind::Nmethod".into(), 1));
+        for (type_name, field, type_string, offset) in [
+            ("GrowableArrayBase", "_len", "int", 0),
+            ("GrowableArray<int>", "_data", "int*", 8),
+            ("CodeHeap", "_memory", "VirtualSpace", 0),
+            ("CodeHeap", "_segmap", "VirtualSpace", 32),
+            ("CodeHeap", "_log2_segment_size", "int", 64),
+            ("VirtualSpace", "_low", "char*", 16),
+            ("VirtualSpace", "_high", "char*", 24),
+        ] {
+            jvm.field(type_name, field, type_string, offset);
+        }
+        jvm.static_field(
+            "CodeCache",
+            "_heaps",
+            "GrowableArray<CodeHeap*>*",
+            HEAPS_VAR,
+        );
+        let (mut memory, symbols) = jvm.build();
+        heap_images(&mut memory);
+        let vm = VmStructs::read(&memory, &symbols).unwrap();
+        let layout = CodeCacheLayout::new(&vm).unwrap();
+
+        // Two blocks of 4 segments: an nmethod (kind 1, named anything) and a stub (kind 3,
+        // named `nmethod` to show that the kind wins over the name).
+        let mut place = |first: u64, kind: u8| {
+            memory.write(TargetAddr(SEGMAP + first), &[0, 1, 2, 3]);
+            let block = CODE + (first << LOG2);
+            memory.write(TargetAddr(block), &4u32.to_le_bytes());
+            memory.write(TargetAddr(block + 4), &[1]);
+            let blob = block + 16;
+            memory.write_u64(TargetAddr(blob + 8), NAMES);
+            memory.write(TargetAddr(blob + 16), &(4u32 * 128 - 16).to_le_bytes());
+            memory.write(TargetAddr(blob + 20), &4u32.to_le_bytes());
+            memory.write(TargetAddr(blob + 24), &160u32.to_le_bytes());
+            memory.write(TargetAddr(blob + 28), &400u32.to_le_bytes());
+            memory.write(TargetAddr(blob + 32), &[kind]);
+            memory.write_u64(TargetAddr(blob + 64), 0xfeed0);
+            memory.write(TargetAddr(blob + 124), &9u32.to_le_bytes());
+            memory.write(TargetAddr(blob + 132), &32u16.to_le_bytes());
+            blob
+        };
+        let nmethod = place(0, 1);
+        let stub = place(4, 3);
+        let heaps = layout.read_heaps(&memory).unwrap();
+        let mut names = BlobNames::default();
+        let blob = layout
+            .find_blob(&memory, &heaps, &mut names, TargetAddr(nmethod + 200))
+            .unwrap()
+            .expect("the nmethod");
+        assert_eq!(blob.kind, BlobKind::Nmethod);
+        assert_eq!(
+            blob.code,
+            TargetAddr(nmethod + 160)..TargetAddr(nmethod + 400)
+        );
+        let info = blob.nmethod.expect("nmethod fields");
+        assert_eq!(info.verified_entry, TargetAddr(nmethod + 160 + 32));
+        assert_eq!(info.compile_id, CompileId(9));
+        let blob = layout
+            .find_blob(&memory, &heaps, &mut names, TargetAddr(stub + 200))
+            .unwrap()
+            .expect("the stub");
+        assert_eq!(blob.kind, BlobKind::Stub);
+        assert!(blob.nmethod.is_none());
+        // A pc in the blob's header is in the blob but not in its code.
+        assert!(
+            layout
+                .find_blob(&memory, &heaps, &mut names, TargetAddr(stub + 8))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -100,6 +100,11 @@ impl<M: Memory> HotspotVm<M> {
     /// Reads the tables through `memory`, from the exported variables at `symbols`.
     pub fn from_symbols(memory: M, symbols: &TableSymbols) -> Result<Self, HotspotError> {
         let structs = VmStructs::read(&memory, symbols)?;
+        Self::new(memory, structs)
+    }
+
+    /// The layouts from tables already read.
+    pub fn new(memory: M, structs: VmStructs) -> Result<Self, HotspotError> {
         let code_cache = CodeCacheLayout::new(&structs)?;
         let methods = MethodLayout::new(&structs)?;
         let heaps = code_cache.read_heaps(&memory)?;
