@@ -42,6 +42,9 @@ pub struct DebugJvmArgs {
     /// Resolve the pcs in this file (hex, one a line; `-` for stdin).
     #[arg(long, value_name = "FILE")]
     pub pcs: Option<PathBuf>,
+    /// List every field, type and constant read from the VM's tables.
+    #[arg(long)]
+    pub tables: bool,
 }
 
 /// Sampling interval when --interval is not given.

@@ -25,7 +25,8 @@ fn main() -> ExitCode {
             }
         },
         Command::DebugJvm(args) => {
-            match tracer_user::jit::hotspot::debug::run(args.pid, args.pcs.as_deref()) {
+            match tracer_user::jit::hotspot::debug::run(args.pid, args.pcs.as_deref(), args.tables)
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("leakhound: error: {err:#}");

@@ -13,12 +13,14 @@ use anyhow::Context as _;
 use super::{
     HotspotError, HotspotVm, Memory, ProcessMemory, TargetAddr,
     libjvm::{self, Libjvm},
+    vmstructs::{FieldPlace, VmStructs},
 };
 
 /// Prints the tables' summary and the heaps, then one line per pc in `pcs` (hex, one a line;
 /// `-` for stdin): `pc kind blob code_begin code_end frame_words compile_id name source`,
 /// tab-separated, or `pc -` for a pc in no blob, or `pc error message`.
-pub fn run(pid: u32, pcs: Option<&Path>) -> anyhow::Result<()> {
+/// With `tables`, every field, type and constant read is listed too, sorted.
+pub fn run(pid: u32, pcs: Option<&Path>, tables: bool) -> anyhow::Result<()> {
     let context = || format!("reading the JVM in {pid}");
     let started = Instant::now();
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(context)?;
@@ -29,10 +31,16 @@ pub fn run(pid: u32, pcs: Option<&Path>) -> anyhow::Result<()> {
     let libjvm = Libjvm::open(pid, mapping).with_context(context)?;
     let symbols_in = started.elapsed();
     let started = Instant::now();
-    let mut vm =
-        HotspotVm::from_symbols(ProcessMemory::new(pid), &libjvm.symbols).with_context(context)?;
+    let memory = ProcessMemory::new(pid);
+    let structs = VmStructs::read(&memory, &libjvm.symbols).with_context(context)?;
     let read_in = started.elapsed();
     let mut out = io::stdout().lock();
+    if tables {
+        // Before the layouts are taken from them: a JDK whose tables lack a field leakhound
+        // needs is what this listing is for.
+        write_tables(&structs, &mut out)?;
+    }
+    let mut vm = HotspotVm::new(memory, structs).with_context(context)?;
     writeln!(
         out,
         "libjvm\t{}\tbias {:#x}\tsymbols read in {} us",
@@ -103,6 +111,35 @@ pub fn run(pid: u32, pcs: Option<&Path>) -> anyhow::Result<()> {
         per(cold),
         per(warm)
     )?;
+    Ok(())
+}
+
+fn write_tables(structs: &VmStructs, out: &mut impl io::Write) -> io::Result<()> {
+    let mut lines: Vec<String> = Vec::new();
+    for ((type_name, field), entry) in &structs.fields {
+        let place = match entry.place {
+            FieldPlace::Instance { offset } => format!("offset {offset}"),
+            FieldPlace::Static { address } => format!("static {address}"),
+        };
+        lines.push(format!(
+            "field\t{type_name}::{field}\t{}\t{place}",
+            entry.type_string
+        ));
+    }
+    for (name, entry) in &structs.types {
+        let superclass = entry.superclass.as_deref().unwrap_or("-");
+        lines.push(format!("type\t{name}\t{}\t{superclass}", entry.size));
+    }
+    for (name, value) in &structs.int_constants {
+        lines.push(format!("int\t{name}\t{value}"));
+    }
+    for (name, value) in &structs.long_constants {
+        lines.push(format!("long\t{name}\t{value}"));
+    }
+    lines.sort();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
 }
 
