@@ -4,7 +4,7 @@
 //! debug-jvm`), to a blob with the same code bounds and the same `package.Class.method`.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -91,11 +91,83 @@ fn compiled_java_methods_resolve_through_the_code_heaps_of_a_jvm_without_flags()
     require_program!(test, "javac", "-version");
     require_program!(test, "jcmd", "-h");
     let _serial = serial();
+    check_jvm(test, Path::new("java"), Path::new("jcmd"));
+}
+
+/// The same against every other JDK installed under /usr/lib/jvm (Temurin 25 here), whose
+/// CodeBlob layout differs: offsets instead of pointers, and a kind field.
+#[test]
+fn compiled_java_methods_resolve_in_other_installed_jdks() {
+    let test = "compiled_java_methods_resolve_in_other_installed_jdks";
+    require_root!(test);
+    require_program!(test, "javac", "-version");
+    let others = other_jdks();
+    if others.is_empty() {
+        println!("skipped: {test} found no JDK but the default one under /usr/lib/jvm");
+        return;
+    }
+    let _serial = serial();
+    for home in others {
+        eprintln!("{test}: {}", home.display());
+        check_jvm(test, &home.join("bin/java"), &home.join("bin/jcmd"));
+    }
+}
+
+/// JDK homes under /usr/lib/jvm of another major version than the default `java`'s, one per
+/// version (Debian installs the same JDK under several names).
+fn other_jdks() -> Vec<PathBuf> {
+    let major = |release: &str| -> Option<String> {
+        let line = release
+            .lines()
+            .find_map(|l| l.strip_prefix("JAVA_VERSION="))?;
+        Some(line.trim_matches('"').split('.').next()?.to_owned())
+    };
+    let default = std::fs::canonicalize(
+        Command::new("sh")
+            .args(["-c", "readlink -f \"$(command -v java)\""])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default(),
+    )
+    .ok()
+    .and_then(|java| Some(java.parent()?.parent()?.join("release")))
+    .and_then(|release| std::fs::read_to_string(release).ok())
+    .and_then(|text| major(&text));
+    let mut seen = Vec::new();
+    let mut homes = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/usr/lib/jvm") else {
+        return homes;
+    };
+    let mut entries: Vec<PathBuf> = dir.filter_map(|e| Some(e.ok()?.path())).collect();
+    entries.sort();
+    for home in entries {
+        let Some(version) = std::fs::read_to_string(home.join("release"))
+            .ok()
+            .and_then(|text| major(&text))
+        else {
+            continue;
+        };
+        if Some(&version) == default.as_ref()
+            || seen.contains(&version)
+            || !home.join("bin/java").is_file()
+            || !home.join("bin/jcmd").is_file()
+        {
+            continue;
+        }
+        seen.push(version);
+        homes.push(home);
+    }
+    homes
+}
+
+/// Starts JitLeak under `java` with no flags, has `jcmd` make it write its perf map, and checks
+/// leakhound's resolution of every compiled Java method and of the interpreter against it.
+fn check_jvm(test: &str, java: &Path, jcmd: &Path) {
     let dir = paths::scratch(test);
     let classes = runtimes::java_classes();
 
     // No flags beyond a small heap: the point is a JVM as it is usually started.
-    let mut cmd = Command::new("java");
+    let mut cmd = Command::new(java);
     cmd.arg("-Xmx64m")
         .arg("-cp")
         .arg(&classes)
@@ -113,7 +185,7 @@ fn compiled_java_methods_resolve_through_the_code_heaps_of_a_jvm_without_flags()
     assert_eq!(ready.trim_end(), format!("ready {pid}"));
 
     // The ground truth: the JVM's own list of its code.
-    let jcmd = Command::new("jcmd")
+    let jcmd = Command::new(jcmd)
         .args(["-J-Xmx64m", &pid.to_string(), "Compiler.perfmap"])
         .output()
         .expect("running jcmd");
