@@ -114,7 +114,9 @@ impl MethodLayout {
                 .offset(self.pool_header + index * 8)
                 .map_err(mem("ConstantPool entry"))?;
             let symbol = memory.read_addr(slot).map_err(mem("ConstantPool entry"))?;
-            self.symbol(memory, symbol)
+            // Some JDKs tag a pool slot's lowest bit (resolved or not); a Symbol* is aligned,
+            // so the bit is never part of the address.
+            self.symbol(memory, TargetAddr(symbol.0 & !1))
         };
         let method_name = entry(name_index)?;
         let signature = entry(signature_index)?;
