@@ -18,7 +18,7 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    jit::PerfMaps,
+    jit::{PerfMaps, hotspot::frames::HotspotFrames},
     model::{Frame, FrameData},
     process::{
         TargetProcess,
@@ -82,6 +82,8 @@ pub struct Modules {
     pseudo: BTreeMap<u64, (u64, String)>,
     /// JIT code named by the runtime's perf map (Node.js, the JVM).
     pub perf_maps: PerfMaps,
+    /// Compiled Java methods named from HotSpot's own metadata; asked before the perf map.
+    pub hotspot: HotspotFrames,
 }
 
 impl Modules {
@@ -89,6 +91,7 @@ impl Modules {
     /// known.
     pub fn refresh(&mut self, target: &TargetProcess) {
         self.perf_maps.refresh(target);
+        self.hotspot.refresh(target);
         let Ok(maps) = target.maps() else { return };
         let root = TargetRoot::open(target.pid).ok();
         for mapping in maps.into_iter().filter(|m| m.executable) {
@@ -235,9 +238,12 @@ impl FrameNamer {
                     .push((addr, offset)),
                 None => {
                     // JIT code lives in anonymous memory, or in memory unmapped since.
-                    let frame = modules.perf_maps.lookup(lookup).unwrap_or_else(|| {
-                        Frame::named(modules.pseudo_name(lookup).unwrap_or("[unknown]"))
-                    });
+                    let jit = modules.hotspot.lookup(lookup);
+                    let frame = jit
+                        .or_else(|| modules.perf_maps.lookup(lookup))
+                        .unwrap_or_else(|| {
+                            Frame::named(modules.pseudo_name(lookup).unwrap_or("[unknown]"))
+                        });
                     self.names.insert(addr, vec![frame]);
                 }
             }

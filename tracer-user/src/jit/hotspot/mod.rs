@@ -13,6 +13,7 @@
 
 pub mod codecache;
 pub mod debug;
+pub mod frames;
 pub mod libjvm;
 pub mod memory;
 pub mod names;

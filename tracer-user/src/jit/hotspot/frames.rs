@@ -1,0 +1,213 @@
+//! Java frames named from HotSpot's own metadata, for the symbolizer: a name source that is
+//! asked before the perf map, since the runtime's own description of its code wins.
+//!
+//! The JVM is read lazily, at the first address in anonymous executable memory that needs a
+//! name (only JIT runtimes have such addresses), and a process that maps no libjvm.so is never
+//! looked at again. What was named is remembered by code range, so that frames of a JVM that
+//! has exited are still named; a later blob over the same range (code freed and reused)
+//! replaces the old name.
+
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use super::{HotspotError, HotspotVm, ProcessMemory, TargetAddr, codecache::BlobKey};
+use crate::{
+    jit::perf_map::JIT_MODULE,
+    model::{Frame, FrameData},
+    process::TargetProcess,
+};
+
+/// The most code ranges remembered; past it the oldest knowledge is dropped (a JVM that
+/// compiles without end must not grow leakhound without end).
+const MAX_REMEMBERED: usize = 1 << 18;
+
+#[derive(Debug, Default)]
+enum Reader {
+    /// Not tried yet.
+    #[default]
+    Untried,
+    Attached(Box<HotspotVm<ProcessMemory>>),
+    /// No libjvm.so mapped when last looked: a launched command may map it later, so it is
+    /// looked for again after [`NOT_JVM_RECHECK`], not at every address.
+    NotJvm(Instant),
+    /// A JVM whose metadata cannot be read: not tried again.
+    Unavailable,
+}
+
+/// How long a process without libjvm.so is left alone before its mappings are read again.
+const NOT_JVM_RECHECK: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct State {
+    pid: Option<u32>,
+    reader: Reader,
+    /// Code ranges named so far: start → (end, blob, frame).
+    named: BTreeMap<u64, (u64, BlobKey, Frame)>,
+}
+
+/// HotSpot-named Java frames of one target. Interior mutability: the symbolizer names frames
+/// through a shared reference to the modules.
+#[derive(Debug, Default)]
+pub struct HotspotFrames {
+    state: Mutex<State>,
+}
+
+impl HotspotFrames {
+    /// Remembers the target; nothing is read until a frame needs a name.
+    pub fn refresh(&mut self, target: &TargetProcess) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.pid != Some(target.pid) {
+            *state = State {
+                pid: Some(target.pid),
+                ..State::default()
+            };
+        }
+    }
+
+    /// The compiled Java method at `addr` (a pc, or a return address minus one), if the
+    /// target is a JVM whose code cache holds it now, or held it when last asked.
+    pub fn lookup(&self, addr: u64) -> Option<Frame> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = &mut *state;
+        let pid = state.pid?;
+        let due = match state.reader {
+            Reader::Untried => true,
+            Reader::NotJvm(at) => at.elapsed() >= NOT_JVM_RECHECK,
+            Reader::Attached(_) | Reader::Unavailable => false,
+        };
+        if due {
+            state.reader = attach(pid);
+        }
+        if let Reader::Attached(vm) = &mut state.reader {
+            match vm.resolve(TargetAddr(addr)) {
+                Ok(Some(resolved)) => {
+                    let (Some(Ok(method)), Some(_)) = (&resolved.method, &resolved.blob.nmethod)
+                    else {
+                        // Stubs, adapters and the interpreter: the perf map's names serve.
+                        return None;
+                    };
+                    let frame: Frame = FrameData {
+                        name: method.qualified(),
+                        module: Some(JIT_MODULE.to_owned()),
+                        file: method.source_file.clone(),
+                        line: None,
+                        inlined: false,
+                    }
+                    .into();
+                    let code = &resolved.blob.code;
+                    remember(
+                        &mut state.named,
+                        code.start.0,
+                        code.end.0,
+                        resolved.blob.key(),
+                        frame.clone(),
+                    );
+                    return Some(frame);
+                }
+                Ok(None) => return None,
+                Err(err) => {
+                    // The JVM exited, or its memory says something implausible: what was
+                    // named before still serves.
+                    log::debug!("HotSpot metadata of pid {pid} at {addr:#x}: {err}");
+                }
+            }
+        }
+        let (_, (end, _, frame)) = state.named.range(..=addr).next_back()?;
+        (addr < *end).then(|| frame.clone())
+    }
+}
+
+fn attach(pid: u32) -> Reader {
+    match HotspotVm::attach(pid) {
+        Ok(vm) => {
+            log::debug!(
+                "HotSpot metadata of pid {pid}: {} fields, {} types",
+                vm.structs.fields.len(),
+                vm.structs.types.len()
+            );
+            Reader::Attached(Box::new(vm))
+        }
+        Err(HotspotError::NoLibjvm) => Reader::NotJvm(Instant::now()),
+        // The process is gone.
+        Err(HotspotError::Maps(_)) => Reader::Unavailable,
+        Err(err) => {
+            eprintln!(
+                "leakhound: cannot read HotSpot's metadata in pid {pid}: {err}; Java frames are named from the perf map only"
+            );
+            Reader::Unavailable
+        }
+    }
+}
+
+/// Records a named range, dropping every range it overlaps (code freed and reused).
+fn remember(
+    named: &mut BTreeMap<u64, (u64, BlobKey, Frame)>,
+    start: u64,
+    end: u64,
+    key: BlobKey,
+    frame: Frame,
+) {
+    if let Some((_, (old_end, old_key, _))) = named.get_key_value(&start)
+        && (*old_end, *old_key) == (end, key)
+    {
+        return;
+    }
+    let overlapping: Vec<u64> = named
+        .range(..end)
+        .rev()
+        .take_while(|(_, (old_end, _, _))| *old_end > start)
+        .map(|(start, _)| *start)
+        .collect();
+    for old in overlapping {
+        named.remove(&old);
+    }
+    if named.len() >= MAX_REMEMBERED {
+        named.pop_first();
+    }
+    named.insert(start, (end, key, frame));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jit::hotspot::codecache::CompileId;
+
+    fn key(start: u64, id: u32) -> BlobKey {
+        BlobKey {
+            start: TargetAddr(start),
+            compile_id: Some(CompileId(id)),
+        }
+    }
+
+    #[test]
+    fn a_new_blob_over_old_code_replaces_its_name() {
+        let mut named = BTreeMap::new();
+        remember(&mut named, 100, 200, key(90, 1), Frame::named("a.A.old"));
+        remember(&mut named, 300, 400, key(290, 2), Frame::named("b.B.kept"));
+        remember(&mut named, 150, 250, key(140, 3), Frame::named("c.C.new"));
+        let names: Vec<&str> = named.values().map(|(_, _, f)| f.name.as_str()).collect();
+        assert_eq!(names, ["c.C.new", "b.B.kept"]);
+    }
+
+    #[test]
+    fn a_process_that_is_not_a_jvm_is_looked_at_once() {
+        let mut frames = HotspotFrames::default();
+        frames.refresh(&TargetProcess {
+            pid: std::process::id(),
+        });
+        assert!(frames.lookup(0x1000).is_none());
+        assert!(matches!(
+            frames.state.lock().unwrap().reader,
+            Reader::NotJvm(_)
+        ));
+    }
+}
