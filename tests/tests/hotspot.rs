@@ -9,7 +9,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use tests::process::{Proc, TIMEOUT};
-use tests::{arg, leakhound_bin, paths, require_root, runtimes, serial};
+use tests::report::parse_folded;
+use tests::runtimes::{bytes_through, within_percent};
+use tests::targets::read_truth;
+use tests::{Run, arg, leakhound_bin, paths, read_report, require_root, runtimes, serial};
 
 macro_rules! require_program {
     ($test:expr, $program:expr, $flag:expr) => {
@@ -324,4 +327,65 @@ fn a_process_without_a_jvm_is_one_clear_error() {
         "{stderr}"
     );
     assert!(stderr.contains("  hint: "), "{stderr}");
+}
+
+/// A JVM that refuses attach can never be asked for a perf map; its compiled Java methods are
+/// still named, from its own metadata. With frame pointers kept, the stacks reach the method
+/// that keeps the memory, and its bytes match the target's own count within 5%.
+#[test]
+fn a_jvm_that_refuses_attach_is_named_from_its_metadata() {
+    let test = "a_jvm_that_refuses_attach_is_named_from_its_metadata";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let _serial = serial();
+    let dir = paths::scratch(test);
+    let out = dir.join("out.folded");
+    let classes = runtimes::java_classes();
+    let mut cmd = Command::new("java");
+    cmd.args([
+        "-Xmx64m",
+        "-XX:+DisableAttachMechanism",
+        "-XX:+PreserveFramePointer",
+        "-cp",
+    ])
+    .arg(&classes)
+    .args(["JitLeak", "200"])
+    .current_dir(&dir);
+    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
+        cmd.env_remove(var);
+    }
+    let mut jvm = Proc::spawn(cmd, test, true);
+    let ready = jvm
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("ready line");
+    let pid = jvm.pid().to_string();
+    assert_eq!(ready.trim_end(), format!("ready {pid}"));
+
+    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
+    run.wait_attached();
+    jvm.write_line("go");
+    let truth = read_truth(&jvm.stdout, test);
+    run.signal(libc::SIGINT);
+    let outcome = run.finish();
+    outcome.assert_success();
+    jvm.write_line("");
+    let status = jvm.wait_exit(TIMEOUT);
+    assert!(status.success(), "the JVM exited with {status}");
+    assert!(
+        !Path::new("/tmp").join(format!("perf-{pid}.map")).exists(),
+        "no perf map can exist: attach is disabled"
+    );
+
+    let report = read_report(&out);
+    let lines = parse_folded(&report).unwrap_or_else(|e| panic!("{e}\n{report}"));
+    let kept = truth["JitLeak.acceptConnection"];
+    let named = bytes_through(&lines, "JitLeak.acceptConnection");
+    eprintln!("JitLeak.acceptConnection: truth {kept}, named {named}");
+    assert!(
+        within_percent(kept, named, 5),
+        "stacks through JitLeak.acceptConnection hold {named} bytes, the target kept {kept}; \
+         report:\n{report}"
+    );
 }
