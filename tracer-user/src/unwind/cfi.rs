@@ -178,10 +178,24 @@ impl CfiRules {
                     },
                 }
             }
-            // JIT code has no CFI; V8 and HotSpot (with -XX:+PreserveFramePointer) keep rbp.
-            Location::Anonymous => UnwindRule {
-                kind: RULE_FRAME_POINTER,
-                ..UnwindRule::default()
+            // JIT code has no CFI. A compiled Java method's frame has a fixed size that HotSpot
+            // records, so it unwinds without -XX:+PreserveFramePointer; V8, and HotSpot's
+            // interpreter and stubs, keep rbp.
+            Location::Anonymous => match modules
+                .hotspot
+                .compiled_frame_bytes(return_address.saturating_sub(1))
+                .and_then(|bytes| i32::try_from(bytes).ok())
+            {
+                Some(bytes) => UnwindRule {
+                    kind: RULE_CFA_RSP,
+                    cfa_offset: bytes,
+                    rbp_offset: -16,
+                    _pad: 0,
+                },
+                None => UnwindRule {
+                    kind: RULE_FRAME_POINTER,
+                    ..UnwindRule::default()
+                },
             },
             Location::Unknown => return None,
         };

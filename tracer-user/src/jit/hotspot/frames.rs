@@ -55,7 +55,52 @@ pub struct HotspotFrames {
     state: Mutex<State>,
 }
 
+impl State {
+    fn attach_if_due(&mut self, pid: u32) {
+        let due = match self.reader {
+            Reader::Untried => true,
+            Reader::NotJvm(at) => at.elapsed() >= NOT_JVM_RECHECK,
+            Reader::Attached(_) | Reader::Unavailable => false,
+        };
+        if due {
+            self.reader = attach(pid);
+        }
+    }
+}
+
+/// The largest compiled frame believed, in words: HotSpot's own frames are at most a few
+/// hundred words; anything near the stack's whole span is a misread.
+const MAX_FRAME_WORDS: i32 = 1 << 16;
+
 impl HotspotFrames {
+    /// The size in bytes of the compiled Java frame (an nmethod's, native wrappers included)
+    /// whose code holds `pc`: the caller's stack pointer is the frame's `sp` plus this, the
+    /// return address is the word below it and the caller's `rbp` the word below that
+    /// (HotSpot's `frame::sender_for_compiled_frame`). `None` outside compiled Java code, where
+    /// frame pointers serve (the interpreter and stubs keep `rbp`).
+    ///
+    /// Only for a pc at a call (a return address minus one): there the frame is complete,
+    /// while in a method's prologue or epilogue it is not.
+    pub fn compiled_frame_bytes(&self, pc: u64) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pid = state.pid?;
+        state.attach_if_due(pid);
+        let Reader::Attached(vm) = &mut state.reader else {
+            return None;
+        };
+        let blob = vm
+            .find_blob(TargetAddr(pc))
+            .inspect_err(|err| log::debug!("HotSpot blob of pid {pid} at {pc:#x}: {err}"))
+            .ok()??;
+        let words = blob.frame_size_words;
+        let in_code = blob.code.contains(&TargetAddr(pc));
+        (blob.nmethod.is_some() && in_code && (2..=MAX_FRAME_WORDS).contains(&words))
+            .then(|| u64::from(words.unsigned_abs()) * 8)
+    }
+
     /// Remembers the target; nothing is read until a frame needs a name.
     pub fn refresh(&mut self, target: &TargetProcess) {
         let state = self
@@ -79,14 +124,7 @@ impl HotspotFrames {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = &mut *state;
         let pid = state.pid?;
-        let due = match state.reader {
-            Reader::Untried => true,
-            Reader::NotJvm(at) => at.elapsed() >= NOT_JVM_RECHECK,
-            Reader::Attached(_) | Reader::Unavailable => false,
-        };
-        if due {
-            state.reader = attach(pid);
-        }
+        state.attach_if_due(pid);
         if let Reader::Attached(vm) = &mut state.reader {
             match vm.resolve(TargetAddr(addr)) {
                 Ok(Some(resolved)) => {
