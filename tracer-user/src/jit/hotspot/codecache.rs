@@ -207,7 +207,7 @@ impl CodeCacheLayout {
     /// Reads the heaps as they are now. Heaps grow (their committed end moves up), so a pc
     /// found in none of them is worth a new read.
     pub fn read_heaps(&self, memory: &impl Memory) -> Result<Vec<CodeHeap>, HotspotError> {
-        let mem = |what: &'static str| move |source| HotspotError::Memory { what, source };
+        let mem = |what: &'static str| move |cause| HotspotError::Memory { what, cause };
         let array = memory
             .read_addr(self.heaps)
             .map_err(mem("CodeCache::_heaps"))?;
@@ -241,9 +241,9 @@ impl CodeCacheLayout {
     }
 
     fn read_heap(&self, memory: &impl Memory, heap: TargetAddr) -> Result<CodeHeap, HotspotError> {
-        let mem = |source| HotspotError::Memory {
+        let mem = |cause| HotspotError::Memory {
             what: "CodeHeap",
-            source,
+            cause,
         };
         let space = |offset: u64| -> Result<Range<u64>, HotspotError> {
             let base = heap.offset(offset).map_err(mem)?;
@@ -290,9 +290,9 @@ impl CodeCacheLayout {
         let Some(block) = heap.block_start(memory, pc)? else {
             return Ok(None);
         };
-        let mem = |source| HotspotError::Memory {
+        let mem = |cause| HotspotError::Memory {
             what: "HeapBlock",
-            source,
+            cause,
         };
         let mut header = vec![0u8; self.block_size.min(MAX_BLOB_IMAGE) as usize];
         memory.read(block, &mut header).map_err(mem)?;
@@ -325,9 +325,9 @@ impl CodeCacheLayout {
         let mut image = vec![0u8; available as usize];
         memory
             .read(start, &mut image)
-            .map_err(|source| HotspotError::Memory {
+            .map_err(|cause| HotspotError::Memory {
                 what: "CodeBlob",
-                source,
+                cause,
             })?;
         let get = |field: Field| field.get(&image);
         let (Some(name), Some(size), Some(frame_size), Some((code_begin, code_end))) = (
@@ -434,9 +434,9 @@ impl CodeHeap {
                 window = vec![0; (index - window_start + 1) as usize];
                 memory
                     .read(TargetAddr(self.segmap.start + window_start), &mut window)
-                    .map_err(|source| HotspotError::Memory {
+                    .map_err(|cause| HotspotError::Memory {
                         what: "CodeHeap segment map",
-                        source,
+                        cause,
                     })?;
             }
             let step = window[(index - window_start) as usize];
@@ -547,10 +547,10 @@ impl BlobNames {
         let name: Arc<str> = match memory.read_c_string(addr, MAX_BLOB_NAME) {
             Ok(name) => Arc::from(name),
             Err(MemoryError::NotUtf8 { .. }) => Arc::from("[unnamed]"),
-            Err(source) => {
+            Err(cause) => {
                 return Err(HotspotError::Memory {
                     what: "CodeBlob name",
-                    source,
+                    cause,
                 });
             }
         };

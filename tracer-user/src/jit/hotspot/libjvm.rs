@@ -48,9 +48,9 @@ impl Libjvm {
             "/proc/{pid}/map_files/{:x}-{:x}",
             mapping.start, mapping.end
         ));
-        let file = root::open_regular_link(&link).map_err(|source| HotspotError::Open {
+        let file = root::open_regular_link(&link).map_err(|cause| HotspotError::Open {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let elf_error = |detail: String| HotspotError::Elf {
             path: path.clone(),

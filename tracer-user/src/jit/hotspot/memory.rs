@@ -36,13 +36,15 @@ impl fmt::Display for TargetAddr {
     }
 }
 
+/// What went wrong reading a target's memory; the OS error is a `cause` for the reason given
+/// at [`super::HotspotError`].
 #[derive(Debug, Error)]
 pub enum MemoryError {
-    #[error("cannot read {len} bytes at {addr}: {source}")]
+    #[error("cannot read {len} bytes at {addr}: {cause}")]
     Read {
         addr: TargetAddr,
         len: usize,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("only {got} of {len} bytes readable at {addr}")]
     Short {
@@ -174,7 +176,7 @@ impl Memory for ProcessMemory {
         match self.readv(addr, buf) {
             Ok(got) if got == len => Ok(()),
             Ok(got) => Err(MemoryError::Short { addr, len, got }),
-            Err(source) => Err(MemoryError::Read { addr, len, source }),
+            Err(cause) => Err(MemoryError::Read { addr, len, cause }),
         }
     }
 
@@ -236,7 +238,7 @@ impl Memory for FakeMemory {
             Err(MemoryError::Read {
                 addr,
                 len: buf.len(),
-                source: io::Error::from_raw_os_error(libc::EFAULT),
+                cause: io::Error::from_raw_os_error(libc::EFAULT),
             })
         } else {
             Err(MemoryError::Short {

@@ -31,23 +31,24 @@ use vmstructs::{TableSymbols, VmStructs};
 
 use crate::process::root::RootError;
 
-/// Why a JVM's metadata could not be read or followed. One line each.
+/// Why a JVM's metadata could not be read or followed. One line each: an inner error is part
+/// of the message and so is a `cause`, not a `source`, which `{:#}` would print a second time.
 #[derive(Debug, Error)]
 pub enum HotspotError {
     #[error("no {} is mapped in the process", libjvm::LIBJVM)]
     NoLibjvm,
     #[error("cannot read the process's mappings: {0}")]
     Maps(String),
-    #[error("cannot open {}: {source}", path.display())]
-    Open { path: PathBuf, source: RootError },
+    #[error("cannot open {}: {cause}", path.display())]
+    Open { path: PathBuf, cause: RootError },
     #[error("cannot read {} as ELF: {detail}", path.display())]
     Elf { path: PathBuf, detail: String },
     #[error("libjvm.so does not export {name} (stripped, or not HotSpot)")]
     MissingSymbol { name: &'static str },
-    #[error("cannot read {what}: {source}")]
+    #[error("cannot read {what}: {cause}")]
     Memory {
         what: &'static str,
-        source: MemoryError,
+        cause: MemoryError,
     },
     #[error("{table} is malformed: {detail}")]
     BadTable { table: &'static str, detail: String },

@@ -65,9 +65,9 @@ impl MethodLayout {
         self.const_method
             .read(memory, method)
             .map(TargetAddr)
-            .map_err(|source| HotspotError::Memory {
+            .map_err(|cause| HotspotError::Memory {
                 what: "Method",
-                source,
+                cause,
             })
     }
 
@@ -77,7 +77,7 @@ impl MethodLayout {
         memory: &impl Memory,
         method: TargetAddr,
     ) -> Result<MethodName, HotspotError> {
-        let mem = |what: &'static str| move |source| HotspotError::Memory { what, source };
+        let mem = |what: &'static str| move |cause| HotspotError::Memory { what, cause };
         if method.is_null() {
             return Err(HotspotError::Corrupt {
                 what: "Method",
@@ -143,9 +143,9 @@ impl MethodLayout {
 
     /// The text of a `Symbol`.
     pub fn symbol(&self, memory: &impl Memory, symbol: TargetAddr) -> Result<String, HotspotError> {
-        let mem = |source| HotspotError::Memory {
+        let mem = |cause| HotspotError::Memory {
             what: "Symbol",
-            source,
+            cause,
         };
         if symbol.is_null() {
             return Err(HotspotError::Corrupt {
@@ -250,7 +250,7 @@ pub mod tests {
         let class = symbol("com/example/Server");
         let name = symbol("run");
         let signature = symbol("()V");
-        let source = symbol("Server.java");
+        let cause = symbol("Server.java");
         memory.map(TargetAddr(SYMBOLS), symbols);
 
         let mut method = vec![0u8; 16];
@@ -265,7 +265,7 @@ pub mod tests {
         pool[24..32].copy_from_slice(&KLASS.to_le_bytes());
         pool[64..68].copy_from_slice(&5u32.to_le_bytes());
         pool[70..72].copy_from_slice(&3u16.to_le_bytes());
-        for (index, at) in [(1, name), (2, signature), (3, source), (4, class)] {
+        for (index, at) in [(1, name), (2, signature), (3, cause), (4, class)] {
             pool[80 + index * 8..88 + index * 8].copy_from_slice(&at.to_le_bytes());
         }
         memory.map(TargetAddr(POOL), pool);

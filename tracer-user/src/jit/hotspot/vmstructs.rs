@@ -118,7 +118,7 @@ impl EntryLayout {
             let addr = symbols.get(name)?;
             memory
                 .read_u64(addr)
-                .map_err(|source| HotspotError::Memory { what: name, source })
+                .map_err(|cause| HotspotError::Memory { what: name, cause })
         };
         let stride_value = read(stride)?;
         if !(8..=MAX_STRIDE).contains(&stride_value) {
@@ -158,10 +158,7 @@ fn read_entries(
     let pointer = symbols.get(table)?;
     let base = memory
         .read_addr(pointer)
-        .map_err(|source| HotspotError::Memory {
-            what: table,
-            source,
-        })?;
+        .map_err(|cause| HotspotError::Memory { what: table, cause })?;
     if base.is_null() {
         return Err(HotspotError::BadTable {
             table,
@@ -173,10 +170,7 @@ fn read_entries(
     loop {
         let at = base
             .offset((entries.len() * layout.stride) as u64)
-            .map_err(|source| HotspotError::Memory {
-                what: table,
-                source,
-            })?;
+            .map_err(|cause| HotspotError::Memory { what: table, cause })?;
         // The table may end near the end of a mapping: take whole entries as far as readable.
         let got = memory.read_partial(at, &mut batch) / layout.stride;
         if got == 0 {
@@ -223,9 +217,9 @@ impl<M: Memory> Strings<'_, M> {
         let text = self
             .memory
             .read_c_string(TargetAddr(addr), MAX_NAME)
-            .map_err(|source| HotspotError::Memory {
+            .map_err(|cause| HotspotError::Memory {
                 what: self.table,
-                source,
+                cause,
             })?;
         let text: Arc<str> = Arc::from(text);
         self.seen.insert(addr, text.clone());
