@@ -11,7 +11,7 @@ use std::time::Instant;
 use tests::process::{Proc, TIMEOUT};
 use tests::report::parse_folded;
 use tests::runtimes::{bytes_through, within_percent};
-use tests::targets::read_truth;
+use tests::targets::{build_source, read_truth};
 use tests::{Run, arg, leakhound_bin, paths, read_report, require_root, runtimes, serial};
 
 macro_rules! require_program {
@@ -428,4 +428,86 @@ fn a_jvm_without_flags_gets_whole_stacks_through_compiled_frames() {
         "stacks from JavaCalls::call_helper through two interpreted frames (main, serve) to \
          JitLeak.acceptConnection hold {whole} bytes, the target kept {kept}; report:\n{report}"
     );
+}
+
+/// A process that maps a crafted libjvm.so (targets/fake_libjvm.c): stripped of the table
+/// symbols, or exporting tables that lie. Each gets one clear error line and a hint, quickly:
+/// no panic, no hang, no walk past the caps.
+#[test]
+fn a_crafted_libjvm_is_one_clear_error() {
+    let test = "a_crafted_libjvm_is_one_clear_error";
+    require_root!(test);
+    let dir = paths::scratch(test);
+    let host = build_source("fake_jvm_host.c", "fake_jvm_host", &["-O1"], &["-ldl"]);
+    for (variant, says) in [
+        ("STRIPPED", "does not export gHotSpotVMStructs"),
+        ("EMPTY", "no field"),
+        ("HUGE_STRIDE", "entry stride"),
+        ("OFFSET_OUTSIDE", "leaves the"),
+        ("ENDLESS", "no end within"),
+        ("UNTERMINATED", "no NUL within"),
+        ("NULL_TABLE", "pointer is NULL"),
+        ("WILD_POINTER", "at 0xdead0000 is unreadable"),
+    ] {
+        let flag = format!(
+            "-D{}",
+            if variant == "STRIPPED" {
+                "STRIPPED".to_owned()
+            } else {
+                format!("VARIANT_{variant}")
+            }
+        );
+        let built = build_source(
+            "fake_libjvm.c",
+            &format!("fake_libjvm_{}.so", variant.to_lowercase()),
+            &["-O1", "-shared", "-fPIC", &flag],
+            &[],
+        );
+        // leakhound looks for a mapping named libjvm.so.
+        let place = dir.join(variant.to_lowercase());
+        std::fs::create_dir_all(&place).expect("scratch");
+        let library = place.join("libjvm.so");
+        std::fs::copy(&built, &library).expect("copying the crafted library");
+
+        let mut cmd = Command::new(&host);
+        cmd.arg(&library);
+        let mut target = Proc::spawn(cmd, variant, true);
+        let ready = target
+            .stdout
+            .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+            .expect("ready line");
+        assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+
+        let started = Instant::now();
+        let mut cmd = Command::new(leakhound_bin());
+        cmd.args(["debug-jvm", "--pid", &target.pid().to_string()]);
+        let mut run = Proc::spawn(cmd, "leakhound debug-jvm", false);
+        let status = run.wait_exit(TIMEOUT);
+        let took = started.elapsed();
+        let stderr = run.stderr.drain(Instant::now() + TIMEOUT);
+        eprintln!("{variant}: {} ms: {}", took.as_millis(), stderr.join(" | "));
+        assert!(!status.success(), "{variant}: leakhound should fail");
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{variant}: an error exit, not a crash: {status}"
+        );
+        let errors: Vec<&String> = stderr
+            .iter()
+            .filter(|l| l.starts_with("leakhound: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{variant}: one error line: {stderr:?}");
+        assert!(
+            errors[0].contains(says),
+            "{variant}: the error should say {says:?}: {}",
+            errors[0]
+        );
+        assert!(
+            stderr.iter().any(|l| l.starts_with("  hint: ")),
+            "{variant}: a hint: {stderr:?}"
+        );
+        assert!(took.as_secs() < 5, "{variant}: took {took:?}");
+        target.write_line("");
+        target.wait_exit(TIMEOUT);
+    }
 }
