@@ -33,9 +33,19 @@ enum Reader {
     /// No libjvm.so mapped when last looked: a launched command may map it later, so it is
     /// looked for again after [`NOT_JVM_RECHECK`], not at every address.
     NotJvm(Instant),
-    /// A JVM whose metadata cannot be read: not tried again.
+    /// A JVM whose metadata could not be read: tried again after [`RETRY_AFTER`] (a JVM read
+    /// while its library's initializers still run has tables of zeros), at most
+    /// [`ATTEMPTS`] times in all.
+    Failed {
+        at: Instant,
+        attempts: u32,
+    },
+    /// Gone, or failed every attempt: not tried again.
     Unavailable,
 }
+
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+const ATTEMPTS: u32 = 3;
 
 /// How long a process without libjvm.so is left alone before its mappings are read again.
 const NOT_JVM_RECHECK: Duration = Duration::from_secs(10);
@@ -60,10 +70,15 @@ impl State {
         let due = match self.reader {
             Reader::Untried => true,
             Reader::NotJvm(at) => at.elapsed() >= NOT_JVM_RECHECK,
+            Reader::Failed { at, .. } => at.elapsed() >= RETRY_AFTER,
             Reader::Attached(_) | Reader::Unavailable => false,
         };
         if due {
-            self.reader = attach(pid);
+            let attempts = match self.reader {
+                Reader::Failed { attempts, .. } => attempts,
+                _ => 0,
+            };
+            self.reader = attach(pid, attempts);
         }
     }
 }
@@ -164,7 +179,9 @@ impl HotspotFrames {
     }
 }
 
-fn attach(pid: u32) -> Reader {
+/// Reads the JVM's metadata; `failed` attempts were made before. The first failure is
+/// reported, once.
+fn attach(pid: u32, failed: u32) -> Reader {
     match HotspotVm::attach(pid) {
         Ok(vm) => {
             log::debug!(
@@ -178,10 +195,24 @@ fn attach(pid: u32) -> Reader {
         // The process is gone.
         Err(HotspotError::Maps(_)) => Reader::Unavailable,
         Err(err) => {
-            eprintln!(
-                "leakhound: cannot read HotSpot's metadata in pid {pid}: {err}; Java frames are named from the perf map only"
-            );
-            Reader::Unavailable
+            if failed == 0 {
+                eprintln!(
+                    "leakhound: cannot read HotSpot's metadata in pid {pid}: {err}; Java frames are named from the perf map only"
+                );
+            } else {
+                log::debug!(
+                    "HotSpot metadata of pid {pid}, attempt {}: {err}",
+                    failed + 1
+                );
+            }
+            if failed + 1 >= ATTEMPTS {
+                Reader::Unavailable
+            } else {
+                Reader::Failed {
+                    at: Instant::now(),
+                    attempts: failed + 1,
+                }
+            }
         }
     }
 }
