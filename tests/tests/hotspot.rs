@@ -333,10 +333,19 @@ fn a_process_without_a_jvm_is_one_clear_error() {
 /// it allocate and stops leakhound while the JVM still runs. Returns the target's truth for
 /// `JitLeak.acceptConnection` and the folded report.
 fn trace_jvm(test: &str, flags: &[&str]) -> (u64, Vec<tests::report::FoldedLine>, String) {
+    trace_jvm_with(test, Path::new("java"), flags)
+}
+
+/// [`trace_jvm`] with the `java` launcher of a given JDK.
+fn trace_jvm_with(
+    test: &str,
+    java: &Path,
+    flags: &[&str],
+) -> (u64, Vec<tests::report::FoldedLine>, String) {
     let dir = paths::scratch(test);
     let out = dir.join("out.folded");
     let classes = runtimes::java_classes();
-    let mut cmd = Command::new("java");
+    let mut cmd = Command::new(java);
     cmd.arg("-Xmx64m")
         .args(flags)
         .arg("-cp")
@@ -407,6 +416,31 @@ fn a_jvm_without_flags_gets_whole_stacks_through_compiled_frames() {
     require_program!(test, "javac", "-version");
     let _serial = serial();
     let (kept, lines, report) = trace_jvm(test, &[]);
+    assert_whole_stacks(kept, &lines, &report);
+}
+
+/// The same with every other JDK installed under /usr/lib/jvm.
+#[test]
+fn whole_stacks_through_compiled_frames_in_other_installed_jdks() {
+    let test = "whole_stacks_through_compiled_frames_in_other_installed_jdks";
+    require_root!(test);
+    require_program!(test, "javac", "-version");
+    let others = other_jdks();
+    if others.is_empty() {
+        println!("skipped: {test} found no JDK but the default one under /usr/lib/jvm");
+        return;
+    }
+    let _serial = serial();
+    for home in others {
+        eprintln!("{test}: {}", home.display());
+        let (kept, lines, report) = trace_jvm_with(test, &home.join("bin/java"), &[]);
+        assert_whole_stacks(kept, &lines, &report);
+    }
+}
+
+/// All of `kept` is in stacks that run from the VM's entry through `main` and `serve` in the
+/// interpreter to the compiled `JitLeak.acceptConnection`.
+fn assert_whole_stacks(kept: u64, lines: &[tests::report::FoldedLine], report: &str) {
     // Root first: the VM's entry, then main and serve in the interpreter, then the method.
     let whole: u64 = lines
         .iter()
