@@ -166,7 +166,9 @@ impl HotspotFrames {
                     );
                     return Some(frame);
                 }
-                Ok(None) => return None,
+                // No blob holds the pc now: the code was freed since. Nothing newer claims the
+                // range, so what was named there before is the best name.
+                Ok(None) => {}
                 Err(err) => {
                     // The JVM exited, or its memory says something implausible: what was
                     // named before still serves.

@@ -3,7 +3,7 @@
 //! Everything read here is the target's to craft: a reader never allocates more than its
 //! caller's cap, a string without its NUL within the cap is an error, and an address that does
 //! not fit is an error rather than a wrap-around. [`ProcessMemory`] reads a live process with
-//! `process_vm_readv`; [`FakeMemory`] serves tests from byte images.
+//! `process_vm_readv`; `FakeMemory` serves tests from byte images.
 
 use std::{fmt, io};
 
@@ -187,11 +187,13 @@ impl Memory for ProcessMemory {
 }
 
 /// Byte images at fixed addresses, for tests: a read must lie inside one image.
+#[cfg(test)]
 #[derive(Clone, Debug, Default)]
 pub struct FakeMemory {
     regions: Vec<(TargetAddr, Vec<u8>)>,
 }
 
+#[cfg(test)]
 impl FakeMemory {
     pub fn new() -> Self {
         Self::default()
@@ -229,6 +231,7 @@ impl FakeMemory {
     }
 }
 
+#[cfg(test)]
 impl Memory for FakeMemory {
     fn read(&self, addr: TargetAddr, buf: &mut [u8]) -> Result<(), MemoryError> {
         let got = self.read_partial(addr, buf);
