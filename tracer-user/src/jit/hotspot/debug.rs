@@ -17,8 +17,9 @@ use super::{
 };
 
 /// Prints the tables' summary and the heaps, then one line per pc in `pcs` (hex, one a line;
-/// `-` for stdin): `pc kind blob code_begin code_end frame_words compile_id name source`,
-/// tab-separated, or `pc -` for a pc in no blob, or `pc error message`.
+/// `-` for stdin): `pc kind blob code_begin code_end frame_words compile_id name source
+/// frames`, tab-separated (frames: the Java frames at the pc, outermost first, `>` between,
+/// each with `:line` where known), or `pc -` for a pc in no blob, or `pc error message`.
 /// With `tables`, every field, type and constant read is listed too, sorted.
 pub fn run(pid: u32, pcs: Option<&Path>, tables: bool) -> anyhow::Result<()> {
     let context = || format!("reading the JVM in {pid}");
@@ -153,6 +154,17 @@ fn describe<M: Memory>(vm: &mut HotspotVm<M>, pc: TargetAddr, out: &mut String) 
                 .nmethod
                 .as_ref()
                 .map_or(String::from("-"), |n| n.compile_id.0.to_string());
+            let frames = match vm.java_frames(blob, pc) {
+                Ok(frames) => frames
+                    .iter()
+                    .map(|frame| match frame.line {
+                        Some(line) => format!("{}:{line}", frame.name.qualified()),
+                        None => frame.name.qualified(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(">"),
+                Err(err) => format!("[{err}]"),
+            };
             let (name, source) = match &resolved.method {
                 None => (blob.name.to_string(), String::from("-")),
                 Some(Ok(method)) => (
@@ -163,7 +175,7 @@ fn describe<M: Memory>(vm: &mut HotspotVm<M>, pc: TargetAddr, out: &mut String) 
             };
             writeln!(
                 out,
-                "{pc}\t{:?}\t{}\t{}\t{}\t{}\t{compile_id}\t{name}\t{source}",
+                "{pc}\t{:?}\t{}\t{}\t{}\t{}\t{compile_id}\t{name}\t{source}\t{frames}",
                 blob.kind, blob.start, blob.code.start, blob.code.end, blob.frame_size_words
             )
         }

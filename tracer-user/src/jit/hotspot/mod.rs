@@ -17,6 +17,7 @@ pub mod frames;
 pub mod libjvm;
 pub mod memory;
 pub mod names;
+pub mod scopes;
 pub mod vmstructs;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
@@ -27,6 +28,7 @@ use codecache::{BlobNames, CodeBlob, CodeCacheLayout, CodeHeap};
 use libjvm::Libjvm;
 pub use memory::{Memory, MemoryError, ProcessMemory, TargetAddr};
 use names::{MethodKey, MethodLayout, MethodName};
+use scopes::ScopeLayout;
 use vmstructs::{TableSymbols, VmStructs};
 
 use crate::process::root::RootError;
@@ -72,9 +74,21 @@ pub struct HotspotVm<M> {
     pub structs: VmStructs,
     code_cache: CodeCacheLayout,
     methods: MethodLayout,
+    /// `None` on JDKs whose inlining records this reader does not know.
+    scopes: Option<ScopeLayout>,
     heaps: Vec<CodeHeap>,
     blob_names: BlobNames,
     method_names: HashMap<MethodKey, Arc<MethodName>>,
+}
+
+/// One Java frame at a pc in compiled code.
+#[derive(Clone, Debug)]
+pub struct JavaFrame {
+    pub name: Arc<MethodName>,
+    pub bci: Option<i32>,
+    pub line: Option<u32>,
+    /// Inlined into the frame before it.
+    pub inlined: bool,
 }
 
 /// A pc resolved: its blob and, for compiled Java code, the method's name.
@@ -109,6 +123,7 @@ impl<M: Memory> HotspotVm<M> {
     pub fn new(memory: M, structs: VmStructs) -> Result<Self, HotspotError> {
         let code_cache = CodeCacheLayout::new(&structs)?;
         let methods = MethodLayout::new(&structs)?;
+        let scopes = ScopeLayout::new(&structs);
         let heaps = code_cache.read_heaps(&memory)?;
         Ok(Self {
             memory,
@@ -116,6 +131,7 @@ impl<M: Memory> HotspotVm<M> {
             structs,
             code_cache,
             methods,
+            scopes,
             heaps,
             blob_names: BlobNames::default(),
             method_names: HashMap::new(),
@@ -159,6 +175,58 @@ impl<M: Memory> HotspotVm<M> {
         }
         self.method_names.insert(name.key, name.clone());
         Ok(name)
+    }
+
+    /// The Java frames at `pc` in the nmethod `blob`, outermost first: the nmethod's own
+    /// method, then each method inlined into the one before, each with its line where the
+    /// class has line numbers. Without inlining records (another JDK, or a record that does
+    /// not read), the nmethod's method alone.
+    pub fn java_frames(
+        &mut self,
+        blob: &CodeBlob,
+        pc: TargetAddr,
+    ) -> Result<Vec<JavaFrame>, HotspotError> {
+        let Some(nmethod) = &blob.nmethod else {
+            return Ok(Vec::new());
+        };
+        let scopes = match &self.scopes {
+            Some(layout) => layout
+                .scopes(&self.memory, blob, pc)
+                .inspect_err(|err| log::debug!("scopes at {pc}: {err}"))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        // The outermost scope is the nmethod's own method; if the record says otherwise it is
+        // not believed.
+        if scopes
+            .last()
+            .is_none_or(|outer| outer.method != nmethod.method)
+        {
+            let name = self.method_name(nmethod.method)?;
+            return Ok(vec![JavaFrame {
+                name,
+                bci: None,
+                line: None,
+                inlined: false,
+            }]);
+        }
+        let mut frames = Vec::with_capacity(scopes.len());
+        for (depth, scope) in scopes.iter().rev().enumerate() {
+            let name = self.method_name(scope.method)?;
+            let line = match &self.scopes {
+                Some(layout) => layout
+                    .line(&self.memory, scope.method, scope.bci)
+                    .unwrap_or(None),
+                None => None,
+            };
+            frames.push(JavaFrame {
+                name,
+                bci: Some(scope.bci),
+                line,
+                inlined: depth > 0,
+            });
+        }
+        Ok(frames)
     }
 
     /// The blob holding `pc` and, for an nmethod, its method's name.
