@@ -238,13 +238,13 @@ impl FrameNamer {
                     .push((addr, offset)),
                 None => {
                     // JIT code lives in anonymous memory, or in memory unmapped since.
-                    let jit = modules.hotspot.lookup(lookup);
-                    let frame = jit
-                        .or_else(|| modules.perf_maps.lookup(lookup))
-                        .unwrap_or_else(|| {
+                    let frames = modules.hotspot.lookup(lookup).unwrap_or_else(|| {
+                        let frame = modules.perf_maps.lookup(lookup).unwrap_or_else(|| {
                             Frame::named(modules.pseudo_name(lookup).unwrap_or("[unknown]"))
                         });
-                    self.names.insert(addr, vec![frame]);
+                        vec![frame]
+                    });
+                    self.names.insert(addr, frames);
                 }
             }
         }

@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{HotspotError, HotspotVm, ProcessMemory, TargetAddr, codecache::BlobKey};
+use super::{
+    HotspotError, HotspotVm, ProcessMemory, TargetAddr, codecache::BlobKey, names::MethodName,
+};
 use crate::{
     jit::perf_map::JIT_MODULE,
     model::{Frame, FrameData},
@@ -132,7 +134,7 @@ impl HotspotFrames {
 
     /// The compiled Java method at `addr` (a pc, or a return address minus one), if the
     /// target is a JVM whose code cache holds it now, or held it when last asked.
-    pub fn lookup(&self, addr: u64) -> Option<Frame> {
+    pub fn lookup(&self, addr: u64) -> Option<Vec<Frame>> {
         let mut state = self
             .state
             .lock()
@@ -148,23 +150,29 @@ impl HotspotFrames {
                         // Stubs, adapters and the interpreter: the perf map's names serve.
                         return None;
                     };
-                    let frame: Frame = FrameData {
-                        name: method.qualified(),
-                        module: Some(JIT_MODULE.to_owned()),
-                        file: method.source_file.clone(),
-                        line: None,
-                        inlined: false,
-                    }
-                    .into();
+                    let outer = frame(method, None, false);
                     let code = &resolved.blob.code;
                     remember(
                         &mut state.named,
                         code.start.0,
                         code.end.0,
                         resolved.blob.key(),
-                        frame.clone(),
+                        outer.clone(),
                     );
-                    return Some(frame);
+                    // The methods inlined at this pc, each with its line; the method alone
+                    // if the records do not read.
+                    let frames = match vm.java_frames(&resolved.blob, TargetAddr(addr)) {
+                        Ok(frames) if !frames.is_empty() => frames
+                            .iter()
+                            .map(|java| frame(&java.name, java.line, java.inlined))
+                            .collect(),
+                        Ok(_) => vec![outer],
+                        Err(err) => {
+                            log::debug!("Java frames of pid {pid} at {addr:#x}: {err}");
+                            vec![outer]
+                        }
+                    };
+                    return Some(frames);
                 }
                 // No blob holds the pc now: the code was freed since. Nothing newer claims the
                 // range, so what was named there before is the best name.
@@ -177,12 +185,24 @@ impl HotspotFrames {
             }
         }
         let (_, (end, _, frame)) = state.named.range(..=addr).next_back()?;
-        (addr < *end).then(|| frame.clone())
+        (addr < *end).then(|| vec![frame.clone()])
     }
 }
 
 /// Reads the JVM's metadata; `failed` attempts were made before. The first failure is
 /// reported, once.
+/// A report frame for a Java method.
+fn frame(method: &MethodName, line: Option<u32>, inlined: bool) -> Frame {
+    FrameData {
+        name: method.qualified(),
+        module: Some(JIT_MODULE.to_owned()),
+        file: method.source_file.clone(),
+        line,
+        inlined,
+    }
+    .into()
+}
+
 fn attach(pid: u32, failed: u32) -> Reader {
     match HotspotVm::attach(pid) {
         Ok(vm) => {
