@@ -331,7 +331,7 @@ fn a_process_without_a_jvm_is_one_clear_error() {
 
 /// Runs JitLeak under `java` with `flags` (and a small heap), attaches `leakhound record`, lets
 /// it allocate and stops leakhound while the JVM still runs. Returns the target's truth for
-/// `JitLeak.acceptConnection` and the folded report.
+/// `JitLeak.acceptConnection`, the folded report's stacks and the text report.
 fn trace_jvm(test: &str, flags: &[&str]) -> (u64, Vec<tests::report::FoldedLine>, String) {
     trace_jvm_with(test, Path::new("java"), flags)
 }
@@ -363,7 +363,8 @@ fn trace_jvm_with(
     let pid = jvm.pid().to_string();
     assert_eq!(ready.trim_end(), format!("ready {pid}"));
 
-    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out)]);
+    let text = dir.join("out.txt");
+    let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out), "-o", arg(&text)]);
     run.wait_attached();
     jvm.write_line("go");
     let truth = read_truth(&jvm.stdout, test);
@@ -377,7 +378,7 @@ fn trace_jvm_with(
     let _ = std::fs::remove_file(Path::new("/tmp").join(format!("perf-{pid}.map")));
     let report = read_report(&out);
     let lines = parse_folded(&report).unwrap_or_else(|e| panic!("{e}\n{report}"));
-    (truth["JitLeak.acceptConnection"], lines, report)
+    (truth["JitLeak.acceptConnection"], lines, read_report(&text))
 }
 
 /// A JVM that refuses attach can never be asked for a perf map; its compiled Java methods are
@@ -417,6 +418,44 @@ fn a_jvm_without_flags_gets_whole_stacks_through_compiled_frames() {
     let _serial = serial();
     let (kept, lines, report) = trace_jvm(test, &[]);
     assert_whole_stacks(kept, &lines, &report);
+
+    // What the JIT inlined at the call is there too, as the source says: acceptConnection
+    // calls sun.misc.Unsafe.allocateMemory, which calls the internal Unsafe's, which calls
+    // the native allocateMemory0. Each frame has its line (JDK 17's records).
+    let chain = [
+        "JitLeak.acceptConnection",
+        "sun.misc.Unsafe.allocateMemory",
+        "jdk.internal.misc.Unsafe.allocateMemory",
+        "jdk.internal.misc.Unsafe.allocateMemory0",
+    ];
+    let inlined: u64 = lines
+        .iter()
+        .filter(|line| line.frames.windows(chain.len()).any(|w| w == chain))
+        .map(|line| line.bytes)
+        .sum();
+    assert!(
+        within_percent(kept, inlined, 5),
+        "stacks with the inlined chain {chain:?} hold {inlined} bytes, the target kept {kept}; \
+         report:\n{report}"
+    );
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/JitLeak.java"))
+            .expect("JitLeak.java");
+    let call_line = source
+        .lines()
+        .position(|line| line.contains("unsafe.allocateMemory("))
+        .expect("the allocating call in JitLeak.java")
+        + 1;
+    for expected in [
+        format!("JitLeak.acceptConnection at JitLeak.java:{call_line}"),
+        "sun.misc.Unsafe.allocateMemory (inlined) at Unsafe.java:".to_owned(),
+        "jdk.internal.misc.Unsafe.allocateMemory (inlined) at Unsafe.java:".to_owned(),
+    ] {
+        assert!(
+            report.contains(&expected),
+            "the text report should show {expected:?}; it is:\n{report}"
+        );
+    }
 }
 
 /// The same with every other JDK installed under /usr/lib/jvm.
