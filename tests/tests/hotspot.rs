@@ -57,6 +57,8 @@ struct Resolved {
     code: (u64, u64),
     name: String,
     source: String,
+    /// The Java frames at the pc, outermost first, `;` between, each `:line` where known.
+    frames: String,
 }
 
 fn parse_resolved(stdout: &str) -> HashMap<u64, Resolved> {
@@ -72,6 +74,7 @@ fn parse_resolved(stdout: &str) -> HashMap<u64, Resolved> {
                     code: (hex(fields[3])?, hex(fields[4])?),
                     name: fields[7].to_owned(),
                     source: fields[8].to_owned(),
+                    frames: fields.get(9).copied().unwrap_or_default().to_owned(),
                 }
             } else {
                 Resolved {
@@ -79,6 +82,7 @@ fn parse_resolved(stdout: &str) -> HashMap<u64, Resolved> {
                     code: (0, 0),
                     name: String::new(),
                     source: String::new(),
+                    frames: String::new(),
                 }
             };
             Some((pc, resolved))
@@ -256,9 +260,17 @@ fn check_jvm(test: &str, java: &Path, jcmd: &Path) {
     for entry in &java {
         let want = java_method(&entry.name).expect("a Java method");
         let end = entry.start + entry.size;
+        // The outermost of the frames at a pc is the nmethod's own method.
+        let outermost = |r: &Resolved| {
+            let first = r.frames.split(';').next().unwrap_or_default();
+            first.split(':').next() == Some(want)
+        };
         let ok = [entry.start, end - 1].iter().all(|pc| {
             resolved.get(pc).is_some_and(|r| {
-                r.kind == "Nmethod" && r.code == (entry.start, end) && r.name == want
+                r.kind == "Nmethod"
+                    && r.code == (entry.start, end)
+                    && r.name == want
+                    && outermost(r)
             })
         });
         if ok {

@@ -18,7 +18,7 @@ use super::{
 
 /// Prints the tables' summary and the heaps, then one line per pc in `pcs` (hex, one a line;
 /// `-` for stdin): `pc kind blob code_begin code_end frame_words compile_id name source
-/// frames`, tab-separated (frames: the Java frames at the pc, outermost first, `>` between,
+/// frames`, tab-separated (frames: the Java frames at the pc, outermost first, `;` between,
 /// each with `:line` where known), or `pc -` for a pc in no blob, or `pc error message`.
 /// With `tables`, every field, type and constant read is listed too, sorted.
 pub fn run(pid: u32, pcs: Option<&Path>, tables: bool) -> anyhow::Result<()> {
@@ -162,7 +162,7 @@ fn describe<M: Memory>(vm: &mut HotspotVm<M>, pc: TargetAddr, out: &mut String) 
                         None => frame.name.qualified(),
                     })
                     .collect::<Vec<_>>()
-                    .join(">"),
+                    .join(";"),
                 Err(err) => format!("[{err}]"),
             };
             let (name, source) = match &resolved.method {
