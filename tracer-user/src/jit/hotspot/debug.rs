@@ -58,6 +58,12 @@ pub fn run(pid: u32, pcs: Option<&Path>, tables: bool) -> anyhow::Result<()> {
         vm.structs.long_constants.len(),
         read_in.as_micros()
     )?;
+    let keeps = match vm.bool_flag("PreserveFramePointer") {
+        Ok(Some(value)) => value.to_string(),
+        Ok(None) => "-".to_owned(),
+        Err(err) => format!("[{err}]"),
+    };
+    writeln!(out, "flags\tPreserveFramePointer={keeps}")?;
     for heap in vm.heaps() {
         writeln!(
             out,

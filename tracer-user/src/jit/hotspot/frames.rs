@@ -58,6 +58,8 @@ struct State {
     reader: Reader,
     /// Code ranges named so far: start → (end, blob, frame).
     named: BTreeMap<u64, (u64, BlobKey, Frame)>,
+    /// Whether the JVM runs with -XX:+PreserveFramePointer, once read from its flags.
+    keeps_frame_pointers: Option<bool>,
 }
 
 /// HotSpot-named Java frames of one target. Interior mutability: the symbolizer names frames
@@ -94,7 +96,8 @@ impl HotspotFrames {
     /// whose code holds `pc`: the caller's stack pointer is the frame's `sp` plus this, the
     /// return address is the word below it and the caller's `rbp` the word below that
     /// (HotSpot's `frame::sender_for_compiled_frame`). `None` outside compiled Java code, where
-    /// frame pointers serve (the interpreter and stubs keep `rbp`).
+    /// frame pointers serve (the interpreter and stubs keep `rbp`), and in a JVM that keeps
+    /// frame pointers in compiled code too (-XX:+PreserveFramePointer).
     ///
     /// Only for a pc at a call (a return address minus one): there the frame is complete,
     /// while in a method's prologue or epilogue it is not.
@@ -105,9 +108,22 @@ impl HotspotFrames {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let pid = state.pid?;
         state.attach_if_due(pid);
+        let state = &mut *state;
         let Reader::Attached(vm) = &mut state.reader else {
             return None;
         };
+        // With frame pointers kept, the frame-pointer rule is exact and, unlike a frame size,
+        // stays right when HotSpot frees code and puts other code at the same address.
+        let keeps = *state.keeps_frame_pointers.get_or_insert_with(|| {
+            vm.bool_flag("PreserveFramePointer")
+                .inspect_err(|err| log::debug!("PreserveFramePointer of pid {pid}: {err}"))
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        });
+        if keeps {
+            return None;
+        }
         let blob = vm
             .find_blob(TargetAddr(pc))
             .inspect_err(|err| log::debug!("HotSpot blob of pid {pid} at {pc:#x}: {err}"))

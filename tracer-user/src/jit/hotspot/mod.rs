@@ -13,6 +13,7 @@
 
 pub mod codecache;
 pub mod debug;
+pub mod flags;
 pub mod frames;
 pub mod libjvm;
 pub mod memory;
@@ -227,6 +228,14 @@ impl<M: Memory> HotspotVm<M> {
             });
         }
         Ok(frames)
+    }
+
+    /// The value of a boolean `-XX:` flag in the JVM (`None`: no such flag, or no flag table).
+    pub fn bool_flag(&self, name: &str) -> Result<Option<bool>, HotspotError> {
+        match flags::FlagLayout::new(&self.structs) {
+            Ok(layout) => layout.bool_flag(&self.memory, name),
+            Err(_) => Ok(None),
+        }
     }
 
     /// The blob holding `pc` and, for an nmethod, its method's name.
