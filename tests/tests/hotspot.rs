@@ -253,6 +253,13 @@ fn check_jvm(test: &str, java: &Path, jcmd: &Path) {
     for line in stdout.lines().filter(|l| !l.starts_with("0x")) {
         eprintln!("{line}");
     }
+    // The JVM's own flag table, read from its memory: this JVM runs without the flag.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "flags\tPreserveFramePointer=false"),
+        "the flag as the JVM has it:\n{stdout}"
+    );
     let resolved = parse_resolved(&stdout);
 
     let mut matched = 0;
