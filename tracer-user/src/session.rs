@@ -142,7 +142,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                     session.print_progress(started, &totals, config.sample_bytes.is_some());
                 }
             }
-            _ = tick.tick() => session.refresh_code(),
+            _ = tick.tick() => session.refresh_code_and_rules(),
         }
     };
     drain_events(session.events.get_mut(), &mut session.mapping);
@@ -323,6 +323,16 @@ impl Session {
         if let Some(probes) = self.probes.as_mut() {
             self.misses
                 .drain(&mut probes.ebpf, &self.modules, &self.target);
+        }
+    }
+
+    /// Rereads the target's code (see [`Self::refresh_code`]) and drops unwind rules of JIT
+    /// code that the runtime has since replaced.
+    fn refresh_code_and_rules(&mut self) {
+        self.refresh_code();
+        if let Some(probes) = self.probes.as_mut() {
+            self.misses
+                .forget_stale_jit_rules(&mut probes.ebpf, &self.modules);
         }
     }
 

@@ -40,7 +40,12 @@ pub struct MissHandler {
     /// stack, code unmapped since): they do not make every later miss reread the mappings,
     /// which takes milliseconds while requests pile up.
     unmapped: HashSet<u64>,
+    /// When frame-size rules of compiled Java code were last checked against the code cache.
+    jit_checked: Option<std::time::Instant>,
 }
+
+/// How often frame-size rules are checked against the code cache.
+const JIT_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl MissHandler {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, TracerError> {
@@ -62,6 +67,7 @@ impl MissHandler {
             repairs: HashMap::new(),
             in_kernel: HashSet::new(),
             unmapped: HashSet::new(),
+            jit_checked: None,
         })
     }
 
@@ -72,6 +78,40 @@ impl MissHandler {
 
     pub fn ring(&mut self) -> &mut AsyncFd<RingBuf<MapData>> {
         &mut self.ring
+    }
+
+    /// Removes from the kernel the frame-size rules of compiled Java code that HotSpot freed
+    /// or replaced since they were made (checked at most every [`JIT_RECHECK_EVERY`]): code put
+    /// at the same address has another frame size, and a stale rule would read a wrong caller
+    /// off the stack. The next allocation through such an address asks for its rule again.
+    pub fn forget_stale_jit_rules(&mut self, ebpf: &mut Ebpf, modules: &Mutex<Modules>) {
+        if !self.rules.has_jit_rules()
+            || self
+                .jit_checked
+                .is_some_and(|at| at.elapsed() < JIT_RECHECK_EVERY)
+        {
+            return;
+        }
+        self.jit_checked = Some(std::time::Instant::now());
+        let stale = {
+            let modules = modules.lock().expect("modules lock");
+            self.rules
+                .forget_stale_jit_rules(|pc| modules.hotspot.blob_key(pc))
+        };
+        if stale.is_empty() {
+            return;
+        }
+        let Some(map) = ebpf.map_mut("UNWIND_RULES") else {
+            return;
+        };
+        let Ok(mut rules) = BpfHashMap::<&mut MapData, u64, UnwindRule>::try_from(map) else {
+            return;
+        };
+        for pc in &stale {
+            let _ = rules.remove(pc);
+            self.in_kernel.remove(pc);
+        }
+        log::debug!("forgot {} stale frame-size rules", stale.len());
     }
 
     /// Answers every miss waiting in the ring buffer, each as soon as it is read: its rules go

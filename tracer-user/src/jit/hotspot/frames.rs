@@ -93,7 +93,7 @@ const MAX_FRAME_WORDS: i32 = 1 << 16;
 
 impl HotspotFrames {
     /// The size in bytes of the compiled Java frame (an nmethod's, native wrappers included)
-    /// whose code holds `pc`: the caller's stack pointer is the frame's `sp` plus this, the
+    /// whose code holds `pc`, with the blob's key: the caller's stack pointer is the frame's `sp` plus this, the
     /// return address is the word below it and the caller's `rbp` the word below that
     /// (HotSpot's `frame::sender_for_compiled_frame`). `None` outside compiled Java code, where
     /// frame pointers serve (the interpreter and stubs keep `rbp`), and in a JVM that keeps
@@ -101,7 +101,7 @@ impl HotspotFrames {
     ///
     /// Only for a pc at a call (a return address minus one): there the frame is complete,
     /// while in a method's prologue or epilogue it is not.
-    pub fn compiled_frame_bytes(&self, pc: u64) -> Option<u64> {
+    pub fn compiled_frame(&self, pc: u64) -> Option<(u64, BlobKey)> {
         let mut state = self
             .state
             .lock()
@@ -131,7 +131,21 @@ impl HotspotFrames {
         let words = blob.frame_size_words;
         let in_code = blob.code.contains(&TargetAddr(pc));
         (blob.nmethod.is_some() && in_code && (2..=MAX_FRAME_WORDS).contains(&words))
-            .then(|| u64::from(words.unsigned_abs()) * 8)
+            .then(|| (u64::from(words.unsigned_abs()) * 8, blob.key()))
+    }
+
+    /// The blob whose code holds `pc` now, by its key; `None` when there is none, or the JVM
+    /// cannot be read. A rule derived from a blob is stale once this changes.
+    pub fn blob_key(&self, pc: u64) -> Option<BlobKey> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Reader::Attached(vm) = &mut state.reader else {
+            return None;
+        };
+        let blob = vm.find_blob(TargetAddr(pc)).ok()??;
+        blob.code.contains(&TargetAddr(pc)).then(|| blob.key())
     }
 
     /// Remembers the target; nothing is read until a frame needs a name.
