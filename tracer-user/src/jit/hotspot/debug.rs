@@ -109,14 +109,21 @@ pub fn run(pid: u32, pcs: Option<&Path>, tables: bool) -> anyhow::Result<()> {
         describe(&mut vm, pc, &mut ignored);
     }
     let warm = warm.elapsed();
+    // The code-heap walk alone: what an unwind rule costs.
+    let walk = Instant::now();
+    for &pc in &pcs {
+        let _ = vm.find_blob(pc);
+    }
+    let walk = walk.elapsed();
     out.write_all(lines.as_bytes())?;
     let per = |total: std::time::Duration| total.as_nanos() / pcs.len().max(1) as u128;
     writeln!(
         out,
-        "timing\t{} pcs\tfirst {} ns/pc\tcached names {} ns/pc",
+        "timing\t{} pcs\tfirst {} ns/pc\tcached names {} ns/pc\tblob only {} ns/pc",
         pcs.len(),
         per(cold),
-        per(warm)
+        per(warm),
+        per(walk)
     )?;
     Ok(())
 }
