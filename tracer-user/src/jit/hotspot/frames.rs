@@ -8,13 +8,15 @@
 //! replaces the old name.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use super::{
-    HotspotError, HotspotVm, ProcessMemory, TargetAddr, codecache::BlobKey, names::MethodName,
+    HotspotError, HotspotVm, ProcessMemory, TargetAddr,
+    codecache::{BlobKey, CodeBlob},
+    names::MethodName,
 };
 use crate::{
     jit::perf_map::JIT_MODULE,
@@ -60,7 +62,14 @@ struct State {
     named: BTreeMap<u64, (u64, BlobKey, Frame)>,
     /// Whether the JVM runs with -XX:+PreserveFramePointer, once read from its flags.
     keeps_frame_pointers: Option<bool>,
+    /// The Java frames at each return address of compiled code, named when a stack through it
+    /// was first walked (close to the allocation, while that code was there): they outlive
+    /// the JVM, and code that HotSpot later puts at the same address does not rename them.
+    captured: HashMap<u64, Vec<Frame>>,
 }
+
+/// The most return addresses whose frames are kept.
+const MAX_CAPTURED: usize = 1 << 18;
 
 /// HotSpot-named Java frames of one target. Interior mutability: the symbolizer names frames
 /// through a shared reference to the modules.
@@ -112,6 +121,21 @@ impl HotspotFrames {
         let Reader::Attached(vm) = &mut state.reader else {
             return None;
         };
+        let blob = vm
+            .find_blob(TargetAddr(pc))
+            .inspect_err(|err| log::debug!("HotSpot blob of pid {pid} at {pc:#x}: {err}"))
+            .ok()??;
+        let in_code = blob.code.contains(&TargetAddr(pc));
+        if blob.nmethod.is_some()
+            && in_code
+            && !state.captured.contains_key(&pc)
+            && let Some(frames) = java_frames(vm, &blob, pc)
+        {
+            if state.captured.len() >= MAX_CAPTURED {
+                state.captured.clear();
+            }
+            state.captured.insert(pc, frames);
+        }
         // With frame pointers kept, the frame-pointer rule is exact and, unlike a frame size,
         // stays right when HotSpot frees code and puts other code at the same address.
         let keeps = *state.keeps_frame_pointers.get_or_insert_with(|| {
@@ -124,12 +148,7 @@ impl HotspotFrames {
         if keeps {
             return None;
         }
-        let blob = vm
-            .find_blob(TargetAddr(pc))
-            .inspect_err(|err| log::debug!("HotSpot blob of pid {pid} at {pc:#x}: {err}"))
-            .ok()??;
         let words = blob.frame_size_words;
-        let in_code = blob.code.contains(&TargetAddr(pc));
         (blob.nmethod.is_some() && in_code && (2..=MAX_FRAME_WORDS).contains(&words))
             .then(|| (u64::from(words.unsigned_abs()) * 8, blob.key()))
     }
@@ -171,6 +190,9 @@ impl HotspotFrames {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = &mut *state;
         let pid = state.pid?;
+        if let Some(frames) = state.captured.get(&addr) {
+            return Some(frames.clone());
+        }
         state.attach_if_due(pid);
         if let Reader::Attached(vm) = &mut state.reader {
             match vm.resolve(TargetAddr(addr)) {
@@ -189,20 +211,7 @@ impl HotspotFrames {
                         resolved.blob.key(),
                         outer.clone(),
                     );
-                    // The methods inlined at this pc, each with its line; the method alone
-                    // if the records do not read.
-                    let frames = match vm.java_frames(&resolved.blob, TargetAddr(addr)) {
-                        Ok(frames) if !frames.is_empty() => frames
-                            .iter()
-                            .map(|java| frame(&java.name, java.line, java.inlined))
-                            .collect(),
-                        Ok(_) => vec![outer],
-                        Err(err) => {
-                            log::debug!("Java frames of pid {pid} at {addr:#x}: {err}");
-                            vec![outer]
-                        }
-                    };
-                    return Some(frames);
+                    return Some(java_frames(vm, &resolved.blob, addr).unwrap_or(vec![outer]));
                 }
                 // No blob holds the pc now: the code was freed since. Nothing newer claims the
                 // range, so what was named there before is the best name.
@@ -221,6 +230,24 @@ impl HotspotFrames {
 
 /// Reads the JVM's metadata; `failed` attempts were made before. The first failure is
 /// reported, once.
+/// The report frames at `pc` in the nmethod `blob`: its method and the methods inlined there,
+/// each with its line; `None` when not even the method can be named.
+fn java_frames(vm: &mut HotspotVm<ProcessMemory>, blob: &CodeBlob, pc: u64) -> Option<Vec<Frame>> {
+    match vm.java_frames(blob, TargetAddr(pc)) {
+        Ok(frames) if !frames.is_empty() => Some(
+            frames
+                .iter()
+                .map(|java| frame(&java.name, java.line, java.inlined))
+                .collect(),
+        ),
+        Ok(_) => None,
+        Err(err) => {
+            log::debug!("Java frames at {pc:#x}: {err}");
+            None
+        }
+    }
+}
+
 /// A report frame for a Java method.
 fn frame(method: &MethodName, line: Option<u32>, inlined: bool) -> Frame {
     FrameData {
@@ -246,6 +273,10 @@ fn attach(pid: u32, failed: u32) -> Reader {
         Err(HotspotError::NoLibjvm) => Reader::NotJvm(Instant::now()),
         // The process is gone.
         Err(HotspotError::Maps(_)) => Reader::Unavailable,
+        // Gone while it was read: nothing to say.
+        Err(_) if !TargetProcess::open(pid).is_ok_and(|target| target.is_alive()) => {
+            Reader::Unavailable
+        }
         Err(err) => {
             if failed == 0 {
                 eprintln!(
