@@ -603,3 +603,77 @@ fn a_crafted_libjvm_is_one_clear_error() {
         target.wait_exit(TIMEOUT);
     }
 }
+
+/// A JVM that exits before the report, with no perf map to fall back on (attach disabled) and
+/// no frame pointers: its compiled frames were named when their stacks were first walked, so
+/// the report made after it exited still names the method and its inlined callees.
+#[test]
+fn a_jvm_that_exits_before_the_report_keeps_its_java_frames() {
+    let test = "a_jvm_that_exits_before_the_report_keeps_its_java_frames";
+    require_root!(test);
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let _serial = serial();
+    let dir = paths::scratch(test);
+    let out = dir.join("out.folded");
+    let classes = runtimes::java_classes();
+    let mut cmd = Command::new("java");
+    cmd.args(["-Xmx64m", "-XX:+DisableAttachMechanism", "-cp"])
+        .arg(&classes)
+        .args(["JitLeak", "200"])
+        .current_dir(&dir);
+    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
+        cmd.env_remove(var);
+    }
+    let mut jvm = Proc::spawn(cmd, test, true);
+    let ready = jvm
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("ready line");
+    let pid = jvm.pid().to_string();
+    assert_eq!(ready.trim_end(), format!("ready {pid}"));
+    // Progress lines every 250 ms tell when leakhound's loop has gone round since the target
+    // allocated, answering the kernel's requests for unwind rules (and naming the frames
+    // then): a JVM that exits before that leaves nothing to read.
+    let mut run = Run::start(&["record", "--pid", &pid, "-i", "250ms", "-o", arg(&out)]);
+    run.wait_attached();
+    jvm.write_line("go");
+    let truth = read_truth(&jvm.stdout, test);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut progress = 0;
+    while progress < 2 {
+        let line = run
+            .proc
+            .stderr
+            .next(deadline, "progress lines")
+            .expect("leakhound's progress lines");
+        if line.contains("outstanding") {
+            progress += 1;
+        }
+    }
+    // The JVM exits; that ends the trace, and the report is made after it is gone.
+    jvm.write_line("");
+    let status = jvm.wait_exit(TIMEOUT);
+    assert!(status.success(), "the JVM exited with {status}");
+    let outcome = run.finish();
+    outcome.assert_success();
+    let report = read_report(&out);
+    let lines = parse_folded(&report).unwrap_or_else(|e| panic!("{e}\n{report}"));
+    let kept = truth["JitLeak.acceptConnection"];
+    let chain = [
+        "JitLeak.acceptConnection",
+        "sun.misc.Unsafe.allocateMemory",
+        "jdk.internal.misc.Unsafe.allocateMemory",
+    ];
+    let named: u64 = lines
+        .iter()
+        .filter(|line| line.frames.windows(chain.len()).any(|w| w == chain))
+        .map(|line| line.bytes)
+        .sum();
+    eprintln!("JitLeak.acceptConnection: truth {kept}, named after exit {named}");
+    assert!(
+        within_percent(kept, named, 5),
+        "stacks through {chain:?} hold {named} bytes after the JVM exited, the target kept \
+         {kept}; report:\n{report}"
+    );
+}
