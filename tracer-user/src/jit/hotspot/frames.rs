@@ -2,10 +2,11 @@
 //! asked before the perf map, since the runtime's own description of its code wins.
 //!
 //! The JVM is read lazily, at the first address in anonymous executable memory that needs a
-//! name (only JIT runtimes have such addresses), and a process that maps no libjvm.so is never
-//! looked at again. What was named is remembered by code range, so that frames of a JVM that
-//! has exited are still named; a later blob over the same range (code freed and reused)
-//! replaces the old name.
+//! name or an unwind rule (only JIT runtimes have such addresses); a process that maps no
+//! libjvm.so is looked at again only every 10 s. The frames at a return address are named
+//! when the kernel first asks for its unwind rule, close to the allocation, and kept: they
+//! outlive the JVM, and later code at the same address does not rename them. Addresses named
+//! only at report time are remembered by code range, a later blob over a range replacing it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -181,8 +182,9 @@ impl HotspotFrames {
         }
     }
 
-    /// The compiled Java method at `addr` (a pc, or a return address minus one), if the
-    /// target is a JVM whose code cache holds it now, or held it when last asked.
+    /// The Java frames at `addr` (a pc, or a return address minus one), outermost first: as
+    /// named when a stack through it was first walked, else as the code cache holds it now,
+    /// else as it held it when last asked. `None` outside compiled Java code.
     pub fn lookup(&self, addr: u64) -> Option<Vec<Frame>> {
         let mut state = self
             .state
