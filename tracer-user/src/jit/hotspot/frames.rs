@@ -127,10 +127,9 @@ impl HotspotFrames {
             .inspect_err(|err| log::debug!("HotSpot blob of pid {pid} at {pc:#x}: {err}"))
             .ok()??;
         let in_code = blob.code.contains(&TargetAddr(pc));
-        if blob.nmethod.is_some()
-            && in_code
+        if in_code
             && !state.captured.contains_key(&pc)
-            && let Some(frames) = java_frames(vm, &blob, pc)
+            && let Some(frames) = blob_frames(vm, &blob, pc)
         {
             if state.captured.len() >= MAX_CAPTURED {
                 state.captured.clear();
@@ -198,10 +197,23 @@ impl HotspotFrames {
         state.attach_if_due(pid);
         if let Reader::Attached(vm) = &mut state.reader {
             match vm.resolve(TargetAddr(addr)) {
+                Ok(Some(resolved)) if resolved.blob.nmethod.is_none() => {
+                    // Stubs, adapters and the interpreter, by the blob's own name (the name a
+                    // perf map gives them too).
+                    let named = stub_frame(&resolved.blob);
+                    let code = &resolved.blob.code;
+                    remember(
+                        &mut state.named,
+                        code.start.0,
+                        code.end.0,
+                        resolved.blob.key(),
+                        named.clone(),
+                    );
+                    return Some(vec![named]);
+                }
                 Ok(Some(resolved)) => {
-                    let (Some(Ok(method)), Some(_)) = (&resolved.method, &resolved.blob.nmethod)
-                    else {
-                        // Stubs, adapters and the interpreter: the perf map's names serve.
+                    let Some(Ok(method)) = &resolved.method else {
+                        // A method that cannot be named: the perf map may know it.
                         return None;
                     };
                     let outer = frame(method, None, false);
@@ -232,6 +244,23 @@ impl HotspotFrames {
 
 /// Reads the JVM's metadata; `failed` attempts were made before. The first failure is
 /// reported, once.
+/// The report frames at `pc` in `blob`: an nmethod's Java frames ([`java_frames`]), or the
+/// name of a stub, adapter or the interpreter.
+fn blob_frames(vm: &mut HotspotVm<ProcessMemory>, blob: &CodeBlob, pc: u64) -> Option<Vec<Frame>> {
+    if blob.nmethod.is_some() {
+        java_frames(vm, blob, pc)
+    } else {
+        Some(vec![stub_frame(blob)])
+    }
+}
+
+/// A frame named by its blob: `Interpreter`, `StubRoutines (1)`, `I2C/C2I adapters`.
+fn stub_frame(blob: &CodeBlob) -> Frame {
+    let mut frame = FrameData::named(&*blob.name);
+    frame.module = Some(JIT_MODULE.to_owned());
+    frame.into()
+}
+
 /// The report frames at `pc` in the nmethod `blob`: its method and the methods inlined there,
 /// each with its line; `None` when not even the method can be named.
 fn java_frames(vm: &mut HotspotVm<ProcessMemory>, blob: &CodeBlob, pc: u64) -> Option<Vec<Frame>> {
