@@ -676,4 +676,20 @@ fn a_jvm_that_exits_before_the_report_keeps_its_java_frames() {
         "stacks through {chain:?} hold {named} bytes after the JVM exited, the target kept \
          {kept}; report:\n{report}"
     );
+    // The interpreter and stubs are named by their blobs, with no perf map.
+    let unnamed: Vec<&tests::report::FoldedLine> = lines
+        .iter()
+        .filter(|line| line.frames.iter().any(|f| f == chain[0]))
+        .filter(|line| line.frames.iter().any(|f| f == "[anon]"))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "JIT frames left [anon] after the JVM exited:\n{report}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.frames.iter().filter(|f| *f == "Interpreter").count() == 2),
+        "main and serve named as Interpreter frames:\n{report}"
+    );
 }
