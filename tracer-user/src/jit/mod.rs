@@ -412,7 +412,7 @@ impl Jvm {
                 self.gave_up = err.is_permanent();
                 if self.failures == 1 {
                     eprintln!(
-                        "leakhound: cannot get a perf map from the JVM (pid {}): {err}; only compiled Java methods are named (from the JVM's own metadata)",
+                        "leakhound: cannot get a perf map from the JVM (pid {}): {err}; Java frames are named from the JVM's own metadata only",
                         target.pid
                     );
                 }
@@ -453,7 +453,7 @@ fn warn_jvm(target: &TargetProcess) -> bool {
     let attachable = jvm_flag(&cmdline, &environ, "DisableAttachMechanism") != Some(true);
     if !attachable {
         eprintln!(
-            "leakhound: java (pid {}) runs with -XX:+DisableAttachMechanism: no perf map can be requested, so only compiled Java methods are named (from the JVM's own metadata)",
+            "leakhound: java (pid {}) runs with -XX:+DisableAttachMechanism: no perf map can be requested, so Java frames are named from the JVM's own metadata only",
             target.pid
         );
     }
