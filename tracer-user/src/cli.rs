@@ -29,6 +29,22 @@ pub enum Command {
     Record(RecordArgs),
     /// Render a saved recording again (no root needed), or compare two as a diff.
     Report(ReportArgs),
+    /// Print what leakhound reads of a running JVM's own metadata (for checking by hand).
+    #[command(hide = true)]
+    DebugJvm(DebugJvmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DebugJvmArgs {
+    /// The JVM's process id.
+    #[arg(long)]
+    pub pid: u32,
+    /// Resolve the pcs in this file (hex, one a line; `-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub pcs: Option<PathBuf>,
+    /// List every field, type and constant read from the VM's tables.
+    #[arg(long)]
+    pub tables: bool,
 }
 
 /// Sampling interval when --interval is not given.
@@ -260,15 +276,28 @@ mod tests {
     fn parse(args: &[&str]) -> Result<RecordConfig, clap::Error> {
         match Cli::try_parse_from(args)?.command {
             Command::Record(record) => Ok(record.into_config()),
-            Command::Report(_) => panic!("expected record"),
+            Command::Report(_) | Command::DebugJvm(_) => panic!("expected record"),
         }
     }
 
     fn parse_report(args: &[&str]) -> Result<ReportConfig, clap::Error> {
         match Cli::try_parse_from(args)?.command {
             Command::Report(report) => Ok(report.into_config()),
-            Command::Record(_) => panic!("expected report"),
+            Command::Record(_) | Command::DebugJvm(_) => panic!("expected report"),
         }
+    }
+
+    #[test]
+    fn debug_jvm_takes_a_pid_and_an_optional_pc_file() {
+        let Command::DebugJvm(args) =
+            Cli::try_parse_from(["leakhound", "debug-jvm", "--pid", "7", "--pcs", "-"])
+                .unwrap()
+                .command
+        else {
+            panic!("expected debug-jvm");
+        };
+        assert_eq!((args.pid, args.pcs), (7, Some(PathBuf::from("-"))));
+        assert!(Cli::try_parse_from(["leakhound", "debug-jvm"]).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::{
 };
 
 use crate::{
-    jit::{self, PerfMaps, Runtime},
+    jit::{self, PerfMaps, Runtime, hotspot::frames::HotspotFrames},
     process::{TargetProcess, address_space::AddressSpace},
 };
 
@@ -29,6 +29,9 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct TargetCode {
     pub space: AddressSpace,
+    /// Java frames from HotSpot's own metadata, asked before the perf map.
+    pub hotspot: HotspotFrames,
+    /// The runtime's perf map (Node.js, the JVM).
     pub jit: PerfMaps,
 }
 
@@ -36,6 +39,7 @@ impl TargetCode {
     /// Rereads the mappings and the perf map. Errors (the target exited) keep what is known.
     pub fn refresh(&mut self, target: &TargetProcess) {
         self.jit.refresh(target);
+        self.hotspot.refresh(target);
         self.space.refresh(target);
     }
 }

@@ -24,6 +24,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::DebugJvm(args) => {
+            match tracer_user::jit::hotspot::debug::run(args.pid, args.pcs.as_deref(), args.tables)
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("leakhound: error: {err:#}");
+                    eprintln!("  hint: give the pid of a running HotSpot JVM, as root");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -148,7 +148,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                 if session.exec_seen() {
                     break session.exec_ended();
                 }
-                session.refresh_code();
+                session.refresh_code_and_rules();
             }
         }
     };
@@ -373,6 +373,16 @@ impl Session {
         "exec".to_owned()
     }
 
+    /// Rereads the target's code (see [`Self::refresh_code`]) and drops unwind rules of JIT
+    /// code that the runtime has since replaced.
+    fn refresh_code_and_rules(&mut self) {
+        self.refresh_code();
+        if let Some(probes) = self.probes.as_mut() {
+            self.misses
+                .forget_stale_jit_rules(&mut probes.maps, &self.code);
+        }
+    }
+
     /// Rereads the target's code: its mappings, and its runtime's perf map, on the
     /// refresher's thread.
     fn refresh_code(&mut self) {
@@ -521,7 +531,9 @@ impl Session {
             );
         }
         let code: &TargetCode = held.as_deref().unwrap_or(&unnamed);
-        let (space, jit): (_, &dyn NameSource) = (&code.space, &code.jit);
+        // HotSpot's own metadata names Java frames before a perf map does.
+        let names = (&code.hotspot, &code.jit);
+        let (space, jit): (_, &dyn NameSource) = (&code.space, &names);
         let mut namer = FrameNamer::default();
         let unique: HashSet<CodeAddress> = frames
             .values()

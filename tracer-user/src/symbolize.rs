@@ -16,23 +16,34 @@ use crate::{
     process::address_space::{AddressSpace, FileKey},
 };
 
-/// Names for code that no file describes (JIT code), from what a runtime says of it: its perf
-/// map today, its own metadata later. The namer asks it for addresses outside every mapped
-/// file, and for those whose file has no symbol for them.
+/// Names for code that no file describes (JIT code), from what a runtime says of it: its own
+/// metadata, or its perf map. The namer asks it for addresses outside every mapped file, and
+/// for those whose file has no symbol for them.
 pub trait NameSource {
-    fn name(&self, addr: u64) -> Option<Frame>;
+    /// The frames at `addr`, outermost first (a method and the calls inlined into it there).
+    fn frames(&self, addr: u64) -> Option<Vec<Frame>>;
     /// Whether it knows the address as code.
     fn covers(&self, addr: u64) -> bool;
 }
 
-/// No names: for a report whose target's code could not be read.
-impl NameSource for () {
-    fn name(&self, _: u64) -> Option<Frame> {
-        None
+impl<T: NameSource + ?Sized> NameSource for &T {
+    fn frames(&self, addr: u64) -> Option<Vec<Frame>> {
+        (**self).frames(addr)
     }
 
-    fn covers(&self, _: u64) -> bool {
-        false
+    fn covers(&self, addr: u64) -> bool {
+        (**self).covers(addr)
+    }
+}
+
+/// The first source that names an address wins: a runtime's own metadata before its perf map.
+impl<A: NameSource, B: NameSource> NameSource for (A, B) {
+    fn frames(&self, addr: u64) -> Option<Vec<Frame>> {
+        self.0.frames(addr).or_else(|| self.1.frames(addr))
+    }
+
+    fn covers(&self, addr: u64) -> bool {
+        self.0.covers(addr) || self.1.covers(addr)
     }
 }
 
@@ -114,10 +125,12 @@ impl FrameNamer {
                 Some((key, offset)) => by_file.entry(key).or_default().push((addr, offset)),
                 None => {
                     // JIT code lives in anonymous memory, or in memory unmapped since.
-                    let frame = jit.name(lookup).unwrap_or_else(|| {
-                        Frame::named(space.pseudo(lookup).map_or("[unknown]", |p| p.name()))
+                    let frames = jit.frames(lookup).unwrap_or_else(|| {
+                        vec![Frame::named(
+                            space.pseudo(lookup).map_or("[unknown]", |p| p.name()),
+                        )]
                     });
-                    self.names.insert(addr, vec![frame]);
+                    self.names.insert(addr, frames);
                 }
             }
         }
@@ -144,10 +157,7 @@ impl FrameNamer {
                 let frames = symbolized
                     .as_ref()
                     .and_then(|all| all.get(i).cloned().flatten())
-                    .or_else(|| {
-                        let frame = jit.name(addr.lookup_address())?;
-                        Some(vec![frame])
-                    })
+                    .or_else(|| jit.frames(addr.lookup_address()))
                     .unwrap_or_else(|| vec![Frame::named(format!("{display}+{offset:#x}"))]);
                 self.names.insert(*addr, frames);
             }

@@ -7,6 +7,7 @@
 //! compiles when started with `--perf-basic-prof`; HotSpot writes it on request, which
 //! [`Runtime`] makes through the attach mechanism before each report.
 
+pub mod hotspot;
 pub mod jvm_attach;
 pub mod node;
 pub mod perf_map;
@@ -211,8 +212,10 @@ impl PerfMaps {
 }
 
 impl NameSource for PerfMaps {
-    fn name(&self, addr: u64) -> Option<Frame> {
-        self.map.lookup(addr).map(perf_map::frame)
+    fn frames(&self, addr: u64) -> Option<Vec<Frame>> {
+        self.map
+            .lookup(addr)
+            .map(|name| vec![perf_map::frame(name)])
     }
 
     fn covers(&self, addr: u64) -> bool {
@@ -403,7 +406,7 @@ impl Jvm {
                 self.gave_up = err.is_permanent();
                 if self.failures == 1 {
                     eprintln!(
-                        "leakhound: cannot get a perf map from the JVM (pid {}): {err}; Java frames will show as [anon]",
+                        "leakhound: cannot get a perf map from the JVM (pid {}): {err}; Java frames are named from the JVM's own metadata only",
                         target.pid
                     );
                 }
@@ -444,7 +447,7 @@ fn warn_jvm(target: &TargetProcess) -> bool {
     let attachable = jvm_flag(&cmdline, &environ, "DisableAttachMechanism") != Some(true);
     if !attachable {
         eprintln!(
-            "leakhound: java (pid {}) runs with -XX:+DisableAttachMechanism: no perf map can be requested, so Java frames will show as [anon]",
+            "leakhound: java (pid {}) runs with -XX:+DisableAttachMechanism: no perf map can be requested, so Java frames are named from the JVM's own metadata only",
             target.pid
         );
     }

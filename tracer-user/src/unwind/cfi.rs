@@ -9,7 +9,10 @@ use gimli::{
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, read::ReadCache};
 use tracer_common::{RBP_UNCHANGED, RuleKind, UnwindRule};
 
-use crate::process::address_space::{AddressSpace, FileKey, Location};
+use crate::{
+    jit::hotspot::{codecache::BlobKey, frames::HotspotFrames},
+    process::address_space::{AddressSpace, FileKey, Location},
+};
 
 /// The largest `.eh_frame` or `.eh_frame_hdr` read. libjvm.so's `.eh_frame` is about 2 MiB.
 const MAX_CFI_SECTION_BYTES: u64 = 64 << 20;
@@ -122,6 +125,9 @@ fn rule_of(row: &gimli::UnwindTableRow<usize>) -> UnwindRule {
 pub struct CfiRules {
     modules: HashMap<FileKey, Option<ModuleCfi>>,
     by_address: HashMap<u64, UnwindRule>,
+    /// Rules derived from a compiled Java method's frame size, with the blob they came from:
+    /// HotSpot frees code and reuses its addresses, after which such a rule is stale.
+    from_jit: HashMap<u64, BlobKey>,
     ctx: UnwindContext<usize>,
 }
 
@@ -130,6 +136,7 @@ impl Default for CfiRules {
         Self {
             modules: HashMap::new(),
             by_address: HashMap::new(),
+            from_jit: HashMap::new(),
             ctx: UnwindContext::new(),
         }
     }
@@ -139,7 +146,12 @@ impl CfiRules {
     /// The rule for a return address, or `None` when the address is in no known mapping (the
     /// caller may refresh the mappings and ask again). A return address is looked up at
     /// `address - 1`: the call it returns from may be the last instruction of its function.
-    pub fn rule_for(&mut self, space: &AddressSpace, return_address: u64) -> Option<UnwindRule> {
+    pub fn rule_for(
+        &mut self,
+        space: &AddressSpace,
+        hotspot: &HotspotFrames,
+        return_address: u64,
+    ) -> Option<UnwindRule> {
         if let Some(rule) = self.by_address.get(&return_address) {
             return Some(*rule);
         }
@@ -162,8 +174,19 @@ impl CfiRules {
                     None => UnwindRule::frame_pointer(),
                 }
             }
-            // JIT code has no CFI; V8 and HotSpot (with -XX:+PreserveFramePointer) keep rbp.
-            Location::Anonymous => UnwindRule::frame_pointer(),
+            // JIT code has no CFI. A compiled Java method's frame has a fixed size that HotSpot
+            // records, so it unwinds without -XX:+PreserveFramePointer; V8, and HotSpot's
+            // interpreter and stubs, keep rbp.
+            Location::Anonymous => match hotspot
+                .compiled_frame(return_address.saturating_sub(1))
+                .and_then(|(bytes, key)| Some((i32::try_from(bytes).ok()?, key)))
+            {
+                Some((bytes, key)) => {
+                    self.from_jit.insert(return_address, key);
+                    UnwindRule::new(RuleKind::CfaRsp, bytes, -16)
+                }
+                None => UnwindRule::frame_pointer(),
+            },
             Location::Unknown => return None,
         };
         self.by_address.insert(return_address, rule);
@@ -181,6 +204,33 @@ impl CfiRules {
         }
     }
 
+    /// Forgets every frame-size rule whose return address is no longer in the blob the rule
+    /// came from (`current` gives the blob there now); returns those addresses, whose rules the
+    /// kernel must forget too. The next walk through one asks again.
+    pub fn forget_stale_jit_rules(
+        &mut self,
+        mut current: impl FnMut(u64) -> Option<BlobKey>,
+    ) -> Vec<u64> {
+        let stale: Vec<u64> = self
+            .from_jit
+            .iter()
+            .filter(|&(&return_address, key)| {
+                current(return_address.saturating_sub(1)) != Some(*key)
+            })
+            .map(|(&return_address, _)| return_address)
+            .collect();
+        for return_address in &stale {
+            self.from_jit.remove(return_address);
+            self.by_address.remove(return_address);
+        }
+        stale
+    }
+
+    /// Whether any rule came from a compiled Java method's frame size.
+    pub fn has_jit_rules(&self) -> bool {
+        !self.from_jit.is_empty()
+    }
+
     /// A rule for an address in no mapping: the walk ends there.
     pub fn stop() -> UnwindRule {
         UnwindRule::stop()
@@ -190,6 +240,33 @@ impl CfiRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_size_rules_are_forgotten_when_their_blob_changes() {
+        use crate::jit::hotspot::{TargetAddr, codecache::CompileId};
+        let key = |id| BlobKey {
+            start: TargetAddr(0x1000),
+            compile_id: Some(CompileId(id)),
+        };
+        let mut rules = CfiRules::default();
+        for (address, id) in [(0x1100, 1), (0x1200, 1), (0x1300, 2)] {
+            rules.from_jit.insert(address, key(id));
+            rules.by_address.insert(address, CfiRules::stop());
+        }
+        // Compile 1 was freed and compile 3 put at its place; 0x1300's code is gone.
+        let mut stale = rules.forget_stale_jit_rules(|pc| match pc {
+            0x10ff | 0x11ff => Some(key(3)),
+            _ => None,
+        });
+        stale.sort_unstable();
+        assert_eq!(stale, [0x1100, 0x1200, 0x1300]);
+        assert!(rules.by_address.is_empty() && !rules.has_jit_rules());
+        // A rule whose blob is still there stays.
+        rules.from_jit.insert(0x1100, key(3));
+        rules.by_address.insert(0x1100, CfiRules::stop());
+        assert!(rules.forget_stale_jit_rules(|_| Some(key(3))).is_empty());
+        assert!(rules.has_jit_rules());
+    }
 
     /// Derives rules from the real libc on this machine: `malloc` is an ordinary function with
     /// CFI, and its rule right after entry says the CFA is rsp + 8 (only the return address).

@@ -22,6 +22,7 @@ use super::{
 use crate::{
     code_refresh::TargetCode,
     errors::TracerError,
+    jit::hotspot::frames::HotspotFrames,
     kernel::maps::KernelMaps,
     process::{TargetProcess, address_space::AddressSpace},
 };
@@ -36,7 +37,12 @@ pub struct MissHandler {
     /// stack, code unmapped since): they do not make every later miss reread the mappings,
     /// which takes milliseconds while requests pile up.
     unmapped: HashSet<u64>,
+    /// When frame-size rules of compiled Java code were last checked against the code cache.
+    jit_checked: Option<std::time::Instant>,
 }
+
+/// How often frame-size rules are checked against the code cache.
+const JIT_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl MissHandler {
     /// Answers the requests that arrive on the kernel's unwind ring buffer.
@@ -49,6 +55,7 @@ impl MissHandler {
             repairs: RepairLedger::default(),
             in_kernel: HashSet::new(),
             unmapped: HashSet::new(),
+            jit_checked: None,
         })
     }
 
@@ -59,6 +66,31 @@ impl MissHandler {
 
     pub fn ring(&mut self) -> &mut AsyncFd<RingBuf<MapData>> {
         &mut self.ring
+    }
+
+    /// Removes from the kernel the frame-size rules of compiled Java code that HotSpot freed
+    /// or replaced since they were made (checked at most every [`JIT_RECHECK_EVERY`]): code put
+    /// at the same address has another frame size, and a stale rule would read a wrong caller
+    /// off the stack. The next allocation through such an address asks for its rule again.
+    pub fn forget_stale_jit_rules(&mut self, maps: &mut KernelMaps, code: &Mutex<TargetCode>) {
+        if !self.rules.has_jit_rules()
+            || self
+                .jit_checked
+                .is_some_and(|at| at.elapsed() < JIT_RECHECK_EVERY)
+        {
+            return;
+        }
+        self.jit_checked = Some(std::time::Instant::now());
+        let stale = {
+            let code = crate::code_refresh::lock(code);
+            self.rules
+                .forget_stale_jit_rules(|pc| code.hotspot.blob_key(pc))
+        };
+        for pc in &stale {
+            let _ = maps.rules.remove(pc);
+            self.in_kernel.remove(pc);
+        }
+        log::debug!("forgot {} stale frame-size rules", stale.len());
     }
 
     /// Answers every miss waiting in the ring buffer, each as soon as it is read: its rules go
@@ -108,25 +140,27 @@ impl MissHandler {
         };
         let mut code = crate::code_refresh::lock(modules);
         let mut used: Vec<(u64, UnwindRule)> = Vec::new();
-        let walk =
-            |space: &AddressSpace, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
-                let mut unknown = None;
-                let regs = Regs {
-                    pc: miss.ip,
-                    sp: miss.sp,
-                    bp: miss.bp,
-                };
-                let walked = unwind_copy(regs, &copy, |pc| {
-                    let rule = rules.rule_for(space, pc).unwrap_or_else(|| {
-                        unknown = Some(pc);
-                        CfiRules::stop()
-                    });
-                    used.push((pc, rule));
-                    Some(rule)
-                });
-                (walked, unknown)
+        let walk = |space: &AddressSpace,
+                    hotspot: &HotspotFrames,
+                    used: &mut Vec<(u64, UnwindRule)>,
+                    rules: &mut CfiRules| {
+            let mut unknown = None;
+            let regs = Regs {
+                pc: miss.ip,
+                sp: miss.sp,
+                bp: miss.bp,
             };
-        let (mut walked, unknown) = walk(&code.space, &mut used, &mut self.rules);
+            let walked = unwind_copy(regs, &copy, |pc| {
+                let rule = rules.rule_for(space, hotspot, pc).unwrap_or_else(|| {
+                    unknown = Some(pc);
+                    CfiRules::stop()
+                });
+                used.push((pc, rule));
+                Some(rule)
+            });
+            (walked, unknown)
+        };
+        let (mut walked, unknown) = walk(&code.space, &code.hotspot, &mut used, &mut self.rules);
         if let Some(pc) = unknown
             && !self.unmapped.contains(&pc)
         {
@@ -134,7 +168,8 @@ impl MissHandler {
             // that just started): read the mappings and walk again.
             code.space.refresh(target);
             used.clear();
-            let (again, still_unknown) = walk(&code.space, &mut used, &mut self.rules);
+            let (again, still_unknown) =
+                walk(&code.space, &code.hotspot, &mut used, &mut self.rules);
             walked = again;
             if let Some(pc) = still_unknown {
                 self.unmapped.insert(pc);
