@@ -16,6 +16,7 @@ pub mod jit;
 pub mod kernel;
 pub mod mapping_tracker;
 pub mod model;
+pub mod names;
 pub mod process;
 pub mod regions;
 pub mod report;

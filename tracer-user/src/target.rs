@@ -36,7 +36,8 @@ impl PreparedTarget {
         }
         self.objects
             .iter()
-            .map(|object| object.shown.display().to_string())
+            // Paths as the target names them: data, escaped like every name (crate::names).
+            .map(|object| crate::names::shown(&object.shown.to_string_lossy()).into_owned())
             .collect::<Vec<_>>()
             .join(", ")
     }

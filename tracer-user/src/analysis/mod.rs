@@ -74,14 +74,15 @@ impl Analysis {
 }
 
 /// A stack as one folded-format key: names root first, joined by `;`. `;` separates frames and
-/// a newline ends the record, so neither may appear inside a name.
+/// a newline ends the record, so inside a name both are escaped (`\x3b`, `\x0a`; see
+/// [`crate::names`]).
 pub fn folded_name(frames: &[Frame]) -> String {
     if frames.is_empty() {
         return "[no frames]".to_owned();
     }
     frames
         .iter()
-        .map(|frame| frame.name.replace(';', ":").replace(['\n', '\r'], " "))
+        .map(|frame| crate::names::folded_frame(&frame.name))
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -138,7 +139,7 @@ mod tests {
     fn folded_names_are_escaped() {
         assert_eq!(
             folded_name(&[Frame::named("a;b"), Frame::named("c\nd")]),
-            "a:b;c d"
+            "a\\x3bb;c\\x0ad"
         );
         assert_eq!(folded_name(&[]), "[no frames]");
     }

@@ -62,7 +62,7 @@ mod tests {
         Folded.render(&Report::new(&recording), &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "main;a:b 5\nmain;leak 128\n"
+            "main;a\\x3bb 5\nmain;leak 128\n"
         );
     }
 }

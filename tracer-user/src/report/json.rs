@@ -3,14 +3,15 @@
 //! documented in README.md (`## Formats`); `schema` names its version, and fields are only
 //! ever added.
 
-use std::io;
+use std::{borrow::Cow, io};
 
 use serde::Serialize;
 
 use super::{Render, Report};
 use crate::{
     analysis::TrendClass,
-    model::{AGE_LABELS, AgeHistogram, Frame, Origin},
+    model::{AGE_LABELS, AgeHistogram, Origin},
+    names::{ShownFrame, shown},
 };
 
 pub struct Json;
@@ -21,9 +22,9 @@ pub const SCHEMA: &str = "leakhound-report/1";
 struct Document<'a> {
     schema: &'static str,
     pid: u32,
-    command: &'a str,
+    command: Cow<'a, str>,
     duration_secs: f64,
-    ended_by: &'a str,
+    ended_by: Cow<'a, str>,
     min_age_secs: Option<f64>,
     /// `--sample-bytes`: malloc-family figures are estimates.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,9 +37,9 @@ struct Document<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     released_by_exec: Option<&'a crate::model::ExecEnd>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    mapping_unavailable: Option<&'a str>,
+    mapping_unavailable: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ages_unavailable: Option<&'a str>,
+    ages_unavailable: Option<Cow<'a, str>>,
     age_buckets: [&'static str; 5],
     samples: Vec<SampleOut>,
     stacks: Vec<StackOut<'a>>,
@@ -117,7 +118,7 @@ struct SampleOut {
 struct StackOut<'a> {
     rank: usize,
     origin: Origin,
-    frames: &'a [Frame],
+    frames: Vec<ShownFrame<'a>>,
     bytes: u64,
     /// Under byte sampling: half the width of the 95% interval around `bytes`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,7 +158,11 @@ impl Render for Json {
                 StackOut {
                     rank: rank + 1,
                     origin: stack.origin,
-                    frames: &stack.frames,
+                    frames: stack
+                        .frames
+                        .iter()
+                        .map(|f| ShownFrame::from(&**f))
+                        .collect(),
                     bytes: stack.live_bytes,
                     bytes_margin: stack.live_bytes_margin(),
                     allocations: stack.live_allocations,
@@ -180,9 +185,9 @@ impl Render for Json {
         let document = Document {
             schema: SCHEMA,
             pid: rec.pid,
-            command: &rec.command,
+            command: shown(&rec.command),
             duration_secs: rec.duration_secs,
-            ended_by: &rec.ended_by,
+            ended_by: shown(&rec.ended_by),
             min_age_secs: rec.min_age_secs,
             sample_bytes: rec.sample_bytes,
             totals: Totals {
@@ -235,8 +240,8 @@ impl Render for Json {
                 },
             }),
             released_by_exec: rec.exec.as_ref(),
-            mapping_unavailable: rec.mapping_unavailable.as_deref(),
-            ages_unavailable: rec.ages_unavailable.as_deref(),
+            mapping_unavailable: rec.mapping_unavailable.as_deref().map(shown),
+            ages_unavailable: rec.ages_unavailable.as_deref().map(shown),
             age_buckets: AGE_LABELS,
             samples: rec
                 .samples

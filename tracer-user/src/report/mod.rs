@@ -3,6 +3,8 @@
 
 mod diff;
 mod folded;
+#[cfg(test)]
+mod hostile_names;
 mod json;
 mod pprof;
 pub mod pprof_proto;

@@ -18,7 +18,10 @@ use super::{
     Render, Report,
     pprof_proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType},
 };
-use crate::model::{Frame, Origin};
+use crate::{
+    model::{Frame, Origin},
+    names::shown,
+};
 
 pub struct Pprof;
 
@@ -51,7 +54,9 @@ pub fn profile(report: &Report) -> Profile {
     let default_sample_type = b.string("inuse_space");
     let mut comment = vec![b.string(&format!(
         "leakhound: pid {} ({}), ended by {}",
-        rec.pid, rec.command, rec.ended_by
+        rec.pid,
+        shown(&rec.command),
+        shown(&rec.ended_by)
     ))];
     if let Some(mean) = rec.sample_bytes {
         comment.push(b.string(&format!(
@@ -155,8 +160,8 @@ impl Builder {
             return id;
         }
         let id = self.functions.len() as u64 + 1;
-        let name = self.string(&frame.name);
-        let filename = frame.file.as_deref().map_or(0, |f| self.string(f));
+        let name = self.string(&shown(&frame.name));
+        let filename = frame.file.as_deref().map_or(0, |f| self.string(&shown(f)));
         self.functions.push(Function {
             id,
             name,
@@ -174,7 +179,7 @@ impl Builder {
             return id;
         }
         let id = self.mappings.len() as u64 + 1;
-        let filename = self.string(module);
+        let filename = self.string(&shown(module));
         // Frames are already named: say so, or pprof would try to symbolize the mapping.
         self.mappings.push(Mapping {
             id,

@@ -8,6 +8,7 @@ use inferno::flamegraph::{
 };
 
 use super::{Folded, Render, Report, human_bytes};
+use crate::names::shown;
 
 pub struct Svg;
 
@@ -27,7 +28,7 @@ impl Render for Svg {
         options.subtitle = Some(format!(
             "pid {} ({}): {} still held after {:.1} s of tracing",
             recording.pid,
-            recording.command,
+            shown(&recording.command),
             human_bytes(recording.live_bytes()),
             recording.duration_secs
         ));

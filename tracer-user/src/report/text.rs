@@ -6,6 +6,7 @@ use super::{Render, Report, estimate_mark, human_bytes, human_change};
 use crate::{
     analysis::{Analysis, Reconciliation, Trend, TrendClass},
     model::{AGE_LABELS, Origin, Recording, StackRecord},
+    names::{ShownFrame, shown},
 };
 
 pub struct Text {
@@ -17,12 +18,17 @@ impl Render for Text {
     fn render(&self, report: &Report, out: &mut dyn io::Write) -> io::Result<()> {
         let rec = report.recording;
         let analysis = &report.analysis;
-        writeln!(out, "leakhound report: pid {} ({})", rec.pid, rec.command)?;
+        writeln!(
+            out,
+            "leakhound report: pid {} ({})",
+            rec.pid,
+            shown(&rec.command)
+        )?;
         writeln!(
             out,
             "traced for {:.1} s; ended by {}{}",
             rec.duration_secs,
-            rec.ended_by,
+            shown(&rec.ended_by),
             timeline(rec)
         )?;
         if let Some(mean) = rec.sample_bytes {
@@ -282,6 +288,7 @@ fn age_line(stack: &StackRecord) -> Option<String> {
 
 fn write_frames(stack: &StackRecord, out: &mut dyn io::Write) -> io::Result<()> {
     for frame in stack.frames.iter().rev() {
+        let frame = ShownFrame::from(&**frame);
         let location = match (&frame.file, frame.line) {
             (Some(file), Some(line)) => format!(" at {file}:{line}"),
             (Some(file), None) => format!(" at {file}"),
@@ -360,10 +367,10 @@ fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
         c.failed_calls
     )?;
     if let Some(why) = &rec.ages_unavailable {
-        writeln!(out, "allocation ages are missing: {why}")?;
+        writeln!(out, "allocation ages are missing: {}", shown(why))?;
     }
     if let Some(why) = &rec.mapping_unavailable {
-        writeln!(out, "anonymous mmap was not tracked: {why}")?;
+        writeln!(out, "anonymous mmap was not tracked: {}", shown(why))?;
     }
     Ok(())
 }
