@@ -1,9 +1,11 @@
 //! Plain data that the analysis and the output formats share. A recording can be saved and
 //! read back, so every format is produced by the same code live and offline.
 
+pub mod bounded;
+
 use std::{ops::Deref, sync::Arc};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The kernel side's activity and loss counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,9 +41,18 @@ pub enum Origin {
 
 /// One named frame, shared: the stacks of a report repeat a few hundred distinct frames a
 /// million times over (10,000 stacks 100 deep), and a copy of each would cost 240 MB.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Frame(Arc<FrameData>);
+
+/// Each frame read from a saved recording comes out of the reader's budget
+/// ([`bounded::with_frame_budget`]).
+impl<'de> Deserialize<'de> for Frame {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        bounded::take_frame()?;
+        Ok(FrameData::deserialize(deserializer)?.into())
+    }
+}
 
 impl Frame {
     pub fn named(name: impl Into<String>) -> Self {
@@ -96,6 +107,7 @@ impl FrameData {
 pub struct StackRecord {
     pub origin: Origin,
     /// Root first.
+    #[serde(deserialize_with = "bounded::at_most::<_, _, { bounded::MAX_FRAMES_PER_STACK }>")]
     pub frames: Vec<Frame>,
     pub live_bytes: u64,
     pub live_allocations: u64,
@@ -104,7 +116,11 @@ pub struct StackRecord {
     pub total_allocations: u64,
     /// Outstanding bytes at each of [`Recording::samples`], the same length as it. Empty in a
     /// recording made before samples existed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "bounded::at_most::<_, _, { bounded::MAX_SAMPLES }>"
+    )]
     pub history: Vec<u64>,
     /// How old the live allocations were when tracing ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,7 +214,11 @@ pub struct Recording {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping_unavailable: Option<String>,
     /// The timeline, oldest first; bounded, so long traces keep every other sample.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "bounded::at_most::<_, _, { bounded::MAX_SAMPLES }>"
+    )]
     pub samples: Vec<Sample>,
     /// With `--min-age`: only allocations at least this old count in each stack's
     /// `live_bytes` and `live_allocations` (its history still counts everything).
@@ -214,6 +234,7 @@ pub struct Recording {
     /// Set when the target exec'd another program, which ended the trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecEnd>,
+    #[serde(deserialize_with = "bounded::at_most::<_, _, { bounded::MAX_STACKS }>")]
     pub stacks: Vec<StackRecord>,
 }
 

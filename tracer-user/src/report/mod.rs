@@ -18,7 +18,10 @@ pub use diff::Diff;
 pub use folded::Folded;
 pub use json::Json;
 pub use pprof::{Pprof, profile as pprof_profile};
-pub use saved::{SavedRecording, read_recording};
+pub use saved::{
+    Invalid, LoadError, MAX_RECORDING_BYTES, RecordingError, SavedRecording, load_recording,
+    read_recording,
+};
 pub use svg::Svg;
 pub use text::Text;
 
