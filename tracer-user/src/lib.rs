@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod mapping_tracker;
 pub mod model;
 pub mod names;
+pub mod output_files;
 pub mod process;
 pub mod regions;
 pub mod report;

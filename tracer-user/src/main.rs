@@ -1,11 +1,11 @@
-use std::{fs::File, io::Write as _, process::ExitCode};
+use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use tracer_user::{
     cli::{Cli, Command},
     config::{Output, ReportConfig},
     model::Recording,
+    output_files,
     report::{self, Format, Report},
     session,
 };
@@ -14,16 +14,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match Cli::parse().command {
         Command::Record(args) => record(args),
-        Command::Report(args) => match replay(&args.into_config()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("leakhound: error: {err:#}");
-                eprintln!(
-                    "  hint: give a recording saved with `-o FILE.leakhound.json` or `--save FILE`"
-                );
-                ExitCode::FAILURE
-            }
-        },
+        Command::Report(args) => replay(&args.into_config()),
         Command::DebugJvm(args) => {
             match tracer_user::jit::hotspot::debug::run(args.pid, args.pcs.as_deref(), args.tables)
             {
@@ -40,28 +31,16 @@ fn main() -> ExitCode {
 
 fn record(args: tracer_user::cli::RecordArgs) -> ExitCode {
     let config = args.into_config();
+    // A report that cannot be written is refused before any probe is placed.
+    if refuse_bad_outputs(&config.outputs) {
+        return ExitCode::FAILURE;
+    }
     let outcome = session::record(&config);
 
     // Whatever was gathered is written, even when the session ended in an error.
     let mut failed = false;
     if let Some(recording) = &outcome.recording {
-        match write_outputs(&config.outputs, config.top, &Report::new(recording)) {
-            Ok(()) => {
-                let files: Vec<String> = config
-                    .outputs
-                    .iter()
-                    .filter_map(|output| Some(output.path.as_ref()?.display().to_string()))
-                    .collect();
-                if !files.is_empty() {
-                    eprintln!("leakhound: wrote {}", files.join(", "));
-                }
-            }
-            Err(err) => {
-                eprintln!("leakhound: error: cannot write the report: {err:#}");
-                eprintln!("  hint: check that the output directory exists and is writable");
-                failed = true;
-            }
-        }
+        failed |= !write_outputs(&config.outputs, config.top, &Report::new(recording));
     }
     if let Some(error) = &outcome.error {
         eprintln!("leakhound: error: {error}");
@@ -79,51 +58,84 @@ fn record(args: tracer_user::cli::RecordArgs) -> ExitCode {
     }
 }
 
+/// Prints one line per output path that cannot be written, and a hint; true if there was one.
+fn refuse_bad_outputs(outputs: &[Output]) -> bool {
+    let problems = output_files::check_all(outputs);
+    for problem in &problems {
+        eprintln!("leakhound: error: {problem}");
+    }
+    let mut hints: Vec<&str> = problems.iter().map(|p| p.hint()).collect();
+    hints.dedup();
+    for hint in hints {
+        eprintln!("  hint: {hint}");
+    }
+    !problems.is_empty()
+}
+
+/// Writes every output, each on its own; says what was written and what failed. Returns
+/// whether all were written.
+fn write_outputs(outputs: &[Output], top: usize, report: &Report) -> bool {
+    let written = output_files::write_all(outputs, top, report);
+    if !written.files.is_empty() {
+        let files: Vec<String> = written
+            .files
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        eprintln!("leakhound: wrote {}", files.join(", "));
+    }
+    for failure in &written.failures {
+        eprintln!("leakhound: error: {failure}");
+    }
+    if !written.failures.is_empty() {
+        eprintln!(
+            "  hint: the other reports were written; check the directory of each failed one (it must exist, be writable and have space)"
+        );
+    }
+    written.failures.is_empty()
+}
+
 /// `leakhound report`: the saved recordings through the same analysis and formats.
-fn replay(config: &ReportConfig) -> anyhow::Result<()> {
-    let recordings = config
+fn replay(config: &ReportConfig) -> ExitCode {
+    if refuse_bad_outputs(&config.outputs) {
+        return ExitCode::FAILURE;
+    }
+    let recordings = match config
         .inputs
         .iter()
-        .map(|path| {
-            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            report::read_recording(file).with_context(|| format!("reading {}", path.display()))
-        })
-        .collect::<anyhow::Result<Vec<Recording>>>()?;
+        .map(|path| report::load_recording(path))
+        .collect::<Result<Vec<Recording>, _>>()
+    {
+        Ok(recordings) => recordings,
+        Err(err) => {
+            eprintln!("leakhound: error: {err}");
+            eprintln!("  hint: {}", err.hint());
+            return ExitCode::FAILURE;
+        }
+    };
     let report = match recordings.as_slice() {
         [one] => Report::new(one),
         [before, after] => {
             if let Some(output) = config.outputs.iter().find(|o| o.format != Format::Diff) {
                 let name = clap::ValueEnum::to_possible_value(&output.format)
                     .map_or_else(String::new, |v| v.get_name().to_owned());
-                bail!(
-                    "two recordings can only be compared as a diff, not as {name}; use --format diff or an output ending in .diff.folded"
+                eprintln!(
+                    "leakhound: error: two recordings can only be compared as a diff, not as {name}"
                 );
+                eprintln!("  hint: use --format diff or an output ending in .diff.folded");
+                return ExitCode::FAILURE;
             }
             Report::compared(before, after)
         }
-        _ => bail!("give one recording, or two to compare"),
-    };
-    write_outputs(&config.outputs, config.top, &report)
-}
-
-fn write_outputs(outputs: &[Output], top: usize, report: &Report) -> anyhow::Result<()> {
-    for output in outputs {
-        let renderer = output.format.renderer(top);
-        match &output.path {
-            Some(path) => {
-                let mut file =
-                    File::create(path).with_context(|| format!("creating {}", path.display()))?;
-                renderer
-                    .render(report, &mut file)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                file.flush()?;
-            }
-            None => {
-                let mut stdout = std::io::stdout().lock();
-                renderer.render(report, &mut stdout)?;
-                stdout.flush()?;
-            }
+        _ => {
+            eprintln!("leakhound: error: give one recording, or two to compare");
+            eprintln!("  hint: leakhound report REC.leakhound.json [LATER.leakhound.json]");
+            return ExitCode::FAILURE;
         }
+    };
+    if write_outputs(&config.outputs, config.top, &report) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    Ok(())
 }

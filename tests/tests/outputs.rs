@@ -1,0 +1,118 @@
+//! Output paths: refused before any probe is placed when they cannot be written, and written
+//! each on its own at the end, so that one failure does not lose the other reports.
+
+use tests::targets::{self, Target};
+use tests::{Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
+
+/// A missing directory and a directory given as a file are both named, before the command
+/// runs or anything is attached.
+#[test]
+fn unwritable_outputs_are_refused_before_attaching() {
+    require_root!("unwritable_outputs_are_refused_before_attaching");
+    let _serial = serial();
+    let scratch = paths::scratch("unwritable_outputs_are_refused_before_attaching");
+    let missing = scratch.join("no/such/dir/report.txt");
+    let outcome = Run::start(&[
+        "record",
+        "-o",
+        arg(&missing),
+        "-o",
+        arg(&scratch),
+        "--",
+        arg(&targets::alloc_family()),
+        "--now",
+        "--exit",
+    ])
+    .finish();
+    outcome.assert_error("does not exist");
+    let stderr = outcome.stderr.join("\n");
+    assert!(stderr.contains(arg(&missing)), "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    assert!(
+        !stderr.contains("leakhound: attached"),
+        "attached although an output cannot be written:\n{stderr}"
+    );
+    assert!(
+        !outcome.stdout.iter().any(|line| line.starts_with("ready")),
+        "the command ran although an output cannot be written: {:?}",
+        outcome.stdout
+    );
+}
+
+/// A directory removed during the trace fails its report only: the others are written, the
+/// failure is named on its own line, and the exit status says something failed.
+#[test]
+fn one_failed_output_does_not_lose_the_others() {
+    require_root!("one_failed_output_does_not_lose_the_others");
+    let _serial = serial();
+    let scratch = paths::scratch("one_failed_output_does_not_lose_the_others");
+    let doomed_dir = scratch.join("removed-during-the-trace");
+    std::fs::create_dir_all(&doomed_dir).expect("creating the doomed directory");
+    let doomed = doomed_dir.join("report.txt");
+    let folded = scratch.join("out.folded");
+    let json = scratch.join("out.json");
+    let mut target = Target::start(&targets::alloc_family(), &[]);
+    let pid = target.pid().to_string();
+    let mut run = Run::start(&[
+        "record",
+        "--pid",
+        &pid,
+        "-o",
+        arg(&doomed),
+        "-o",
+        arg(&folded),
+        "-o",
+        arg(&json),
+    ]);
+    run.wait_attached();
+    std::fs::remove_dir(&doomed_dir).expect("removing the directory");
+    target.go();
+    let truth = target.read_truth();
+    run.signal(libc::SIGINT);
+    let outcome = run.finish();
+    let stderr = outcome.stderr.join("\n");
+    assert_eq!(outcome.status.code(), Some(1), "{stderr}");
+    let failures: Vec<&String> = outcome
+        .stderr
+        .iter()
+        .filter(|line| line.starts_with("leakhound: error:"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{stderr}");
+    assert!(failures[0].contains(arg(&doomed)), "{stderr}");
+    assert_matches_truth(&truth, &read_report(&folded));
+    let json: serde_json::Value =
+        serde_json::from_str(&read_report(&json)).expect("the JSON report is valid");
+    assert!(json["totals"]["bytes"].as_u64().unwrap_or(0) > 0);
+    target.release();
+}
+
+/// `leakhound report` of a crafted recording: one line saying what is wrong, a hint, exit 1.
+#[test]
+fn a_crafted_recording_is_refused_in_one_line() {
+    let _serial = serial();
+    let scratch = paths::scratch("a_crafted_recording_is_refused_in_one_line");
+    let crafted = scratch.join("crafted.leakhound.json");
+    std::fs::write(
+        &crafted,
+        r#"{"version":1,"pid":1,"command":"x","duration_secs":-5.0,"ended_by":"x",
+            "counters":{"allocations":0,"frees":0,"alloc_map_full":0,"alloc_map_full_bytes":0,
+            "stack_failed":0,"free_unknown":0,"return_without_entry":0,"stale_entry":0,
+            "thread_map_full":0,"events_lost":0,"totals_map_full":0,"address_reused":0,
+            "failed_calls":0},"mapping":{"events":0,"untracked_unmaps":0,"malformed_events":0},
+            "stacks":[]}"#,
+    )
+    .expect("writing the recording");
+    let out = scratch.join("out.txt");
+    let outcome = Run::start(&["report", arg(&crafted), "-o", arg(&out)]).finish();
+    outcome.assert_error("duration is -5");
+    let errors = outcome
+        .stderr
+        .iter()
+        .filter(|line| line.starts_with("leakhound: error:"))
+        .count();
+    assert_eq!(errors, 1, "{:?}", outcome.stderr);
+    assert!(
+        !out.exists(),
+        "a report was written from a refused recording"
+    );
+}
