@@ -116,6 +116,12 @@ pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)
 }
 
+/// `targets/hostile_names.c`: allocations through stubs in anonymous executable memory that
+/// its own perf map names with terminal escapes, markup, separators and a huge name.
+pub fn hostile_names() -> PathBuf {
+    build("hostile_names", false)
+}
+
 /// `targets/cxx_strings.cc`: std::string and strdup from C++ built -O2 without frame pointers.
 pub fn cxx_strings() -> PathBuf {
     let flags: Vec<&str> = CFLAGS.iter().copied().filter(|f| *f != "-Wextra").collect();

@@ -194,7 +194,10 @@ mod tests {
         assert!(cut.ends_with(CUT_MARK) && cut.len() <= MAX_SHOWN_BYTES + CUT_MARK.len());
         let escapes = "\x1b".repeat(1000);
         let cut = shown(&escapes);
-        assert!(cut.trim_end_matches(CUT_MARK).len().is_multiple_of(4), "{cut}");
+        assert!(
+            cut.trim_end_matches(CUT_MARK).len().is_multiple_of(4),
+            "{cut}"
+        );
     }
 
     #[test]
