@@ -116,3 +116,57 @@ fn a_crafted_recording_is_refused_in_one_line() {
         "a report was written from a refused recording"
     );
 }
+
+/// With the allocation map full (`--max-allocs`), the bytes of the allocations that were not
+/// tracked are a line of their own in the folded report and a frame in the flame graph, with
+/// the count the JSON report gives, rather than missing without a word.
+#[test]
+fn untracked_allocations_are_visible_in_the_flame_graph_formats() {
+    require_root!("untracked_allocations_are_visible_in_the_flame_graph_formats");
+    let _serial = serial();
+    let scratch = paths::scratch("untracked_allocations_are_visible_in_the_flame_graph_formats");
+    let (folded, svg, json) = (
+        scratch.join("out.folded"),
+        scratch.join("flame.svg"),
+        scratch.join("out.json"),
+    );
+    let mut target = Target::start(&targets::alloc_family(), &[]);
+    let pid = target.pid().to_string();
+    let mut run = Run::start(&[
+        "record",
+        "--pid",
+        &pid,
+        "--max-allocs",
+        "16",
+        "-o",
+        arg(&folded),
+        "-o",
+        arg(&svg),
+        "-o",
+        arg(&json),
+    ]);
+    run.wait_attached();
+    target.go();
+    let _ = target.read_truth();
+    run.signal(libc::SIGINT);
+    run.finish().assert_success();
+    target.release();
+
+    let json: serde_json::Value =
+        serde_json::from_str(&read_report(&json)).expect("the JSON report is valid");
+    let dropped = json["drops"]["alloc_map_full_bytes"]
+        .as_u64()
+        .expect("drops.alloc_map_full_bytes");
+    assert!(dropped > 0, "16 slots did not fill the allocation map");
+    let folded = read_report(&folded);
+    let line = format!("[not tracked: allocation map full] {dropped}");
+    assert!(
+        folded.lines().any(|l| l == line),
+        "no `{line}` in the folded report:\n{folded}"
+    );
+    let svg = read_report(&svg);
+    assert!(
+        svg.contains("[not tracked: allocation map full]"),
+        "the flame graph does not show the untracked bytes"
+    );
+}

@@ -193,6 +193,11 @@ pub struct MappingCounters {
     pub malformed_events: u64,
 }
 
+/// The pseudo frame under which the flame-graph formats (folded, SVG, pprof) show the bytes of
+/// allocations that were not tracked because the allocation map was full: they cannot be put
+/// on their stacks, but leaving them out would hide them.
+pub const NOT_TRACKED_FRAME: &str = "[not tracked: allocation map full]";
+
 /// The version of the saved-recording layout that this build writes. Fields added since
 /// version 1 all have defaults, so older files still load.
 pub const RECORDING_VERSION: u32 = 1;

@@ -1,10 +1,11 @@
 //! Folded stacks: `root;...;leaf BYTES`, one line per distinct stack of names, with the bytes
-//! each still holds. flamegraph.pl and inferno read it unchanged.
+//! each still holds. flamegraph.pl and inferno read it unchanged. Allocations that the full
+//! allocation map could not track get a line of their own, [`NOT_TRACKED_FRAME`].
 
 use std::{collections::BTreeMap, io};
 
 use super::{Render, Report};
-use crate::analysis::folded_name;
+use crate::{analysis::folded_name, model::NOT_TRACKED_FRAME};
 
 pub struct Folded;
 
@@ -20,6 +21,10 @@ impl Render for Folded {
             .filter(|stack| stack.live_bytes > 0)
         {
             *lines.entry(folded_name(&stack.frames)).or_default() += stack.live_bytes;
+        }
+        let untracked = report.recording.counters.alloc_map_full_bytes;
+        if untracked > 0 {
+            *lines.entry(NOT_TRACKED_FRAME.to_owned()).or_default() += untracked;
         }
         for (stack, bytes) in lines {
             writeln!(out, "{stack} {bytes}")?;
@@ -63,6 +68,22 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "main;a\\x3bb 5\nmain;leak 128\n"
+        );
+    }
+
+    #[test]
+    fn untracked_allocations_have_a_line() {
+        let mut recording = Recording {
+            stacks: vec![stack(&["main", "leak"], 100)],
+            ..Recording::default()
+        };
+        recording.counters.alloc_map_full = 3;
+        recording.counters.alloc_map_full_bytes = 4096;
+        let mut out = Vec::new();
+        Folded.render(&Report::new(&recording), &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[not tracked: allocation map full] 4096\nmain;leak 100\n"
         );
     }
 }

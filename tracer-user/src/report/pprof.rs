@@ -19,7 +19,7 @@ use super::{
     pprof_proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType},
 };
 use crate::{
-    model::{Frame, Origin},
+    model::{Frame, NOT_TRACKED_FRAME, Origin},
     names::shown,
 };
 
@@ -111,6 +111,26 @@ pub fn profile(report: &Report) -> Profile {
                     ..Label::default()
                 },
             ],
+        });
+    }
+    let c = &rec.counters;
+    if c.alloc_map_full_bytes > 0 {
+        // Allocations the full allocation map could not track: no stack, but not hidden.
+        let location_id = b.locations(&[Frame::named(NOT_TRACKED_FRAME)]);
+        let (count, bytes) = (c.alloc_map_full as i64, c.alloc_map_full_bytes as i64);
+        let origin = b.string("not tracked");
+        comment.push(b.string(&format!(
+            "{NOT_TRACKED_FRAME}: {} allocations of {} bytes were not tracked (raise --max-allocs); whether they were freed is unknown",
+            c.alloc_map_full, c.alloc_map_full_bytes
+        )));
+        samples.push(Sample {
+            location_id,
+            value: vec![count, bytes, count, bytes],
+            label: vec![Label {
+                key: origin_key,
+                str: origin,
+                ..Label::default()
+            }],
         });
     }
     Profile {
@@ -293,9 +313,24 @@ mod tests {
             p.string_table[p.default_sample_type as usize],
             "inuse_space"
         );
+        // No line for untracked allocations when there were none.
+        assert!(!p.string_table.iter().any(|s| s == NOT_TRACKED_FRAME));
         // And it encodes and gzips.
         let mut out = Vec::new();
         Pprof.render(&Report::new(&recording), &mut out).unwrap();
         assert_eq!(&out[..2], &[0x1f, 0x8b]);
+    }
+
+    #[test]
+    fn untracked_allocations_are_a_sample() {
+        let mut recording = Recording::default();
+        recording.counters.alloc_map_full = 3;
+        recording.counters.alloc_map_full_bytes = 4096;
+        let p = profile(&Report::new(&recording));
+        assert_eq!(p.sample.len(), 1);
+        assert_eq!(p.sample[0].value, [3, 4096, 3, 4096]);
+        let location = &p.location[(p.sample[0].location_id[0] - 1) as usize];
+        let function = &p.function[(location.line[0].function_id - 1) as usize];
+        assert_eq!(p.string_table[function.name as usize], NOT_TRACKED_FRAME);
     }
 }
