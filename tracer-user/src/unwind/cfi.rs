@@ -3,10 +3,10 @@
 use std::{collections::HashMap, fs::File};
 
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
-    UnwindSection as _, X86_64,
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EhFrameOffset, LittleEndian, RegisterRule,
+    UnwindContext, UnwindSection as _, X86_64,
 };
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, read::ReadCache};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadRef, read::ReadCache};
 use tracer_common::{RBP_UNCHANGED, RuleKind, UnwindRule};
 
 use crate::{
@@ -31,8 +31,13 @@ struct ModuleCfi {
 
 impl ModuleCfi {
     fn read(file: &File) -> Option<Self> {
-        let cache = ReadCache::new(file);
-        let elf = object::File::parse(&cache).ok()?;
+        Self::parse(&ReadCache::new(file))
+    }
+
+    /// The CFI of an ELF image; `None` when it is not one or has no `.eh_frame_hdr`. The
+    /// image is the target's file, so anything in it may be crafted.
+    fn parse<'data>(data: impl ReadRef<'data>) -> Option<Self> {
+        let elf = object::File::parse(data).ok()?;
         let section = |name: &str| {
             let section = elf.section_by_name(name)?;
             // The file is the target's: a section header may claim any size.
@@ -44,6 +49,9 @@ impl ModuleCfi {
         };
         let (eh_frame, eh_frame_addr) = section(".eh_frame")?;
         let (eh_frame_hdr, eh_frame_hdr_addr) = section(".eh_frame_hdr")?;
+        if !search_table_fits(&eh_frame_hdr) {
+            return None;
+        }
         let text_addr = elf
             .section_by_name(".text")
             .map_or(0, |text| text.address());
@@ -65,10 +73,11 @@ impl ModuleCfi {
     }
 
     fn address_of(&self, file_offset: u64) -> Option<u64> {
+        // Segment bounds come from the file: a crafted one may reach past 2^64.
         self.segments
             .iter()
-            .find(|(offset, size, _)| (*offset..offset + size).contains(&file_offset))
-            .map(|(offset, _, vaddr)| file_offset - offset + vaddr)
+            .find(|(offset, size, _)| file_offset >= *offset && file_offset - offset < *size)
+            .and_then(|(offset, _, vaddr)| vaddr.checked_add(file_offset - offset))
     }
 
     /// The rule in effect at `address` (a virtual address in this file), or `None` when no FDE
@@ -83,11 +92,72 @@ impl ModuleCfi {
             .parse(&bases, 8)
             .ok()?;
         let table = header.table()?;
-        let row = table
-            .unwind_info_for_address(&eh_frame, &bases, ctx, address, EhFrame::cie_from_offset)
+        // gimli's `unwind_info_for_address` subtracts the section's address from the FDE
+        // pointer found in the table without a check, which overflows when a crafted table
+        // points below the section (found by fuzz/fuzz_targets/cfi_rules.rs). Its steps,
+        // with the subtraction checked:
+        let fde_pointer = table.lookup(address, &bases).ok()?.direct().ok()?;
+        let section = header.eh_frame_ptr().direct().ok()?;
+        let offset = usize::try_from(fde_pointer.checked_sub(section)?).ok()?;
+        let fde = eh_frame
+            .fde_from_offset(&bases, EhFrameOffset(offset), EhFrame::cie_from_offset)
+            .ok()?;
+        if !fde.contains(address) {
+            return None;
+        }
+        let row = fde
+            .unwind_info_for_address(&eh_frame, &bases, ctx, address)
             .ok()?;
         Some(rule_of(row))
     }
+}
+
+/// Whether the binary-search table that `.eh_frame_hdr` announces fits in the section. gimli
+/// 0.34 takes the FDE count from the header as it is and computes row offsets from it, which
+/// overflows for a crafted count (found by fuzz/fuzz_targets/cfi_rules.rs). Linkers write
+/// fixed-size encodings; a header with others is not searched, and the module is then walked
+/// by frame pointers like code without CFI.
+fn search_table_fits(hdr: &[u8]) -> bool {
+    const OMIT: u8 = 0xff;
+    // Bytes of a fixed-size pointer encoding (DW_EH_PE_*), by its low four bits.
+    let size = |encoding: u8| match encoding & 0x0f {
+        0x00 | 0x04 | 0x0c => Some(8),
+        0x02 | 0x0a => Some(2),
+        0x03 | 0x0b => Some(4),
+        _ => None,
+    };
+    let [
+        _version,
+        ptr_encoding,
+        count_encoding,
+        table_encoding,
+        rest @ ..,
+    ] = hdr
+    else {
+        return false;
+    };
+    if *count_encoding == OMIT || *table_encoding == OMIT {
+        // No table: gimli does not search one.
+        return true;
+    }
+    let ptr = if *ptr_encoding == OMIT {
+        Some(0)
+    } else {
+        size(*ptr_encoding)
+    };
+    let (Some(ptr), Some(count), Some(entry)) = (ptr, size(*count_encoding), size(*table_encoding))
+    else {
+        return false;
+    };
+    let Some(count_bytes) = rest.get(ptr..ptr + count) else {
+        return false;
+    };
+    let mut le = [0u8; 8];
+    le[..count].copy_from_slice(count_bytes);
+    let fdes = u64::from_le_bytes(le);
+    let table = (rest.len() - ptr - count) as u64;
+    fdes.checked_mul(2 * entry as u64)
+        .is_some_and(|needed| needed <= table)
 }
 
 /// Turns a CFI row into what the kernel walk can apply; anything else ends the walk there.
@@ -119,6 +189,23 @@ fn rule_of(row: &gimli::UnwindTableRow<usize>) -> UnwindRule {
         return stop;
     };
     UnwindRule::new(kind, cfa_offset, rbp_offset)
+}
+
+/// The rule at each of `file_offsets` in the ELF image `image`, as a session derives it from
+/// a mapped file; `None` where no CFI covers an offset. For tests and fuzzing, which hand it
+/// arbitrary bytes.
+pub fn rules_in_image(image: &[u8], file_offsets: &[u64]) -> Vec<Option<UnwindRule>> {
+    let Some(module) = ModuleCfi::parse(image) else {
+        return vec![None; file_offsets.len()];
+    };
+    let mut ctx = UnwindContext::new();
+    file_offsets
+        .iter()
+        .map(|&offset| {
+            let address = module.address_of(offset)?;
+            module.rule_at(address, &mut ctx)
+        })
+        .collect()
 }
 
 /// Rules by return address for one traced process.
@@ -268,6 +355,28 @@ mod tests {
         assert!(rules.has_jit_rules());
     }
 
+    #[test]
+    fn search_tables_must_fit_their_section() {
+        // version 1, eh_frame_ptr pcrel|sdata4, count udata4, table datarel|sdata4.
+        let header = |count: u32, rows: usize| {
+            let mut hdr = vec![1, 0x1b, 0x03, 0x3b, 0, 0, 0, 0];
+            hdr.extend_from_slice(&count.to_le_bytes());
+            hdr.resize(hdr.len() + rows * 8, 0);
+            hdr
+        };
+        assert!(search_table_fits(&header(3, 3)));
+        assert!(!search_table_fits(&header(4, 3)));
+        assert!(!search_table_fits(&header(u32::MAX, 3)));
+        // A count in 8 bytes that would overflow a row offset.
+        let mut huge = vec![1, 0x1b, 0x04, 0x3b, 0, 0, 0, 0];
+        huge.extend_from_slice(&(u64::MAX / 4).to_le_bytes());
+        assert!(!search_table_fits(&huge));
+        assert!(search_table_fits(&[1, 0x1b, 0xff, 0xff]));
+        assert!(!search_table_fits(&[1, 0x1b]));
+        // uleb128 counts are not searched.
+        assert!(!search_table_fits(&[1, 0x1b, 0x01, 0x3b, 0, 0, 0, 0, 1]));
+    }
+
     /// Derives rules from the real libc on this machine: `malloc` is an ordinary function with
     /// CFI, and its rule right after entry says the CFA is rsp + 8 (only the return address).
     #[test]
@@ -297,5 +406,19 @@ mod tests {
             .rule_at(malloc, &mut ctx)
             .expect("an FDE covers malloc");
         assert_eq!(rule, UnwindRule::new(RuleKind::CfaRsp, 8, RBP_UNCHANGED));
+        // The same rule from the image in memory, at malloc's file offset (libc's text
+        // segment maps file offsets one to one).
+        let offset = elf
+            .segments()
+            .find_map(|segment| {
+                let (file_offset, size) = segment.file_range();
+                let start = segment.address();
+                (start..start + size)
+                    .contains(&malloc)
+                    .then(|| malloc - start + file_offset)
+            })
+            .expect("malloc lies in a segment");
+        assert_eq!(rules_in_image(&data, &[offset]), [Some(rule)]);
+        assert_eq!(rules_in_image(b"not an ELF file", &[0, 1]), [None, None]);
     }
 }

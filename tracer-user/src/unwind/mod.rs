@@ -10,7 +10,7 @@ mod cfi;
 pub mod ledger;
 mod repair;
 
-pub use cfi::CfiRules;
+pub use cfi::{CfiRules, rules_in_image};
 pub use repair::MissHandler;
 use tracer_common::{
     MAX_STACK_DEPTH, Regs, STACK_HASH_SEED, Truncation, UnwindRule, stack_hash_step,
