@@ -7,6 +7,8 @@ set -euo pipefail
 # against this toolchain's own libLLVM (22), and a later nightly may move to another LLVM major.
 NIGHTLY="${LEAKHOUND_NIGHTLY:-nightly-2026-05-20}"
 BPF_LINKER_VERSION=0.13.0
+# Builds and runs the fuzz targets in fuzz/ (`cargo xtask fuzz`), with the nightly above.
+CARGO_FUZZ_VERSION=0.13.2
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 export PATH="$CARGO_HOME/bin:$PATH"
 
@@ -54,4 +56,8 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     LLVM_PREFIX="$prefix" cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked \
         --no-default-features --features "llvm-$llvm_major" --quiet
 fi
-log "ready: $(rustup run "$NIGHTLY" rustc --version), $(bpf-linker --version)"
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install "cargo-fuzz@$CARGO_FUZZ_VERSION" --locked --quiet
+fi
+log "ready: $(rustup run "$NIGHTLY" rustc --version), $(bpf-linker --version), $(cargo fuzz --version)"

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | fuzz`.
 //!
 //! Each task runs the set-up first (idempotent, quick when already done), so every task works
 //! on a fresh machine as root.
@@ -12,13 +12,17 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod fuzz;
 
-const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench>
-  setup  install the toolchain, bpf-linker and the Debian packages the tests use
+const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench|fuzz [SECONDS]>
+  setup  install the toolchain, bpf-linker, cargo-fuzz and the Debian packages the tests use
   demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
-  test   the whole suite: fmt, clippy, unit tests and the integration tests (as root)
+  test   the whole suite: fmt, clippy, unit tests and the integration tests (as root), then
+         each fuzz target for 30 s
   bench  overhead per malloc+free against the trap floor, bpftrace and heaptrack, and
-         leakhound's own costs with a million live blocks (as root; prints a table)";
+         leakhound's own costs with a million live blocks (as root; prints a table)
+  fuzz   build the fuzz targets (fuzz/) and run each on its seed corpus for SECONDS
+         (default 30)";
 
 fn main() -> Result<()> {
     let task = env::args().nth(1).unwrap_or_default();
@@ -43,6 +47,16 @@ fn main() -> Result<()> {
             setup(&root)?;
             bench::run(&root, &build_leakhound(&root)?)
         }
+        "fuzz" => {
+            let seconds = match env::args().nth(2) {
+                Some(text) => text
+                    .parse()
+                    .with_context(|| format!("'{text}' is not a number of seconds"))?,
+                None => fuzz::DEFAULT_SECONDS,
+            };
+            setup(&root)?;
+            fuzz::fuzz(&root, seconds)
+        }
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown task '{task}'")
@@ -57,7 +71,7 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-fn run(command: &mut Command) -> Result<()> {
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     eprintln!("xtask: {command:?}");
     let status = command
         .status()
@@ -155,5 +169,7 @@ fn test(root: &Path) -> Result<()> {
     // themselves, since they check that no probe outlives a run.
     run(cargo()
         .args(["test", "--workspace", "--release"])
-        .env("LEAKHOUND_BIN", &leakhound))
+        .env("LEAKHOUND_BIN", &leakhound))?;
+    // The parsers of what targets and users hand leakhound, on their seeds and beyond.
+    fuzz::fuzz(root, fuzz::DEFAULT_SECONDS)
 }
