@@ -68,6 +68,11 @@ fn recording() -> Recording {
             },
         ],
         stacks,
+        exec: Some(crate::model::ExecEnd {
+            program: "/bin/\x1b]2;exec'd\x07".to_owned(),
+            released_allocations: 1,
+            released_bytes: 64,
+        }),
         ..Recording::default()
     }
 }
@@ -96,6 +101,7 @@ fn text_report_escapes_and_cuts_names() {
     assert_no_raw_controls(Format::Text, &text);
     assert!(text.contains("\\x1b]0;owned\\x07\\x1b[2J"), "{text}");
     assert!(text.contains("pid 7 (evil\\x1b]2;title\\x07<cmd>&)"));
+    assert!(text.contains("exec'd /bin/\\x1b]2;exec'd\\x07;"), "{text}");
     assert!(text.contains("line\\x0abreak\\x0d\\x0a42"));
     assert!(text.contains("in lib\\x1b[31m") || text.contains("at /src/\\x07"));
     let longest = text.lines().map(str::len).max().unwrap();
@@ -198,6 +204,10 @@ fn json_is_valid_and_names_are_escaped() {
     let text = json.to_string();
     assert_no_raw_controls(Format::Json, &text);
     assert_eq!(json["command"], "evil\\x1b]2;title\\x07<cmd>&");
+    assert_eq!(
+        json["released_by_exec"]["program"],
+        "/bin/\\x1b]2;exec'd\\x07"
+    );
     let names: Vec<&str> = json["stacks"]
         .as_array()
         .unwrap()

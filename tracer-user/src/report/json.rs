@@ -35,7 +35,7 @@ struct Document<'a> {
     memory: Option<Memory>,
     /// Set when the target exec'd, which ended the trace.
     #[serde(skip_serializing_if = "Option::is_none")]
-    released_by_exec: Option<&'a crate::model::ExecEnd>,
+    released_by_exec: Option<ExecOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mapping_unavailable: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +43,14 @@ struct Document<'a> {
     age_buckets: [&'static str; 5],
     samples: Vec<SampleOut>,
     stacks: Vec<StackOut<'a>>,
+}
+
+/// [`crate::model::ExecEnd`] with the program's name shown (it is the target's).
+#[derive(Serialize)]
+struct ExecOut<'a> {
+    program: Cow<'a, str>,
+    released_allocations: u64,
+    released_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -239,7 +247,11 @@ impl Render for Json {
                     explained_share: r.explained_share(),
                 },
             }),
-            released_by_exec: rec.exec.as_ref(),
+            released_by_exec: rec.exec.as_ref().map(|exec| ExecOut {
+                program: shown(&exec.program),
+                released_allocations: exec.released_allocations,
+                released_bytes: exec.released_bytes,
+            }),
             mapping_unavailable: rec.mapping_unavailable.as_deref().map(shown),
             ages_unavailable: rec.ages_unavailable.as_deref().map(shown),
             age_buckets: AGE_LABELS,

@@ -211,6 +211,11 @@ mod tests {
         let mut json = valid();
         json["sample_bytes"] = 0.into();
         refused(&json, "sampling mean 0");
+        let mut json = valid();
+        json["exec"] = serde_json::json!({
+            "program": "/bin/x", "released_allocations": 1, "released_bytes": u64::MAX
+        });
+        refused(&json, "released by exec");
     }
 
     #[test]

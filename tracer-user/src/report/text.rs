@@ -72,7 +72,7 @@ impl Render for Text {
                 human_bytes(exec.released_bytes),
                 exec.released_bytes,
                 exec.released_allocations,
-                exec.program
+                shown(&exec.program)
             )?;
         }
         if let Some(r) = &analysis.reconciliation {

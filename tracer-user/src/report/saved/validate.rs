@@ -47,6 +47,13 @@ pub fn check(rec: &Recording) -> Result<(), Invalid> {
     }
     check_samples(rec)?;
     check_stacks(rec)?;
+    if let Some(exec) = &rec.exec {
+        figure("the bytes released by exec", [exec.released_bytes])?;
+        figure(
+            "the allocations released by exec",
+            [exec.released_allocations],
+        )?;
+    }
     let c = &rec.counters;
     figure(
         "the bytes of untracked allocations",
