@@ -1,7 +1,8 @@
 //! Harness for leakhound's integration tests: C targets that know their own outstanding bytes
 //! (targets/*.c), the real leakhound binary run against them, and the comparison of the two.
 //!
-//! Tests that need root call [`require_root!`]; every test that runs leakhound holds
+//! Tests that need root are `#[ignore]`d with that reason (`cargo xtask test` runs them as root,
+//! with `--include-ignored`); every test that runs leakhound holds
 //! [`serial()`], since the machine has 2 cores and the probe checks need no other tracer.
 
 pub mod container;
@@ -23,22 +24,6 @@ use std::time::Instant;
 
 use process::{Proc, TIMEOUT};
 use report::Truth;
-
-/// Returns from the test, with a printed skip, unless it runs as root.
-#[macro_export]
-macro_rules! require_root {
-    ($test:expr) => {
-        if !$crate::is_root() {
-            println!("skipped: {} needs root", $test);
-            return;
-        }
-    };
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 pub mod paths {
     use std::path::{Path, PathBuf};

@@ -3,14 +3,12 @@
 use std::process::Command;
 
 use tests::targets;
-use tests::{
-    assert_matches_truth, leakhound_bin, require_root, serial, trace_attached, trace_launched,
-};
+use tests::{assert_matches_truth, leakhound_bin, serial, trace_attached, trace_launched};
 
 /// Attach to a running target, let it allocate, stop leakhound with SIGINT.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn attach_mode_matches_truth() {
-    require_root!("attach_mode_matches_truth");
     let _serial = serial();
     let (truth, folded) =
         trace_attached("attach_mode_matches_truth", &targets::alloc_family(), &[]);
@@ -19,8 +17,8 @@ fn attach_mode_matches_truth() {
 
 /// Launch the target under leakhound; its stdout (the truth) comes through leakhound's.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn launch_mode_matches_truth() {
-    require_root!("launch_mode_matches_truth");
     let _serial = serial();
     let (truth, folded) = trace_launched(
         "launch_mode_matches_truth",
@@ -34,8 +32,8 @@ fn launch_mode_matches_truth() {
 /// Kernels before 6.6 have no multi-uprobe links: leakhound then attaches one perf event per
 /// probe. The tests' kernel has both, so this forces the older path and checks it too.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn perf_event_uprobes_match_truth() {
-    require_root!("perf_event_uprobes_match_truth");
     let _serial = serial();
     let mut via = Command::new(leakhound_bin());
     via.env("LEAKHOUND_TEST_PERF_UPROBES", "1");

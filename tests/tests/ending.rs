@@ -6,13 +6,13 @@ use tests::process::TIMEOUT;
 use tests::targets::{self, Target};
 use tests::{
     AttachedTrace, Run, arg, assert_matches_truth, attach_to_truth_target, paths, read_report,
-    require_root, serial,
+    serial,
 };
 
 /// SIGTERM, with two outputs whose formats come from their extensions.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn sigterm_writes_every_output() {
-    require_root!("sigterm_writes_every_output");
     let _serial = serial();
     let dir = paths::scratch("sigterm_writes_every_output");
     let text = dir.join("out.txt");
@@ -46,8 +46,8 @@ fn sigterm_writes_every_output() {
 
 /// The target dies by SIGKILL while traced: leakhound notices on its own.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn target_killed_mid_trace() {
-    require_root!("target_killed_mid_trace");
     let _serial = serial();
     let AttachedTrace {
         mut target,
@@ -67,8 +67,8 @@ fn target_killed_mid_trace() {
 /// `--duration 2s` ends the trace by itself; with no --output the report goes to stdout,
 /// in the format --format names.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn duration_stops_by_itself() {
-    require_root!("duration_stops_by_itself");
     let _serial = serial();
     let mut target = Target::start(&targets::alloc_family(), &[]);
 

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use tests::process::{Proc, TIMEOUT};
 use tests::targets::{self, Target};
-use tests::{Run, arg, leakhound_bin, probes, require_root, serial};
+use tests::{Run, arg, leakhound_bin, probes, serial};
 
 /// A pid that no process has: counting down from the top of the pid space.
 fn unused_pid() -> libc::pid_t {
@@ -22,8 +22,8 @@ fn unused_pid() -> libc::pid_t {
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn nonexistent_pid() {
-    require_root!("nonexistent_pid");
     let _serial = serial();
     let pid = unused_pid().to_string();
     Run::start(&["record", "--pid", &pid])
@@ -33,8 +33,8 @@ fn nonexistent_pid() {
 
 /// A zombie: exited but not yet reaped, so /proc/PID is still there.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn exited_pid() {
-    require_root!("exited_pid");
     let _serial = serial();
     let zombie = Proc::spawn(Command::new("true"), "true", true);
     assert!(zombie.wait_exited_unreaped(TIMEOUT), "`true` did not exit");
@@ -47,8 +47,8 @@ fn exited_pid() {
 
 /// Without root (and without CAP_BPF) the hint says which capabilities are needed.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn not_root() {
-    require_root!("not_root");
     let _serial = serial();
     if Command::new("setpriv").arg("--version").output().is_err() {
         println!("skipped: not_root needs setpriv (util-linux)");
@@ -84,8 +84,8 @@ fn not_root() {
 /// A static executable with no symbol table and no Go runtime: nothing names its allocator.
 /// (With its symbol table it is traced: tests/allocators.rs, `static_glibc_from_symtab`.)
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn stripped_static_binary_attach() {
-    require_root!("stripped_static_binary_attach");
     let _serial = serial();
     let target = Target::start(&targets::static_target_stripped(), &[]);
     let pid = target.pid().to_string();
@@ -96,8 +96,8 @@ fn stripped_static_binary_attach() {
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn stripped_static_binary_launch() {
-    require_root!("stripped_static_binary_launch");
     let _serial = serial();
     let exe = targets::static_target_stripped();
     let outcome = Run::start(&["record", "--", arg(&exe), "--now", "--exit"]).finish();
@@ -112,8 +112,8 @@ fn stripped_static_binary_launch() {
 
 /// `--alloc-lib` naming a library without the named malloc is refused before anything runs.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn alloc_lib_without_malloc() {
-    require_root!("alloc_lib_without_malloc");
     let _serial = serial();
     let exe = targets::alloc_family();
     let outcome = Run::start(&[
@@ -149,8 +149,8 @@ fn malformed_duration() {
 /// An attach that fails half-way (injected after 6 probes) must detach what it had attached,
 /// and a launched command must never run.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn failed_attach_leaves_nothing_behind() {
-    require_root!("failed_attach_leaves_nothing_behind");
     let _serial = serial();
     let mut target = Target::start(&targets::alloc_family(), &[]);
     let pid = target.pid().to_string();

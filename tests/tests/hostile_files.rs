@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tests::container::{Container, HostFile, peak_rss_bytes};
 use tests::report::Truth;
-use tests::{Outcome, Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
+use tests::{Outcome, Run, arg, assert_matches_truth, paths, read_report, serial};
 
 /// A trace of the container's target by host PID, for `duration`.
 struct Traced {
@@ -119,8 +119,8 @@ impl Traced {
 
 /// S2: the container's perf map is a symlink to a host-only, root-only file.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn perf_map_linked_to_a_host_file_is_not_read() {
-    require_root!("perf_map_linked_to_a_host_file_is_not_read");
     let _serial = serial();
     let secret = "HOST_SECRET_FRAME";
     let host = HostFile::new(
@@ -139,8 +139,8 @@ fn perf_map_linked_to_a_host_file_is_not_read() {
 
 /// The control for S2: the container's own perf map, a regular file, names its code.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn perf_map_inside_the_container_names_its_code() {
-    require_root!("perf_map_inside_the_container_names_its_code");
     let _serial = serial();
     let mut container = Container::start(&tests::targets::anon_code());
     let stub = container
@@ -168,8 +168,8 @@ fn perf_map_inside_the_container_names_its_code() {
 
 /// S3: perf maps that would hang a reader or exhaust its memory.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn perf_maps_that_are_fifos_devices_or_giants_neither_hang_nor_exhaust() {
-    require_root!("perf_maps_that_are_fifos_devices_or_giants_neither_hang_nor_exhaust");
     let _serial = serial();
     let cases = [
         ("fifo", "mkfifo /tmp/perf-1.map"),
@@ -203,8 +203,8 @@ fn perf_maps_that_are_fifos_devices_or_giants_neither_hang_nor_exhaust() {
 /// S4: after the target mapped libc, the container turns libc's path into a link to a host
 /// file (a copy of libc that the target never mapped). leakhound attaches to what is mapped.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn mapped_library_turned_into_a_link_to_a_host_file() {
-    require_root!("mapped_library_turned_into_a_link_to_a_host_file");
     let _serial = serial();
     let libc_path = "/usr/lib/x86_64-linux-gnu/libc.so.6";
     let host = HostFile::new(
@@ -230,8 +230,8 @@ fn mapped_library_turned_into_a_link_to_a_host_file() {
 /// refused unopened. leakhound then says it found no allocator, and never attaches to the host
 /// file or hangs.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn without_map_files_a_planted_library_path_is_resolved_in_the_container() {
-    require_root!("without_map_files_a_planted_library_path_is_resolved_in_the_container");
     let _serial = serial();
     let host = HostFile::new(
         "s4-fallback",

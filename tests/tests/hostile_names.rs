@@ -5,9 +5,7 @@
 use std::process::Command;
 
 use tests::targets::{self, Target};
-use tests::{
-    Run, arg, assert_matches_truth, leakhound_bin, paths, read_report, require_root, serial,
-};
+use tests::{Run, arg, assert_matches_truth, leakhound_bin, paths, read_report, serial};
 
 /// Any control character but the newline that ends a line, or an XML noncharacter.
 fn assert_shows_no_raw_controls(what: &str, text: &str) {
@@ -20,8 +18,8 @@ fn assert_shows_no_raw_controls(what: &str, text: &str) {
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn hostile_perf_map_names_stay_data() {
-    require_root!("hostile_perf_map_names_stay_data");
     let _serial = serial();
     let scratch = paths::scratch("hostile_perf_map_names_stay_data");
     let out = |name: &str| scratch.join(name);

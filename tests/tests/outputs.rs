@@ -2,13 +2,13 @@
 //! each on its own at the end, so that one failure does not lose the other reports.
 
 use tests::targets::{self, Target};
-use tests::{Run, arg, assert_matches_truth, paths, read_report, require_root, serial};
+use tests::{Run, arg, assert_matches_truth, paths, read_report, serial};
 
 /// A missing directory and a directory given as a file are both named, before the command
 /// runs or anything is attached.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn unwritable_outputs_are_refused_before_attaching() {
-    require_root!("unwritable_outputs_are_refused_before_attaching");
     let _serial = serial();
     let scratch = paths::scratch("unwritable_outputs_are_refused_before_attaching");
     let missing = scratch.join("no/such/dir/report.txt");
@@ -42,8 +42,8 @@ fn unwritable_outputs_are_refused_before_attaching() {
 /// A directory removed during the trace fails its report only: the others are written, the
 /// failure is named on its own line, and the exit status says something failed.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn one_failed_output_does_not_lose_the_others() {
-    require_root!("one_failed_output_does_not_lose_the_others");
     let _serial = serial();
     let scratch = paths::scratch("one_failed_output_does_not_lose_the_others");
     let doomed_dir = scratch.join("removed-during-the-trace");
@@ -121,8 +121,8 @@ fn a_crafted_recording_is_refused_in_one_line() {
 /// tracked are a line of their own in the folded report and a frame in the flame graph, with
 /// the count the JSON report gives, rather than missing without a word.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn untracked_allocations_are_visible_in_the_flame_graph_formats() {
-    require_root!("untracked_allocations_are_visible_in_the_flame_graph_formats");
     let _serial = serial();
     let scratch = paths::scratch("untracked_allocations_are_visible_in_the_flame_graph_formats");
     let (folded, svg, json) = (

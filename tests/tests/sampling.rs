@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use tests::{arg, attach_to_truth_target, paths, read_report, require_root, serial, targets};
+use tests::{arg, attach_to_truth_target, paths, read_report, serial, targets};
 
 /// Mean bytes between samples: 44 MB of kept blocks give about 2,700 samples.
 const MEAN: u64 = 16 * 1024;
@@ -35,8 +35,8 @@ fn estimates(report: &Value, known: &[&str]) -> BTreeMap<String, (u64, f64)> {
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn sampled_estimates_hold_the_truth_within_their_intervals() {
-    require_root!("sampled_estimates_hold_the_truth_within_their_intervals");
     let _serial = serial();
     let test = "sampled_estimates_hold_the_truth_within_their_intervals";
     let json = paths::scratch(test).join("out.json");

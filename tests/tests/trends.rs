@@ -4,7 +4,7 @@
 use serde_json::Value;
 use tests::frame_pointer_targets::growth_shapes;
 use tests::targets::Target;
-use tests::{Run, arg, paths, read_report, require_root, serial};
+use tests::{Run, arg, paths, read_report, serial};
 
 /// The JSON report's stacks whose leaf-most frame is `function`.
 fn stacks_of<'a>(stacks: &'a [Value], function: &str) -> Vec<(usize, &'a Value)> {
@@ -34,8 +34,8 @@ fn describe(stack: &Value) -> String {
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn leak_grows_cache_and_churn_do_not() {
-    require_root!("leak_grows_cache_and_churn_do_not");
     let _serial = serial();
     let dir = paths::scratch("leak_grows_cache_and_churn_do_not");
     let json = dir.join("out.json");

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tests::report::{FoldedLine, Truth, parse_folded, within_tolerance};
 use tests::targets;
-use tests::{require_root, serial, trace_attached, trace_launched};
+use tests::{serial, trace_attached, trace_launched};
 
 /// Bytes of the lines whose frames contain `path` (`a;b;c`) as a consecutive run.
 fn bytes_through(lines: &[FoldedLine], path: &str) -> u64 {
@@ -55,8 +55,8 @@ fn attach_and_check(test: &str, exe: &Path) {
 /// Each unwind request is answered as it is read: a burst from new call sites must not fill
 /// the request buffer while a backlog is read, which would leave allocations pending.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn a_burst_from_new_call_sites_lands_on_whole_stacks() {
-    require_root!("a_burst_from_new_call_sites_lands_on_whole_stacks");
     attach_and_check(
         "a_burst_from_new_call_sites_lands_on_whole_stacks",
         &targets::call_site_burst(),
@@ -64,14 +64,14 @@ fn a_burst_from_new_call_sites_lands_on_whole_stacks() {
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn call_chain_without_frame_pointers() {
-    require_root!("call_chain_without_frame_pointers");
     attach_and_check("call_chain_without_frame_pointers", &targets::call_chain());
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn cxx_callers_above_operator_new_and_strdup() {
-    require_root!("cxx_callers_above_operator_new_and_strdup");
     attach_and_check(
         "cxx_callers_above_operator_new_and_strdup",
         &targets::cxx_strings(),
@@ -79,16 +79,16 @@ fn cxx_callers_above_operator_new_and_strdup() {
 }
 
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn thread_stacks_reach_their_entry() {
-    require_root!("thread_stacks_reach_their_entry");
     attach_and_check("thread_stacks_reach_their_entry", &targets::thread_entry());
 }
 
 /// Launched, the first allocations come before any rule is known: every one of them goes
 /// through a miss and a repair, and still lands on its whole stack.
 #[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn launched_call_chain_is_repaired_from_the_first_allocation() {
-    require_root!("launched_call_chain_is_repaired_from_the_first_allocation");
     let _serial = serial();
     let (truth, folded) = trace_launched("launched_call_chain", None, &targets::call_chain(), &[]);
     assert_paths(&truth, &folded);

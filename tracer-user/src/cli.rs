@@ -174,6 +174,10 @@ pub struct RecordArgs {
     /// Also save the whole recording here (JSON), to render again with `leakhound report`.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+    /// Show the kernel programs' own diagnostics (map updates that fail other than full),
+    /// under the log target `leakhound::kernel`; as `RUST_LOG=leakhound::kernel=debug`.
+    #[arg(long)]
+    pub log_kernel: bool,
     /// Live allocations tracked at once (kernel map size).
     #[arg(long, default_value_t = MapSizes::default().max_allocs, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,

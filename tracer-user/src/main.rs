@@ -11,8 +11,15 @@ use tracer_user::{
 };
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    // Read at load to decide whether the kernel programs log at all (kernel::loader).
+    if matches!(&cli.command, Command::Record(args) if args.log_kernel) {
+        logger.filter_module("leakhound::kernel", log::LevelFilter::Debug);
+    }
+    logger.init();
+    match cli.command {
         Command::Record(args) => record(args),
         Command::Report(args) => replay(&args.into_config()),
         Command::DebugJvm(args) => {
