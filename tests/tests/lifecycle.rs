@@ -46,7 +46,15 @@ fn launched_command_survives_job_control() {
     let _serial = serial();
     let out = paths::scratch("launched_command_survives_job_control").join("out.folded");
     let exe = targets::job_control();
-    let mut run = Run::start(&["record", "-o", arg(&out), "--", arg(&exe), "--now"]);
+    // In a process group of its own, in this session: the kernel discards SIGTSTP sent to a
+    // process group with no parent outside it in the session (an orphaned group, as a test run
+    // from a script or CI can be), and the test's own process keeps this one from being that.
+    let mut leakhound = std::process::Command::new(tests::leakhound_bin());
+    std::os::unix::process::CommandExt::process_group(&mut leakhound, 0);
+    let mut run = Run::start_with(
+        leakhound,
+        &["record", "-o", arg(&out), "--", arg(&exe), "--now"],
+    );
     let stdout = &run.proc.stdout;
     let ready = stdout
         .next(Instant::now() + TIMEOUT, "`ready <pid>`")
