@@ -536,6 +536,97 @@ pub mod counter {
     pub const UNWIND_MISS_LOST: u32 = 13;
     /// How many counters there are.
     pub const COUNT: u32 = 14;
+
+    /// Whether a counter is activity, or data that was lost.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        Activity,
+        Loss,
+    }
+
+    /// One counter: its index in the kernel's array, its name in recordings and reports, and
+    /// whether it counts a loss.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Info {
+        pub index: u32,
+        pub name: &'static str,
+        pub kind: Kind,
+    }
+
+    /// Every counter, in index order: the one list that readers and reports are built from or
+    /// checked against (each constant above says what it counts).
+    pub const ALL: [Info; COUNT as usize] = [
+        Info {
+            index: ALLOCATIONS,
+            name: "allocations",
+            kind: Kind::Activity,
+        },
+        Info {
+            index: FREES,
+            name: "frees",
+            kind: Kind::Activity,
+        },
+        Info {
+            index: ALLOC_MAP_FULL,
+            name: "alloc_map_full",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: ALLOC_MAP_FULL_BYTES,
+            name: "alloc_map_full_bytes",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: STACK_FAILED,
+            name: "stack_failed",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: FREE_UNKNOWN,
+            name: "free_unknown",
+            kind: Kind::Activity,
+        },
+        Info {
+            index: RETURN_WITHOUT_ENTRY,
+            name: "return_without_entry",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: STALE_ENTRY,
+            name: "stale_entry",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: THREAD_MAP_FULL,
+            name: "thread_map_full",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: EVENTS_LOST,
+            name: "events_lost",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: TOTALS_MAP_FULL,
+            name: "totals_map_full",
+            kind: Kind::Loss,
+        },
+        Info {
+            index: ADDRESS_REUSED,
+            name: "address_reused",
+            kind: Kind::Activity,
+        },
+        Info {
+            index: FAILED_CALLS,
+            name: "failed_calls",
+            kind: Kind::Activity,
+        },
+        Info {
+            index: UNWIND_MISS_LOST,
+            name: "unwind_miss_lost",
+            kind: Kind::Loss,
+        },
+    ];
 }
 
 #[cfg(feature = "user")]
@@ -567,6 +658,19 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_counter_list_is_complete_and_in_order() {
+        for (i, info) in counter::ALL.iter().enumerate() {
+            assert_eq!(info.index as usize, i, "{} is out of order", info.name);
+        }
+        let mut names: [&str; counter::COUNT as usize] = counter::ALL.map(|info| info.name);
+        names.sort_unstable();
+        assert!(
+            names.windows(2).all(|w| w[0] != w[1]),
+            "names repeat: {names:?}"
+        );
+    }
 
     #[test]
     fn truncations_and_rule_kinds_decode_both_ways() {

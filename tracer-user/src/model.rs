@@ -303,3 +303,23 @@ impl Recording {
 pub fn cmp_frame_names(a: &[Frame], b: &[Frame]) -> std::cmp::Ordering {
     a.iter().map(|f| &f.name).cmp(b.iter().map(|f| &f.name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_counters_are_the_counter_list() {
+        let json = serde_json::to_value(KernelCounters::default()).expect("serializes");
+        let mut fields: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed: Vec<&str> = tracer_common::counter::ALL.iter().map(|c| c.name).collect();
+        fields.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(fields, listed);
+    }
+}

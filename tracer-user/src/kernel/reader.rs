@@ -76,33 +76,23 @@ fn read_hash<K: Pod + Eq + Hash, V: Pod>(
     Ok((entries, false))
 }
 
+/// Every counter of `tracer_common::counter::ALL`, summed over CPUs, into the fields of the
+/// same names.
 pub fn counters(maps: &KernelMaps) -> Result<KernelCounters, TracerError> {
-    let read = |index: u32| -> Result<u64, TracerError> {
-        let values = maps
+    let mut values = serde_json::Map::new();
+    for info in counter::ALL {
+        let per_cpu = maps
             .counters
-            .get(&index, 0)
+            .get(&info.index, 0)
             .map_err(|source| TracerError::Map {
                 map: "COUNTERS",
                 source: Box::new(source),
             })?;
-        Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
-    };
-    Ok(KernelCounters {
-        allocations: read(counter::ALLOCATIONS)?,
-        frees: read(counter::FREES)?,
-        alloc_map_full: read(counter::ALLOC_MAP_FULL)?,
-        alloc_map_full_bytes: read(counter::ALLOC_MAP_FULL_BYTES)?,
-        stack_failed: read(counter::STACK_FAILED)?,
-        free_unknown: read(counter::FREE_UNKNOWN)?,
-        return_without_entry: read(counter::RETURN_WITHOUT_ENTRY)?,
-        stale_entry: read(counter::STALE_ENTRY)?,
-        thread_map_full: read(counter::THREAD_MAP_FULL)?,
-        events_lost: read(counter::EVENTS_LOST)?,
-        totals_map_full: read(counter::TOTALS_MAP_FULL)?,
-        address_reused: read(counter::ADDRESS_REUSED)?,
-        failed_calls: read(counter::FAILED_CALLS)?,
-        unwind_miss_lost: read(counter::UNWIND_MISS_LOST)?,
-    })
+        let sum = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+        values.insert(info.name.to_owned(), sum.into());
+    }
+    // The model's fields are checked against the list (model.rs), so this cannot miss one.
+    serde_json::from_value(values.into()).map_err(|err| TracerError::Io(std::io::Error::other(err)))
 }
 
 /// Caches stacks by key: a key is a hash of the frames, so its frames never change.

@@ -272,3 +272,37 @@ impl Render for Json {
         writeln!(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::counter::{ALL, Kind};
+
+    use crate::{
+        model::Recording,
+        report::{Format, Report},
+    };
+
+    /// Every kernel counter is in the JSON report: losses under `drops`, the rest under
+    /// `activity`, by the name the counter list gives it.
+    #[test]
+    fn every_counter_is_reported_where_its_kind_says() {
+        let recording = Recording::default();
+        let mut out = Vec::new();
+        Format::Json
+            .renderer(20)
+            .render(&Report::new(&recording), &mut out)
+            .expect("renders");
+        let json: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        for counter in ALL {
+            let section = match counter.kind {
+                Kind::Loss => "drops",
+                Kind::Activity => "activity",
+            };
+            assert!(
+                json[section].get(counter.name).is_some(),
+                "{} is missing from `{section}`",
+                counter.name
+            );
+        }
+    }
+}
