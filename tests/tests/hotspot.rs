@@ -108,6 +108,14 @@ fn compiled_java_methods_resolve_through_the_code_heaps_of_a_jvm_without_flags()
 fn compiled_java_methods_resolve_in_other_installed_jdks() {
     let test = "compiled_java_methods_resolve_in_other_installed_jdks";
     require_program!(test, "javac", "-version");
+    for_other_jdks(test, |home| {
+        check_jvm(test, &home.join("bin/java"), &home.join("bin/jcmd"));
+    });
+}
+
+/// Runs `check` on the home of every other installed JDK, under the serial lock; a machine
+/// with none says so and passes.
+fn for_other_jdks(test: &str, mut check: impl FnMut(&Path)) {
     let others = other_jdks();
     if others.is_empty() {
         println!("skipped: {test} found no JDK but the default one under /usr/lib/jvm");
@@ -116,7 +124,7 @@ fn compiled_java_methods_resolve_in_other_installed_jdks() {
     let _serial = serial();
     for home in others {
         eprintln!("{test}: {}", home.display());
-        check_jvm(test, &home.join("bin/java"), &home.join("bin/jcmd"));
+        check(&home);
     }
 }
 
@@ -482,17 +490,10 @@ fn a_jvm_without_flags_gets_whole_stacks_through_compiled_frames() {
 fn whole_stacks_through_compiled_frames_in_other_installed_jdks() {
     let test = "whole_stacks_through_compiled_frames_in_other_installed_jdks";
     require_program!(test, "javac", "-version");
-    let others = other_jdks();
-    if others.is_empty() {
-        println!("skipped: {test} found no JDK but the default one under /usr/lib/jvm");
-        return;
-    }
-    let _serial = serial();
-    for home in others {
-        eprintln!("{test}: {}", home.display());
+    for_other_jdks(test, |home| {
         let (kept, lines, report) = trace_jvm_with(test, &home.join("bin/java"), &[]);
         assert_whole_stacks(kept, &lines, &report);
-    }
+    });
 }
 
 /// All of `kept` is in stacks that run from the VM's entry through `main` and `serve` in the
