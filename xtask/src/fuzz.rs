@@ -54,7 +54,10 @@ pub fn fuzz(root: &Path, seconds: u64) -> Result<()> {
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             // One input may take at most 10 s and 2 GiB: more is a finding too.
-            .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"]));
+            .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
+            // No line per new input (hundreds of thousands in a CI log); a crash and the final
+            // statistics are still printed.
+            .arg("-verbosity=0"));
         if let Err(err) = result {
             eprintln!("xtask: fuzz target {target} failed: {err:#}");
             crashed.push(target);
