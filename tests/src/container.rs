@@ -5,7 +5,8 @@
 //! The container shares the host's root otherwise, so a file meant to be seen only by the host
 //! lives under the host's /tmp ([`HostFile`]): inside the container that path names nothing,
 //! and a symlink to it resolves to a host file only if leakhound resolves it against its own
-//! root instead of the container's.
+//! root instead of the container's. The host's /tmp stays reachable inside at /mnt, for a
+//! checkout (and so the targets) under /tmp ([`inside`]).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,23 @@ use std::time::Instant;
 use crate::process::{Proc, TIMEOUT, only_child};
 use crate::report::Truth;
 use crate::targets::read_truth;
+
+/// Shell commands that make a container's /tmp its own, keeping the host's at /mnt.
+pub const SETUP: &str = "mount --bind /tmp /mnt && mount -t tmpfs tmpfs /tmp";
+
+/// A host path as a process in the container reaches it: the host's /tmp is at /mnt there.
+pub fn inside(path: &Path) -> String {
+    let path = path.to_string_lossy();
+    match path.strip_prefix("/tmp/") {
+        Some(rest) => format!("/mnt/{rest}"),
+        None => path.into_owned(),
+    }
+}
+
+/// A word quoted for `sh -c`.
+pub fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
 
 pub struct Container {
     proc: Proc,
@@ -30,8 +48,7 @@ impl Container {
         let mut unshare = Command::new("unshare");
         unshare
             .args(["--mount", "--pid", "--fork", "--mount-proc", "sh", "-c"])
-            .arg(r#"mount -t tmpfs tmpfs /tmp && exec "$0""#)
-            .arg(exe);
+            .arg(format!("{SETUP} && exec {}", quote(&inside(exe))));
         let proc = Proc::spawn(unshare, "container", true);
         let mut preamble = Vec::new();
         let deadline = Instant::now() + TIMEOUT;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::container::{SETUP, inside, quote};
 use crate::process::{Proc, TIMEOUT, only_child};
 use crate::report::Truth;
 use crate::targets::{self, read_truth};
@@ -55,8 +56,7 @@ impl FakeJvm {
         // The program and the library are reached through /mnt if they are under /tmp,
         // which the tmpfs hides; the trap's path is the host's, as a planted link names it.
         let mut script = format!(
-            "mount --bind /tmp /mnt && mount -t tmpfs tmpfs /tmp && exec setpriv --reuid={NOBODY} \
-             --regid={NOBODY} --clear-groups -- {} {} {mode}",
+            "{SETUP} && exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- {} {} {mode}",
             quote(&inside(&targets::fake_jvm())),
             quote(&inside(&targets::fake_libjvm())),
         );
@@ -108,17 +108,4 @@ impl FakeJvm {
         assert!(status.success(), "the fake JVM exited with {status}");
         said
     }
-}
-
-/// A host path as the fake JVM reaches it: the host's /tmp is at /mnt in its namespace.
-fn inside(path: &Path) -> String {
-    let path = path.to_string_lossy();
-    match path.strip_prefix("/tmp/") {
-        Some(rest) => format!("/mnt/{rest}"),
-        None => path.into_owned(),
-    }
-}
-
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use tests::container::{SETUP, inside, quote};
 use tests::process::{Proc, TIMEOUT};
 use tests::report::{FoldedLine, Truth, parse_folded};
 use tests::runtimes::{self, bytes_through, within_percent};
@@ -44,16 +45,10 @@ enum Place {
 /// stays reachable at /mnt inside (the mount is the namespace's own), and arguments under /tmp
 /// are rewritten to it: the checkout, and so the runtime's script or classes, may be under /tmp.
 fn in_container(cmd: &Command) -> Command {
-    let mut script = String::from("mount --bind /tmp /mnt && mount -t tmpfs tmpfs /tmp && exec");
+    let mut script = format!("{SETUP} && exec");
     for word in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
-        let word = word.to_string_lossy();
-        let word = match word.strip_prefix("/tmp/") {
-            Some(rest) => format!("/mnt/{rest}"),
-            None => word.into_owned(),
-        };
-        script.push_str(" '");
-        script.push_str(&word.replace('\'', "'\\''"));
-        script.push('\'');
+        script.push(' ');
+        script.push_str(&quote(&inside(Path::new(word))));
     }
     let mut unshare = Command::new("unshare");
     unshare
