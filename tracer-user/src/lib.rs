@@ -10,6 +10,7 @@ pub mod cli;
 pub mod code_refresh;
 pub mod config;
 pub mod errors;
+pub mod events;
 pub mod exec_watch;
 pub mod exit_watch;
 pub mod jit;

@@ -4,6 +4,7 @@ use clap::Parser as _;
 use tracer_user::{
     cli::{Cli, Command},
     config::{Output, ReportConfig},
+    events::Events,
     model::Recording,
     output_files,
     report::{self, Format, Report},
@@ -42,7 +43,7 @@ fn record(args: tracer_user::cli::RecordArgs) -> ExitCode {
     if refuse_bad_outputs(&config.outputs) {
         return ExitCode::FAILURE;
     }
-    let outcome = session::record(&config);
+    let outcome = session::record(&config, Events::stderr());
 
     // Whatever was gathered is written, even when the session ended in an error.
     let mut failed = false;

@@ -23,6 +23,7 @@ use crate::{
     code_refresh::{self, CodeRefresher, TargetCode},
     config::RecordConfig,
     errors::TracerError,
+    events::{Event, Events},
     exec_watch::ExecWatch,
     exit_watch::{self, ChildExit},
     kernel::{
@@ -34,7 +35,6 @@ use crate::{
     mapping_tracker::MappingTracker,
     model::{Origin, ProcessMemory, Recording},
     process::TargetProcess,
-    report::{estimate_mark, human_bytes},
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
     unwind::MissHandler,
@@ -53,7 +53,8 @@ pub struct Outcome {
     pub detaching: Option<Detaching>,
 }
 
-pub fn record(config: &RecordConfig) -> Outcome {
+/// Runs one session; what it says while it runs (attach, progress, notices) goes to `events`.
+pub fn record(config: &RecordConfig, events: Events) -> Outcome {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -67,10 +68,10 @@ pub fn record(config: &RecordConfig) -> Outcome {
             };
         }
     };
-    runtime.block_on(record_async(config))
+    runtime.block_on(record_async(config, events))
 }
 
-async fn record_async(config: &RecordConfig) -> Outcome {
+async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
     // Handlers go in first, so a Ctrl-C during attach still ends in an orderly detach.
     let (mut sigint, mut sigterm) = match (
         signal(SignalKind::interrupt()),
@@ -85,7 +86,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
             };
         }
     };
-    let mut session = match Session::start(config) {
+    let mut session = match Session::start(config, events) {
         Ok(session) => session,
         Err(error) => {
             return Outcome {
@@ -140,7 +141,7 @@ async fn record_async(config: &RecordConfig) -> Outcome {
                 if let Some(totals) = session.take_sample(started)
                     && report_every.is_some()
                 {
-                    session.print_progress(started, &totals, config.sample_bytes.is_some());
+                    session.send_progress(started, &totals, config.sample_bytes.is_some());
                 }
             }
             _ = tick.tick() => {
@@ -232,6 +233,8 @@ struct Session {
     code: Arc<Mutex<TargetCode>>,
     /// The kernel programs' log, with `--log-kernel`.
     kernel_log: Option<AsyncFd<KernelLog>>,
+    /// Where attach, progress and notices go.
+    said: Events,
     /// Rereads the target's code (mappings, perf maps, a JVM's perf map) off this thread.
     refresher: CodeRefresher,
     mappings: MappingTracker,
@@ -241,7 +244,7 @@ struct Session {
 }
 
 impl Session {
-    fn start(config: &RecordConfig) -> Result<Self, TracerError> {
+    fn start(config: &RecordConfig, said: Events) -> Result<Self, TracerError> {
         preflight()?;
         let attach_started = Instant::now();
         let mut prepared = target::prepare(&config.target, &config.alloc_libs)?;
@@ -312,16 +315,13 @@ impl Session {
                 )
             }
         };
-        let links = match probes.multi_uprobe_links {
-            0 => String::new(),
-            n => format!(", {n} multi-uprobe links"),
-        };
-        eprintln!(
-            "leakhound: attached to pid {pid} ({}, {} probes{links}) in {:.0} ms",
-            prepared.hooked_summary(),
-            probes.uprobes_attached + probes.tracepoints_attached,
-            elapsed_ms(attach_started)
-        );
+        said.send(Event::Attached {
+            pid,
+            hooked: prepared.hooked_summary(),
+            probes: probes.uprobes_attached + probes.tracepoints_attached,
+            multi_uprobe_links: probes.multi_uprobe_links,
+            millis: elapsed_ms(attach_started),
+        });
         let mapping_unavailable = probes.mapping_unavailable.clone();
         let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&code))
             .map_err(TracerError::Io)?;
@@ -338,6 +338,7 @@ impl Session {
             code,
             refresher,
             kernel_log,
+            said,
             mappings: MappingTracker::default(),
             mapping_unavailable,
             timeline: Timeline::default(),
@@ -365,10 +366,10 @@ impl Session {
             |_| "another program".to_owned(),
             |path| path.display().to_string(),
         );
-        eprintln!(
-            "leakhound: pid {} exec'd {program}: tracing ends here (leakhound does not follow an exec); what the old program held was released by the exec",
+        self.said.notice(format!(
+            "pid {} exec'd {program}: tracing ends here (leakhound does not follow an exec); what the old program held was released by the exec",
             self.target.pid
-        );
+        ));
         self.exec_program = Some(program);
         "exec".to_owned()
     }
@@ -390,7 +391,7 @@ impl Session {
     }
 
     /// `estimated`: under byte sampling, where malloc-family figures are estimates.
-    fn print_progress(
+    fn send_progress(
         &self,
         started: Instant,
         totals: &HashMap<u64, StackTotals>,
@@ -409,14 +410,15 @@ impl Session {
             + counters.stack_failed
             + counters.events_lost
             + counters.thread_map_full;
-        let estimate = estimate_mark(estimated);
-        eprintln!(
-            "leakhound: [{:>6.1}s] outstanding {estimate}{} in {estimate}{allocations} allocations + {} mapped, {} stacks, lost {lost}",
-            started.elapsed().as_secs_f64(),
-            human_bytes(bytes),
-            human_bytes(mapped),
-            totals.len() + held.len(),
-        );
+        self.said.send(Event::Progress {
+            secs: started.elapsed().as_secs_f64(),
+            bytes,
+            allocations,
+            estimated,
+            mapped_bytes: mapped,
+            stacks: totals.len() + held.len(),
+            lost,
+        });
     }
 
     /// One point of the timeline: every stack's outstanding bytes, and the target's memory.
@@ -500,10 +502,10 @@ impl Session {
             .refresher
             .finish(FINAL_REFRESH_WAIT, gathered.exec.is_none())
         {
-            eprintln!(
-                "leakhound: the target's code was not reread within {:.1} s; frames of code loaded since the last refresh may be unnamed",
+            self.said.notice(format!(
+                "the target's code was not reread within {:.1} s; frames of code loaded since the last refresh may be unnamed",
                 FINAL_REFRESH_WAIT.as_secs_f64()
-            );
+            ));
         }
         // Everything is read: the report need not wait for the detach.
         let detaching = probes.detach_in_background();
@@ -525,10 +527,10 @@ impl Session {
         let unnamed = TargetCode::default();
         let held = code_refresh::lock_within(&self.code, FINAL_REFRESH_WAIT);
         if held.is_none() {
-            eprintln!(
-                "leakhound: the target's files did not answer within {:.1} s; frames are left unnamed",
+            self.said.notice(format!(
+                "the target's files did not answer within {:.1} s; frames are left unnamed",
                 FINAL_REFRESH_WAIT.as_secs_f64()
-            );
+            ));
         }
         let code: &TargetCode = held.as_deref().unwrap_or(&unnamed);
         // HotSpot's own metadata names Java frames before a perf map does.

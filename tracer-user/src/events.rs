@@ -1,0 +1,157 @@
+//! What a session says while it runs: that it attached, its progress, and notices. They leave
+//! the session through an [`Events`] handle rather than being printed where they happen, so
+//! that a live view (or a test) can subscribe; the binary prints them on stderr.
+
+use std::{fmt, sync::Arc};
+
+use crate::report::{estimate_mark, human_bytes};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The probes are placed: what was hooked, how many probes and links, in how long.
+    Attached {
+        pid: u32,
+        hooked: String,
+        probes: usize,
+        multi_uprobe_links: usize,
+        millis: f64,
+    },
+    /// One `--interval` line: outstanding bytes and allocations (estimates under sampling),
+    /// mapped bytes, stacks and losses so far.
+    Progress {
+        secs: f64,
+        bytes: u64,
+        allocations: u64,
+        estimated: bool,
+        mapped_bytes: u64,
+        stacks: usize,
+        lost: u64,
+    },
+    /// Something the user should hear of, said once (an exec, a slow target).
+    Notice(String),
+}
+
+/// As leakhound prints them on stderr; the tests read these lines.
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Attached {
+                pid,
+                hooked,
+                probes,
+                multi_uprobe_links,
+                millis,
+            } => {
+                write!(
+                    f,
+                    "leakhound: attached to pid {pid} ({hooked}, {probes} probes"
+                )?;
+                if *multi_uprobe_links > 0 {
+                    write!(f, ", {multi_uprobe_links} multi-uprobe links")?;
+                }
+                write!(f, ") in {millis:.0} ms")
+            }
+            Self::Progress {
+                secs,
+                bytes,
+                allocations,
+                estimated,
+                mapped_bytes,
+                stacks,
+                lost,
+            } => {
+                let estimate = estimate_mark(*estimated);
+                write!(
+                    f,
+                    "leakhound: [{secs:>6.1}s] outstanding {estimate}{} in {estimate}{allocations} allocations + {} mapped, {stacks} stacks, lost {lost}",
+                    human_bytes(*bytes),
+                    human_bytes(*mapped_bytes),
+                )
+            }
+            Self::Notice(text) => write!(f, "leakhound: {text}"),
+        }
+    }
+}
+
+/// Where a session's events go; cheap to clone, callable from any thread.
+#[derive(Clone)]
+pub struct Events(Arc<dyn Fn(Event) + Send + Sync>);
+
+impl Events {
+    pub fn new(sink: impl Fn(Event) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(sink))
+    }
+
+    /// Every event as a line on stderr.
+    pub fn stderr() -> Self {
+        Self::new(|event| eprintln!("{event}"))
+    }
+
+    pub fn send(&self, event: Event) {
+        (self.0)(event);
+    }
+
+    pub fn notice(&self, text: impl Into<String>) {
+        self.send(Event::Notice(text.into()));
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn events_read_as_the_lines_leakhound_always_printed() {
+        let attached = Event::Attached {
+            pid: 42,
+            hooked: "/usr/lib/libc.so.6".into(),
+            probes: 30,
+            multi_uprobe_links: 5,
+            millis: 81.4,
+        };
+        assert_eq!(
+            attached.to_string(),
+            "leakhound: attached to pid 42 (/usr/lib/libc.so.6, 30 probes, 5 multi-uprobe links) in 81 ms"
+        );
+        let progress = Event::Progress {
+            secs: 2.0,
+            bytes: 2048,
+            allocations: 2,
+            estimated: false,
+            mapped_bytes: 0,
+            stacks: 1,
+            lost: 0,
+        };
+        assert!(
+            progress
+                .to_string()
+                .starts_with("leakhound: [   2.0s] outstanding ")
+        );
+    }
+
+    #[test]
+    fn a_subscriber_sees_every_event() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let events = {
+            let seen = Arc::clone(&seen);
+            Events::new(move |event| seen.lock().unwrap().push(event))
+        };
+        events.clone().notice("first");
+        events.notice("second");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                Event::Notice("first".into()),
+                Event::Notice("second".into())
+            ]
+        );
+    }
+}
