@@ -391,12 +391,7 @@ impl Session {
     }
 
     /// `estimated`: under byte sampling, where malloc-family figures are estimates.
-    fn send_progress(
-        &self,
-        started: Instant,
-        totals: &HashMap<u64, StackTotals>,
-        estimated: bool,
-    ) {
+    fn send_progress(&self, started: Instant, totals: &HashMap<u64, StackTotals>, estimated: bool) {
         let Some(probes) = &self.probes else { return };
         let (mut bytes, mut allocations) = (0u64, 0u64);
         for totals in totals.values() {
