@@ -160,14 +160,19 @@ fn assert_ended_by_exec(
     );
 }
 
-/// Attached by PID, the target execs `/bin/sleep` (the same libc, so the probes reach the new
-/// program too): the trace ends at once, and the old program's blocks are released.
-#[test]
-#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
-fn exec_ends_an_attached_trace() {
-    let _serial = serial();
-    let dir = paths::scratch("exec_ends_an_attached_trace");
-    let mut target = targets::Target::start(&targets::exec_after_leak(), &[]);
+/// `targets/exec_after_leak.c` with `args`, leakhound attached by PID writing JSON and text
+/// under the test's scratch directory, and the target's truth once it has leaked.
+fn attached_exec_target(
+    test: &str,
+    args: &[&str],
+) -> (
+    std::path::PathBuf,
+    targets::Target,
+    Run,
+    tests::report::Truth,
+) {
+    let dir = paths::scratch(test);
+    let mut target = targets::Target::start(&targets::exec_after_leak(), args);
     let pid = target.pid().to_string();
     let mut run = Run::start(&[
         "record",
@@ -181,6 +186,16 @@ fn exec_ends_an_attached_trace() {
     run.wait_attached();
     target.go();
     let truth = target.read_truth();
+    (dir, target, run, truth)
+}
+
+/// Attached by PID, the target execs `/bin/sleep` (the same libc, so the probes reach the new
+/// program too): the trace ends at once, and the old program's blocks are released.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn exec_ends_an_attached_trace() {
+    let _serial = serial();
+    let (dir, mut target, run, truth) = attached_exec_target("exec_ends_an_attached_trace", &[]);
     let exec_at = Instant::now();
     target.proc.write_line("exec");
     let outcome = run.finish();
@@ -199,21 +214,10 @@ fn exec_ends_an_attached_trace() {
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn exec_into_a_program_that_exits_at_once() {
     let _serial = serial();
-    let dir = paths::scratch("exec_into_a_program_that_exits_at_once");
-    let mut target = targets::Target::start(&targets::exec_after_leak(), &["--then", "/bin/true"]);
-    let pid = target.pid().to_string();
-    let mut run = Run::start(&[
-        "record",
-        "--pid",
-        &pid,
-        "-o",
-        arg(&dir.join("out.json")),
-        "-o",
-        arg(&dir.join("out.txt")),
-    ]);
-    run.wait_attached();
-    target.go();
-    let truth = target.read_truth();
+    let (dir, mut target, run, truth) = attached_exec_target(
+        "exec_into_a_program_that_exits_at_once",
+        &["--then", "/bin/true"],
+    );
     target.proc.write_line("exec");
     assert!(target.proc.wait_exit(TIMEOUT).success(), "/bin/true failed");
     let outcome = run.finish();
