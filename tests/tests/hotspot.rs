@@ -370,24 +370,7 @@ fn trace_jvm_with(
 ) -> (u64, Vec<tests::report::FoldedLine>, String) {
     let dir = paths::scratch(test);
     let out = dir.join("out.folded");
-    let classes = runtimes::java_classes();
-    let mut cmd = Command::new(java);
-    cmd.arg("-Xmx64m")
-        .args(flags)
-        .arg("-cp")
-        .arg(&classes)
-        .args(["JitLeak", "200"])
-        .current_dir(&dir);
-    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
-        cmd.env_remove(var);
-    }
-    let mut jvm = Proc::spawn(cmd, test, true);
-    let ready = jvm
-        .stdout
-        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
-        .expect("ready line");
-    let pid = jvm.pid().to_string();
-    assert_eq!(ready.trim_end(), format!("ready {pid}"));
+    let (mut jvm, pid) = start_jit_leak(test, java, flags, &dir);
 
     let text = dir.join("out.txt");
     let mut run = Run::start(&["record", "--pid", &pid, "-o", arg(&out), "-o", arg(&text)]);
@@ -616,22 +599,12 @@ fn a_jvm_that_exits_before_the_report_keeps_its_java_frames() {
     let _serial = serial();
     let dir = paths::scratch(test);
     let out = dir.join("out.folded");
-    let classes = runtimes::java_classes();
-    let mut cmd = Command::new("java");
-    cmd.args(["-Xmx64m", "-XX:+DisableAttachMechanism", "-cp"])
-        .arg(&classes)
-        .args(["JitLeak", "200"])
-        .current_dir(&dir);
-    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
-        cmd.env_remove(var);
-    }
-    let mut jvm = Proc::spawn(cmd, test, true);
-    let ready = jvm
-        .stdout
-        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
-        .expect("ready line");
-    let pid = jvm.pid().to_string();
-    assert_eq!(ready.trim_end(), format!("ready {pid}"));
+    let (mut jvm, pid) = start_jit_leak(
+        test,
+        Path::new("java"),
+        &["-XX:+DisableAttachMechanism"],
+        &dir,
+    );
     // Progress lines every 250 ms tell when leakhound's loop has gone round since the target
     // allocated, answering the kernel's requests for unwind rules (and naming the frames
     // then): a JVM that exits before that leaves nothing to read.
@@ -692,4 +665,27 @@ fn a_jvm_that_exits_before_the_report_keeps_its_java_frames() {
             .any(|line| line.frames.iter().filter(|f| *f == "Interpreter").count() == 2),
         "main and serve named as Interpreter frames:\n{report}"
     );
+}
+
+/// `JitLeak 200` on `java` with `flags` and a 64 MiB heap, none of the launcher's option
+/// variables, in `dir`; returns it once it said `ready`, with its PID.
+fn start_jit_leak(test: &str, java: &Path, flags: &[&str], dir: &Path) -> (Proc, String) {
+    let mut cmd = Command::new(java);
+    cmd.arg("-Xmx64m")
+        .args(flags)
+        .arg("-cp")
+        .arg(runtimes::java_classes())
+        .args(["JitLeak", "200"])
+        .current_dir(dir);
+    for var in ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
+        cmd.env_remove(var);
+    }
+    let jvm = Proc::spawn(cmd, test, true);
+    let ready = jvm
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("ready line");
+    let pid = jvm.pid().to_string();
+    assert_eq!(ready.trim_end(), format!("ready {pid}"));
+    (jvm, pid)
 }
