@@ -367,8 +367,10 @@ impl Session {
             |path| path.display().to_string(),
         );
         self.said.notice(format!(
-            "pid {} exec'd {program}: tracing ends here (leakhound does not follow an exec); what the old program held was released by the exec",
-            self.target.pid
+            "pid {} exec'd {}: tracing ends here (leakhound does not follow an exec); what the old program held was released by the exec",
+            self.target.pid,
+            // The target names its program: data, escaped like every name.
+            crate::names::shown(&program)
         ));
         self.exec_program = Some(program);
         "exec".to_owned()
