@@ -467,6 +467,73 @@ fn a_jvm_without_flags_gets_whole_stacks_through_compiled_frames() {
     }
 }
 
+/// With `-Xint` nothing is compiled: every Java method runs in HotSpot's one interpreter, whose
+/// return addresses say nothing of the method. The kernel walk reads each interpreted frame's
+/// `Method*` and bytecode index, so the leaking method and its callers are named, each at the
+/// line of its call, with all of the method's bytes.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn interpreted_java_methods_are_named_from_their_frames() {
+    let test = "interpreted_java_methods_are_named_from_their_frames";
+    require_program!(test, "java", "-version");
+    require_program!(test, "javac", "-version");
+    let _serial = serial();
+    let (kept, lines, report) = trace_jvm(test, &["-Xint"]);
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/JitLeak.java"))
+            .expect("JitLeak.java");
+    // The line of the first line holding `needle` after the one holding `after`.
+    let line_of = |after: &str, needle: &str| {
+        let start = source
+            .lines()
+            .position(|line| line.contains(after))
+            .unwrap_or_else(|| panic!("{after:?} in JitLeak.java"));
+        source
+            .lines()
+            .skip(start)
+            .position(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} after {after:?} in JitLeak.java"))
+            + start
+            + 1
+    };
+    // Root first, as the folded report has them.
+    let chain = ["JitLeak.main", "JitLeak.serve", "JitLeak.acceptConnection"];
+    let named: u64 = lines
+        .iter()
+        .filter(|line| line.frames.windows(chain.len()).any(|w| w == chain))
+        .map(|line| line.bytes)
+        .sum();
+    eprintln!("JitLeak.acceptConnection interpreted: truth {kept}, named {named}");
+    assert!(
+        within_percent(kept, named, 5),
+        "stacks through {chain:?} hold {named} bytes, the target kept {kept}; report:\n{report}"
+    );
+    // Each at the line of its call, from the bytecode index read from its frame.
+    for expected in [
+        format!(
+            "JitLeak.acceptConnection at JitLeak.java:{}",
+            line_of("static void acceptConnection", "unsafe.allocateMemory(")
+        ),
+        format!(
+            "JitLeak.serve at JitLeak.java:{}",
+            line_of("static void serve", "acceptConnection(id);")
+        ),
+        format!(
+            "JitLeak.main at JitLeak.java:{}",
+            line_of("public static void main", "serve(connections);")
+        ),
+    ] {
+        assert!(
+            report.contains(&expected),
+            "the text report should show {expected:?}; it is:\n{report}"
+        );
+    }
+    assert!(
+        !report.contains("    Interpreter in [jit]"),
+        "no interpreted frame is left unnamed; report:\n{report}"
+    );
+}
+
 /// The same with every other JDK installed under /usr/lib/jvm.
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
@@ -480,7 +547,8 @@ fn whole_stacks_through_compiled_frames_in_other_installed_jdks() {
 }
 
 /// All of `kept` is in stacks that run from the VM's entry through `main` and `serve` in the
-/// interpreter to the compiled `JitLeak.acceptConnection`.
+/// interpreter, each named (no bare `Interpreter` frame), to the compiled
+/// `JitLeak.acceptConnection`.
 fn assert_whole_stacks(kept: u64, lines: &[tests::report::FoldedLine], report: &str) {
     // Root first: the VM's entry, then main and serve in the interpreter, then the method.
     let whole: u64 = lines
@@ -492,16 +560,23 @@ fn assert_whole_stacks(kept: u64, lines: &[tests::report::FoldedLine], report: &
             else {
                 return false;
             };
+            // Interpreted frames are named by the Method* the kernel walk read from each.
             let between = line.frames.get(entry + 1..method).unwrap_or_default();
-            between.iter().filter(|f| *f == "Interpreter").count() == 2
+            let named: Vec<&str> = between
+                .iter()
+                .filter(|f| f.starts_with("JitLeak."))
+                .map(|f| f.split(' ').next().unwrap_or(f))
+                .collect();
+            named == ["JitLeak.main", "JitLeak.serve"]
+                && !between.iter().any(|f| f == "Interpreter")
         })
         .map(|line| line.bytes)
         .sum();
     eprintln!("JitLeak.acceptConnection: truth {kept}, in whole stacks {whole}");
     assert!(
         within_percent(kept, whole, 5),
-        "stacks from JavaCalls::call_helper through two interpreted frames (main, serve) to \
-         JitLeak.acceptConnection hold {whole} bytes, the target kept {kept}; report:\n{report}"
+        "stacks from JavaCalls::call_helper through the named interpreted frames JitLeak.main \
+         and JitLeak.serve to JitLeak.acceptConnection hold {whole} bytes, the target kept {kept}; report:\n{report}"
     );
 }
 

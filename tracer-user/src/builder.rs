@@ -244,7 +244,7 @@ fn stack_frames(
         .collect();
     let mut frames = name(&addrs);
     match raw.truncation {
-        Truncation::Pending => frames.insert(0, Frame::named("[unwind pending]")),
+        Truncation::Pending => frames.insert(0, Frame::named(crate::model::UNWIND_PENDING)),
         Truncation::DepthLimit => frames.insert(0, Frame::named("[truncated]")),
         Truncation::Complete => {}
     }
@@ -518,6 +518,8 @@ mod tests {
         let pending = find_path(&recording, &["[unwind pending]", "f1010"]);
         assert_eq!((whole.live_bytes, pending.live_bytes), (64, 64));
         assert_eq!(whole.total_bytes + pending.total_bytes, 256);
+        // What stays under the partial stack is a loss the reports list.
+        assert_eq!(recording.unwind_pending(), (pending.live_allocations, 64));
         assert_eq!(find(&recording, "[lost stack]").live_bytes, 64);
         let mapping = find_path(&recording, &["[truncated]", "f3030", "f5050"]);
         assert_eq!(

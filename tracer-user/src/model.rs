@@ -254,7 +254,30 @@ pub struct ExecEnd {
     pub released_bytes: u64,
 }
 
+/// The root frame of a stack whose walk stopped at an address with no unwind rule and was
+/// never repaired: its allocations are counted, under the frames that were walked.
+pub const UNWIND_PENDING: &str = "[unwind pending]";
+
 impl Recording {
+    /// Allocations and bytes still under an [`UNWIND_PENDING`] stack: a loss of frames, not of
+    /// bytes, which the reports list with the other losses.
+    pub fn unwind_pending(&self) -> (u64, u64) {
+        self.stacks
+            .iter()
+            .filter(|stack| {
+                stack
+                    .frames
+                    .first()
+                    .is_some_and(|f| f.name == UNWIND_PENDING)
+            })
+            .fold((0, 0), |(allocations, bytes), stack| {
+                (
+                    allocations + stack.live_allocations,
+                    bytes + stack.live_bytes,
+                )
+            })
+    }
+
     pub fn live_bytes(&self) -> u64 {
         self.stacks.iter().map(|stack| stack.live_bytes).sum()
     }

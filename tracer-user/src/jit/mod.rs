@@ -451,12 +451,8 @@ fn warn_jvm(target: &TargetProcess) -> bool {
             target.pid
         );
     }
-    if jvm_flag(&cmdline, &environ, "PreserveFramePointer") != Some(true) {
-        eprintln!(
-            "leakhound: java (pid {}) runs without -XX:+PreserveFramePointer: stacks may stop at the first JIT-compiled Java method",
-            target.pid
-        );
-    }
+    // -XX:+PreserveFramePointer is only mentioned where HotSpot's metadata cannot be read
+    // (hotspot::frames): with it, compiled frames unwind by their recorded frame sizes.
     attachable
 }
 

@@ -79,6 +79,9 @@ struct Drops {
     stale_entry: u64,
     malformed_events: u64,
     unwind_miss_lost: u64,
+    /// Allocations (and their bytes) still under an `[unwind pending]` stack at the end.
+    unwind_pending_allocations: u64,
+    unwind_pending_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -222,6 +225,8 @@ impl Render for Json {
                 stale_entry: c.stale_entry,
                 malformed_events: rec.mapping.malformed_events,
                 unwind_miss_lost: c.unwind_miss_lost,
+                unwind_pending_allocations: rec.unwind_pending().0,
+                unwind_pending_bytes: rec.unwind_pending().1,
             },
             activity: Activity {
                 allocations: c.allocations,

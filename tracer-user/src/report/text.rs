@@ -306,10 +306,18 @@ fn write_frames(stack: &StackRecord, out: &mut dyn io::Write) -> io::Result<()> 
 
 fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
     let c = &rec.counters;
-    let losses: [(u64, String); 9] = [
+    let (pending, pending_bytes) = rec.unwind_pending();
+    let losses: [(u64, String); 10] = [
+        (
+            pending,
+            format!(
+                "allocations left under [unwind pending] ({}), their stacks not walked whole",
+                human_bytes(pending_bytes)
+            ),
+        ),
         (
             c.unwind_miss_lost,
-            "allocations left under [unwind pending], their unwind request lost to a full buffer"
+            "unwind requests lost to a full buffer (their allocations stay under [unwind pending])"
                 .into(),
         ),
         (

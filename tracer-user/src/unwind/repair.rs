@@ -147,10 +147,6 @@ impl MissHandler {
         };
         let mut code = crate::code_refresh::lock(modules);
         let mut used: Vec<(u64, UnwindRule)> = Vec::new();
-        // The layout the kernel is given below, so that this walk reads the frames' slots as
-        // the kernel walk will.
-        let mut layout = RuntimeLayout::default();
-        code.frame_kinds().fill_layout(&mut layout);
         let memory = ProcessMemory::new(target.pid);
         let walk = |code: &TargetCode, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
             let mut unknown = None;
@@ -160,6 +156,10 @@ impl MissHandler {
                 bp: miss.bp,
             };
             let kinds = code.frame_kinds();
+            // The layout the kernel is given below, so that this walk reads the frames' slots
+            // as the kernel walk will. A runtime's metadata is read at its first frame, while
+            // this walk asks for rules, so the layout is taken when a frame needs it.
+            let mut layout = RuntimeLayout::default();
             let walked = unwind_copy(
                 regs,
                 &copy,
@@ -175,6 +175,7 @@ impl MissHandler {
                 },
                 // A frame's slots are in the copy; what they point to is read from the target.
                 |kind, bp| {
+                    kinds.fill_layout(&mut layout);
                     identity_word(kind, &layout, bp, |at| {
                         copy.read(at)
                             .or_else(|| memory.read_u64(TargetAddr(at)).ok())

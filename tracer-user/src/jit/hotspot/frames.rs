@@ -313,7 +313,8 @@ fn attach(pid: u32, failed: u32) -> Reader {
         Err(err) => {
             if failed == 0 {
                 eprintln!(
-                    "leakhound: cannot read HotSpot's metadata in pid {pid}: {err}; Java frames are named from the perf map only"
+                    "leakhound: cannot read HotSpot's metadata in pid {pid}: {err}; Java frames are named from the perf map only{}",
+                    frame_pointer_hint(pid)
                 );
             } else {
                 log::debug!(
@@ -330,6 +331,19 @@ fn attach(pid: u32, failed: u32) -> Reader {
                 }
             }
         }
+    }
+}
+
+/// Without its metadata, compiled Java frames unwind only by frame pointers: what a JVM
+/// without -XX:+PreserveFramePointer loses then.
+fn frame_pointer_hint(pid: u32) -> &'static str {
+    let read = |what| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+    if crate::jit::jvm_flag(&read("cmdline"), &read("environ"), "PreserveFramePointer")
+        == Some(true)
+    {
+        ""
+    } else {
+        "; without -XX:+PreserveFramePointer, stacks may also stop at the first compiled Java method"
     }
 }
 
