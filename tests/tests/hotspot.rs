@@ -479,6 +479,25 @@ fn interpreted_java_methods_are_named_from_their_frames() {
     require_program!(test, "javac", "-version");
     let _serial = serial();
     let (kept, lines, report) = trace_jvm(test, &["-Xint"]);
+    assert_interpreted_frames_named(kept, &lines, &report);
+}
+
+/// The same with every other JDK installed under /usr/lib/jvm (JDK 21 and later keep their
+/// method flags and line tables in another form).
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn interpreted_java_methods_are_named_in_other_installed_jdks() {
+    let test = "interpreted_java_methods_are_named_in_other_installed_jdks";
+    require_program!(test, "javac", "-version");
+    for_other_jdks(test, |home| {
+        let (kept, lines, report) = trace_jvm_with(test, &home.join("bin/java"), &["-Xint"]);
+        assert_interpreted_frames_named(kept, &lines, &report);
+    });
+}
+
+/// All of `kept` is in stacks through the interpreted `main`, `serve` and `acceptConnection`,
+/// each named at the line of its call, and no interpreted frame is left unnamed.
+fn assert_interpreted_frames_named(kept: u64, lines: &[tests::report::FoldedLine], report: &str) {
     let source =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/JitLeak.java"))
             .expect("JitLeak.java");

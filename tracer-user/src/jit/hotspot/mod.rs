@@ -30,7 +30,7 @@ use codecache::{BlobNames, CodeBlob, CodeCacheLayout, CodeHeap};
 use libjvm::Libjvm;
 pub use memory::{Memory, MemoryError, ProcessMemory, TargetAddr};
 use names::{MethodKey, MethodLayout, MethodName};
-use scopes::ScopeLayout;
+use scopes::{LineLayout, ScopeLayout};
 use vmstructs::{TableSymbols, VmStructs};
 
 use crate::process::root::RootError;
@@ -78,6 +78,8 @@ pub struct HotspotVm<M> {
     methods: MethodLayout,
     /// `None` on JDKs whose inlining records this reader does not know.
     scopes: Option<ScopeLayout>,
+    /// `None` where HotSpot does not describe its line-number tables.
+    lines: Option<LineLayout>,
     heaps: Vec<CodeHeap>,
     blob_names: BlobNames,
     method_names: HashMap<MethodKey, Arc<MethodName>>,
@@ -126,6 +128,9 @@ impl<M: Memory> HotspotVm<M> {
         let code_cache = CodeCacheLayout::new(&structs)?;
         let methods = MethodLayout::new(&structs)?;
         let scopes = ScopeLayout::new(&structs);
+        let lines = LineLayout::new(&structs)
+            .inspect_err(|err| log::debug!("no line numbers: {err}"))
+            .ok();
         let heaps = code_cache.read_heaps(&memory)?;
         Ok(Self {
             memory,
@@ -134,6 +139,7 @@ impl<M: Memory> HotspotVm<M> {
             code_cache,
             methods,
             scopes,
+            lines,
             heaps,
             blob_names: BlobNames::default(),
             method_names: HashMap::new(),
@@ -240,7 +246,7 @@ impl<M: Memory> HotspotVm<M> {
     ) -> Result<JavaFrame, HotspotError> {
         let name = self.method_name(method)?;
         let bci = bci.map(i32::from);
-        let line = match (&self.scopes, bci) {
+        let line = match (&self.lines, bci) {
             (Some(layout), Some(bci)) => layout.line(&self.memory, method, bci).unwrap_or(None),
             _ => None,
         };

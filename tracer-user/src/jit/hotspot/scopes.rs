@@ -49,11 +49,49 @@ pub struct ScopeLayout {
     pc_offset: Field,
     scope_decode_offset: Field,
     invocation_entry_bci: i32,
+    lines: LineLayout,
+}
+
+/// Where a method's line-number table is: after its bytecodes in its `ConstMethod`, when a
+/// flag says it has one. JDK 17 keeps the flags in a `u2` (`ConstMethod::_flags`), JDK 21 and
+/// later in `ConstMethodFlags` (`ConstMethod::_flags._flags`), whose constants are named for
+/// that type; those JDKs also write the table's numbers with an excluded zero byte
+/// (`UNSIGNED5`, every byte one more).
+#[derive(Clone, Debug)]
+pub struct LineLayout {
     const_method: Field,
     const_method_size: u64,
     code_size: Field,
     flags: Field,
     has_line_table: u64,
+    excluded_bytes: u32,
+}
+
+impl LineLayout {
+    pub fn new(vm: &VmStructs) -> Result<Self, HotspotError> {
+        let (flags, constant, excluded_bytes) = match vm.field("ConstMethod", "_flags") {
+            Ok(flags) => (flags, "ConstMethod::_has_linenumber_table", 0),
+            Err(_) => (
+                vm.field("ConstMethod", "_flags._flags")?,
+                "ConstMethodFlags::_misc_has_linenumber_table",
+                1,
+            ),
+        };
+        Ok(Self {
+            const_method: vm.field("Method", "_constMethod")?,
+            const_method_size: vm.size_of("ConstMethod")?,
+            code_size: vm.field("ConstMethod", "_code_size")?,
+            flags,
+            has_line_table: vm
+                .int_constants
+                .get(constant)
+                .map(|&bit| u64::from(bit as u32))
+                .ok_or_else(|| HotspotError::MissingType {
+                    type_name: constant.to_owned(),
+                })?,
+            excluded_bytes,
+        })
+    }
 }
 
 impl ScopeLayout {
@@ -74,17 +112,7 @@ impl ScopeLayout {
                     .get("InvocationEntryBci")
                     .copied()
                     .unwrap_or(-1),
-                const_method: vm.field("Method", "_constMethod")?,
-                const_method_size: vm.size_of("ConstMethod")?,
-                code_size: vm.field("ConstMethod", "_code_size")?,
-                flags: vm.field("ConstMethod", "_flags")?,
-                has_line_table: vm
-                    .int_constants
-                    .get("ConstMethod::_has_linenumber_table")
-                    .map(|&bit| u64::from(bit as u32))
-                    .ok_or_else(|| HotspotError::MissingType {
-                        type_name: "ConstMethod::_has_linenumber_table".to_owned(),
-                    })?,
+                lines: LineLayout::new(vm)?,
             })
         };
         layout()
@@ -214,6 +242,18 @@ impl ScopeLayout {
         Ok(scopes)
     }
 
+    /// See [`LineLayout::line`].
+    pub fn line(
+        &self,
+        memory: &impl Memory,
+        method: TargetAddr,
+        bci: i32,
+    ) -> Result<Option<u32>, HotspotError> {
+        self.lines.line(memory, method, bci)
+    }
+}
+
+impl LineLayout {
     /// The source line of `bci` in the method at `method`, from its line-number table;
     /// `None` when it has none (or the bci is at the entry, -1, where line 0 would be a lie).
     pub fn line(
@@ -251,7 +291,7 @@ impl ScopeLayout {
             // Pairs are decoded again from the start of what was read: tables are short.
             let mut reader = LineTable::default();
             let mut best: Option<(u64, u32)> = None;
-            let mut stream = Unsigned5::new(&bytes);
+            let mut stream = Unsigned5::with_excluded(&bytes, self.excluded_bytes);
             let mut ended = false;
             while let Some(pair) = reader.next(&mut stream) {
                 match pair {
@@ -279,13 +319,29 @@ impl ScopeLayout {
 pub struct Unsigned5<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// What each byte of a number was written plus: 0 up to JDK 20, 1 from JDK 21 (whose
+    /// `UNSIGNED5` never writes a zero byte).
+    excluded: u32,
 }
 
 impl<'a> Unsigned5<'a> {
     const L: u32 = 192;
 
     pub fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, at: 0 }
+        Self::with_excluded(bytes, 0)
+    }
+
+    pub fn with_excluded(bytes: &'a [u8], excluded: u32) -> Self {
+        Self {
+            bytes,
+            at: 0,
+            excluded,
+        }
+    }
+
+    /// The next byte of a number, less the excluded bytes.
+    fn digit(&mut self) -> Option<u32> {
+        u32::from(self.byte()?).checked_sub(self.excluded)
     }
 
     fn byte(&mut self) -> Option<u8> {
@@ -296,14 +352,14 @@ impl<'a> Unsigned5<'a> {
 
     /// The next number; `None` when the bytes end inside it.
     pub fn read(&mut self) -> Option<u32> {
-        let first = u32::from(self.byte()?);
+        let first = self.digit()?;
         if first < Self::L {
             return Some(first);
         }
         let mut sum = first;
         let mut shift = 6;
         for i in 1..=4 {
-            let byte = u32::from(self.byte()?);
+            let byte = self.digit()?;
             sum = sum.wrapping_add(byte << shift);
             if byte < Self::L || i == 4 {
                 return Some(sum);
@@ -505,6 +561,16 @@ mod tests {
             encode(raw, &mut bytes);
             assert_eq!(Unsigned5::new(&bytes).next_signed(), Some(signed));
         }
+    }
+
+    #[test]
+    fn numbers_from_jdk_21_on_exclude_the_zero_byte() {
+        // UNSIGNED5 writes every byte one more: 10 is 11; 200 is 201 then 1 (200 = 192 + 8,
+        // and nothing left for the second byte).
+        assert_eq!(Unsigned5::with_excluded(&[11], 1).read(), Some(10));
+        assert_eq!(Unsigned5::with_excluded(&[201, 1], 1).read(), Some(200));
+        // A zero byte is never written, and reads as nothing.
+        assert_eq!(Unsigned5::with_excluded(&[0], 1).read(), None);
     }
 
     #[test]
