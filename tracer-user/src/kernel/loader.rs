@@ -46,7 +46,7 @@ impl Default for MapSizes {
     fn default() -> Self {
         Self {
             max_allocs: 1 << 20,
-            max_stacks: 1 << 14,
+            max_stacks: 1 << 17,
             max_threads: 1 << 14,
             event_buffer: 1 << 20,
             stack_copy: tracer_common::STACK_COPY_BYTES as u64,
