@@ -158,6 +158,11 @@ pub struct RecordArgs {
     /// built without frame pointers shows whole stacks; fp follows frame pointers only.
     #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
+    /// Java and JavaScript frames from the runtime's own metadata (HotSpot's vmStructs, V8's
+    /// postmortem constants): compiled frames unwound by their recorded sizes, interpreted
+    /// frames named from their slots. `off` leaves frame pointers and perf maps.
+    #[arg(long, value_enum, default_value_t = RuntimeFrames::On)]
+    pub runtime_frames: RuntimeFrames,
     /// Bytes of stack copied when a CFI walk asks user space for a rule (512 to 8192). A stack
     /// deeper than the copy is repaired up to the copy's end and marked [truncated].
     #[arg(long, value_name = "BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(512..=8192))]
@@ -208,6 +213,7 @@ impl RecordArgs {
             sample_every: self.interval.unwrap_or(DEFAULT_SAMPLE_EVERY),
             min_age: self.min_age,
             unwind: self.unwind,
+            runtime_frames: self.runtime_frames == RuntimeFrames::On,
             top: self.output.top,
             outputs: self.output.into_outputs(self.save, Format::Text),
             sizes: MapSizes {
@@ -220,6 +226,13 @@ impl RecordArgs {
             sample_bytes: self.sample_bytes,
         }
     }
+}
+
+/// Whether runtime metadata names and unwinds Java and JavaScript frames (`--runtime-frames`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeFrames {
+    On,
+    Off,
 }
 
 /// `4096`, `512k`, `512KiB`, `1m`, `1MiB`, `1g`: binary multiples, case-insensitive.

@@ -40,6 +40,15 @@ pub struct TargetCode {
 }
 
 impl TargetCode {
+    /// What is known of a target's code; `runtime_frames`: whether the runtimes' own metadata
+    /// is read (`--runtime-frames`).
+    pub fn new(runtime_frames: bool) -> Self {
+        Self {
+            hotspot: HotspotFrames::new(runtime_frames),
+            ..Self::default()
+        }
+    }
+
     /// Every runtime name source, in the order they are believed: names taken when a stack
     /// was new, then the runtimes' own metadata, then their perf maps.
     pub fn runtime_names(&self) -> impl NameSource + '_ {

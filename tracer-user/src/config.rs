@@ -30,6 +30,8 @@ pub struct RecordConfig {
     pub min_age: Option<Duration>,
     /// How stacks are walked.
     pub unwind: crate::unwind::UnwindMode,
+    /// Whether the runtimes' own metadata names and unwinds their frames (`--runtime-frames`).
+    pub runtime_frames: bool,
     pub outputs: Vec<Output>,
     pub sizes: MapSizes,
     pub top: usize,

@@ -302,7 +302,7 @@ impl Session {
         let identities = IdentityWatch::new(rings.new_identified)?;
         let exec_watch = ExecWatch::new(rings.lifecycle_events)?;
 
-        let code = Arc::new(Mutex::new(TargetCode::default()));
+        let code = Arc::new(Mutex::new(TargetCode::new(config.runtime_frames)));
         let (exit, launched) = match prepared.child.take() {
             Some(mut child) => {
                 let exit = exit_watch::watch_child(prepared.process.clone(), Arc::clone(&code))?;

@@ -20,7 +20,8 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench|fuzz [SECONDS]>
   test   the whole suite: fmt, clippy, unit tests and the integration tests (as root), then
          each fuzz target for 30 s
   bench  overhead per malloc+free against the trap floor, bpftrace and heaptrack, and
-         leakhound's own costs with a million live blocks (as root; prints a table)
+         leakhound's own costs with a million live blocks, and the cost per allocation in a
+         JVM and a Node.js target (as root; prints a table); `bench runtimes`: the last alone
   fuzz   build the fuzz targets (fuzz/) and run each on its seed corpus for SECONDS
          (default 30)";
 
@@ -45,7 +46,11 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "bench" => {
             setup(&root)?;
-            bench::run(&root, &build_leakhound(&root)?)
+            bench::run(
+                &root,
+                &build_leakhound(&root)?,
+                env::args().nth(2).as_deref(),
+            )
         }
         "fuzz" => {
             let seconds = match env::args().nth(2) {

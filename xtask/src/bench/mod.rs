@@ -24,6 +24,7 @@ mod floor;
 mod live;
 mod micro;
 mod processes;
+mod runtimes;
 mod table;
 mod tracefs;
 
@@ -31,6 +32,7 @@ use floor::*;
 use live::*;
 use micro::*;
 use processes::*;
+use runtimes::*;
 use table::*;
 use tracefs::*;
 
@@ -46,10 +48,16 @@ const SAMPLE_BYTES: &str = "512k";
 /// How long a tracer may take to attach, or a round to finish, before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
-    ensure_packages(&["bpftrace", "heaptrack"])?;
+/// `only`: `runtimes` measures the JVM and Node.js rows alone.
+pub fn run(root: &Path, leakhound: &Path, only: Option<&str>) -> Result<()> {
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
+    if only == Some("runtimes") {
+        print_runtime_rows(&runtime_rows(root, leakhound, &out)?);
+        check_no_probes_left();
+        return Ok(());
+    }
+    ensure_packages(&["bpftrace", "heaptrack"])?;
     let alloc_bench = out.join("alloc_bench");
     let live_target = out.join("live_target");
     crate::run(
@@ -142,7 +150,9 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
     }
     let live = live_report(leakhound, &live_target, &out)?;
     attach_ms.push(live.attach_ms);
+    let runtimes = runtime_rows(root, leakhound, &out)?;
     print_table(&machine, &rows, &attach_ms, &live);
+    print_runtime_rows(&runtimes);
     check_no_probes_left();
     Ok(())
 }

@@ -79,6 +79,8 @@ const MAX_CAPTURED: usize = 1 << 18;
 #[derive(Debug, Default)]
 pub struct HotspotFrames {
     state: Mutex<State>,
+    /// `--runtime-frames off`: the JVM's metadata is never read.
+    off: bool,
 }
 
 impl State {
@@ -169,6 +171,14 @@ impl HotspotFrames {
         blob.code.contains(&TargetAddr(pc)).then(|| blob.key())
     }
 
+    /// Java frames of a target; `enabled`: whether its metadata may be read at all.
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            off: !enabled,
+            ..Self::default()
+        }
+    }
+
     /// Remembers the target; nothing is read until a frame needs a name.
     pub fn refresh(&mut self, target: &TargetProcess) {
         let state = self
@@ -178,6 +188,11 @@ impl HotspotFrames {
         if state.pid != Some(target.pid) {
             *state = State {
                 pid: Some(target.pid),
+                reader: if self.off {
+                    Reader::Unavailable
+                } else {
+                    Reader::Untried
+                },
                 ..State::default()
             };
         }
