@@ -260,7 +260,7 @@ impl Session {
                 execs_before_trace,
             )?;
             for object in &prepared.objects {
-                probes.attach_allocator(&object.kernel_path(), &object.points, pid)?;
+                probes.attach_allocator(&object.kernel_path(), &object.points)?;
             }
             probes.attach_tracepoints()?;
             Ok(probes)
