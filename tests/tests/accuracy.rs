@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use tests::targets;
-use tests::{assert_matches_truth, leakhound_bin, serial, trace_attached, trace_launched};
+use tests::{assert_matches_truth, serial, trace_attached, trace_launched};
 
 /// Attach to a running target, let it allocate, stop leakhound with SIGINT.
 #[test]
@@ -35,7 +35,7 @@ fn launch_mode_matches_truth() {
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn perf_event_uprobes_match_truth() {
     let _serial = serial();
-    let mut via = Command::new(leakhound_bin());
+    let mut via = Command::new(tests::leakhound_fault_bin());
     via.env("LEAKHOUND_TEST_PERF_UPROBES", "1");
     let (truth, folded) = trace_launched(
         "perf_event_uprobes_match_truth",
