@@ -221,7 +221,13 @@ impl Placed {
                 offset,
                 flavor,
             } => (
-                Some(library.display().to_string()),
+                // The descriptor leakhound opened names the file as this process sees it.
+                Some(
+                    std::fs::read_link(library)
+                        .unwrap_or_else(|_| library.to_owned())
+                        .display()
+                        .to_string(),
+                ),
                 Some(offset),
                 Some(flavor),
                 None,
