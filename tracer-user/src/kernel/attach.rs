@@ -46,7 +46,10 @@ pub struct Attachment<'a> {
     pub what: &'a str,
 }
 
-/// How the kernel was asked to run a program at its site.
+/// How the kernel was asked to run a program at its site. A new kind (uprobe sessions, Linux
+/// 6.12+: one program at entry and return) is a variant here, a [`Flavor`] for its rows in
+/// [`programs`], the program load and link attributes in `kernel-sys`, and its arm in
+/// `Probes::attach_table`; grouping ([`uprobe_groups`]) and the detach guarantee are shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mechanism {
