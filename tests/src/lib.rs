@@ -82,6 +82,35 @@ pub fn leakhound_bin() -> PathBuf {
     })
 }
 
+/// The leakhound binary built with the `fault-injection` feature, for the tests that make
+/// attaching fail on purpose: $LEAKHOUND_FAULT_BIN, else `leakhound-fault-injection` beside
+/// the binary of [`leakhound_bin`] (`cargo xtask test` builds it there). The shipped binary
+/// has no fault injection, so these tests cannot use it.
+pub fn leakhound_fault_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("LEAKHOUND_FAULT_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "LEAKHOUND_FAULT_BIN={} does not exist",
+            bin.display()
+        );
+        return bin;
+    }
+    let bin = leakhound_bin().with_file_name(FAULT_BIN_NAME);
+    assert!(
+        bin.is_file(),
+        "no {} (the binary with fault injection); `cargo xtask test` builds it, or: \
+         cargo build --release -p tracer-user --features fault-injection && \
+         cp target/release/leakhound target/release/{FAULT_BIN_NAME} && \
+         cargo build --release -p tracer-user",
+        bin.display()
+    );
+    bin
+}
+
+/// The file name of the binary with fault injection, beside the plain one.
+pub const FAULT_BIN_NAME: &str = "leakhound-fault-injection";
+
 /// Serializes every test that runs leakhound, across the threads of one test binary and across
 /// concurrent `cargo test` processes (the flock).
 pub struct Serial {

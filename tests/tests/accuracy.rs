@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use tests::targets;
-use tests::{assert_matches_truth, leakhound_bin, serial, trace_attached, trace_launched};
+use tests::{assert_matches_truth, serial, trace_attached, trace_launched};
 
 /// Attach to a running target, let it allocate, stop leakhound with SIGINT.
 #[test]
@@ -35,13 +35,28 @@ fn launch_mode_matches_truth() {
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn perf_event_uprobes_match_truth() {
     let _serial = serial();
-    let mut via = Command::new(leakhound_bin());
+    let mut via = Command::new(tests::leakhound_fault_bin());
     via.env("LEAKHOUND_TEST_PERF_UPROBES", "1");
+    let stats = tests::paths::scratch("perf_event_uprobes_stats").join("stats.json");
     let (truth, folded) = trace_launched(
         "perf_event_uprobes_match_truth",
         Some(via),
         &targets::alloc_family(),
-        &[],
+        &["--stats-json", tests::arg(&stats)],
     );
     assert_matches_truth(&truth, &folded);
+    // And the probes really were perf events.
+    let stats: serde_json::Value =
+        serde_json::from_str(&tests::read_report(&stats)).expect("the statistics parse");
+    let placed = stats["attach"]["placed"].as_array().expect("placed probes");
+    let uprobes: Vec<&serde_json::Value> = placed
+        .iter()
+        .filter(|row| row["tracepoint"].is_null())
+        .collect();
+    assert!(uprobes.len() > 10, "{placed:?}");
+    assert!(
+        uprobes.iter().all(|row| row["mechanism"] == "perf-event"),
+        "{uprobes:?}"
+    );
+    assert_eq!(stats["attach"]["multi_uprobe_links"], 0);
 }

@@ -146,6 +146,39 @@ fn malformed_duration() {
         .assert_failed();
 }
 
+/// The binary that ships has no fault injection: the variables that make the test build fail
+/// its attach, or refuse multi-uprobe links, change nothing in it.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn the_shipped_binary_ignores_fault_variables() {
+    let _serial = serial();
+    let mut cmd = Command::new(leakhound_bin());
+    cmd.env("LEAKHOUND_TEST_FAIL_ATTACH_AFTER", "0")
+        .env("LEAKHOUND_TEST_PERF_UPROBES", "1");
+    let outcome = Run::start_with(
+        cmd,
+        &[
+            "record",
+            "--",
+            arg(&targets::alloc_family()),
+            "--now",
+            "--exit",
+        ],
+    )
+    .finish();
+    outcome.assert_success();
+    assert!(
+        outcome
+            .stderr
+            .iter()
+            .any(|line| line.starts_with("leakhound: attached")
+                && line.contains("multi-uprobe links")),
+        "the shipped binary should attach with multi-uprobe links whatever the environment: {:?}",
+        outcome.stderr
+    );
+    probes::assert_clean("after the shipped binary ran with fault variables set");
+}
+
 /// An attach that fails half-way (injected after 6 probes) must detach what it had attached,
 /// and a launched command must never run.
 #[test]
@@ -154,7 +187,7 @@ fn failed_attach_leaves_nothing_behind() {
     let _serial = serial();
     let mut target = Target::start(&targets::alloc_family(), &[]);
     let pid = target.pid().to_string();
-    let mut cmd = Command::new(tests::leakhound_bin());
+    let mut cmd = Command::new(tests::leakhound_fault_bin());
     cmd.env("LEAKHOUND_TEST_FAIL_ATTACH_AFTER", "6");
     let outcome = Run::start_with(cmd, &["record", "--pid", &pid]).finish();
     outcome.assert_error("injected failure");
@@ -163,7 +196,7 @@ fn failed_attach_leaves_nothing_behind() {
     let _ = target.read_truth();
     target.release();
 
-    let mut cmd = Command::new(tests::leakhound_bin());
+    let mut cmd = Command::new(tests::leakhound_fault_bin());
     cmd.env("LEAKHOUND_TEST_FAIL_ATTACH_AFTER", "6");
     let outcome = Run::start_with(
         cmd,

@@ -170,3 +170,117 @@ fn untracked_allocations_are_visible_in_the_flame_graph_formats() {
         "the flame graph does not show the untracked bytes"
     );
 }
+
+/// `--stats-json` says where every probe went and what the report's steps took: each hooked
+/// function of libc has its programs at one offset with its kind as cookie, the probe count
+/// is the rows listed, and the counters are the JSON report's, number for number.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn stats_json_lists_every_probe_phase_and_counter() {
+    let _serial = serial();
+    let dir = paths::scratch("stats_json_lists_every_probe_phase_and_counter");
+    let (stats, report) = (dir.join("stats.json"), dir.join("report.json"));
+    let run = Run::start(&[
+        "record",
+        "--stats-json",
+        arg(&stats),
+        "-o",
+        arg(&report),
+        "--",
+        arg(&targets::alloc_family()),
+        "--now",
+        "--exit",
+    ]);
+    let _ = targets::read_truth(&run.proc.stdout, "stats_json");
+    run.finish().assert_success();
+    let stats: serde_json::Value =
+        serde_json::from_str(&read_report(&stats)).expect("the statistics parse");
+    let report: serde_json::Value =
+        serde_json::from_str(&read_report(&report)).expect("the report parses");
+
+    let attach = &stats["attach"];
+    assert!(
+        attach["millis"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{attach}"
+    );
+    let placed = attach["placed"].as_array().expect("placed probes");
+    assert_eq!(
+        attach["probes"].as_u64(),
+        Some(placed.len() as u64),
+        "{attach}"
+    );
+    let rows = |what: &str| -> Vec<&serde_json::Value> {
+        placed.iter().filter(|row| row["what"] == what).collect()
+    };
+    // malloc: an entry and a return program at the same offset, cookie 0 (AllocKind::Malloc);
+    // calloc: cookie 1.
+    for (function, cookie) in [("malloc", 0), ("calloc", 1)] {
+        let programs: Vec<(&str, u64, u64)> = rows(function)
+            .iter()
+            .map(|row| {
+                (
+                    row["program"].as_str().expect("program"),
+                    row["offset"].as_u64().expect("offset"),
+                    row["cookie"].as_u64().expect("cookie"),
+                )
+            })
+            .collect();
+        assert_eq!(programs.len(), 2, "{function}: {programs:?}");
+        assert_eq!(programs[0].0, "alloc_enter");
+        assert_eq!(programs[1].0, "alloc_exit");
+        assert_eq!(programs[0].1, programs[1].1, "{function}: one offset");
+        assert!(
+            programs.iter().all(|p| p.2 == cookie),
+            "{function}: {programs:?}"
+        );
+    }
+    let free = rows("free");
+    assert_eq!(free.len(), 1, "{free:?}");
+    assert!(
+        free[0]["library"]
+            .as_str()
+            .is_some_and(|lib| lib.contains("libc.so")),
+        "{free:?}"
+    );
+    assert!(
+        placed
+            .iter()
+            .filter(|row| row["tracepoint"].is_null())
+            .all(|row| row["mechanism"] == "multi-uprobe-link"),
+        "{placed:?}"
+    );
+    assert_eq!(
+        placed
+            .iter()
+            .filter(|row| row["mechanism"] == "tracepoint")
+            .count(),
+        7
+    );
+
+    let phases: Vec<&str> = stats["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|phase| phase["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "kernel maps read",
+            "stacks read",
+            "addresses symbolized",
+            "ages and stacks built"
+        ]
+    );
+    assert!(stats["outputs_ms"].as_f64().is_some());
+
+    let counters = stats["counters"].as_object().expect("counters");
+    assert!(counters["allocations"].as_u64().is_some_and(|n| n > 0));
+    for (name, value) in counters {
+        let in_report = report["activity"]
+            .get(name)
+            .or_else(|| report["drops"].get(name))
+            .unwrap_or_else(|| panic!("{name} is not in the JSON report"));
+        assert_eq!(value, in_report, "{name}");
+    }
+}

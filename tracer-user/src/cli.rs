@@ -179,6 +179,10 @@ pub struct RecordArgs {
     /// Also save the whole recording here (JSON), to render again with `leakhound report`.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+    /// Write the session's statistics here (JSON): the attach time and every probe placed with
+    /// its offset, the report's phase timings, and the kernel's counters.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
     /// Show the kernel programs' own diagnostics (map updates that fail other than full),
     /// under the log target `leakhound::kernel`; as `RUST_LOG=leakhound::kernel=debug`.
     #[arg(long)]

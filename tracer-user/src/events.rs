@@ -4,7 +4,11 @@
 
 use std::{fmt, sync::Arc};
 
-use crate::report::{estimate_mark, human_bytes};
+use crate::{
+    kernel::attach::Placed,
+    report::{estimate_mark, human_bytes},
+    stats::Phase,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -15,6 +19,8 @@ pub enum Event {
         probes: usize,
         multi_uprobe_links: usize,
         millis: f64,
+        /// Every probe placed, for the statistics (not printed).
+        placed: Vec<Placed>,
     },
     /// One `--interval` line: outstanding bytes and allocations (estimates under sampling),
     /// mapped bytes, stacks and losses so far.
@@ -29,6 +35,15 @@ pub enum Event {
     },
     /// Something the user should hear of, said once (an exec, a slow target).
     Notice(String),
+    /// A step of the report done, for the statistics; logged, not printed.
+    Phase(Phase),
+}
+
+impl Event {
+    /// Whether the binary prints it on stderr.
+    pub fn printed(&self) -> bool {
+        !matches!(self, Self::Phase(_))
+    }
 }
 
 /// As leakhound prints them on stderr; the tests read these lines.
@@ -41,6 +56,7 @@ impl fmt::Display for Event {
                 probes,
                 multi_uprobe_links,
                 millis,
+                placed: _,
             } => {
                 write!(
                     f,
@@ -69,6 +85,17 @@ impl fmt::Display for Event {
                 )
             }
             Self::Notice(text) => write!(f, "leakhound: {text}"),
+            Self::Phase(Phase {
+                name,
+                millis,
+                items,
+            }) => {
+                write!(f, "leakhound: report: ")?;
+                if let Some(items) = items {
+                    write!(f, "{items} ")?;
+                }
+                write!(f, "{name} in {millis:.1} ms")
+            }
         }
     }
 }
@@ -82,9 +109,19 @@ impl Events {
         Self(Arc::new(sink))
     }
 
-    /// Every event as a line on stderr.
+    /// Every printed event as a line on stderr.
     pub fn stderr() -> Self {
-        Self::new(|event| eprintln!("{event}"))
+        Self::stderr_and(|_| {})
+    }
+
+    /// As [`Self::stderr`], and every event (printed or not) to `observe` first.
+    pub fn stderr_and(observe: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        Self::new(move |event| {
+            observe(&event);
+            if event.printed() {
+                eprintln!("{event}");
+            }
+        })
     }
 
     pub fn send(&self, event: Event) {
@@ -116,6 +153,7 @@ mod tests {
             probes: 30,
             multi_uprobe_links: 5,
             millis: 81.4,
+            placed: Vec::new(),
         };
         assert_eq!(
             attached.to_string(),

@@ -24,6 +24,7 @@ pub mod process;
 pub mod regions;
 pub mod report;
 pub mod session;
+pub mod stats;
 pub mod symbolize;
 pub mod target;
 pub mod unwind;

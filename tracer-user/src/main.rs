@@ -1,4 +1,8 @@
-use std::process::ExitCode;
+use std::{
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use clap::Parser as _;
 use tracer_user::{
@@ -9,6 +13,7 @@ use tracer_user::{
     output_files,
     report::{self, Format, Report},
     session,
+    stats::Stats,
 };
 
 fn main() -> ExitCode {
@@ -38,17 +43,40 @@ fn main() -> ExitCode {
 }
 
 fn record(args: tracer_user::cli::RecordArgs) -> ExitCode {
+    let stats_path = args.stats_json.clone();
     let config = args.into_config();
     // A report that cannot be written is refused before any probe is placed.
     if refuse_bad_outputs(&config.outputs) {
         return ExitCode::FAILURE;
     }
-    let outcome = session::record(&config, Events::stderr());
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let observed = Arc::clone(&stats);
+    let events = Events::stderr_and(move |event| {
+        if let Ok(mut stats) = observed.lock() {
+            stats.observe(event);
+        }
+    });
+    let outcome = session::record(&config, events);
 
     // Whatever was gathered is written, even when the session ended in an error.
     let mut failed = false;
     if let Some(recording) = &outcome.recording {
+        let started = Instant::now();
         failed |= !write_outputs(&config.outputs, config.top, &Report::new(recording));
+        if let Ok(mut stats) = stats.lock() {
+            stats.outputs_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            stats.counters = recording.counters.by_name();
+        }
+    }
+    if let Some(path) = &stats_path {
+        let written = stats
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))
+            .and_then(|stats| stats.write(path));
+        if let Err(err) = written {
+            eprintln!("leakhound: error: cannot write {}: {err}", path.display());
+            failed = true;
+        }
     }
     if let Some(error) = &outcome.error {
         eprintln!("leakhound: error: {error}");

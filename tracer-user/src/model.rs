@@ -322,6 +322,17 @@ impl Recording {
     }
 }
 
+impl KernelCounters {
+    /// Every counter by its name in `tracer_common::counter::ALL` (the field names, which a
+    /// test checks against that list).
+    pub fn by_name(&self) -> std::collections::BTreeMap<String, u64> {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|value| serde_json::from_value(value).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// Orders stacks by their frame names, for output that does not depend on map order.
 pub fn cmp_frame_names(a: &[Frame], b: &[Frame]) -> std::cmp::Ordering {
     a.iter().map(|f| &f.name).cmp(b.iter().map(|f| &f.name))

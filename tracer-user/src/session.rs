@@ -36,6 +36,7 @@ use crate::{
     mapping_tracker::MappingTracker,
     model::{Origin, ProcessMemory, Recording},
     process::TargetProcess,
+    stats::Phase,
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
     unwind::MissHandler,
@@ -269,7 +270,7 @@ impl Session {
                 execs_before_trace,
             )?;
             for object in &prepared.objects {
-                probes.attach_allocator(&object.kernel_path(), &object.points, pid)?;
+                probes.attach_allocator(&object.kernel_path(), &object.points)?;
             }
             probes.attach_tracepoints()?;
             Ok(probes)
@@ -331,6 +332,7 @@ impl Session {
             probes: probes.uprobes_attached + probes.tracepoints_attached,
             multi_uprobe_links: probes.multi_uprobe_links,
             millis: elapsed_ms(attach_started),
+            placed: probes.placed.clone(),
         });
         let mapping_unavailable = probes.mapping_unavailable.clone();
         let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&code))
@@ -499,17 +501,13 @@ impl Session {
             exec_program,
             (traced.as_secs_f64(), memory),
         );
-        log::info!("report: kernel maps read in {:.1} ms", elapsed_ms(phase));
+        say_phase(&self.said, "kernel maps read", phase, None);
         phase = Instant::now();
         let frames = snapshot::read_stacks(
             &probes.maps,
             gathered.stacks().into_iter().map(|(_, key, _)| key),
         );
-        log::info!(
-            "report: {} stacks read in {:.1} ms",
-            frames.len(),
-            elapsed_ms(phase)
-        );
+        say_phase(&self.said, "stacks read", phase, Some(frames.len()));
         // The last refresh (none after an exec: the new program's code would name the old
         // one's frames), and a JVM asked for its perf map now so that code compiled late is
         // named; bounded, since the target may not answer.
@@ -558,9 +556,11 @@ impl Session {
             .collect();
         let unique_count = unique.len();
         namer.name_all(space, jit, unique);
-        log::info!(
-            "report: {unique_count} addresses symbolized in {:.1} ms",
-            elapsed_ms(phase)
+        say_phase(
+            &self.said,
+            "addresses symbolized",
+            phase,
+            Some(unique_count),
         );
         phase = Instant::now();
         let trace = Trace {
@@ -573,12 +573,21 @@ impl Session {
             mapping_unavailable: self.mapping_unavailable,
         };
         let recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
-        log::info!(
-            "report: ages and stacks built in {:.1} ms",
-            elapsed_ms(phase)
-        );
+        say_phase(&self.said, "ages and stacks built", phase, None);
         Ok((recording, detaching))
     }
+}
+
+/// Says that a step of the report, begun at `since`, is done: logged, and an event for the
+/// statistics.
+fn say_phase(said: &Events, name: &'static str, since: Instant, items: Option<usize>) {
+    let event = Event::Phase(Phase {
+        name,
+        millis: elapsed_ms(since),
+        items,
+    });
+    log::info!("{}", event.to_string().trim_start_matches("leakhound: "));
+    said.send(event);
 }
 
 /// Feeds every record waiting in the mapping ring buffer to the tracker.

@@ -105,6 +105,25 @@ fn build_leakhound(root: &Path) -> Result<PathBuf> {
     Ok(root.join("target/release/leakhound"))
 }
 
+/// leakhound with the `fault-injection` feature, for the tests that make attaching fail on
+/// purpose, copied to `target/release/leakhound-fault-injection`. Built in the same target
+/// directory, so only tracer-user is compiled twice (cargo keeps both builds); the plain
+/// binary is built after it, so `target/release/leakhound` stays the one without faults.
+fn build_fault_injection_leakhound(root: &Path) -> Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "tracer-user",
+        "--features",
+        "fault-injection",
+    ]))?;
+    let faulty = root.join("target/release/leakhound-fault-injection");
+    std::fs::copy(root.join("target/release/leakhound"), &faulty)
+        .with_context(|| format!("copying to {}", faulty.display()))?;
+    Ok(faulty)
+}
+
 fn demo(root: &Path) -> Result<()> {
     setup(root)?;
     let leakhound = build_leakhound(root)?;
@@ -139,12 +158,26 @@ fn demo(root: &Path) -> Result<()> {
 fn test(root: &Path) -> Result<()> {
     setup(root)?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    let faulty = build_fault_injection_leakhound(root)?;
     let leakhound = build_leakhound(root)?;
     run(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
         "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The code only the fault-injection build has.
+    run(cargo().args([
+        "clippy",
+        "--package",
+        "tracer-user",
+        "--lib",
+        "--release",
+        "--features",
+        "fault-injection",
         "--",
         "-D",
         "warnings",
@@ -176,7 +209,8 @@ fn test(root: &Path) -> Result<()> {
     let mut tests = cargo();
     tests
         .args(["test", "--workspace", "--release"])
-        .env("LEAKHOUND_BIN", &leakhound);
+        .env("LEAKHOUND_BIN", &leakhound)
+        .env("LEAKHOUND_FAULT_BIN", &faulty);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         tests.args(["--", "--include-ignored"]);

@@ -15,25 +15,17 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
     io,
-    mem::size_of,
     os::{
         fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
-    path::Path,
 };
 
 use aya::{Ebpf, maps::Map};
+use aya_obj::{Object, btf::BtfFeatures};
+use kernel_sys::{InfoRecords, Kernel, UprobeMultiLink, UprobeProgram};
 
-use super::sys::{Bpf as _, Kernel};
-use aya_obj::{
-    Object,
-    btf::BtfFeatures,
-    generated::{
-        BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type::BPF_TRACE_UPROBE_MULTI, bpf_attr, bpf_cmd,
-        bpf_insn, bpf_prog_type::BPF_PROG_TYPE_KPROBE,
-    },
-};
+use super::attach::{Flavor, UprobeGroup};
 
 /// The uprobe programs, loaded for multi-uprobe links.
 pub struct MultiUprobePrograms {
@@ -53,7 +45,7 @@ impl MultiUprobePrograms {
             .fixup_and_sanitize_btf(&btf_features)
             .map_err(io::Error::other)?
         {
-            Some(btf) => Some(load_btf(&btf.to_bytes())?),
+            Some(btf) => Some(kernel_sys::load_btf(&Kernel, &btf.to_bytes())?),
             None => None,
         };
         let features = aya_obj::Features::new(
@@ -94,23 +86,29 @@ impl MultiUprobePrograms {
                 .get(*name)
                 .ok_or_else(|| io::Error::other(format!("no program {name}")))?;
             let function = &obj.functions[&program.function_key()];
-            let fd = load_program(
+            let (func_info, line_info) = (
+                function.func_info.func_info_bytes(),
+                function.line_info.line_info_bytes(),
+            );
+            let program = UprobeProgram {
                 name,
-                &function.instructions,
-                &obj.license,
-                btf.as_ref(),
-                (
-                    function.func_info_rec_size,
-                    function.func_info.len() as u32,
-                    function.func_info.func_info_bytes(),
-                ),
-                (
-                    function.line_info_rec_size,
+                instructions: &function.instructions,
+                license: &obj.license,
+                for_multi_links: true,
+                btf: btf.as_ref().map(|btf| btf.as_fd()),
+                func_info: InfoRecords {
+                    record_size: function.func_info_rec_size as u32,
+                    count: function.func_info.len() as u32,
+                    bytes: &func_info,
+                },
+                line_info: InfoRecords {
+                    record_size: function.line_info_rec_size as u32,
                     // `num_info` is not updated when called functions are linked in.
-                    function.line_info.len() as u32,
-                    function.line_info.line_info_bytes(),
-                ),
-            )?;
+                    count: function.line_info.len() as u32,
+                    bytes: &line_info,
+                },
+            };
+            let fd = load_program(&program)?;
             programs.insert((*name).to_owned(), fd);
         }
         Ok(Self {
@@ -119,42 +117,30 @@ impl MultiUprobePrograms {
         })
     }
 
-    /// Attaches `program` at `offsets` (file offsets) of `library` for the process `pid`, each
-    /// with its cookie; `retprobe` for return probes. Closing the returned link detaches them.
-    pub fn attach(
-        &self,
-        program: &str,
-        library: &Path,
-        offsets: &[u64],
-        cookies: &[u64],
-        retprobe: bool,
-        pid: u32,
-    ) -> io::Result<OwnedFd> {
+    /// Attaches the group's program at its offsets (file offsets) of its library for the
+    /// process `pid`, each with its cookie. Closing the returned link detaches them.
+    pub fn attach(&self, group: &UprobeGroup<'_>, pid: u32) -> io::Result<OwnedFd> {
+        let UprobeGroup {
+            program,
+            library,
+            offsets,
+            cookies,
+            ..
+        } = group;
         let prog = self
             .programs
-            .get(program)
+            .get(*program)
             .ok_or_else(|| io::Error::other(format!("no program {program}")))?;
         let path = CString::new(library.as_os_str().as_bytes()).map_err(io::Error::other)?;
-        // SAFETY: bpf_attr is a plain C union; all zeros is its documented empty value.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: writing the fields of the union member that BPF_LINK_CREATE reads.
-        unsafe {
-            let link = &mut attr.link_create;
-            link.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
-            link.attach_type = BPF_TRACE_UPROBE_MULTI as u32;
-            let multi = &mut link.__bindgen_anon_3.uprobe_multi;
-            multi.path = path.as_ptr() as u64;
-            multi.offsets = offsets.as_ptr() as u64;
-            multi.cookies = cookies.as_ptr() as u64;
-            multi.cnt = offsets.len() as u32;
-            multi.flags = if retprobe {
-                BPF_F_UPROBE_MULTI_RETURN
-            } else {
-                0
-            };
-            multi.pid = pid;
-        }
-        bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+        let link = UprobeMultiLink {
+            program: prog.as_fd(),
+            path: &path,
+            offsets,
+            cookies,
+            returns: group.flavor == Flavor::Return,
+            pid,
+        };
+        kernel_sys::link_uprobe_multi(&Kernel, &link)
     }
 }
 
@@ -173,105 +159,18 @@ fn map_fd(map: &Map) -> io::Result<RawFd> {
     Ok(data.fd().as_fd().as_raw_fd())
 }
 
-fn load_btf(bytes: &[u8]) -> io::Result<OwnedFd> {
-    // SAFETY: as in `attach`.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the union member that BPF_BTF_LOAD reads; `bytes` outlives the call.
-    unsafe {
-        let btf = &mut attr.__bindgen_anon_7;
-        btf.btf = bytes.as_ptr() as u64;
-        btf.btf_size = bytes.len() as u32;
-    }
-    bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr)
-}
-
-/// `(record size, count, records)` of function or line info.
-type InfoRecords = (usize, u32, Vec<u8>);
-
 /// Loads one program; the verifier's log is asked for only to explain a refusal, since
 /// logging slows verification down.
-fn load_program(
-    name: &str,
-    instructions: &[bpf_insn],
-    license: &CString,
-    btf: Option<&OwnedFd>,
-    func_info: InfoRecords,
-    line_info: InfoRecords,
-) -> io::Result<OwnedFd> {
-    let load = |log: &mut [u8]| {
-        load_program_logged(
-            name,
-            instructions,
-            license,
-            btf,
-            &func_info,
-            &line_info,
-            log,
-        )
-    };
-    load(&mut []).or_else(|_| {
+fn load_program(program: &UprobeProgram<'_>) -> io::Result<OwnedFd> {
+    kernel_sys::load_uprobe_program(&Kernel, program, &mut []).or_else(|_| {
         let mut log = vec![0u8; 1 << 20];
-        load(&mut log).map_err(|err| {
+        kernel_sys::load_uprobe_program(&Kernel, program, &mut log).map_err(|err| {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             let tail = String::from_utf8_lossy(&log[end.saturating_sub(2000)..end]).into_owned();
-            io::Error::new(err.kind(), format!("loading {name}: {err}\n{tail}"))
+            io::Error::new(
+                err.kind(),
+                format!("loading {}: {err}\n{tail}", program.name),
+            )
         })
     })
-}
-
-fn load_program_logged(
-    name: &str,
-    instructions: &[bpf_insn],
-    license: &CString,
-    btf: Option<&OwnedFd>,
-    func_info: &InfoRecords,
-    line_info: &InfoRecords,
-    log: &mut [u8],
-) -> io::Result<OwnedFd> {
-    // SAFETY: as in `attach`.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the union member that BPF_PROG_LOAD reads; every pointer refers to a
-    // buffer that outlives the call, of the size given.
-    unsafe {
-        let load = &mut attr.__bindgen_anon_3;
-        load.prog_type = BPF_PROG_TYPE_KPROBE as u32;
-        load.expected_attach_type = BPF_TRACE_UPROBE_MULTI as u32;
-        load.insns = instructions.as_ptr() as u64;
-        load.insn_cnt = instructions.len() as u32;
-        load.license = license.as_ptr() as u64;
-        for (slot, byte) in load.prog_name.iter_mut().zip(name.bytes().take(15)) {
-            *slot = byte as core::ffi::c_char;
-        }
-        if let Some(btf) = btf {
-            load.prog_btf_fd = btf.as_raw_fd() as u32;
-            if func_info.1 > 0 {
-                load.func_info_rec_size = func_info.0 as u32;
-                load.func_info_cnt = func_info.1;
-                load.func_info = func_info.2.as_ptr() as u64;
-            }
-            if line_info.1 > 0 {
-                load.line_info_rec_size = line_info.0 as u32;
-                load.line_info_cnt = line_info.1;
-                load.line_info = line_info.2.as_ptr() as u64;
-            }
-        }
-        if !log.is_empty() {
-            load.log_level = 1;
-            load.log_buf = log.as_mut_ptr() as u64;
-            load.log_size = log.len() as u32;
-        }
-    }
-    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
-}
-
-/// bpf(2) for the commands that return a new descriptor, through the kernel layer.
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a valid bpf_attr for `cmd`, of the size passed.
-    unsafe {
-        Kernel.call_for_fd(
-            cmd as libc::c_int,
-            std::ptr::from_mut(attr).cast(),
-            size_of::<bpf_attr>() as u32,
-        )
-    }
 }

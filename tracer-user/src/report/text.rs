@@ -304,52 +304,55 @@ fn write_frames(stack: &StackRecord, out: &mut dyn io::Write) -> io::Result<()> 
     Ok(())
 }
 
+/// What the report says of each loss counter, by its name in `tracer_common::counter::ALL`,
+/// in the order shown. `{alloc_map_full_bytes}` stands for that counter's bytes. The test
+/// `every_counter_has_its_line` fails when a counter of the list is missing here or from the
+/// activity lines.
+const LOSS_LINES: [(&str, &str); 8] = [
+    (
+        "unwind_miss_lost",
+        "unwind requests lost to a full buffer (their allocations stay under [unwind pending])",
+    ),
+    (
+        "alloc_map_full",
+        "allocations not tracked, allocation map full ({alloc_map_full_bytes}; raise --max-allocs)",
+    ),
+    (
+        "stack_failed",
+        "stacks not stored, counted under [lost stack] (raise --max-stacks)",
+    ),
+    ("events_lost", "mapping events lost, event buffer full"),
+    ("totals_map_full", "allocations without a stack total"),
+    ("thread_map_full", "calls missed, thread map full"),
+    (
+        "return_without_entry",
+        "returns without an entry (calls in flight at attach)",
+    ),
+    ("stale_entry", "calls that never returned"),
+];
+
 fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
     let c = &rec.counters;
+    let values = c.by_name();
+    let value = |name: &str| values.get(name).copied().unwrap_or(0);
+    // Allocations still under a partial stack come first: a loss of frames, whatever the
+    // cause (a lost request is one of them, counted on the next line).
     let (pending, pending_bytes) = rec.unwind_pending();
-    let losses: [(u64, String); 10] = [
-        (
-            pending,
-            format!(
-                "allocations left under [unwind pending] ({}), their stacks not walked whole",
-                human_bytes(pending_bytes)
-            ),
+    let mut losses: Vec<(u64, String)> = vec![(
+        pending,
+        format!(
+            "allocations left under [unwind pending] ({}), their stacks not walked whole",
+            human_bytes(pending_bytes)
         ),
-        (
-            c.unwind_miss_lost,
-            "unwind requests lost to a full buffer (their allocations stay under [unwind pending])"
-                .into(),
-        ),
-        (
-            c.alloc_map_full,
-            format!(
-                "allocations not tracked, allocation map full ({}; raise --max-allocs)",
-                human_bytes(c.alloc_map_full_bytes)
-            ),
-        ),
-        (
-            c.stack_failed,
-            "stacks not stored, counted under [lost stack] (raise --max-stacks)".into(),
-        ),
-        (
-            c.events_lost,
-            "mapping events lost, event buffer full".into(),
-        ),
-        (
-            c.totals_map_full,
-            "allocations without a stack total".into(),
-        ),
-        (c.thread_map_full, "calls missed, thread map full".into()),
-        (
-            c.return_without_entry,
-            "returns without an entry (calls in flight at attach)".into(),
-        ),
-        (c.stale_entry, "calls that never returned".into()),
-        (
-            rec.mapping.malformed_events,
-            "malformed mapping events".into(),
-        ),
-    ];
+    )];
+    losses.extend(LOSS_LINES.iter().map(|(name, what)| {
+        let bytes = human_bytes(value("alloc_map_full_bytes"));
+        (value(name), what.replace("{alloc_map_full_bytes}", &bytes))
+    }));
+    losses.push((
+        rec.mapping.malformed_events,
+        "malformed mapping events".into(),
+    ));
     let mut any = false;
     for (count, what) in losses.iter().filter(|(count, _)| *count > 0) {
         if !any {
@@ -381,4 +384,73 @@ fn write_losses(rec: &Recording, out: &mut dyn io::Write) -> io::Result<()> {
         writeln!(out, "anonymous mmap was not tracked: {}", shown(why))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::counter::{self, Kind};
+
+    use super::*;
+    use crate::model::KernelCounters;
+
+    /// Each counter set to a value of its own, through the same names the kernel reader uses.
+    fn distinct_counters() -> KernelCounters {
+        let values: serde_json::Map<String, serde_json::Value> = counter::ALL
+            .iter()
+            .map(|info| {
+                (
+                    info.name.to_owned(),
+                    (1_000_003 + 1009 * u64::from(info.index)).into(),
+                )
+            })
+            .collect();
+        serde_json::from_value(values.into()).expect("the counter list matches the model")
+    }
+
+    #[test]
+    fn every_counter_has_its_line() {
+        let recording = Recording {
+            counters: distinct_counters(),
+            ..Recording::default()
+        };
+        let mut out = Vec::new();
+        Text { top: 10 }
+            .render(&Report::new(&recording), &mut out)
+            .expect("renders");
+        let text = String::from_utf8(out).expect("utf-8");
+        let losses: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "losses:")
+            .skip(1)
+            .take_while(|line| line.starts_with("  "))
+            .collect();
+        let activity = text
+            .lines()
+            .filter(|line| line.starts_with("activity:") || line.starts_with("not losses:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for info in counter::ALL {
+            let count = (1_000_003 + 1009 * u64::from(info.index)).to_string();
+            match (info.kind, info.name) {
+                // Shown as bytes in the line of the allocations it counts.
+                (_, "alloc_map_full_bytes") => assert!(
+                    losses
+                        .iter()
+                        .any(|line| line.contains("allocation map full (")),
+                    "{text}"
+                ),
+                (Kind::Loss, name) => assert!(
+                    losses
+                        .iter()
+                        .any(|line| line.starts_with(&format!("  {count} "))),
+                    "the loss counter {name} has no line under losses:\n{text}"
+                ),
+                (Kind::Activity, name) => assert!(
+                    activity.contains(&count),
+                    "the activity counter {name} is in no activity line:\n{text}"
+                ),
+            }
+        }
+        assert_eq!(losses.len(), LOSS_LINES.len(), "{losses:?}");
+    }
 }

@@ -7,7 +7,7 @@ pub(super) struct LiveReport {
     pub(super) track_s: f64,
     /// From SIGINT to the report's files written.
     pub(super) report_s: f64,
-    /// What leakhound logged of the report's phases ("N addresses symbolized in X ms", ...).
+    /// The report's phases from leakhound's statistics ("N addresses symbolized in X ms", ...).
     pub(super) phases: Vec<String>,
     /// From SIGINT to exit: the probes' detach, which runs beside the report, is the rest.
     pub(super) exit_s: f64,
@@ -28,20 +28,26 @@ pub(super) fn live_report(leakhound: &Path, target: &Path, out: &Path) -> Result
     let ready = wait_line(&lines, |line| line.starts_with("ready "), PATIENCE)?;
     let pid = ready["ready ".len()..].trim().to_owned();
     let report = out.join("live-report.txt");
+    let stats = out.join("live-stats.json");
+    let _ = fs::remove_file(&stats);
     let mut tracer = Guard::spawn(
         Command::new(leakhound)
             .args(["record", "--pid", &pid, "-o"])
             .arg(&report)
             .arg("-o")
             .arg(out.join("live-report.folded"))
-            // For the phase timings of the report, symbolization among them.
-            .env("RUST_LOG", "tracer_user::session=info")
+            .arg("--stats-json")
+            .arg(&stats)
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
     )?;
     let stderr = lines_of(tracer.child.stderr.take().context("leakhound stderr")?);
-    let attached = wait_line(&stderr, |line| line.contains("attached to pid"), PATIENCE)?;
-    let attach_ms = parse_attach_ms(&attached).unwrap_or(f64::NAN);
+    // The handshake; the attach time comes from the statistics.
+    wait_line(
+        &stderr,
+        |line| line.starts_with("leakhound: attached"),
+        PATIENCE,
+    )?;
 
     let started = Instant::now();
     writeln!(stdin, "go")?;
@@ -56,15 +62,10 @@ pub(super) fn live_report(leakhound: &Path, target: &Path, out: &Path) -> Result
     // SAFETY: signalling a child that this process owns and has not yet reaped.
     unsafe { libc::kill(tracer.child.id() as i32, libc::SIGINT) };
     let signalled = Instant::now();
-    let mut phases = Vec::new();
+    // The report's files are out when leakhound says it wrote them.
     wait_line(
         &stderr,
-        |line| {
-            if let Some((_, phase)) = line.split_once("report: ") {
-                phases.push(phase.to_owned());
-            }
-            line.starts_with("leakhound: wrote")
-        },
+        |line| line.starts_with("leakhound: wrote"),
         PATIENCE,
     )?;
     let report_s = signalled.elapsed().as_secs_f64();
@@ -72,6 +73,7 @@ pub(super) fn live_report(leakhound: &Path, target: &Path, out: &Path) -> Result
     let (status, peak_rss_kib) = tracer.wait_rusage()?;
     let exit_s = signalled.elapsed().as_secs_f64();
     ensure!(status == 0, "leakhound exited with status {status:#x}");
+    let stats = LeakhoundStats::read(&stats)?;
     drop(stdin);
     target.wait(PATIENCE)?;
 
@@ -93,10 +95,10 @@ pub(super) fn live_report(leakhound: &Path, target: &Path, out: &Path) -> Result
         }
     }
     Ok(LiveReport {
-        attach_ms,
+        attach_ms: stats.attach_ms,
         track_s,
         report_s,
-        phases,
+        phases: stats.phases,
         exit_s,
         peak_rss_kib,
         maps,

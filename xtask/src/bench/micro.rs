@@ -37,9 +37,8 @@ pub(super) struct Bench<'a> {
 #[derive(Default)]
 pub(super) struct Measured {
     pub(super) ns: f64,
-    pub(super) attach_ms: Option<f64>,
-    pub(super) libc: Option<PathBuf>,
-    pub(super) free_skip: Option<u64>,
+    /// What leakhound said of its run, when it traced this one.
+    pub(super) stats: Option<LeakhoundStats>,
 }
 
 impl Bench<'_> {
@@ -75,41 +74,34 @@ impl Bench<'_> {
         let mut measured = Measured::default();
 
         let mut tracer_process = None;
+        let mut stats_file = None;
         let mut noop = None;
         match &tracer {
             Tracer::None | Tracer::Heaptrack(_) => {}
             Tracer::Leakhound(leakhound, extra) => {
+                let stats = self.binary.with_file_name(format!("stats-{pid}.json"));
+                let _ = fs::remove_file(&stats);
                 let mut child = Guard::spawn(
                     Command::new(leakhound)
                         .args(["record", "--pid", &pid.to_string(), "-f", "text"])
+                        .arg("--stats-json")
+                        .arg(&stats)
                         .args(*extra)
-                        // Only the attach-time debug lines of the ELF module, which say where
-                        // each probe goes; nothing is logged per event.
-                        .env("RUST_LOG", "tracer_user::process::elf=debug")
                         .stdout(Stdio::null())
                         .stderr(Stdio::piped()),
                 )?;
+                stats_file = Some(stats);
                 let stderr = lines_of(child.child.stderr.take().context("leakhound stderr")?);
-                let attached = loop {
+                // The handshake only: the figures come from the statistics file.
+                loop {
                     let line = wait_line(&stderr, |_| true, PATIENCE)?;
-                    if let Some(rest) = line.strip_prefix("leakhound: attached to pid ") {
-                        break rest.to_owned();
-                    }
-                    if let Some(skip) = line
-                        .split("probe offset: free at +")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                    {
-                        measured.free_skip = skip.parse().ok();
+                    if line.starts_with("leakhound: attached") {
+                        break;
                     }
                     if line.contains("error") {
                         bail!("leakhound: {line}");
                     }
-                };
-                measured.attach_ms = parse_attach_ms(&attached);
-                measured.libc = attached
-                    .split_once(" (")
-                    .and_then(|(_, rest)| rest.split_once(',').map(|(path, _)| path.into()));
+                }
                 // Drain the rest so that leakhound never blocks on a full pipe.
                 thread::spawn(move || for _ in stderr {});
                 tracer_process = Some(child);
@@ -148,6 +140,9 @@ impl Bench<'_> {
         // leakhound and bpftrace end when the traced process exits.
         if let Some(mut tracer) = tracer_process {
             tracer.wait(PATIENCE)?;
+        }
+        if let Some(path) = stats_file {
+            measured.stats = Some(LeakhoundStats::read(&path)?);
         }
         measured.ns = median(&mut rounds);
         eprintln!(
@@ -195,14 +190,4 @@ pub(super) fn count_script(libc: &Path) -> String {
 pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-pub(super) fn parse_attach_ms(line: &str) -> Option<f64> {
-    line.rsplit_once(" in ")?
-        .1
-        .trim()
-        .strip_suffix("ms")?
-        .trim()
-        .parse()
-        .ok()
 }

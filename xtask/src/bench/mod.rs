@@ -10,7 +10,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read, Write as _},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc::{self, Receiver},
@@ -25,6 +25,7 @@ mod live;
 mod micro;
 mod processes;
 mod runtimes;
+mod stats;
 mod table;
 mod tracefs;
 
@@ -33,6 +34,7 @@ use live::*;
 use micro::*;
 use processes::*;
 use runtimes::*;
+use stats::*;
 use table::*;
 use tracefs::*;
 
@@ -118,12 +120,16 @@ pub fn run(root: &Path, leakhound: &Path, only: Option<&str>) -> Result<()> {
                 Tracer::Leakhound(leakhound, &["--sample-bytes", SAMPLE_BYTES]),
             )?
             .ns;
-        attach_ms.extend(lh.attach_ms);
+        let lh = lh.stats.context("leakhound's statistics")?;
+        attach_ms.push(lh.attach_ms);
         let libc_info = match &libc {
             Some(info) => info,
             None => libc.insert(Libc::inspect(lh.libc.as_deref())?),
         };
-        let free_skip = lh.free_skip.unwrap_or(0);
+        // How far past `free`'s symbol leakhound placed its probe (probe_offset.rs).
+        let free_skip = lh
+            .free_offset
+            .map_or(0, |offset| offset.saturating_sub(libc_info.free));
         row.floor_entry = bench
             .measure(
                 PAIRS_TRAPPED,
@@ -215,13 +221,6 @@ fn command_line_output(program: &str, args: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_attach_line() {
-        let line = "leakhound: attached to pid 42 (/usr/lib/libc.so.6, 29 probes) in 131 ms";
-        assert_eq!(parse_attach_ms(line), Some(131.0));
-        assert_eq!(parse_attach_ms("attached"), None);
-    }
 
     #[test]
     fn median_of_rounds() {
