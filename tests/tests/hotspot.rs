@@ -428,9 +428,14 @@ fn a_jvm_without_flags_gets_whole_stacks_through_compiled_frames() {
     let (kept, lines, report) = trace_jvm(test, &[]);
     assert_whole_stacks(kept, &lines, &report);
 
-    // What the JIT inlined at the call is there too, as the source says: acceptConnection
-    // calls sun.misc.Unsafe.allocateMemory, which calls the internal Unsafe's, which calls
-    // the native allocateMemory0. Each frame has its line (JDK 17's records).
+    assert_inlined_chain(kept, &lines, &report);
+}
+
+/// What the JIT inlined at the call is there too, as the source says: acceptConnection calls
+/// sun.misc.Unsafe.allocateMemory, which calls the internal Unsafe's, which calls the native
+/// allocateMemory0. Each frame has its line (the nmethod's scope records and each method's
+/// line table).
+fn assert_inlined_chain(kept: u64, lines: &[tests::report::FoldedLine], report: &str) {
     let chain = [
         "JitLeak.acceptConnection",
         "sun.misc.Unsafe.allocateMemory",
@@ -562,6 +567,7 @@ fn whole_stacks_through_compiled_frames_in_other_installed_jdks() {
     for_other_jdks(test, |home| {
         let (kept, lines, report) = trace_jvm_with(test, &home.join("bin/java"), &[]);
         assert_whole_stacks(kept, &lines, &report);
+        assert_inlined_chain(kept, &lines, &report);
     });
 }
 

@@ -82,16 +82,17 @@ pub struct IdentityNames {
 }
 
 impl IdentityNames {
-    /// Names `word` from `source` unless it is named already; returns whether it is named.
+    /// Names `word` from `source` now; returns whether it is named. A word of a new stack is
+    /// named again even if it was named before: a class unloaded and another method put at
+    /// the same address is the runtime's to tell (HotSpot keys its names by the method and its
+    /// `ConstMethod*`), and the name it gives now is the one this stack was made with. Where
+    /// the runtime cannot name it any more, the earlier name stays.
     pub fn resolve(&mut self, word: u64, source: &dyn NameSource) -> bool {
-        if self.names.contains_key(&word) {
-            return true;
-        }
         let StackWord::Identity { .. } = StackWord::decode(word) else {
             return false;
         };
         let Some(frames) = source.identified(word) else {
-            return false;
+            return self.names.contains_key(&word);
         };
         if self.names.len() >= MAX_NAMED {
             self.names.clear();
@@ -177,6 +178,9 @@ impl IdentityWatch {
                     .filter(|word| matches!(StackWord::decode(**word), StackWord::Identity { .. })),
             );
         }
+        // One stack repeats its callers' words, and a burst of new stacks repeats them all.
+        words.sort_unstable();
+        words.dedup();
         let mut code = crate::code_refresh::lock(code);
         let code = &mut *code;
         let mut named = 0usize;
@@ -235,6 +239,23 @@ mod tests {
         assert!(!names.resolve(0x40_1000, &Naming), "a return address");
         // Kept even when the runtime no longer knows it (the object moved).
         assert!(names.resolve(word, &()));
+        assert_eq!(names.identified(word), Some(vec![Frame::named("a.B.c")]));
+        // Named again when the runtime names it otherwise now (another method there).
+        struct Renamed;
+        impl NameSource for Renamed {
+            fn frames(&self, _: u64) -> Option<Vec<Frame>> {
+                None
+            }
+            fn covers(&self, _: u64) -> bool {
+                false
+            }
+            fn identified(&self, _: u64) -> Option<Vec<Frame>> {
+                Some(vec![Frame::named("d.E.f")])
+            }
+        }
+        assert!(names.resolve(word, &Renamed));
+        assert_eq!(names.identified(word), Some(vec![Frame::named("d.E.f")]));
+        assert!(names.resolve(word, &Naming));
         assert_eq!(names.identified(word), Some(vec![Frame::named("a.B.c")]));
         assert_eq!(names.len(), 1);
     }

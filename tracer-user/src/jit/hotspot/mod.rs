@@ -83,6 +83,8 @@ pub struct HotspotVm<M> {
     heaps: Vec<CodeHeap>,
     blob_names: BlobNames,
     method_names: HashMap<MethodKey, Arc<MethodName>>,
+    /// Lines of interpreted frames by method and bytecode index.
+    lines_seen: HashMap<(MethodKey, i32), Option<u32>>,
 }
 
 /// One Java frame at a pc in compiled code.
@@ -143,6 +145,7 @@ impl<M: Memory> HotspotVm<M> {
             heaps,
             blob_names: BlobNames::default(),
             method_names: HashMap::new(),
+            lines_seen: HashMap::new(),
         })
     }
 
@@ -247,7 +250,21 @@ impl<M: Memory> HotspotVm<M> {
         let name = self.method_name(method)?;
         let bci = bci.map(i32::from);
         let line = match (&self.lines, bci) {
-            (Some(layout), Some(bci)) => layout.line(&self.memory, method, bci).unwrap_or(None),
+            (Some(layout), Some(bci)) => {
+                // The name's key says which method is there now; its lines do not change.
+                let key = (name.key, bci);
+                match self.lines_seen.get(&key) {
+                    Some(line) => *line,
+                    None => {
+                        let line = layout.line(&self.memory, method, bci).unwrap_or(None);
+                        if self.lines_seen.len() >= MAX_CACHED_METHODS {
+                            self.lines_seen.clear();
+                        }
+                        self.lines_seen.insert(key, line);
+                        line
+                    }
+                }
+            }
             _ => None,
         };
         Ok(JavaFrame {

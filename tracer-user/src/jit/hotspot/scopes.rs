@@ -41,15 +41,181 @@ pub struct Scope {
 
 #[derive(Clone, Debug)]
 pub struct ScopeLayout {
-    scopes_pcs_offset: Field,
-    dependencies_offset: Field,
-    metadata_offset: Field,
-    scopes_data_begin: Field,
+    regions: RegionLayout,
     pc_desc_size: u64,
     pc_offset: Field,
     scope_decode_offset: Field,
     invocation_entry_bci: i32,
     lines: LineLayout,
+}
+
+/// Where an nmethod keeps its `PcDesc`s, scope records and metadata.
+#[derive(Clone, Debug)]
+enum RegionLayout {
+    /// Up to JDK 22: all inside the blob, at offsets from its start (`CompiledMethod`).
+    InBlob {
+        scopes_pcs_offset: Field,
+        dependencies_offset: Field,
+        metadata_offset: Field,
+        scopes_data_begin: Field,
+    },
+    /// JDK 25: `PcDesc`s and scope records in the nmethod's immutable data, at offsets from
+    /// it (records right after the `PcDesc`s); metadata in the blob's mutable data, after its
+    /// relocations (`nmethod::metadata_begin`).
+    Outside {
+        immutable_data: Field,
+        immutable_data_size: Field,
+        scopes_pcs_offset: Field,
+        scopes_data_offset: Field,
+        mutable_data: Field,
+        mutable_data_size: Field,
+        relocation_size: Field,
+    },
+}
+
+/// An nmethod's regions, as addresses: `PcDesc`s, scope records, metadata slots.
+struct Regions {
+    pcs: std::ops::Range<u64>,
+    scopes_data: std::ops::Range<u64>,
+    metadata: std::ops::Range<u64>,
+}
+
+/// The most bytes of scope records or metadata believed (far more than any method has).
+const MAX_REGION: u64 = 16 << 20;
+
+impl RegionLayout {
+    fn new(vm: &VmStructs) -> Result<Self, HotspotError> {
+        if let Ok(immutable_data) = vm.field("nmethod", "_immutable_data") {
+            return Ok(Self::Outside {
+                immutable_data,
+                immutable_data_size: vm.field("nmethod", "_immutable_data_size")?,
+                scopes_pcs_offset: vm.field("nmethod", "_scopes_pcs_offset")?,
+                scopes_data_offset: vm.field("nmethod", "_scopes_data_offset")?,
+                mutable_data: vm.field("CodeBlob", "_mutable_data")?,
+                mutable_data_size: vm.field("CodeBlob", "_mutable_data_size")?,
+                relocation_size: vm.field("CodeBlob", "_relocation_size")?,
+            });
+        }
+        Ok(Self::InBlob {
+            scopes_pcs_offset: vm.field("nmethod", "_scopes_pcs_offset")?,
+            dependencies_offset: vm.field("nmethod", "_dependencies_offset")?,
+            metadata_offset: vm.field("nmethod", "_metadata_offset")?,
+            scopes_data_begin: vm.field("CompiledMethod", "_scopes_data_begin")?,
+        })
+    }
+
+    fn fields(&self) -> Vec<Field> {
+        match self {
+            Self::InBlob {
+                scopes_pcs_offset,
+                dependencies_offset,
+                metadata_offset,
+                scopes_data_begin,
+            } => vec![
+                *scopes_pcs_offset,
+                *dependencies_offset,
+                *metadata_offset,
+                *scopes_data_begin,
+            ],
+            Self::Outside {
+                immutable_data,
+                immutable_data_size,
+                scopes_pcs_offset,
+                scopes_data_offset,
+                mutable_data,
+                mutable_data_size,
+                relocation_size,
+            } => vec![
+                *immutable_data,
+                *immutable_data_size,
+                *scopes_pcs_offset,
+                *scopes_data_offset,
+                *mutable_data,
+                *mutable_data_size,
+                *relocation_size,
+            ],
+        }
+    }
+
+    /// The regions of the nmethod `blob` whose header is `header`; every bound is checked.
+    fn regions(&self, header: &[u8], blob: &CodeBlob) -> Result<Regions, HotspotError> {
+        let corrupt = |detail: String| HotspotError::Corrupt {
+            what: "nmethod scopes",
+            detail,
+        };
+        let value = |field: &Field| -> Result<i64, HotspotError> {
+            field
+                .get_i64(header)
+                .ok_or_else(|| corrupt("a header field out of its bytes".to_owned()))
+        };
+        let offset = |base: u64, field: &Field, limit: u64| -> Result<u64, HotspotError> {
+            let offset = value(field)?;
+            u64::try_from(offset)
+                .ok()
+                .filter(|&offset| offset <= limit)
+                .and_then(|offset| base.checked_add(offset))
+                .ok_or_else(|| corrupt(format!("offset {offset} outside its region")))
+        };
+        match self {
+            Self::InBlob {
+                scopes_pcs_offset,
+                dependencies_offset,
+                metadata_offset,
+                scopes_data_begin,
+            } => {
+                let size = blob.end.0 - blob.start.0;
+                let pcs = offset(blob.start.0, scopes_pcs_offset, size)?
+                    ..offset(blob.start.0, dependencies_offset, size)?;
+                let metadata = offset(blob.start.0, metadata_offset, size)?;
+                let scopes_data = scopes_data_begin.get(header).unwrap_or(0);
+                if !(metadata..=pcs.start).contains(&scopes_data) || pcs.start > pcs.end {
+                    return Err(corrupt(format!(
+                        "scopes at {scopes_data:#x}, pcs {:#x}-{:#x}",
+                        pcs.start, pcs.end
+                    )));
+                }
+                Ok(Regions {
+                    scopes_data: scopes_data..pcs.start,
+                    metadata: metadata..scopes_data,
+                    pcs,
+                })
+            }
+            Self::Outside {
+                immutable_data,
+                immutable_data_size,
+                scopes_pcs_offset,
+                scopes_data_offset,
+                mutable_data,
+                mutable_data_size,
+                relocation_size,
+            } => {
+                let immutable = immutable_data.get(header).unwrap_or(0);
+                let immutable_size = u64::try_from(value(immutable_data_size)?)
+                    .ok()
+                    .filter(|&size| size <= MAX_REGION)
+                    .ok_or_else(|| corrupt("immutable data size".to_owned()))?;
+                let pcs = offset(immutable, scopes_pcs_offset, immutable_size)?
+                    ..offset(immutable, scopes_data_offset, immutable_size)?;
+                let mutable = mutable_data.get(header).unwrap_or(0);
+                let mutable_size = u64::try_from(value(mutable_data_size)?)
+                    .ok()
+                    .filter(|&size| size <= MAX_REGION)
+                    .ok_or_else(|| corrupt("mutable data size".to_owned()))?;
+                let metadata = offset(mutable, relocation_size, mutable_size)?;
+                if immutable == 0 || mutable == 0 || pcs.start > pcs.end {
+                    return Err(corrupt(format!(
+                        "immutable data at {immutable:#x}, pcs {:#x}-{:#x}",
+                        pcs.start, pcs.end
+                    )));
+                }
+                Ok(Regions {
+                    scopes_data: pcs.end..immutable + immutable_size,
+                    pcs,
+                    metadata: metadata..mutable + mutable_size,
+                })
+            }
+        }
+    }
 }
 
 /// Where a method's line-number table is: after its bytecodes in its `ConstMethod`, when a
@@ -100,10 +266,7 @@ impl ScopeLayout {
     pub fn new(vm: &VmStructs) -> Option<Self> {
         let layout = || -> Result<Self, HotspotError> {
             Ok(Self {
-                scopes_pcs_offset: vm.field("nmethod", "_scopes_pcs_offset")?,
-                dependencies_offset: vm.field("nmethod", "_dependencies_offset")?,
-                metadata_offset: vm.field("nmethod", "_metadata_offset")?,
-                scopes_data_begin: vm.field("CompiledMethod", "_scopes_data_begin")?,
+                regions: RegionLayout::new(vm)?,
                 pc_desc_size: vm.size_of("PcDesc")?,
                 pc_offset: vm.field("PcDesc", "_pc_offset")?,
                 scope_decode_offset: vm.field("PcDesc", "_scope_decode_offset")?,
@@ -143,36 +306,15 @@ impl ScopeLayout {
         };
         // The fields are inside the nmethod's header, which the code cache walk already checked
         // to lie inside its block.
-        let mut header = vec![0u8; 0];
-        let needed = [
-            self.scopes_pcs_offset,
-            self.dependencies_offset,
-            self.metadata_offset,
-            self.scopes_data_begin,
-        ]
-        .iter()
-        .map(|field| field.end())
-        .max()
-        .unwrap_or(0);
-        header.resize(needed as usize, 0);
+        let fields = self.regions.fields();
+        let needed = fields.iter().map(|field| field.end()).max().unwrap_or(0);
+        let mut header = vec![0u8; needed as usize];
         memory.read(blob.start, &mut header).map_err(mem)?;
-        let at = |field: Field| -> Result<u64, HotspotError> {
-            let offset = field.get_i64(&header).unwrap_or(-1);
-            u64::try_from(offset)
-                .ok()
-                .and_then(|offset| blob.start.0.checked_add(offset))
-                .filter(|&addr| addr <= blob.end.0)
-                .ok_or_else(|| corrupt(format!("offset {offset} outside the blob")))
-        };
-        let pcs = at(self.scopes_pcs_offset)?..at(self.dependencies_offset)?;
-        let metadata = at(self.metadata_offset)?;
-        let scopes_data = self.scopes_data_begin.get(&header).unwrap_or(0);
-        if !(blob.start.0..=pcs.start).contains(&scopes_data) || pcs.start > pcs.end {
-            return Err(corrupt(format!(
-                "scopes at {scopes_data:#x}, pcs {:#x}-{:#x}",
-                pcs.start, pcs.end
-            )));
-        }
+        let Regions {
+            pcs,
+            scopes_data,
+            metadata,
+        } = self.regions.regions(&header, blob)?;
         let count = (pcs.end - pcs.start) / self.pc_desc_size;
         if count > MAX_PC_DESCS {
             return Err(corrupt(format!("{count} PcDescs")));
@@ -197,7 +339,7 @@ impl ScopeLayout {
                 bci: self.invocation_entry_bci,
             }]);
         };
-        let data_len = pcs.start - scopes_data;
+        let data_len = scopes_data.end - scopes_data.start;
         let mut scopes = Vec::new();
         // 0 is DebugInformationRecorder::serialized_null: no (more) scopes.
         while decode != 0 {
@@ -211,9 +353,13 @@ impl ScopeLayout {
             let mut bytes = [0u8; SCOPE_HEADER_BYTES];
             let readable = (data_len - start).min(SCOPE_HEADER_BYTES as u64) as usize;
             memory
-                .read(TargetAddr(scopes_data + start), &mut bytes[..readable])
+                .read(
+                    TargetAddr(scopes_data.start + start),
+                    &mut bytes[..readable],
+                )
                 .map_err(mem)?;
-            let mut stream = Unsigned5::new(&bytes[..readable]);
+            let mut stream =
+                Unsigned5::with_excluded(&bytes[..readable], self.lines.excluded_bytes);
             let (Some(sender), Some(index), Some(bci)) =
                 (stream.read(), stream.read(), stream.read())
             else {
@@ -222,10 +368,10 @@ impl ScopeLayout {
             if index == 0 {
                 return Err(corrupt(format!("scope at {decode} has method index 0")));
             }
-            let slot = TargetAddr(metadata)
+            let slot = TargetAddr(metadata.start)
                 .offset(u64::from(index - 1) * 8)
                 .map_err(mem)?;
-            if slot.0 + 8 > pcs.start.max(metadata) + (1 << 20) {
+            if slot.0 + 8 > metadata.end {
                 return Err(corrupt(format!("method index {index}")));
             }
             let method = memory.read_addr(slot).map_err(mem)?;
@@ -516,7 +662,7 @@ mod tests {
         // PcDescs said to run far past the blob.
         memory.write(TargetAddr(b + 148), &u32::MAX.to_le_bytes());
         let err = layout.scopes(&memory, &blob, pc).unwrap_err();
-        assert!(err.to_string().contains("outside the blob"), "{err}");
+        assert!(err.to_string().contains("outside its region"), "{err}");
     }
 
     /// Encodes as HotSpot 17's CompressedWriteStream::write_int does.
