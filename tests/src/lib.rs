@@ -6,6 +6,7 @@
 //! [`serial()`], since the machine has 2 cores and the probe checks need no other tracer.
 
 pub mod container;
+pub mod empty_root;
 pub mod fake_jvm;
 pub mod frame_pointer_targets;
 pub mod probes;

@@ -12,15 +12,19 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod dist;
 mod fuzz;
 
-const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench|fuzz [SECONDS]>
+const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench [live]|dist|fuzz [SECONDS]>
   setup  install the toolchain, bpf-linker, cargo-fuzz and the Debian packages the tests use
   demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
   test   the whole suite: fmt, clippy, unit tests and the integration tests (as root), then
          each fuzz target for 30 s
   bench  overhead per malloc+free against the trap floor, bpftrace and heaptrack, and
-         leakhound's own costs with a million live blocks (as root; prints a table)
+         leakhound's own costs with a million live blocks, glibc and static builds (as root;
+         prints a table); `bench live` measures only the million live blocks
+  dist   build leakhound as one static executable (musl), BPF object embedded:
+         target/dist/leakhound
   fuzz   build the fuzz targets (fuzz/) and run each on its seed corpus for SECONDS
          (default 30)";
 
@@ -45,7 +49,14 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "bench" => {
             setup(&root)?;
-            bench::run(&root, &build_leakhound(&root)?)
+            let leakhound = build_leakhound(&root)?;
+            let static_build = dist::dist(&root)?;
+            let only_live = env::args().nth(2).as_deref() == Some("live");
+            bench::run(&root, &leakhound, &static_build, only_live)
+        }
+        "dist" => {
+            setup(&root)?;
+            dist::dist(&root).map(drop)
         }
         "fuzz" => {
             let seconds = match env::args().nth(2) {
@@ -135,6 +146,9 @@ fn test(root: &Path) -> Result<()> {
     setup(root)?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     let leakhound = build_leakhound(root)?;
+    // The static build for the test that runs it alone in an empty root (tests/tests/
+    // static_binary.rs); about a minute and a half of CI on a fresh target directory.
+    let static_build = dist::dist(root)?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -171,7 +185,8 @@ fn test(root: &Path) -> Result<()> {
     let mut tests = cargo();
     tests
         .args(["test", "--workspace", "--release"])
-        .env("LEAKHOUND_BIN", &leakhound);
+        .env("LEAKHOUND_BIN", &leakhound)
+        .env("LEAKHOUND_STATIC_BIN", &static_build);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         tests.args(["--", "--include-ignored"]);

@@ -46,7 +46,9 @@ const SAMPLE_BYTES: &str = "512k";
 /// How long a tracer may take to attach, or a round to finish, before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
+/// Runs the whole benchmark with the glibc build `leakhound`, and the million-live-blocks part
+/// with the static build too; `only_live` skips the per-call overhead.
+pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) -> Result<()> {
     ensure_packages(&["bpftrace", "heaptrack"])?;
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
@@ -84,7 +86,8 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
     let mut attach_ms = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut libc = None;
-    for threads in THREAD_COUNTS {
+    let thread_counts: &[u32] = if only_live { &[] } else { &THREAD_COUNTS };
+    for &threads in thread_counts {
         let bench = Bench {
             binary: &alloc_bench,
             threads,
@@ -142,7 +145,15 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
     }
     let live = live_report(leakhound, &live_target, &out)?;
     attach_ms.push(live.attach_ms);
-    print_table(&machine, &rows, &attach_ms, &live);
+    // The static build (musl, its allocator chosen in tracer-user's main.rs) on the same
+    // target, right after: the report's time and peak RSS against the glibc build's.
+    let live_static = live_report(static_build, &live_target, &out)?;
+    if !only_live {
+        print_table(&machine, &rows, &attach_ms, &live);
+    } else {
+        print_live(&attach_ms, &live);
+    }
+    print_static_comparison(&live, &live_static);
     check_no_probes_left();
     Ok(())
 }
