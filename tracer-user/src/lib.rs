@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod mapping_tracker;
 pub mod model;
 pub mod names;
+pub mod oom_kill;
 pub mod output_files;
 pub mod process;
 pub mod regions;

@@ -24,7 +24,7 @@ use crate::{
     config::RecordConfig,
     errors::TracerError,
     events::{Event, Events},
-    exec_watch::ExecWatch,
+    exec_watch::{Ending, ExecWatch, OomKill},
     exit_watch::{self, ChildExit},
     kernel::{
         Detaching, Probes,
@@ -34,7 +34,9 @@ use crate::{
     },
     mapping_tracker::MappingTracker,
     model::{Origin, ProcessMemory, Recording},
+    oom_kill::{self, OOM_KILL},
     process::TargetProcess,
+    process::cgroup_memory::CgroupMemory,
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
     unwind::MissHandler,
@@ -132,7 +134,7 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
             _ = sigint.recv() => break "SIGINT".to_owned(),
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             exit = session.exit.wait() => break format!("the target exiting ({exit})"),
-            () = session.exec_watch.exec() => break session.exec_ended(),
+            ending = session.exec_watch.ending() => break session.lifecycle_ended(ending, started),
             () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
             _ = sample_tick.tick() => {
                 drain_events(session.events.get_mut(), &mut session.mappings);
@@ -223,6 +225,9 @@ struct Session {
     /// Unwind misses from the kernel walk, answered as they come.
     misses: MissHandler,
     exec_watch: ExecWatch,
+    /// The target's memory cgroup, where one can be read: its limit is what an OOM kill
+    /// enforced.
+    cgroup: Option<CgroupMemory>,
     /// The program the target exec'd, once it has: that ended the trace.
     exec_program: Option<String>,
     exit: ExitSignal,
@@ -331,6 +336,7 @@ impl Session {
             misses,
             exec_watch,
             exec_program: None,
+            cgroup: CgroupMemory::of(pid),
             exit,
             target: prepared.process,
             command: prepared.command,
@@ -358,6 +364,30 @@ impl Session {
             Some(probes) => self.exec_watch.ended(&probes.maps),
             None => false,
         }
+    }
+
+    /// What the kernel's lifecycle ring said ended the trace; for an OOM kill, the last sample
+    /// is taken now, before the kill takes the target's memory.
+    fn lifecycle_ended(&mut self, ending: Ending, started: Instant) -> String {
+        match ending {
+            Ending::Exec => self.exec_ended(),
+            Ending::OomKill(kill) => {
+                drain_events(self.events.get_mut(), &mut self.mappings);
+                self.take_sample(started);
+                self.oom_ended(kill)
+            }
+        }
+    }
+
+    /// Says that the OOM killer chose the target; returns why tracing ended, with the
+    /// cgroup's limit and the RSS at the kill.
+    fn oom_ended(&mut self, kill: OomKill) -> String {
+        let ended_by = oom_kill::ended_by(kill, self.cgroup.as_ref());
+        self.said.notice(format!(
+            "pid {} was chosen by the OOM killer: tracing ends here, every report is written now",
+            self.target.pid
+        ));
+        ended_by
     }
 
     /// Says that the target exec'd and what it runs now; returns why tracing ended.
@@ -460,6 +490,14 @@ impl Session {
             // The target exec'd just as the trace ended some other way (a signal, or the new
             // program exiting at once): the kernel stopped recording at the exec all the same.
             ended_by = self.exec_ended();
+        } else if !ended_by.starts_with(OOM_KILL)
+            && let Some(kill) = self
+                .probes
+                .as_ref()
+                .and_then(|probes| self.exec_watch.oom_killed(&probes.maps))
+        {
+            // The kill ended the target before its notice was read: it is still why.
+            ended_by = self.oom_ended(kill);
         }
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses

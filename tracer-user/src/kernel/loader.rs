@@ -15,11 +15,12 @@ use aya::{
 };
 
 use aya_log::EbpfLogger;
-use tracer_common::sampling;
+use tracer_common::{lifecycle, sampling};
 
 use super::{
     maps::{KernelMaps, Rings},
     multi_uprobe::MultiUprobePrograms,
+    oom_format::OomRecord,
 };
 use crate::{
     errors::TracerError,
@@ -158,6 +159,9 @@ const TRACEPOINTS: [(&str, &str); 6] = [
 ];
 /// The target's exec (see tracer-ebpf's lifecycle module).
 const EXEC_TRACEPOINT: (&str, &str, &str) = ("exec_notice", "sched", "sched_process_exec");
+/// The OOM killer's choice of victim (see tracer-ebpf's lifecycle module). Optional: a kernel
+/// without the event still traces, and the report then cannot say that an OOM kill ended it.
+const OOM_TRACEPOINT: (&str, &str, &str) = ("oom_notice", "oom", "mark_victim");
 
 impl Probes {
     /// Loads every program for the process `tgid` (as the root PID namespace sees it).
@@ -177,6 +181,8 @@ impl Probes {
         let unwind_dwarf = u32::from(cfi);
         let sample_bytes = sample_bytes.unwrap_or(0);
         let log_level = kernel_log_level();
+        let oom = tracefs::with_tracefs(|| OomRecord::read(Path::new(tracefs::TRACEFS)))
+            .unwrap_or_default();
         let mut loader = EbpfLoader::new();
         loader
             .override_global("TARGET_TGID", &tgid, true)
@@ -186,6 +192,10 @@ impl Probes {
             .override_global("STACK_COPY_LIMIT", &sizes.stack_copy, true)
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .override_global("EXECS_BEFORE_TRACE", &execs_before_trace, true)
+            .override_global("OOM_PID_AT", &oom.pid, true)
+            .override_global("OOM_ANON_RSS_AT", &oom.anon_rss, true)
+            .override_global("OOM_FILE_RSS_AT", &oom.file_rss, true)
+            .override_global("OOM_SHMEM_RSS_AT", &oom.shmem_rss, true)
             // aya-log's level in the kernel: nothing unless the kernel's log is asked for.
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries("ALLOCS", sizes.max_allocs)
@@ -214,6 +224,7 @@ impl Probes {
             "mremap_enter",
             "mapping_exit",
             EXEC_TRACEPOINT.0,
+            OOM_TRACEPOINT.0,
         ] {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
@@ -238,7 +249,17 @@ impl Probes {
                     None
                 }
             };
-        let (maps, rings) = KernelMaps::take(&mut ebpf)?;
+        let (mut maps, rings) = KernelMaps::take(&mut ebpf)?;
+        if pidns_ino == 0 {
+            // leakhound sees root-namespace PIDs: the OOM program needs nothing more to know
+            // its victim (in a PID namespace of its own, it learns the target's).
+            maps.lifecycle
+                .set(lifecycle::TARGET_ROOT_TGID, u64::from(tgid), 0)
+                .map_err(|source| TracerError::Map {
+                    map: "LIFECYCLE",
+                    source: Box::new(source),
+                })?;
+        }
         let kernel_log = if log_level == 0 {
             None
         } else {
@@ -462,6 +483,18 @@ impl Probes {
                 })?;
             self.links.push(Box::new(link));
             self.tracepoints_attached += 1;
+        }
+        let (name, category, event) = OOM_TRACEPOINT;
+        let program: &mut TracePoint = program(&mut self.ebpf, name)?;
+        match program
+            .attach(category, event)
+            .and_then(|id| program.take_link(id))
+        {
+            Ok(link) => {
+                self.links.push(Box::new(link));
+                self.tracepoints_attached += 1;
+            }
+            Err(err) => log::info!("an OOM kill of the target will not be noticed: {err}"),
         }
         Ok(())
     }
