@@ -14,8 +14,9 @@ use anyhow::{Context as _, Result, bail};
 mod bench;
 mod dist;
 mod fuzz;
+mod image;
 
-const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench [live]|dist|fuzz [SECONDS]>
+const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench [live]|dist|image|fuzz [SECONDS]>
   setup  install the toolchain, bpf-linker, cargo-fuzz and the Debian packages the tests use
   demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
   test   the whole suite: fmt, clippy, unit tests and the integration tests (as root), then
@@ -25,6 +26,8 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench [live]|dist|fuzz 
          prints a table); `bench live` measures only the million live blocks
   dist   build leakhound as one static executable (musl), BPF object embedded:
          target/dist/leakhound
+  image  an OCI image holding only that binary (podman, FROM scratch), saved for
+         `podman load`/`docker load`: target/image/leakhound-VERSION.tar
   fuzz   build the fuzz targets (fuzz/) and run each on its seed corpus for SECONDS
          (default 30)";
 
@@ -57,6 +60,10 @@ fn main() -> Result<()> {
         "dist" => {
             setup(&root)?;
             dist::dist(&root).map(drop)
+        }
+        "image" => {
+            setup(&root)?;
+            image::image(&root).map(drop)
         }
         "fuzz" => {
             let seconds = match env::args().nth(2) {

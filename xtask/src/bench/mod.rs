@@ -159,7 +159,7 @@ pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) 
 }
 
 /// Installs the Debian packages the comparison needs, when missing.
-fn ensure_packages(packages: &[&str]) -> Result<()> {
+pub(crate) fn ensure_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
