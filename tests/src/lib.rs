@@ -9,6 +9,7 @@ pub mod container;
 pub mod empty_root;
 pub mod fake_jvm;
 pub mod frame_pointer_targets;
+pub mod ingest_receiver;
 pub mod memory_cgroup;
 pub mod probes;
 pub mod process;

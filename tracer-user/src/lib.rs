@@ -21,6 +21,7 @@ pub mod names;
 pub mod oom_kill;
 pub mod output_files;
 pub mod process;
+pub mod push;
 pub mod regions;
 pub mod report;
 pub mod session;
