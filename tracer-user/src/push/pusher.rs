@@ -177,3 +177,104 @@ fn send(agent: &ureq::Agent, request: &IngestRequest) -> Result<(), String> {
         .map(drop)
         .map_err(|error| error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _, Write as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A loopback server answering 503 to the first `refuse` requests and 200 after; returns
+    /// its URL and the bodies it accepted.
+    fn server(refuse: usize) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().flatten().enumerate() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let status = if n < refuse {
+                    "503 Unavailable"
+                } else {
+                    "200 OK"
+                };
+                if n >= refuse {
+                    kept.lock().unwrap().push(body);
+                }
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        (url, accepted)
+    }
+
+    fn request(url: &str, body: &[u8]) -> IngestRequest {
+        IngestRequest {
+            url: format!("{url}/ingest"),
+            content_type: "application/octet-stream".into(),
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_refused_profile_comes_again_and_every_offer_is_pushed_in_order() {
+        let (url, accepted) = server(1);
+        let pusher = Pusher::start().unwrap();
+        pusher.offer(request(&url, b"one"));
+        std::thread::sleep(Duration::from_millis(200));
+        pusher.offer(request(&url, b"two"));
+        pusher.offer(request(&url, b"three"));
+        let (tally, _) = pusher.finish(Duration::from_secs(5));
+        assert_eq!(
+            tally,
+            PushTally {
+                pushed: 3,
+                failed: 0,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            *accepted.lock().unwrap(),
+            [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_and_the_end_gives_up_in_time() {
+        // Nothing listens here: every push fails at once.
+        let pusher = Pusher::start().unwrap();
+        for n in 0..QUEUE + 2 {
+            pusher.offer(request("http://127.0.0.1:9", n.to_string().as_bytes()));
+        }
+        let started = Instant::now();
+        let (tally, error) = pusher.finish(Duration::from_millis(500));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the end waits about as asked"
+        );
+        assert_eq!(tally.pushed, 0);
+        assert!(tally.dropped >= 1, "{tally:?}");
+        assert_eq!(tally.failed + tally.dropped, QUEUE as u64 + 2, "{tally:?}");
+        assert!(error.is_some());
+    }
+}
