@@ -40,6 +40,15 @@ if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 ||
     rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --component clippy
 fi
 
+# The static build (`cargo xtask dist`): Rust's musl target links musl into the binary, so a
+# debug pod needs no libc. Every C part of leakhound's dependencies is pure Rust, so no musl
+# C toolchain is needed.
+STATIC_TARGET=x86_64-unknown-linux-musl
+if ! rustup target list --installed | grep -qx "$STATIC_TARGET"; then
+    log "installing the Rust target $STATIC_TARGET"
+    rustup target add "$STATIC_TARGET"
+fi
+
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     # bpf-linker links against any libLLVM found under LLVM_PREFIX. The nightly ships its own
     # libLLVM; expose it as <prefix>/lib/libLLVM.so plus a link named by its soname. The

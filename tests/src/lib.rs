@@ -6,8 +6,11 @@
 //! [`serial()`], since the machine has 2 cores and the probe checks need no other tracer.
 
 pub mod container;
+pub mod empty_root;
 pub mod fake_jvm;
 pub mod frame_pointer_targets;
+pub mod ingest_receiver;
+pub mod memory_cgroup;
 pub mod probes;
 pub mod process;
 pub mod report;

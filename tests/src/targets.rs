@@ -111,6 +111,12 @@ pub fn exec_after_leak() -> PathBuf {
     build("exec_after_leak", false)
 }
 
+/// `targets/oom_leak.c`: holds 100 blocks of 1000 bytes, then leaks 1 MiB blocks (filled)
+/// until the OOM killer ends it.
+pub fn oom_leak() -> PathBuf {
+    build("oom_leak", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)

@@ -482,6 +482,9 @@ pub struct MapArgs {
 pub enum LifecycleKind {
     /// The target exec'd another program: its old image, and all of its memory, are gone.
     Exec = 0,
+    /// The kernel chose the target as the victim of an OOM kill (`oom:mark_victim`): it is
+    /// about to be sent SIGKILL.
+    OomKill = 1,
 }
 
 impl TryFrom<u32> for LifecycleKind {
@@ -490,6 +493,7 @@ impl TryFrom<u32> for LifecycleKind {
     fn try_from(value: u32) -> Result<Self, Self::Error> {
         match value {
             0 => Ok(Self::Exec),
+            1 => Ok(Self::OomKill),
             other => Err(other),
         }
     }
@@ -505,6 +509,9 @@ pub struct LifecycleEvent {
     pub _pad: u32,
     /// `bpf_ktime_get_ns` when it happened.
     pub timestamp_ns: u64,
+    /// For an OOM kill: the victim's resident memory (anonymous, file and shared) in KiB as
+    /// the OOM killer saw it, or `u64::MAX` where the kernel's record does not carry it.
+    pub rss_kib: u64,
 }
 
 /// Slots of the kernel's lifecycle array.
@@ -514,8 +521,14 @@ pub mod lifecycle {
     /// When the target exec'd, ending the trace (`bpf_ktime_get_ns`), or 0. Once set, no probe
     /// records anything more: what the new program does is not part of the trace.
     pub const ENDED_AT: u32 = 1;
+    /// The target's TGID in the root PID namespace, which the OOM killer's tracepoint names
+    /// its victim by, or 0 while unknown: user space writes it when it runs in the root PID
+    /// namespace; otherwise the OOM program learns it when the target itself hits the limit.
+    pub const TARGET_ROOT_TGID: u32 = 2;
+    /// When the OOM killer chose the target (`bpf_ktime_get_ns`), or 0.
+    pub const OOM_KILLED_AT: u32 = 3;
     /// How many slots there are.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 4;
 }
 
 /// Indexes of the kernel's loss and activity counters (a per-CPU array).
@@ -727,7 +740,8 @@ mod tests {
         assert_eq!(MapEventKind::try_from(2), Ok(MapEventKind::Remap));
         assert_eq!(MapEventKind::try_from(3), Err(3));
         assert_eq!(LifecycleKind::try_from(0), Ok(LifecycleKind::Exec));
-        assert_eq!(LifecycleKind::try_from(1), Err(1));
+        assert_eq!(LifecycleKind::try_from(1), Ok(LifecycleKind::OomKill));
+        assert_eq!(LifecycleKind::try_from(2), Err(2));
     }
 
     #[test]
@@ -841,7 +855,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<StackTotals>(), 32);
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
         assert_eq!(core::mem::size_of::<MapArgs>(), 32);
-        assert_eq!(core::mem::size_of::<LifecycleEvent>(), 16);
+        assert_eq!(core::mem::size_of::<LifecycleEvent>(), 24);
         assert_eq!(core::mem::size_of::<StackFrames>(), 8 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<UnwindRule>(), 16);
         assert_eq!(core::mem::size_of::<UnwindMiss>(), 48 + STACK_COPY_BYTES);

@@ -26,7 +26,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace a running process (--pid) or a command (after --) and report what it still holds.
-    Record(RecordArgs),
+    // Boxed: the record options are far larger than the others' (clippy::large_enum_variant).
+    Record(Box<RecordArgs>),
     /// Render a saved recording again (no root needed), or compare two as a diff.
     Report(ReportArgs),
     /// Print what leakhound reads of a running JVM's own metadata (for checking by hand).
@@ -199,6 +200,8 @@ pub struct RecordArgs {
     /// `je_malloc`, `_rjem_malloc`, `mi_malloc` or `tc_malloc`, are found without it.
     #[arg(long, value_name = "PATH[:PREFIX]", value_parser = AllocLib::parse)]
     pub alloc_lib: Vec<AllocLib>,
+    #[command(flatten)]
+    pub push: crate::push::PushArgs,
     /// The command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -228,6 +231,7 @@ impl RecordArgs {
             },
             alloc_libs: self.alloc_lib,
             sample_bytes: self.sample_bytes,
+            push: self.push.into_config(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct RecordConfig {
     pub alloc_libs: Vec<AllocLib>,
     /// Mean bytes between samples (`--sample-bytes`); none records every allocation.
     pub sample_bytes: Option<u64>,
+    /// Continuous mode: push a profile every period (`--push`).
+    pub push: Option<crate::push::PushConfig>,
 }
 
 /// `leakhound report`: render saved recordings again.

@@ -136,6 +136,13 @@ impl Stop {
     }
 }
 
+/// The type of a ptrace request: glibc declares `ptrace` with an unsigned request, musl (the
+/// static build, `cargo xtask dist`) with an `int`.
+#[cfg(target_env = "musl")]
+type PtraceRequest = libc::c_int;
+#[cfg(not(target_env = "musl"))]
+type PtraceRequest = libc::c_uint;
+
 /// How to let the tracee go on after `stop`, as if it had no tracer: the request and the
 /// signal to deliver.
 ///
@@ -144,7 +151,7 @@ impl Stop {
 /// answered with PTRACE_CONT. Answering that one with PTRACE_LISTEN too (as a group-stop)
 /// left a continued command frozen until the trace ended. A signal-delivery-stop gets its
 /// signal back: a stop signal then starts the group-stop, SIGCONT and the rest do what they do.
-fn resume(stop: Stop) -> (libc::c_uint, i32) {
+fn resume(stop: Stop) -> (PtraceRequest, i32) {
     match stop {
         Stop::Group => (libc::PTRACE_LISTEN, 0),
         Stop::Exit | Stop::Event => (libc::PTRACE_CONT, 0),

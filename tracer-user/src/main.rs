@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     }
     logger.init();
     match cli.command {
-        Command::Record(args) => record(args),
+        Command::Record(args) => record(*args),
         Command::Report(args) => replay(&args.into_config()),
         Command::DebugJvm(args) => {
             match tracer_user::jit::hotspot::debug::run(args.pid, args.pcs.as_deref(), args.tables)
@@ -82,6 +82,18 @@ fn record(args: tracer_user::cli::RecordArgs) -> ExitCode {
         eprintln!("leakhound: error: {error}");
         eprintln!("  hint: {}", error.hint());
         failed = true;
+    }
+    // Continuous mode: the final profile was queued with the report; give it a bounded wait.
+    if let Some(pushing) = outcome.pushing {
+        let url = pushing.config.url.clone();
+        let (tally, last_error) = pushing.finish(tracer_user::push::FINAL_WAIT);
+        eprintln!(
+            "leakhound: pushed {} profiles to {url} ({} failed, {} dropped from a full queue)",
+            tally.pushed, tally.failed, tally.dropped
+        );
+        if let Some(error) = last_error.filter(|_| tally.failed > 0) {
+            eprintln!("  last push error: {error}");
+        }
     }
     // The report is out; no probe may outlive this process.
     if let Some(detaching) = outcome.detaching {

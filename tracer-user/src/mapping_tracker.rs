@@ -20,7 +20,8 @@ pub struct Made {
     pub mappings: u64,
 }
 
-#[derive(Debug, Default)]
+// Clone: continuous mode renders a profile mid-trace from a copy (src/push).
+#[derive(Clone, Debug, Default)]
 pub struct MappingTracker {
     regions: Regions,
     /// Bytes and mappings ever made per stack while traced.

@@ -16,7 +16,8 @@ struct Region {
     made_ns: u64,
 }
 
-#[derive(Debug, Default)]
+// Clone: continuous mode renders a profile mid-trace from a copy (src/push).
+#[derive(Clone, Debug, Default)]
 pub struct Regions {
     by_start: BTreeMap<u64, Region>,
 }

@@ -24,7 +24,7 @@ use crate::{
     config::RecordConfig,
     errors::TracerError,
     events::{Event, Events},
-    exec_watch::ExecWatch,
+    exec_watch::{Ending, ExecWatch, OomKill},
     exit_watch::{self, ChildExit},
     identities::IdentityWatch,
     kernel::{
@@ -35,12 +35,18 @@ use crate::{
     },
     mapping_tracker::MappingTracker,
     model::{Origin, ProcessMemory, Recording},
+    oom_kill::{self, OOM_KILL},
     process::TargetProcess,
+    process::cgroup_memory::CgroupMemory,
+    push::Continuous,
     stats::Phase,
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
     unwind::MissHandler,
 };
+
+/// How long a periodic push waits for the refresher's hold on the target's code.
+const PUSH_NAMES_WAIT: Duration = Duration::from_millis(200);
 
 /// How long the end of a trace waits for the target's code to be reread, and then for the
 /// target code to be free for naming: the target may be slow or hostile.
@@ -53,6 +59,8 @@ pub struct Outcome {
     /// The probes' detach, still under way while the report is written: wait for it before
     /// exiting (dropping it waits too).
     pub detaching: Option<Detaching>,
+    /// Continuous mode's pushes, the final profile queued: wait for them before exiting.
+    pub pushing: Option<Continuous>,
 }
 
 /// Runs one session; what it says while it runs (attach, progress, notices) goes to `events`.
@@ -67,6 +75,7 @@ pub fn record(config: &RecordConfig, events: Events) -> Outcome {
                 recording: None,
                 error: Some(err.into()),
                 detaching: None,
+                pushing: None,
             };
         }
     };
@@ -85,6 +94,7 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
                 recording: None,
                 error: Some(err.into()),
                 detaching: None,
+                pushing: None,
             };
         }
     };
@@ -95,6 +105,7 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
                 recording: None,
                 error: Some(error),
                 detaching: None,
+                pushing: None,
             };
         }
     };
@@ -112,6 +123,16 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
     );
     sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut error = None;
+    // Continuous mode: a profile every period, the first one period after attach.
+    let push_every = session
+        .push
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |push| push.config.every);
+    let mut push_tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(started + push_every),
+        push_every,
+    );
+    push_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let ended_by = loop {
         tokio::select! {
@@ -140,7 +161,7 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
             _ = sigint.recv() => break "SIGINT".to_owned(),
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             exit = session.exit.wait() => break format!("the target exiting ({exit})"),
-            () = session.exec_watch.exec() => break session.exec_ended(),
+            ending = session.exec_watch.ending() => break session.lifecycle_ended(ending, started),
             () = sleep_until(deadline) => break format!("the {:.1} s duration", started.elapsed().as_secs_f64()),
             _ = sample_tick.tick() => {
                 drain_events(session.events.get_mut(), &mut session.mappings);
@@ -152,6 +173,10 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
                     session.send_progress(started, &totals, config.sample_bytes.is_some());
                 }
             }
+            _ = push_tick.tick(), if session.push.is_some() => {
+                drain_events(session.events.get_mut(), &mut session.mappings);
+                session.push_now(started, config);
+            }
             _ = tick.tick() => {
                 // Checked first, so that the code of a program the target exec'd is not read.
                 if session.exec_seen() {
@@ -162,17 +187,25 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
         }
     };
     drain_events(session.events.get_mut(), &mut session.mappings);
+    let mut push = session.push.take();
     let recording = session.finish(started, ended_by, config.min_age, config.sample_bytes);
+    // The final profile, whatever ended the trace (an OOM kill among others).
+    if let (Some(push), Ok((recording, _))) = (push.as_mut(), &recording) {
+        push.offer(recording);
+    }
+    let pushing = push;
     match recording {
         Ok((recording, detaching)) => Outcome {
             recording: Some(recording),
             error,
             detaching: Some(detaching),
+            pushing,
         },
         Err(err) => Outcome {
             recording: None,
             error: Some(err),
             detaching: None,
+            pushing: None,
         },
     }
 }
@@ -233,6 +266,11 @@ struct Session {
     /// New stacks with frames identified by their slots, named as they come.
     identities: IdentityWatch,
     exec_watch: ExecWatch,
+    /// Continuous mode (`--push`), when asked for.
+    push: Option<Continuous>,
+    /// The target's memory cgroup, where one can be read: its limit is what an OOM kill
+    /// enforced.
+    cgroup: Option<CgroupMemory>,
     /// The program the target exec'd, once it has: that ended the trace.
     exec_program: Option<String>,
     exit: ExitSignal,
@@ -344,6 +382,14 @@ impl Session {
             identities,
             exec_watch,
             exec_program: None,
+            cgroup: CgroupMemory::of(pid),
+            push: match &config.push {
+                Some(push) => Some(
+                    Continuous::start(push.clone(), pid, &prepared.command)
+                        .map_err(TracerError::Io)?,
+                ),
+                None => None,
+            },
             exit,
             target: prepared.process,
             command: prepared.command,
@@ -377,6 +423,84 @@ impl Session {
             Some(probes) => self.exec_watch.ended(&probes.maps),
             None => false,
         }
+    }
+
+    /// Continuous mode: the recording so far, rendered and queued for the push thread. Reads
+    /// every live allocation (for ages), so it costs what a report does, once a period; what
+    /// the kernel records goes on meanwhile.
+    fn push_now(&mut self, started: Instant, config: &RecordConfig) {
+        let Some(probes) = self.probes.as_ref() else {
+            return;
+        };
+        let snapshot = match KernelSnapshot::read(&probes.maps) {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                log::warn!("no profile pushed this period: {err}");
+                return;
+            }
+        };
+        let traced = started.elapsed().as_secs_f64();
+        let gathered = Gathered::new(
+            snapshot,
+            self.mappings.clone(),
+            self.misses.ledger(),
+            self.timeline.clone(),
+            None,
+            (traced, self.memory()),
+        );
+        let frames = snapshot::read_stacks(
+            &probes.maps,
+            gathered.stacks().into_iter().map(|(_, key, _)| key),
+        );
+        let unnamed = TargetCode::default();
+        let held = code_refresh::lock_within(&self.code, PUSH_NAMES_WAIT);
+        let code: &TargetCode = held.as_deref().unwrap_or(&unnamed);
+        let names = (&code.hotspot, &code.jit);
+        let (space, jit): (_, &dyn NameSource) = (&code.space, &names);
+        let mut namer = FrameNamer::default();
+        let unique: HashSet<CodeAddress> = frames
+            .values()
+            .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
+            .collect();
+        namer.name_all(space, jit, unique);
+        let trace = Trace {
+            pid: self.target.pid,
+            command: self.command.clone(),
+            ended_by: "still tracing (a periodic push)".to_owned(),
+            traced_secs: traced,
+            min_age_ns: config.min_age.map(|d| d.as_nanos() as u64),
+            sample_bytes: config.sample_bytes,
+            mapping_unavailable: self.mapping_unavailable.clone(),
+        };
+        let recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        drop(held);
+        if let Some(push) = self.push.as_mut() {
+            push.offer(&recording);
+        }
+    }
+
+    /// What the kernel's lifecycle ring said ended the trace; for an OOM kill, the last sample
+    /// is taken now, before the kill takes the target's memory.
+    fn lifecycle_ended(&mut self, ending: Ending, started: Instant) -> String {
+        match ending {
+            Ending::Exec => self.exec_ended(),
+            Ending::OomKill(kill) => {
+                drain_events(self.events.get_mut(), &mut self.mappings);
+                self.take_sample(started);
+                self.oom_ended(kill)
+            }
+        }
+    }
+
+    /// Says that the OOM killer chose the target; returns why tracing ended, with the
+    /// cgroup's limit and the RSS at the kill.
+    fn oom_ended(&mut self, kill: OomKill) -> String {
+        let ended_by = oom_kill::ended_by(kill, self.cgroup.as_ref());
+        self.said.notice(format!(
+            "pid {} was chosen by the OOM killer: tracing ends here, every report is written now",
+            self.target.pid
+        ));
+        ended_by
     }
 
     /// Says that the target exec'd and what it runs now; returns why tracing ended.
@@ -479,6 +603,14 @@ impl Session {
             // The target exec'd just as the trace ended some other way (a signal, or the new
             // program exiting at once): the kernel stopped recording at the exec all the same.
             ended_by = self.exec_ended();
+        } else if !ended_by.starts_with(OOM_KILL)
+            && let Some(kill) = self
+                .probes
+                .as_ref()
+                .and_then(|probes| self.exec_watch.oom_killed(&probes.maps))
+        {
+            // The kill ended the target before its notice was read: it is still why.
+            ended_by = self.oom_ended(kill);
         }
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses

@@ -12,16 +12,23 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod dist;
 mod fuzz;
+mod image;
 
-const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench|fuzz [SECONDS]>
+const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench [live]|dist|image|fuzz [SECONDS]>
   setup  install the toolchain, bpf-linker, cargo-fuzz and the Debian packages the tests use
   demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
   test   the whole suite: fmt, clippy, unit tests and the integration tests (as root), then
          each fuzz target for 30 s
   bench  overhead per malloc+free against the trap floor, bpftrace and heaptrack, and
-         leakhound's own costs with a million live blocks, and the cost per allocation in a
-         JVM and a Node.js target (as root; prints a table); `bench runtimes`: the last alone
+         leakhound's own costs with a million live blocks, glibc and static builds, and the
+         cost per allocation in a JVM and a Node.js target (as root; prints a table);
+         `bench live`: only the million live blocks; `bench runtimes`: only the JVM and Node
+  dist   build leakhound as one static executable (musl), BPF object embedded:
+         target/dist/leakhound
+  image  an OCI image holding only that binary (podman, FROM scratch), saved for
+         `podman load`/`docker load`: target/image/leakhound-VERSION.tar
   fuzz   build the fuzz targets (fuzz/) and run each on its seed corpus for SECONDS
          (default 30)";
 
@@ -46,11 +53,26 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "bench" => {
             setup(&root)?;
+            let leakhound = build_leakhound(&root)?;
+            let only = env::args().nth(2);
+            if only.as_deref() == Some("runtimes") {
+                return bench::runtimes_only(&root, &leakhound);
+            }
+            let static_build = dist::dist(&root)?;
             bench::run(
                 &root,
-                &build_leakhound(&root)?,
-                env::args().nth(2).as_deref(),
+                &leakhound,
+                &static_build,
+                only.as_deref() == Some("live"),
             )
+        }
+        "dist" => {
+            setup(&root)?;
+            dist::dist(&root).map(drop)
+        }
+        "image" => {
+            setup(&root)?;
+            image::image(&root).map(drop)
         }
         "fuzz" => {
             let seconds = match env::args().nth(2) {
@@ -160,6 +182,9 @@ fn test(root: &Path) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     let faulty = build_fault_injection_leakhound(root)?;
     let leakhound = build_leakhound(root)?;
+    // The static build for the test that runs it alone in an empty root (tests/tests/
+    // static_binary.rs); about a minute and a half of CI on a fresh target directory.
+    let static_build = dist::dist(root)?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -210,7 +235,8 @@ fn test(root: &Path) -> Result<()> {
     tests
         .args(["test", "--workspace", "--release"])
         .env("LEAKHOUND_BIN", &leakhound)
-        .env("LEAKHOUND_FAULT_BIN", &faulty);
+        .env("LEAKHOUND_FAULT_BIN", &faulty)
+        .env("LEAKHOUND_STATIC_BIN", &static_build);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         tests.args(["--", "--include-ignored"]);

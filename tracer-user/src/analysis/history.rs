@@ -12,7 +12,8 @@ use crate::model::{ProcessMemory, Sample};
 /// newest sample. Trends are quadratic in this (Theil–Sen), so it stays modest.
 pub const DEFAULT_CAP: usize = 128;
 
-#[derive(Debug)]
+// Clone: continuous mode renders a profile mid-trace from a copy (src/push).
+#[derive(Clone, Debug)]
 pub struct Timeline<K> {
     cap: usize,
     /// Keep one offered sample in `stride`.

@@ -137,10 +137,15 @@ pub const TRACEPOINTS: [Attachment<'static>; 7] = [
     tracepoint("exec_notice", "sched", "sched_process_exec"),
 ];
 
+/// The OOM killer's choice of victim (see tracer-ebpf's lifecycle module). Optional: a kernel
+/// without the event still traces, and the report then cannot say that an OOM kill ended it.
+pub const OOM_TRACEPOINT: Attachment<'static> = tracepoint("oom_notice", "oom", "mark_victim");
+
 /// The tracepoint programs to load, each once.
 pub fn tracepoint_programs() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = TRACEPOINTS.iter().map(|row| row.program).collect();
     names.dedup();
+    names.push(OOM_TRACEPOINT.program);
     names
 }
 
@@ -318,7 +323,8 @@ mod tests {
                 "munmap_enter",
                 "mremap_enter",
                 "mapping_exit",
-                "exec_notice"
+                "exec_notice",
+                "oom_notice"
             ]
         );
     }

@@ -17,13 +17,14 @@ use aya::{
 };
 
 use aya_log::EbpfLogger;
-use tracer_common::sampling;
+use tracer_common::{lifecycle, sampling};
 
 use super::{
     attach::{self, Attachment, Mechanism, Placed, Site, UPROBE_PROGRAMS},
     faults::Faults,
     maps::{KernelMaps, Rings},
     multi_uprobe::MultiUprobePrograms,
+    oom_format::OomRecord,
 };
 use crate::{errors::TracerError, kernel::tracefs, process::elf::HookPoint};
 
@@ -170,6 +171,8 @@ impl Probes {
         let unwind_dwarf = u32::from(cfi);
         let sample_bytes = sample_bytes.unwrap_or(0);
         let log_level = kernel_log_level();
+        let oom = tracefs::with_tracefs(|| OomRecord::read(Path::new(tracefs::TRACEFS)))
+            .unwrap_or_default();
         let mut loader = EbpfLoader::new();
         loader
             .override_global("TARGET_TGID", &tgid, true)
@@ -179,6 +182,10 @@ impl Probes {
             .override_global("STACK_COPY_LIMIT", &sizes.stack_copy, true)
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .override_global("EXECS_BEFORE_TRACE", &execs_before_trace, true)
+            .override_global("OOM_PID_AT", &oom.pid, true)
+            .override_global("OOM_ANON_RSS_AT", &oom.anon_rss, true)
+            .override_global("OOM_FILE_RSS_AT", &oom.file_rss, true)
+            .override_global("OOM_SHMEM_RSS_AT", &oom.shmem_rss, true)
             // aya-log's level in the kernel: nothing unless the kernel's log is asked for.
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries("ALLOCS", sizes.max_allocs)
@@ -218,7 +225,17 @@ impl Probes {
                 Uprobes::PerfEvent
             }
         };
-        let (maps, rings) = KernelMaps::take(&mut ebpf)?;
+        let (mut maps, rings) = KernelMaps::take(&mut ebpf)?;
+        if pidns_ino == 0 {
+            // leakhound sees root-namespace PIDs: the OOM program needs nothing more to know
+            // its victim (in a PID namespace of its own, it learns the target's).
+            maps.lifecycle
+                .set(lifecycle::TARGET_ROOT_TGID, u64::from(tgid), 0)
+                .map_err(|source| TracerError::Map {
+                    map: "LIFECYCLE",
+                    source: Box::new(source),
+                })?;
+        }
         let kernel_log = if log_level == 0 {
             None
         } else {
@@ -277,7 +294,10 @@ impl Probes {
     /// neither is available: mapping tracking is off and the report says so, and an exec is
     /// not noticed; malloc tracking depends on neither.
     pub fn attach_tracepoints(&mut self) -> Result<(), TracerError> {
-        match tracefs::with_tracefs(|| self.attach_table(&attach::TRACEPOINTS)) {
+        match tracefs::with_tracefs(|| {
+            self.attach_table(&attach::TRACEPOINTS)
+                .and_then(|()| self.attach_oom_notice())
+        }) {
             Ok(attached) => attached,
             Err(why) => {
                 log::warn!(
@@ -360,6 +380,28 @@ impl Probes {
             };
             self.links.push(link);
             self.placed.push(Placed::new(row, mechanism));
+        }
+        Ok(())
+    }
+
+    /// Attaches the OOM killer's tracepoint, which a kernel may lack: without it the trace
+    /// goes on, and the report cannot say that an OOM kill ended it.
+    fn attach_oom_notice(&mut self) -> Result<(), TracerError> {
+        let row = &attach::OOM_TRACEPOINT;
+        let Site::Tracepoint { category, event } = row.site else {
+            return Ok(());
+        };
+        let program: &mut TracePoint = program(&mut self.ebpf, row.program)?;
+        match program
+            .attach(category, event)
+            .and_then(|id| program.take_link(id))
+        {
+            Ok(link) => {
+                self.links.push(Box::new(link));
+                self.tracepoints_attached += 1;
+                self.placed.push(Placed::new(row, Mechanism::Tracepoint));
+            }
+            Err(err) => log::info!("an OOM kill of the target will not be noticed: {err}"),
         }
         Ok(())
     }

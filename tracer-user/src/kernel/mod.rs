@@ -7,6 +7,7 @@ mod faults;
 pub mod loader;
 pub mod maps;
 pub mod multi_uprobe;
+pub mod oom_format;
 pub mod reader;
 pub mod snapshot;
 pub mod sys;

@@ -7,7 +7,7 @@
 
 use std::{ffi::CString, path::Path};
 
-const TRACEFS: &str = "/sys/kernel/tracing";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Runs `attach` where tracefs is mounted: here if it already is, else on a thread with a
 /// private tracefs. Returns an error text when tracefs is missing and cannot be mounted.

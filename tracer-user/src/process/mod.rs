@@ -3,6 +3,7 @@
 
 pub mod address_space;
 pub mod allocators;
+pub mod cgroup_memory;
 pub mod elf;
 pub mod launch;
 pub mod maps;

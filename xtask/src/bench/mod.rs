@@ -50,15 +50,20 @@ const SAMPLE_BYTES: &str = "512k";
 /// How long a tracer may take to attach, or a round to finish, before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// `only`: `runtimes` measures the JVM and Node.js rows alone.
-pub fn run(root: &Path, leakhound: &Path, only: Option<&str>) -> Result<()> {
+/// The JVM and Node.js rows alone (`cargo xtask bench runtimes`).
+pub fn runtimes_only(root: &Path, leakhound: &Path) -> Result<()> {
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
-    if only == Some("runtimes") {
-        print_runtime_rows(&runtime_rows(root, leakhound, &out)?);
-        check_no_probes_left();
-        return Ok(());
-    }
+    print_runtime_rows(&runtime_rows(root, leakhound, &out)?);
+    check_no_probes_left();
+    Ok(())
+}
+
+/// Runs the whole benchmark with the glibc build `leakhound`, and the million-live-blocks part
+/// with the static build too; `only_live` skips the per-call overhead.
+pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) -> Result<()> {
+    let out = root.join("target/bench");
+    fs::create_dir_all(&out)?;
     ensure_packages(&["bpftrace", "heaptrack"])?;
     let alloc_bench = out.join("alloc_bench");
     let live_target = out.join("live_target");
@@ -94,7 +99,8 @@ pub fn run(root: &Path, leakhound: &Path, only: Option<&str>) -> Result<()> {
     let mut attach_ms = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut libc = None;
-    for threads in THREAD_COUNTS {
+    let thread_counts: &[u32] = if only_live { &[] } else { &THREAD_COUNTS };
+    for &threads in thread_counts {
         let bench = Bench {
             binary: &alloc_bench,
             threads,
@@ -156,15 +162,27 @@ pub fn run(root: &Path, leakhound: &Path, only: Option<&str>) -> Result<()> {
     }
     let live = live_report(leakhound, &live_target, &out)?;
     attach_ms.push(live.attach_ms);
-    let runtimes = runtime_rows(root, leakhound, &out)?;
-    print_table(&machine, &rows, &attach_ms, &live);
+    // The static build (musl, its allocator chosen in tracer-user's main.rs) on the same
+    // target, right after: the report's time and peak RSS against the glibc build's.
+    let live_static = live_report(static_build, &live_target, &out)?;
+    let runtimes = if only_live {
+        Vec::new()
+    } else {
+        runtime_rows(root, leakhound, &out)?
+    };
+    if !only_live {
+        print_table(&machine, &rows, &attach_ms, &live);
+    } else {
+        print_live(&attach_ms, &live);
+    }
+    print_static_comparison(&live, &live_static);
     print_runtime_rows(&runtimes);
     check_no_probes_left();
     Ok(())
 }
 
 /// Installs the Debian packages the comparison needs, when missing.
-fn ensure_packages(packages: &[&str]) -> Result<()> {
+pub(crate) fn ensure_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

@@ -97,6 +97,11 @@ pub(super) fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: 
             .join(" / ")
     );
 
+    print_live(attach_ms, live);
+}
+
+/// leakhound's own costs with a million live blocks.
+pub(super) fn print_live(attach_ms: &[f64], live: &LiveReport) {
     let mut attach = attach_ms.to_vec();
     let attach_median = median(&mut attach);
     let map_bytes: u64 = live.maps.iter().map(|(_, bytes)| bytes).sum();
@@ -140,6 +145,39 @@ pub(super) fn print_table(machine: &str, rows: &[Row], attach_ms: &[f64], live: 
     println!("  the report said:");
     for line in &live.summary {
         println!("    {line}");
+    }
+}
+
+/// The static build (`cargo xtask dist`) against the glibc build on the same million blocks.
+pub(super) fn print_static_comparison(glibc: &LiveReport, static_build: &LiveReport) {
+    let mib = |kib: i64| kib as f64 / 1024.0;
+    println!(
+        "\nthe static build (musl) against the glibc build, same 1M live blocks, one after the other:"
+    );
+    println!("| build | report after SIGINT | exit after SIGINT | peak RSS | attach |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, live) in [("glibc", glibc), ("static (musl)", static_build)] {
+        println!(
+            "| {name} | {:.2} s | {:.2} s | {:.1} MiB | {:.0} ms |",
+            live.report_s,
+            live.exit_s,
+            mib(live.peak_rss_kib),
+            live.attach_ms
+        );
+    }
+    println!(
+        "  static / glibc: report {}, peak RSS {}",
+        ratio(static_build.report_s / glibc.report_s),
+        ratio(static_build.peak_rss_kib as f64 / glibc.peak_rss_kib as f64)
+    );
+    for phase in &static_build.phases {
+        println!("    static: {phase}");
+    }
+    if static_build.summary != glibc.summary {
+        println!(
+            "  the reports differ: glibc {:?}, static {:?}",
+            glibc.summary, static_build.summary
+        );
     }
 }
 
