@@ -19,7 +19,7 @@ use std::{
 };
 
 use crate::{
-    jit::{self, PerfMaps, Runtime, hotspot::frames::HotspotFrames},
+    jit::{self, PerfMaps, Runtime, hotspot::frames::HotspotFrames, v8::V8Frames},
     process::{TargetProcess, address_space::AddressSpace},
 };
 
@@ -31,6 +31,8 @@ pub struct TargetCode {
     pub space: AddressSpace,
     /// Java frames from HotSpot's own metadata, asked before the perf map.
     pub hotspot: HotspotFrames,
+    /// JavaScript frames from V8's own metadata, asked before the perf map.
+    pub v8: V8Frames,
     /// The runtime's perf map (Node.js, the JVM).
     pub jit: PerfMaps,
 }
@@ -40,6 +42,7 @@ impl TargetCode {
     pub fn refresh(&mut self, target: &TargetProcess) {
         self.jit.refresh(target);
         self.hotspot.refresh(target);
+        self.v8.refresh(target);
         self.space.refresh(target);
     }
 }

@@ -11,6 +11,7 @@ pub mod hotspot;
 pub mod jvm_attach;
 pub mod node;
 pub mod perf_map;
+pub mod v8;
 
 use std::{
     fs,

@@ -1,0 +1,159 @@
+//! JavaScript frames named from V8's own metadata, for the unwinder (which return addresses are
+//! JavaScript frames, whose function the kernel walk reads) and for the namer (the function an
+//! identity word names).
+//!
+//! V8 is read lazily, at the first question about a Node process. A process without V8 is
+//! looked at again every 10 s (a launched command may exec node later); a V8 whose metadata
+//! cannot be read is said once, in one line, and its frames fall back to the perf map.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use super::{V8Error, V8FrameLayout, V8Vm};
+use crate::{
+    jit::perf_map::{JIT_MODULE, js_function},
+    model::Frame,
+    process::TargetProcess,
+};
+
+/// How long a process without V8 is left alone before it is looked at again.
+const NOT_V8_RECHECK: Duration = Duration::from_secs(10);
+/// The most functions whose names are kept; past it the cache starts over.
+const MAX_NAMED: usize = 1 << 18;
+
+#[derive(Debug, Default)]
+enum Reader {
+    #[default]
+    Untried,
+    Attached(Box<V8Vm>),
+    NotV8(Instant),
+    /// A V8 whose metadata cannot be read (said once), or a process gone.
+    Unavailable,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pid: Option<u32>,
+    reader: Reader,
+    /// Names by (SFI address, check), read when the identity was first seen: a later read of
+    /// the same address may find another function there, which the check mostly catches, so
+    /// the first answer, read closest to the allocation, is kept. `None`: it could not be read
+    /// then (the object had moved), and is not read again.
+    named: HashMap<(u64, u16), Option<Frame>>,
+}
+
+impl State {
+    fn vm(&mut self) -> Option<&mut V8Vm> {
+        let pid = self.pid?;
+        let due = match self.reader {
+            Reader::Untried => true,
+            Reader::NotV8(at) => at.elapsed() >= NOT_V8_RECHECK,
+            Reader::Attached(_) | Reader::Unavailable => false,
+        };
+        if due {
+            self.reader = attach(pid);
+        }
+        match &mut self.reader {
+            Reader::Attached(vm) => Some(vm),
+            _ => None,
+        }
+    }
+}
+
+fn attach(pid: u32) -> Reader {
+    match V8Vm::attach(pid) {
+        Ok(vm) => {
+            log::debug!(
+                "V8 metadata of pid {pid} from {}: builtins {:x?}",
+                vm.path.display(),
+                vm.builtins
+            );
+            Reader::Attached(Box::new(vm))
+        }
+        Err(V8Error::NoV8) => Reader::NotV8(Instant::now()),
+        Err(_) if !TargetProcess::open(pid).is_ok_and(|target| target.is_alive()) => {
+            Reader::Unavailable
+        }
+        Err(err) => {
+            eprintln!(
+                "leakhound: node (pid {pid}): cannot read V8's own metadata: {err}; JavaScript frames are named from its perf map only, if it writes one"
+            );
+            Reader::Unavailable
+        }
+    }
+}
+
+/// V8-named JavaScript frames of one target. Interior mutability: the unwinder and the namer
+/// ask through shared references to the target's code.
+#[derive(Debug, Default)]
+pub struct V8Frames {
+    state: Mutex<State>,
+}
+
+impl V8Frames {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Follows the traced process (a new PID after an exec starts over).
+    pub fn refresh(&mut self, target: &TargetProcess) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.pid != Some(target.pid) {
+            *state = State {
+                pid: Some(target.pid),
+                ..State::default()
+            };
+        }
+    }
+
+    /// What the kernel walk needs to read JavaScript frames, once V8 has been read.
+    pub fn frame_layout(&self) -> Option<V8FrameLayout> {
+        self.state().vm().map(|vm| vm.frame_layout)
+    }
+
+    /// Whether the code at `pc` runs JavaScript frames: anonymous executable memory of a
+    /// process with a readable V8 (`anonymous`), or V8's embedded builtins, whose frames
+    /// include the interpreter's. The walk's checks reject the typed frames among them.
+    pub fn runs_js(&self, pc: u64, anonymous: bool) -> bool {
+        let mut state = self.state();
+        let Some(vm) = state.vm() else {
+            return false;
+        };
+        anonymous || vm.builtins.as_ref().is_some_and(|b| b.contains(&pc))
+    }
+
+    /// The frame of the function whose SFI is at `sfi` (untagged) with check `check`, named
+    /// from V8's metadata; read once, when first asked, and kept.
+    pub fn name(&self, sfi: u64, check: u16) -> Option<Frame> {
+        let mut state = self.state();
+        if let Some(frame) = state.named.get(&(sfi, check)) {
+            return frame.clone();
+        }
+        let pid = state.pid?;
+        let vm = state.vm()?;
+        let frame = match vm.function(sfi, check) {
+            Ok(function) => {
+                let mut frame = js_function(&function.name, function.file, function.line);
+                frame.module = Some(JIT_MODULE.to_owned());
+                Some(Frame::from(frame))
+            }
+            Err(err) => {
+                log::debug!("V8 function of pid {pid} at {sfi:#x}: {err}");
+                None
+            }
+        };
+        if state.named.len() >= MAX_NAMED {
+            state.named.clear();
+        }
+        state.named.insert((sfi, check), frame.clone());
+        frame
+    }
+}
