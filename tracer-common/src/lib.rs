@@ -4,6 +4,12 @@
 //! decodes them with `TryFrom`, so a value the kernel wrote can never be an invalid enum.
 #![no_std]
 
+pub mod identity;
+pub use identity::{
+    FrameIdentity, JvmFrameLayout, RuntimeLayout, StackWord, UNKNOWN_BCI, V8FrameLayout,
+    identity_word,
+};
+
 /// Frames kept per stack: perf's default maximum.
 pub const MAX_STACK_DEPTH: usize = 127;
 
@@ -73,7 +79,9 @@ pub struct UnwindRule {
     pub cfa_offset: i32,
     /// The caller's rbp is saved at CFA + this, unless it is [`RBP_UNCHANGED`].
     pub rbp_offset: i32,
-    pub _pad: u32,
+    /// A [`FrameIdentity`]: what the frame's own slots say it runs, read by the walk and kept
+    /// in place of the return address (interpreted Java, JavaScript).
+    pub identity: u32,
 }
 
 impl UnwindRule {
@@ -84,7 +92,15 @@ impl UnwindRule {
             kind: kind as u32,
             cfa_offset,
             rbp_offset,
-            _pad: 0,
+            identity: FrameIdentity::None as u32,
+        }
+    }
+
+    /// The same rule, with the frame's identity read from its slots.
+    pub const fn identified(self, identity: FrameIdentity) -> Self {
+        Self {
+            identity: identity as u32,
+            ..self
         }
     }
 
@@ -632,8 +648,8 @@ pub mod counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AllocInfo, LifecycleEvent, MapEvent, StackFrames, StackTotals, ThreadState, UnwindMiss,
-        UnwindRule,
+        AllocInfo, LifecycleEvent, MapEvent, RuntimeLayout, StackFrames, StackTotals, ThreadState,
+        UnwindMiss, UnwindRule,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of `u64`/`u32` fields with explicit
@@ -653,6 +669,8 @@ mod user {
     unsafe impl aya::Pod for UnwindRule {}
     // SAFETY: as above (the byte array has no padding either).
     unsafe impl aya::Pod for UnwindMiss {}
+    // SAFETY: as above: two structs of `u32`/`i32` fields, 24 and 32 bytes, with no padding.
+    unsafe impl aya::Pod for RuntimeLayout {}
 }
 
 #[cfg(test)]
@@ -718,7 +736,7 @@ mod tests {
             kind: RULE_CFA_RSP,
             cfa_offset: 24,
             rbp_offset: RBP_UNCHANGED,
-            _pad: 0,
+            identity: 0,
         };
         assert_eq!(rsp.cfa(0x1000, 0), Some(0x1018));
         assert_eq!(rsp.saved_bp_at(0x1018), None);
@@ -726,7 +744,7 @@ mod tests {
             kind: RULE_CFA_RBP,
             cfa_offset: 16,
             rbp_offset: -16,
-            _pad: 0,
+            identity: 0,
         };
         assert_eq!(rbp.cfa(0x1000, 0x1100), Some(0x1110));
         assert_eq!(rbp.saved_bp_at(0x1110), Some(0x1100));
@@ -743,7 +761,7 @@ mod tests {
             kind: RULE_CFA_RSP,
             cfa_offset: i32::MAX,
             rbp_offset: RBP_UNCHANGED,
-            _pad: 0,
+            identity: 0,
         };
         assert_eq!(far.cfa(0x1000, 0), None);
         let stop = UnwindRule {

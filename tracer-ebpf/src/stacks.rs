@@ -16,11 +16,12 @@ use aya_ebpf::{
         generated::{bpf_get_stack, bpf_loop, bpf_probe_read_user as probe_read_user_raw},
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    LOST_STACK, MAX_STACK_DEPTH, MAX_STACK_SPAN, STACK_COPY_BYTES, STACK_HASH_SEED, StackFrames,
-    TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter, stack_hash_step, stack_key_of_hash,
+    FrameIdentity, LOST_STACK, MAX_STACK_DEPTH, MAX_STACK_SPAN, RuntimeLayout, STACK_COPY_BYTES,
+    STACK_HASH_SEED, StackFrames, TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter,
+    identity_word, stack_hash_step, stack_key_of_hash,
 };
 
 use crate::{diag::diag, state::count};
@@ -44,6 +45,17 @@ static STACK_COPY_LIMIT: Global<u64> = Global::new(STACK_COPY_BYTES as u64);
 #[map]
 pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
     HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Where runtimes keep a frame's method or function (HotSpot's interpreter, V8), written by
+/// user space when it has read the runtime's own description, before any rule asks for it.
+#[map]
+pub static RUNTIME_LAYOUT: Array<RuntimeLayout> = Array::with_max_entries(1, 0);
+
+/// Keys of new stacks that hold identified frames: user space names their methods and
+/// functions at once, while the objects the words point to are still what they were (V8's GC
+/// moves them). Names are still found at the report if this is full, only later.
+#[map]
+pub static NEW_IDENTIFIED: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 
 /// Walks that met a return address with no rule: user space unwinds their stack copies.
 // Room for about four thousand stack copies: a burst of allocations from new call sites can come
@@ -79,7 +91,7 @@ pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> u64 {
     if walk.len as usize == MAX_STACK_DEPTH {
         frames.truncated = 1;
     }
-    store(frames)
+    store(frames, false)
 }
 
 /// The state of a frame-pointer walk between steps.
@@ -160,6 +172,10 @@ fn cfi_walk(frames: &mut StackFrames, regs: &pt_regs, tag: u64) -> u64 {
         bp: regs.rbp,
         len: 1,
         missed: 0,
+        identified: 0,
+        layout: RUNTIME_LAYOUT
+            .get_ptr(0)
+            .map_or(core::ptr::null(), |layout| layout),
     };
     // bpf_loop has the verifier check the step once, not once per frame: the unrolled walk
     // took a second to verify.
@@ -172,7 +188,7 @@ fn cfi_walk(frames: &mut StackFrames, regs: &pt_regs, tag: u64) -> u64 {
     if missed {
         frames.truncated = TRUNCATED_PENDING;
     }
-    let key = store(frames);
+    let key = store(frames, walk.identified != 0);
     if missed {
         // The copy starts where the walk stopped, not at the allocation: a deep stack would
         // otherwise keep its upper frames out of every copy, and their rules out of reach.
@@ -190,6 +206,10 @@ struct CfiWalk {
     bp: u64,
     len: u32,
     missed: u32,
+    /// 1 once a frame was identified by its slots.
+    identified: u32,
+    /// The runtimes' frame layouts (null if the map cannot be read).
+    layout: *const RuntimeLayout,
 }
 
 /// One step of the CFI walk: from the frame at `pc` to its caller. Returns 1 to stop.
@@ -201,6 +221,9 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         walk.missed = 1;
         return 1;
     };
+    if rule.identity != FrameIdentity::None as u32 {
+        identify(walk, &rule, index);
+    }
     let Some(cfa) = rule.cfa(walk.sp, walk.bp) else {
         return 1;
     };
@@ -236,6 +259,34 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     walk.sp = cfa;
     walk.pc = ret;
     0
+}
+
+/// Replaces the return address of frame `index` (the one being stepped, with its own `bp`)
+/// with the identity its slots give, where they give one.
+#[inline(always)]
+fn identify(walk: &mut CfiWalk, rule: &UnwindRule, index: u64) {
+    let kind = match rule.identity {
+        1 => FrameIdentity::JvmInterpreted,
+        2 => FrameIdentity::V8Js,
+        _ => return,
+    };
+    if walk.layout.is_null() {
+        return;
+    }
+    // SAFETY: a pointer to the array map's one value, which lives as long as the program.
+    let layout = unsafe { &*walk.layout };
+    let read = |at: u64| {
+        // SAFETY: bpf_probe_read_user validates the user address.
+        unsafe { bpf_probe_read_user(at as *const u64) }.ok()
+    };
+    let Some(word) = identity_word(kind, layout, walk.bp, read) else {
+        return;
+    };
+    // SAFETY: `frames` is the per-CPU scratch value that the walk is filling.
+    if let Some(slot) = unsafe { &mut *walk.frames }.ips.get_mut(index as usize) {
+        *slot = word;
+        walk.identified = 1;
+    }
 }
 
 /// Asks user space for the rule at `pc`, the frame where a walk stopped (with its `sp` and
@@ -301,12 +352,13 @@ pub fn kernel_user_stack<C: EbpfContext>(ctx: &C) -> u64 {
     }
     frames.len = (bytes as u64 / 8) as u32;
     frames.truncated = 0;
-    store(frames)
+    store(frames, false)
 }
 
-/// Stores a walked stack under the hash of its frames (FNV-1a over the addresses).
+/// Stores a walked stack under the hash of its frames (FNV-1a over the addresses). A new stack
+/// with `identified` frames is announced to user space.
 #[inline(always)]
-fn store(frames: &StackFrames) -> u64 {
+fn store(frames: &StackFrames, identified: bool) -> u64 {
     let mut hashing = Hashing {
         frames: frames as *const StackFrames,
         hash: STACK_HASH_SEED,
@@ -323,8 +375,15 @@ fn store(frames: &StackFrames) -> u64 {
         return key;
     }
     match STACKS.insert(&key, frames, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            if identified {
+                // A full ring only delays the names to the report.
+                let _ = NEW_IDENTIFIED.output::<u64>(key, 0);
+            }
+            key
+        }
         // EEXIST: another CPU stored the same stack first.
-        Ok(()) | Err(-17) => key,
+        Err(-17) => key,
         Err(err) => {
             // -E2BIG is the map being full, which the counter reports; anything else is news.
             if err != -7 {

@@ -240,7 +240,7 @@ fn stack_frames(
     let addrs: Vec<CodeAddress> = raw
         .ips
         .iter()
-        .map(|ip| CodeAddress::ReturnAddress(*ip))
+        .map(|ip| CodeAddress::of_stack_word(*ip))
         .collect();
     let mut frames = name(&addrs);
     match raw.truncation {
@@ -379,7 +379,7 @@ mod tests {
         addrs
             .iter()
             .rev()
-            .map(|addr| Frame::named(format!("f{:x}", addr.lookup_address())))
+            .map(|addr| Frame::named(format!("f{:x}", addr.lookup_address().unwrap_or(0))))
             .collect()
     }
 

@@ -19,8 +19,10 @@ use std::{
 };
 
 use crate::{
+    identities::{FrameKinds, IdentityNames},
     jit::{self, PerfMaps, Runtime, hotspot::frames::HotspotFrames, v8::V8Frames},
     process::{TargetProcess, address_space::AddressSpace},
+    symbolize::NameSource,
 };
 
 /// What is known of the target's code: its address space, and the names its runtime gives
@@ -35,9 +37,22 @@ pub struct TargetCode {
     pub v8: V8Frames,
     /// The runtime's perf map (Node.js, the JVM).
     pub jit: PerfMaps,
+    /// Names of frames identified by their slots, taken when their stacks were new.
+    pub identities: IdentityNames,
 }
 
 impl TargetCode {
+    /// Every runtime name source, in the order they are believed: names taken when a stack
+    /// was new, then the runtimes' own metadata, then their perf maps.
+    pub fn runtime_names(&self) -> impl NameSource + '_ {
+        (&self.identities, (&self.hotspot, &self.jit))
+    }
+
+    /// What the runtimes say of their frames, for the unwind rules.
+    pub fn frame_kinds(&self) -> impl FrameKinds + '_ {
+        &self.hotspot
+    }
+
     /// Rereads the mappings and the perf map. Errors (the target exited) keep what is known.
     pub fn refresh(&mut self, target: &TargetProcess) {
         self.jit.refresh(target);

@@ -26,6 +26,7 @@ use crate::{
     events::{Event, Events},
     exec_watch::ExecWatch,
     exit_watch::{self, ChildExit},
+    identities::IdentityWatch,
     kernel::{
         Detaching, Probes,
         loader::elapsed_ms,
@@ -129,6 +130,12 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
                 }
                 session.answer_misses();
             }
+            ready = session.identities.ring().readable_mut() => {
+                if let Ok(mut guard) = ready {
+                    guard.clear_ready();
+                }
+                session.name_identities();
+            }
             _ = sigint.recv() => break "SIGINT".to_owned(),
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             exit = session.exit.wait() => break format!("the target exiting ({exit})"),
@@ -222,6 +229,8 @@ struct Session {
     events: AsyncFd<RingBuf<MapData>>,
     /// Unwind misses from the kernel walk, answered as they come.
     misses: MissHandler,
+    /// New stacks with frames identified by their slots, named as they come.
+    identities: IdentityWatch,
     exec_watch: ExecWatch,
     /// The program the target exec'd, once it has: that ended the trace.
     exec_program: Option<String>,
@@ -290,6 +299,7 @@ impl Session {
             None => None,
         };
         let mut misses = MissHandler::new(rings.unwind_misses)?;
+        let identities = IdentityWatch::new(rings.new_identified)?;
         let exec_watch = ExecWatch::new(rings.lifecycle_events)?;
 
         let code = Arc::new(Mutex::new(TargetCode::default()));
@@ -329,6 +339,7 @@ impl Session {
             probes: Some(probes),
             events,
             misses,
+            identities,
             exec_watch,
             exec_program: None,
             exit,
@@ -349,6 +360,12 @@ impl Session {
         if let Some(probes) = self.probes.as_mut() {
             self.misses
                 .drain(&mut probes.maps, &self.code, &self.target);
+        }
+    }
+
+    fn name_identities(&mut self) {
+        if let Some(probes) = &self.probes {
+            self.identities.drain(&probes.maps, &self.code);
         }
     }
 
@@ -464,6 +481,7 @@ impl Session {
         let mut probes = self.probes.take().expect("finish runs once");
         self.misses
             .drain(&mut probes.maps, &self.code, &self.target);
+        self.identities.drain(&probes.maps, &self.code);
         let snapshot = KernelSnapshot::read(&probes.maps)?;
         let traced = started.elapsed();
         let exec_program = self.exec_program.take();
@@ -530,13 +548,13 @@ impl Session {
             ));
         }
         let code: &TargetCode = held.as_deref().unwrap_or(&unnamed);
-        // HotSpot's own metadata names Java frames before a perf map does.
-        let names = (&code.hotspot, &code.jit);
+        // Names taken when stacks were new, then HotSpot's own metadata, before a perf map.
+        let names = code.runtime_names();
         let (space, jit): (_, &dyn NameSource) = (&code.space, &names);
         let mut namer = FrameNamer::default();
         let unique: HashSet<CodeAddress> = frames
             .values()
-            .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
+            .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::of_stack_word(*ip)))
             .collect();
         let unique_count = unique.len();
         namer.name_all(space, jit, unique);

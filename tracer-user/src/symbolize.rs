@@ -11,6 +11,8 @@ use blazesym::symbolize::{
     source::{Elf, Source},
 };
 
+use tracer_common::StackWord;
+
 use crate::{
     model::{Frame, FrameData},
     process::address_space::{AddressSpace, FileKey},
@@ -24,6 +26,11 @@ pub trait NameSource {
     fn frames(&self, addr: u64) -> Option<Vec<Frame>>;
     /// Whether it knows the address as code.
     fn covers(&self, addr: u64) -> bool;
+    /// The frames of a frame that identified itself by its slots (an identity word of a
+    /// stored stack: `tracer_common::StackWord`), for the runtime that knows that kind.
+    fn identified(&self, _word: u64) -> Option<Vec<Frame>> {
+        None
+    }
 }
 
 impl<T: NameSource + ?Sized> NameSource for &T {
@@ -33,6 +40,21 @@ impl<T: NameSource + ?Sized> NameSource for &T {
 
     fn covers(&self, addr: u64) -> bool {
         (**self).covers(addr)
+    }
+
+    fn identified(&self, word: u64) -> Option<Vec<Frame>> {
+        (**self).identified(word)
+    }
+}
+
+/// No source: names nothing.
+impl NameSource for () {
+    fn frames(&self, _: u64) -> Option<Vec<Frame>> {
+        None
+    }
+
+    fn covers(&self, _: u64) -> bool {
+        false
     }
 }
 
@@ -44,6 +66,10 @@ impl<A: NameSource, B: NameSource> NameSource for (A, B) {
 
     fn covers(&self, addr: u64) -> bool {
         self.0.covers(addr) || self.1.covers(addr)
+    }
+
+    fn identified(&self, word: u64) -> Option<Vec<Frame>> {
+        self.0.identified(word).or_else(|| self.1.identified(word))
     }
 }
 
@@ -74,13 +100,26 @@ fn private_copy(file: &File) -> std::io::Result<File> {
 pub enum CodeAddress {
     InstructionPointer(u64),
     ReturnAddress(u64),
+    /// A frame that the kernel walk identified by its slots: the identity word stored in its
+    /// return address's place.
+    Identified(u64),
 }
 
 impl CodeAddress {
-    pub fn lookup_address(self) -> u64 {
+    /// A word of a stored stack, every frame of which is a return address or an identity.
+    pub fn of_stack_word(word: u64) -> Self {
+        match StackWord::decode(word) {
+            StackWord::Pc(addr) => Self::ReturnAddress(addr),
+            StackWord::Identity { .. } => Self::Identified(word),
+        }
+    }
+
+    /// The address to look a frame up at; `None` for an identified frame, which has none.
+    pub fn lookup_address(self) -> Option<u64> {
         match self {
-            Self::InstructionPointer(addr) => addr,
-            Self::ReturnAddress(addr) => addr.saturating_sub(1),
+            Self::InstructionPointer(addr) => Some(addr),
+            Self::ReturnAddress(addr) => Some(addr.saturating_sub(1)),
+            Self::Identified(_) => None,
         }
     }
 }
@@ -120,7 +159,15 @@ impl FrameNamer {
             if self.names.contains_key(&addr) {
                 continue;
             }
-            let lookup = addr.lookup_address();
+            let Some(lookup) = addr.lookup_address() else {
+                if let StackWord::Identity { kind, .. } = StackWord::decode(word_of(addr)) {
+                    let frames = jit
+                        .identified(word_of(addr))
+                        .unwrap_or_else(|| vec![crate::identities::unnamed(kind)]);
+                    self.names.insert(addr, frames);
+                }
+                continue;
+            };
             match space.file_offset(lookup) {
                 Some((key, offset)) => by_file.entry(key).or_default().push((addr, offset)),
                 None => {
@@ -157,7 +204,7 @@ impl FrameNamer {
                 let frames = symbolized
                     .as_ref()
                     .and_then(|all| all.get(i).cloned().flatten())
-                    .or_else(|| jit.frames(addr.lookup_address()))
+                    .or_else(|| addr.lookup_address().and_then(|at| jit.frames(at)))
                     .unwrap_or_else(|| vec![Frame::named(format!("{display}+{offset:#x}"))]);
                 self.names.insert(*addr, frames);
             }
@@ -176,8 +223,8 @@ impl FrameNamer {
         let real = addrs
             .iter()
             .position(|addr| {
-                let addr = addr.lookup_address();
-                !space.is_code(addr) && !jit.covers(addr)
+                addr.lookup_address()
+                    .is_some_and(|addr| !space.is_code(addr) && !jit.covers(addr))
             })
             .unwrap_or(addrs.len());
         addrs[..real.max(1)]
@@ -190,6 +237,14 @@ impl FrameNamer {
                     .unwrap_or_else(|| vec![Frame::named("[unknown]")])
             })
             .collect()
+    }
+}
+
+/// The identity word of an identified frame (0 for any other).
+fn word_of(addr: CodeAddress) -> u64 {
+    match addr {
+        CodeAddress::Identified(word) => word,
+        _ => 0,
     }
 }
 
@@ -273,11 +328,21 @@ mod tests {
 
     #[test]
     fn return_addresses_are_looked_up_one_byte_back() {
-        assert_eq!(CodeAddress::ReturnAddress(0x1000).lookup_address(), 0xfff);
+        assert_eq!(
+            CodeAddress::ReturnAddress(0x1000).lookup_address(),
+            Some(0xfff)
+        );
         assert_eq!(
             CodeAddress::InstructionPointer(0x1000).lookup_address(),
-            0x1000
+            Some(0x1000)
         );
-        assert_eq!(CodeAddress::ReturnAddress(0).lookup_address(), 0);
+        assert_eq!(CodeAddress::ReturnAddress(0).lookup_address(), Some(0));
+        let word =
+            StackWord::identity(tracer_common::FrameIdentity::JvmInterpreted, 0x1000, 1).unwrap();
+        assert_eq!(
+            CodeAddress::of_stack_word(word),
+            CodeAddress::Identified(word)
+        );
+        assert_eq!(CodeAddress::Identified(word).lookup_address(), None);
     }
 }

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, StackFrames, StackTotals, UnwindRule};
+use tracer_common::{AllocInfo, RuntimeLayout, StackFrames, StackTotals, UnwindRule};
 
 use crate::errors::TracerError;
 
@@ -27,6 +27,8 @@ pub struct KernelMaps {
     pub counters: PerCpuArray<MapData, u64>,
     /// The target's lifecycle marks (`LIFECYCLE`, indexed by `tracer_common::lifecycle`).
     pub lifecycle: Array<MapData, u64>,
+    /// Where runtimes keep a frame's method or function (`RUNTIME_LAYOUT`, one entry).
+    pub runtime_layout: Array<MapData, RuntimeLayout>,
 }
 
 /// The ring buffers, each handed to the one reader that waits on it.
@@ -37,6 +39,8 @@ pub struct Rings {
     pub unwind_misses: RingBuf<MapData>,
     /// The target's exec (`LIFECYCLE_EVENTS`).
     pub lifecycle_events: RingBuf<MapData>,
+    /// Keys of new stacks with identified frames (`NEW_IDENTIFIED`).
+    pub new_identified: RingBuf<MapData>,
 }
 
 impl KernelMaps {
@@ -50,11 +54,13 @@ impl KernelMaps {
                 rules: typed(ebpf, "UNWIND_RULES")?,
                 counters: typed(ebpf, "COUNTERS")?,
                 lifecycle: typed(ebpf, "LIFECYCLE")?,
+                runtime_layout: typed(ebpf, "RUNTIME_LAYOUT")?,
             },
             Rings {
                 map_events: typed(ebpf, "MAP_EVENTS")?,
                 unwind_misses: typed(ebpf, "UNWIND_MISSES")?,
                 lifecycle_events: typed(ebpf, "LIFECYCLE_EVENTS")?,
+                new_identified: typed(ebpf, "NEW_IDENTIFIED")?,
             },
         ))
     }

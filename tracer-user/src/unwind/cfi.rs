@@ -7,9 +7,10 @@ use gimli::{
     UnwindContext, UnwindSection as _, X86_64,
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadRef, read::ReadCache};
-use tracer_common::{RBP_UNCHANGED, RuleKind, UnwindRule};
+use tracer_common::{FrameIdentity, RBP_UNCHANGED, RuleKind, UnwindRule};
 
 use crate::{
+    identities::FrameKinds,
     jit::hotspot::{codecache::BlobKey, frames::HotspotFrames},
     process::address_space::{AddressSpace, FileKey, Location},
 };
@@ -233,10 +234,14 @@ impl CfiRules {
     /// The rule for a return address, or `None` when the address is in no known mapping (the
     /// caller may refresh the mappings and ask again). A return address is looked up at
     /// `address - 1`: the call it returns from may be the last instruction of its function.
+    ///
+    /// A frame that its runtime identifies by its slots (`kinds`) gets a rule that asks the
+    /// kernel walk to read them.
     pub fn rule_for(
         &mut self,
         space: &AddressSpace,
         hotspot: &HotspotFrames,
+        kinds: &dyn FrameKinds,
         return_address: u64,
     ) -> Option<UnwindRule> {
         if let Some(rule) = self.by_address.get(&return_address) {
@@ -275,6 +280,11 @@ impl CfiRules {
                 None => UnwindRule::frame_pointer(),
             },
             Location::Unknown => return None,
+        };
+        let rule = match kinds.identity_at(return_address.saturating_sub(1)) {
+            FrameIdentity::None => rule,
+            _ if rule.kind == RuleKind::Stop as u32 => rule,
+            identity => rule.identified(identity),
         };
         self.by_address.insert(return_address, rule);
         Some(rule)

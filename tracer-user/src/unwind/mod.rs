@@ -13,7 +13,7 @@ mod repair;
 pub use cfi::{CfiRules, rules_in_image};
 pub use repair::MissHandler;
 use tracer_common::{
-    MAX_STACK_DEPTH, Regs, STACK_HASH_SEED, Truncation, UnwindRule, stack_hash_step,
+    FrameIdentity, MAX_STACK_DEPTH, Regs, STACK_HASH_SEED, Truncation, UnwindRule, stack_hash_step,
 };
 
 /// How stacks are walked (`--unwind`).
@@ -42,7 +42,7 @@ pub struct StackCopy<'a> {
 }
 
 impl StackCopy<'_> {
-    fn read(&self, addr: u64) -> Option<u64> {
+    pub fn read(&self, addr: u64) -> Option<u64> {
         let offset = usize::try_from(addr.checked_sub(self.sp)?).ok()?;
         let word = self.bytes.get(offset..offset.checked_add(8)?)?;
         Some(u64::from_le_bytes(word.try_into().ok()?))
@@ -58,11 +58,15 @@ pub struct Walked {
 
 /// Walks a copied stack from the registers at an allocation's return, exactly as the kernel's
 /// CFI walk does, so that the result is the stack the kernel will store for the same site.
-/// `rule_for` gives the rule for a return address (`None`: no rule can be had).
+/// `rule_for` gives the rule for a return address (`None`: no rule can be had); `identify`
+/// gives the identity word of a frame whose rule asks for one, from the frame's `bp`
+/// (`tracer_common::identity_word`, as the kernel computes it), which then stands in the
+/// frame's place.
 pub fn unwind_copy(
     regs: Regs,
     copy: &StackCopy<'_>,
     mut rule_for: impl FnMut(u64) -> Option<UnwindRule>,
+    mut identify: impl FnMut(FrameIdentity, u64) -> Option<u64>,
 ) -> Walked {
     let Regs {
         mut pc,
@@ -76,6 +80,13 @@ pub fn unwind_copy(
             truncation = Truncation::Pending;
             break;
         };
+        if let Ok(kind) = FrameIdentity::try_from(rule.identity)
+            && kind != FrameIdentity::None
+            && let Some(word) = identify(kind, bp)
+            && let Some(last) = ips.last_mut()
+        {
+            *last = word;
+        }
         let Some(cfa) = rule.cfa(sp, bp) else { break };
         let Some(ret) = copy.read(cfa - 8) else {
             // The stack goes on beyond the copy: say so rather than cut it silently.
@@ -159,6 +170,7 @@ mod tests {
             },
             &copy,
             rules,
+            |_, _| None,
         );
         assert_eq!(
             walked.ips,
@@ -179,6 +191,7 @@ mod tests {
             },
             &copy,
             |pc| (pc == 0x40_1050).then(|| rule(RuleKind::CfaRsp, 16, RBP_UNCHANGED)),
+            |_, _| None,
         );
         assert_eq!(walked.ips, [0x40_1050, 0x40_1100]);
         assert_eq!(walked.truncation, Truncation::Pending);
@@ -195,6 +208,7 @@ mod tests {
             },
             &short,
             |_| Some(rule(RuleKind::CfaRsp, 16, RBP_UNCHANGED)),
+            |_, _| None,
         );
         assert_eq!(walked.ips, [0x40_1050]);
         assert_eq!(

@@ -12,7 +12,10 @@ use std::{collections::HashSet, sync::Mutex};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{MAX_STACK_DEPTH, Regs, StackFrames, Truncation, UnwindMiss, UnwindRule};
+use tracer_common::{
+    FrameIdentity, MAX_STACK_DEPTH, Regs, RuntimeLayout, StackFrames, Truncation, UnwindMiss,
+    UnwindRule, identity_word,
+};
 
 use super::{
     CfiRules, StackCopy,
@@ -22,7 +25,8 @@ use super::{
 use crate::{
     code_refresh::TargetCode,
     errors::TracerError,
-    jit::hotspot::frames::HotspotFrames,
+    identities::{FrameKinds as _, publish_layout},
+    jit::hotspot::{Memory as _, ProcessMemory, TargetAddr},
     kernel::maps::KernelMaps,
     process::{TargetProcess, address_space::AddressSpace},
 };
@@ -39,6 +43,8 @@ pub struct MissHandler {
     unmapped: HashSet<u64>,
     /// When frame-size rules of compiled Java code were last checked against the code cache.
     jit_checked: Option<std::time::Instant>,
+    /// The runtimes' frame layout as last written to the kernel.
+    layout_written: RuntimeLayout,
 }
 
 /// How often frame-size rules are checked against the code cache.
@@ -56,6 +62,7 @@ impl MissHandler {
             in_kernel: HashSet::new(),
             unmapped: HashSet::new(),
             jit_checked: None,
+            layout_written: RuntimeLayout::default(),
         })
     }
 
@@ -140,27 +147,43 @@ impl MissHandler {
         };
         let mut code = crate::code_refresh::lock(modules);
         let mut used: Vec<(u64, UnwindRule)> = Vec::new();
-        let walk = |space: &AddressSpace,
-                    hotspot: &HotspotFrames,
-                    used: &mut Vec<(u64, UnwindRule)>,
-                    rules: &mut CfiRules| {
+        // The layout the kernel is given below, so that this walk reads the frames' slots as
+        // the kernel walk will.
+        let mut layout = RuntimeLayout::default();
+        code.frame_kinds().fill_layout(&mut layout);
+        let memory = ProcessMemory::new(target.pid);
+        let walk = |code: &TargetCode, used: &mut Vec<(u64, UnwindRule)>, rules: &mut CfiRules| {
             let mut unknown = None;
             let regs = Regs {
                 pc: miss.ip,
                 sp: miss.sp,
                 bp: miss.bp,
             };
-            let walked = unwind_copy(regs, &copy, |pc| {
-                let rule = rules.rule_for(space, hotspot, pc).unwrap_or_else(|| {
-                    unknown = Some(pc);
-                    CfiRules::stop()
-                });
-                used.push((pc, rule));
-                Some(rule)
-            });
+            let kinds = code.frame_kinds();
+            let walked = unwind_copy(
+                regs,
+                &copy,
+                |pc| {
+                    let rule = rules
+                        .rule_for(&code.space, &code.hotspot, &kinds, pc)
+                        .unwrap_or_else(|| {
+                            unknown = Some(pc);
+                            CfiRules::stop()
+                        });
+                    used.push((pc, rule));
+                    Some(rule)
+                },
+                // A frame's slots are in the copy; what they point to is read from the target.
+                |kind, bp| {
+                    identity_word(kind, &layout, bp, |at| {
+                        copy.read(at)
+                            .or_else(|| memory.read_u64(TargetAddr(at)).ok())
+                    })
+                },
+            );
             (walked, unknown)
         };
-        let (mut walked, unknown) = walk(&code.space, &code.hotspot, &mut used, &mut self.rules);
+        let (mut walked, unknown) = walk(&code, &mut used, &mut self.rules);
         if let Some(pc) = unknown
             && !self.unmapped.contains(&pc)
         {
@@ -168,12 +191,17 @@ impl MissHandler {
             // that just started): read the mappings and walk again.
             code.space.refresh(target);
             used.clear();
-            let (again, still_unknown) =
-                walk(&code.space, &code.hotspot, &mut used, &mut self.rules);
+            let (again, still_unknown) = walk(&code, &mut used, &mut self.rules);
             walked = again;
             if let Some(pc) = still_unknown {
                 self.unmapped.insert(pc);
             }
+        }
+        if used
+            .iter()
+            .any(|(_, rule)| rule.identity != FrameIdentity::None as u32)
+        {
+            publish_layout(&mut self.layout_written, maps, &code.frame_kinds());
         }
         drop(code);
 

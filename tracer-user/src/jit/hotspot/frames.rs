@@ -14,9 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracer_common::{FrameIdentity, RuntimeLayout, StackWord, UNKNOWN_BCI};
+
 use super::{
     HotspotError, HotspotVm, ProcessMemory, TargetAddr,
-    codecache::{BlobKey, CodeBlob},
+    codecache::{BlobKey, BlobKind, CodeBlob},
     names::MethodName,
 };
 use crate::{
@@ -359,6 +361,48 @@ fn remember(
     named.insert(start, (end, key, frame));
 }
 
+impl HotspotFrames {
+    /// The state, with the JVM's metadata read if it is due.
+    fn attached(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pid) = state.pid {
+            state.attach_if_due(pid);
+        }
+        state
+    }
+
+    /// Whether `pc` is in HotSpot's template interpreter, where every interpreted method runs.
+    pub fn in_interpreter(&self, pc: u64) -> bool {
+        let mut state = self.attached();
+        let Reader::Attached(vm) = &mut state.reader else {
+            return false;
+        };
+        matches!(
+            vm.find_blob(TargetAddr(pc)),
+            Ok(Some(blob)) if blob.kind == BlobKind::Interpreter && blob.code.contains(&TargetAddr(pc))
+        )
+    }
+
+    /// The frame of the interpreted method at `method`, at bytecode index `bci`.
+    fn interpreted(&self, method: u64, bci: u16) -> Option<Vec<Frame>> {
+        let mut state = self.attached();
+        let Reader::Attached(vm) = &mut state.reader else {
+            return None;
+        };
+        let bci = (bci != UNKNOWN_BCI).then_some(bci);
+        match vm.interpreted_frame(TargetAddr(method), bci) {
+            Ok(java) => Some(vec![frame(&java.name, java.line, false)]),
+            Err(err) => {
+                log::debug!("interpreted method at {method:#x}: {err}");
+                None
+            }
+        }
+    }
+}
+
 /// Names Java frames for the namer. Its code is in anonymous executable memory, which the
 /// address space already counts as code, so it claims no address of its own.
 impl crate::symbolize::NameSource for HotspotFrames {
@@ -368,6 +412,40 @@ impl crate::symbolize::NameSource for HotspotFrames {
 
     fn covers(&self, _: u64) -> bool {
         false
+    }
+
+    fn identified(&self, word: u64) -> Option<Vec<Frame>> {
+        match StackWord::decode(word) {
+            StackWord::Identity {
+                kind: FrameIdentity::JvmInterpreted,
+                ptr,
+                data,
+            } => self.interpreted(ptr, data),
+            _ => None,
+        }
+    }
+}
+
+/// Interpreted frames identify themselves by their `Method*` and bytecode pointer.
+impl crate::identities::FrameKinds for HotspotFrames {
+    fn identity_at(&self, pc: u64) -> FrameIdentity {
+        if self.in_interpreter(pc) {
+            FrameIdentity::JvmInterpreted
+        } else {
+            FrameIdentity::None
+        }
+    }
+
+    fn fill_layout(&self, layout: &mut RuntimeLayout) {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Reader::Attached(vm) = &state.reader
+            && let Some(jvm) = vm.interpreter_layout()
+        {
+            layout.jvm = jvm;
+        }
     }
 }
 

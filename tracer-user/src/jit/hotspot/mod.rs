@@ -24,6 +24,7 @@ pub mod vmstructs;
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use thiserror::Error;
+use tracer_common::JvmFrameLayout;
 
 use codecache::{BlobNames, CodeBlob, CodeCacheLayout, CodeHeap};
 use libjvm::Libjvm;
@@ -228,6 +229,55 @@ impl<M: Memory> HotspotVm<M> {
             });
         }
         Ok(frames)
+    }
+
+    /// The frame of an interpreted method: its name and the line of bytecode index `bci`
+    /// (read from the frame by the kernel walk), where the class has line numbers.
+    pub fn interpreted_frame(
+        &mut self,
+        method: TargetAddr,
+        bci: Option<u16>,
+    ) -> Result<JavaFrame, HotspotError> {
+        let name = self.method_name(method)?;
+        let bci = bci.map(i32::from);
+        let line = match (&self.scopes, bci) {
+            (Some(layout), Some(bci)) => layout.line(&self.memory, method, bci).unwrap_or(None),
+            _ => None,
+        };
+        Ok(JavaFrame {
+            name,
+            bci,
+            line,
+            inlined: false,
+        })
+    }
+
+    /// Where an interpreted frame keeps its method and bytecode pointer, for the kernel walk.
+    /// HotSpot exports the two slots nearest the frame pointer
+    /// (`frame::interpreter_frame_last_sp_offset`, in words); on x86-64 the `Method*` is the
+    /// next word below (`interpreter_frame_method_offset`) and the bytecode pointer five below
+    /// that, after the mirror, the MDP, the constant-pool cache and the locals
+    /// (`frame_x86.hpp`, the same from JDK 9 to 25). `None` where HotSpot does not describe
+    /// itself enough.
+    pub fn interpreter_layout(&self) -> Option<JvmFrameLayout> {
+        let last_sp = *self
+            .structs
+            .int_constants
+            .get("frame::interpreter_frame_last_sp_offset")?;
+        let const_method_at = self.structs.offset("Method", "_constMethod").ok()?;
+        let bytecodes_at = self.structs.size_of("ConstMethod").ok()?;
+        // The one value HotSpot 9 to 25 has here; anything else is another frame layout.
+        if last_sp != -2 {
+            return None;
+        }
+        Some(JvmFrameLayout {
+            method_at: (last_sp - 1) * 8,
+            bcp_at: (last_sp - 6) * 8,
+            const_method_at: u32::try_from(const_method_at).ok()?,
+            bytecodes_at: u32::try_from(bytecodes_at).ok()?,
+            valid: 1,
+            _pad: 0,
+        })
     }
 
     /// The value of a boolean `-XX:` flag in the JVM (`None`: no such flag, or no flag table).
