@@ -45,12 +45,17 @@ impl TargetCode {
     /// Every runtime name source, in the order they are believed: names taken when a stack
     /// was new, then the runtimes' own metadata, then their perf maps.
     pub fn runtime_names(&self) -> impl NameSource + '_ {
-        (&self.identities, (&self.hotspot, &self.jit))
+        (&self.identities, self.metadata_names())
+    }
+
+    /// The runtimes' own metadata, then their perf maps: what names a frame while it is new.
+    pub fn metadata_names(&self) -> impl NameSource + '_ {
+        ((&self.hotspot, &self.v8), &self.jit)
     }
 
     /// What the runtimes say of their frames, for the unwind rules.
     pub fn frame_kinds(&self) -> impl FrameKinds + '_ {
-        &self.hotspot
+        (&self.hotspot, self.v8.kinds(&self.space))
     }
 
     /// Rereads the mappings and the perf map. Errors (the target exited) keep what is known.

@@ -12,11 +12,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{V8Error, V8FrameLayout, V8Vm};
+use tracer_common::{FrameIdentity, RuntimeLayout, StackWord};
+
+use super::{V8Error, V8Vm};
 use crate::{
+    identities::FrameKinds,
     jit::perf_map::{JIT_MODULE, js_function},
     model::Frame,
-    process::TargetProcess,
+    process::{
+        TargetProcess,
+        address_space::{AddressSpace, Location},
+    },
+    symbolize::NameSource,
 };
 
 /// How long a process without V8 is left alone before it is looked at again.
@@ -71,6 +78,12 @@ fn attach(pid: u32) -> Reader {
                 vm.path.display(),
                 vm.builtins
             );
+            if vm.builtins.is_none() {
+                eprintln!(
+                    "leakhound: node (pid {pid}): {} has no symbol table, so V8's builtins cannot be found: functions V8 has not compiled show as the interpreter (start node with --interpreted-frames-native-stack to name them)",
+                    vm.path.display()
+                );
+            }
             Reader::Attached(Box::new(vm))
         }
         Err(V8Error::NoV8) => Reader::NotV8(Instant::now()),
@@ -78,8 +91,12 @@ fn attach(pid: u32) -> Reader {
             Reader::Unavailable
         }
         Err(err) => {
+            let advice = TargetProcess::open(pid)
+                .ok()
+                .and_then(|target| crate::jit::node_advice(&target))
+                .map_or(String::new(), |advice| format!("; {advice}"));
             eprintln!(
-                "leakhound: node (pid {pid}): cannot read V8's own metadata: {err}; JavaScript frames are named from its perf map only, if it writes one"
+                "leakhound: node (pid {pid}): cannot read V8's own metadata: {err}; JavaScript frames are named from its perf map only{advice}"
             );
             Reader::Unavailable
         }
@@ -114,11 +131,6 @@ impl V8Frames {
         }
     }
 
-    /// What the kernel walk needs to read JavaScript frames, once V8 has been read.
-    pub fn frame_layout(&self) -> Option<V8FrameLayout> {
-        self.state().vm().map(|vm| vm.frame_layout)
-    }
-
     /// Whether the code at `pc` runs JavaScript frames: anonymous executable memory of a
     /// process with a readable V8 (`anonymous`), or V8's embedded builtins, whose frames
     /// include the interpreter's. The walk's checks reject the typed frames among them.
@@ -128,6 +140,14 @@ impl V8Frames {
             return false;
         };
         anonymous || vm.builtins.as_ref().is_some_and(|b| b.contains(&pc))
+    }
+
+    /// What the frames of the code in `space` identify themselves by.
+    pub fn kinds<'a>(&'a self, space: &'a AddressSpace) -> V8Kinds<'a> {
+        V8Kinds {
+            frames: self,
+            space,
+        }
     }
 
     /// The frame of the function whose SFI is at `sfi` (untagged) with check `check`, named
@@ -155,5 +175,52 @@ impl V8Frames {
         }
         state.named.insert((sfi, check), frame.clone());
         frame
+    }
+}
+
+/// Names the identity words of JavaScript frames; return addresses are the perf map's.
+impl NameSource for V8Frames {
+    fn frames(&self, _: u64) -> Option<Vec<Frame>> {
+        None
+    }
+
+    fn covers(&self, _: u64) -> bool {
+        false
+    }
+
+    fn identified(&self, word: u64) -> Option<Vec<Frame>> {
+        match StackWord::decode(word) {
+            StackWord::Identity {
+                kind: FrameIdentity::V8Js,
+                ptr,
+                data,
+            } => self.name(ptr, data).map(|frame| vec![frame]),
+            _ => None,
+        }
+    }
+}
+
+/// V8's frames with the address space they are in, to tell V8's compiled code (anonymous
+/// executable memory) from the rest.
+pub struct V8Kinds<'a> {
+    frames: &'a V8Frames,
+    space: &'a AddressSpace,
+}
+
+impl FrameKinds for V8Kinds<'_> {
+    fn identity_at(&self, pc: u64) -> FrameIdentity {
+        let anonymous = matches!(self.space.locate(pc), Location::Anonymous);
+        if self.frames.runs_js(pc, anonymous) {
+            FrameIdentity::V8Js
+        } else {
+            FrameIdentity::None
+        }
+    }
+
+    fn fill_layout(&self, layout: &mut RuntimeLayout) {
+        // Read V8 now if it is due, so that the first walk reads frames as the kernel will.
+        if let Some(vm) = self.frames.state().vm() {
+            layout.v8 = vm.frame_layout;
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! ([`postmortem`]). With them the kernel walk reads, from each JavaScript frame, the function
 //! it runs: the frame holds its JSFunction at a fixed offset from `rbp`, the JSFunction its
 //! SharedFunctionInfo (SFI). The walk records the SFI's address with 16 bits of one of its
-//! fields as a check ([`V8FrameLayout`]); [`names`] turns that into `function at file:line`
+//! fields as a check ([`frame_layout`]); [`names`] turns that into `function at file:line`
 //! by reading the SFI, its ScopeInfo and its Script ([`heap`]) from the target's memory.
 //!
 //! Which return addresses are JavaScript frames: those in anonymous executable memory of a
@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use object::ReadCache;
 use thiserror::Error;
+use tracer_common::V8FrameLayout;
 
 use crate::{
     jit::hotspot::memory::{MemoryError, ProcessMemory, TargetAddr},
@@ -63,41 +64,22 @@ pub enum V8Error {
     Corrupt(String),
 }
 
-/// What the kernel walk needs to read a JavaScript frame's function: the spec's
-/// `V8FrameLayout`, filled from the postmortem constants. Offsets from `rbp` are signed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct V8FrameLayout {
-    /// The JSFunction's slot, from `rbp` (-16).
-    pub function_at: i32,
-    /// The context slot, from `rbp` (-8); a Smi there marks a typed, non-JavaScript frame.
-    pub context_at: i32,
-    /// JSFunction::shared.
-    pub shared_at: u32,
-    /// HeapObject::map.
-    pub map_at: u32,
-    /// Map::instance_type (u16).
-    pub instance_type_at: u32,
-    /// SHARED_FUNCTION_INFO_TYPE.
-    pub sfi_type: u32,
-    /// The SFI field whose low 16 bits are the check: `name_or_scope_info`, a pointer to the
-    /// function's ScopeInfo, which differs from function to function, so an SFI that took an
-    /// old one's address after the collector moved both is told apart (but for 1 in 2^13).
-    pub check_at: i32,
-    pub valid: u32,
-}
-
-impl V8FrameLayout {
-    pub fn new(layout: &V8Layout) -> Self {
-        Self {
-            function_at: layout.fp_function,
-            context_at: layout.fp_context,
-            shared_at: layout.function_shared as u32,
-            map_at: layout.map as u32,
-            instance_type_at: layout.map_instance_type as u32,
-            sfi_type: u32::from(layout.type_sfi),
-            check_at: layout.sfi_name_or_scope_info as i32,
-            valid: 1,
-        }
+/// What the kernel walk needs to read a JavaScript frame's function, from the postmortem
+/// constants. The check is `name_or_scope_info`, a pointer to the function's ScopeInfo, which
+/// differs from function to function: an SFI that the collector put at an older one's address
+/// is told apart, but for 1 in 2^13 (the low 3 bits are the tag and alignment).
+pub fn frame_layout(layout: &V8Layout) -> V8FrameLayout {
+    // Object offsets, which `V8Layout::from_postmortem` bounds to 16 bits.
+    let small = |offset: u64| offset as u32;
+    V8FrameLayout {
+        function_at: layout.fp_function,
+        context_at: layout.fp_context,
+        shared_at: small(layout.function_shared),
+        map_at: small(layout.map),
+        instance_type_at: small(layout.map_instance_type),
+        sfi_type: u32::from(layout.type_sfi),
+        check_at: small(layout.sfi_name_or_scope_info) as i32,
+        valid: 1,
     }
 }
 
@@ -167,7 +149,7 @@ impl V8Vm {
         let bias = load_bias(&cache, mapping).map_err(elf_error)?;
         let layout = V8Layout::from_postmortem(&binary.constants)?;
         Ok(Self {
-            frame_layout: V8FrameLayout::new(&layout),
+            frame_layout: frame_layout(&layout),
             layout,
             builtins: binary
                 .builtins
