@@ -23,6 +23,11 @@ pub fn node_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/jit_leak.js")
 }
 
+/// Two functions keeping Buffers while V8's collector compacts between calls.
+pub fn node_moving_gc_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/moving_gc.js")
+}
+
 /// Compiles `targets/JitLeak.java` with javac, unless the class is newer; returns the class
 /// directory for `-cp`.
 pub fn java_classes() -> PathBuf {
