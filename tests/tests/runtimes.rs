@@ -394,6 +394,43 @@ fn jvm_running_as_another_user() {
     );
 }
 
+/// A V8 built without postmortem metadata: one line says why its frames cannot be read that
+/// way, and its perf map names them as before, every byte kept.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn node_without_v8dbg_symbols_says_why_and_falls_back_to_its_perf_map() {
+    let test = "node_without_v8dbg_symbols_says_why_and_falls_back_to_its_perf_map";
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let mut cmd = Command::new(runtimes::node_without_postmortem());
+    cmd.args(["--perf-basic-prof", "--interpreted-frames-native-stack"])
+        .arg(runtimes::node_script())
+        .arg("200");
+    cmd.env_remove("NODE_OPTIONS");
+    let traced = trace(test, cmd, Place::Host);
+    let why: Vec<&String> = traced
+        .stderr
+        .iter()
+        .filter(|line| line.contains("v8dbg_*"))
+        .collect();
+    assert_eq!(
+        why.len(),
+        1,
+        "one line says why; stderr:\n{:?}",
+        traced.stderr
+    );
+    assert!(
+        why[0].contains("exports no v8dbg_* symbols") && why[0].contains("perf map"),
+        "{}",
+        why[0]
+    );
+    assert_named(&traced, "acceptConnection", "acceptConnection", 5);
+    // One level up only: Node's own functions, which come from its startup snapshot, have no
+    // entry of their own even with --interpreted-frames-native-stack, so `emit` stays
+    // Builtins_InterpreterEntryTrampoline in a perf map.
+    assert_called_by(&traced, "acceptConnection", &[&line_handler()], 5);
+}
+
 /// V8's collector moves functions: with every full collection compacting (`--stress-compaction`)
 /// and one after every round of calls, the SharedFunctionInfos the stacks point to change
 /// address while they are traced. A frame may then go unnamed, but never under the other

@@ -35,6 +35,10 @@ pub struct V8Layout {
     pub sfi_script_or_debug_info: u64,
     pub sfi_function_data: u64,
     pub uncompiled_start_position: Option<u64>,
+    pub uncompiled_inferred_name: Option<u64>,
+    /// The instance types of UncompiledData (a function not compiled, or whose bytecode was
+    /// flushed); empty when the build does not say.
+    pub uncompiled_types: Vec<u16>,
     pub script_name: u64,
     pub script_source: u64,
     pub script_line_ends: Option<u64>,
@@ -125,6 +129,16 @@ impl V8Layout {
             )?,
             sfi_function_data: off("class_SharedFunctionInfo__function_data__Object")?,
             uncompiled_start_position: opt("class_UncompiledData__start_position__int32_t"),
+            uncompiled_inferred_name: opt("class_UncompiledData__inferred_name__String"),
+            uncompiled_types: [
+                "type_UncompiledDataWithoutPreparseData__UNCOMPILED_DATA_WITHOUT_PREPARSE_DATA_TYPE",
+                "type_UncompiledDataWithPreparseData__UNCOMPILED_DATA_WITH_PREPARSE_DATA_TYPE",
+                "type_UncompiledDataWithoutPreparseDataWithJob__UNCOMPILED_DATA_WITHOUT_PREPARSE_DATA_WITH_JOB_TYPE",
+                "type_UncompiledDataWithPreparseDataAndJob__UNCOMPILED_DATA_WITH_PREPARSE_DATA_AND_JOB_TYPE",
+            ]
+            .iter()
+            .filter_map(|name| c.get(name).and_then(|v| u16::try_from(v).ok()))
+            .collect(),
             script_name: off("class_Script__name__Object")?,
             script_source: off("class_Script__source__Object")?,
             script_line_ends: opt("class_Script__line_ends__Object"),
@@ -371,6 +385,11 @@ pub fn node20() -> Postmortem {
         ),
         ("class_SharedFunctionInfo__function_data__Object", 8),
         ("class_UncompiledData__start_position__int32_t", 16),
+        ("class_UncompiledData__inferred_name__String", 8),
+        (
+            "type_UncompiledDataWithoutPreparseData__UNCOMPILED_DATA_WITHOUT_PREPARSE_DATA_TYPE",
+            222,
+        ),
         ("class_Script__name__Object", 16),
         ("class_Script__source__Object", 8),
         ("class_Script__line_ends__Object", 56),

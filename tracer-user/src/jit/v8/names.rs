@@ -4,7 +4,8 @@
 //!
 //! ScopeInfo has no postmortem description of its variable part. Up to V8 12.8 its start and
 //! end positions follow the context locals and the function's name: the first string after the
-//! locals is the name, the first pair of ascending small integers the positions (the reading
+//! locals that is not empty is the name (the function's own, else the one V8 inferred), the
+//! first pair of ascending small integers the positions (the reading
 //! of the OpenTelemetry profiler, `interpreter/nodev8/v8.go`). From V8 12.8 the positions sit
 //! at fixed slots 3 and 4, before the locals, which shows as `scopeinfo_idx_first_vars` >= 5.
 
@@ -99,11 +100,19 @@ impl Namer {
         }
         let (name, position) = match heap.typed_field(sfi, l.sfi_name_or_scope_info)? {
             Some((scope, ty)) if ty == l.type_scope_info => scope_info(heap, scope)?,
-            Some((name, ty)) if heap.is_string_type(ty) => (
-                heap.string(name, MAX_NAME_UNITS)?,
-                uncompiled_start(heap, sfi),
-            ),
-            _ => (String::new(), uncompiled_start(heap, sfi)),
+            Some((name, ty)) if heap.is_string_type(ty) => {
+                let name = heap.string(name, MAX_NAME_UNITS)?;
+                let uncompiled = uncompiled(heap, sfi);
+                (
+                    if name.is_empty() {
+                        uncompiled.inferred_name
+                    } else {
+                        name
+                    },
+                    uncompiled.start,
+                )
+            }
+            _ => (String::new(), uncompiled(heap, sfi).start),
         };
         let mut function = FunctionName {
             name,
@@ -166,16 +175,39 @@ fn source_lines<M: Memory>(heap: &Heap<'_, M>, source: TargetAddr) -> Result<Lin
     Ok(LineEnds::scan(&pieces))
 }
 
-/// The start position an uncompiled function keeps in its UncompiledData.
-fn uncompiled_start<M: Memory>(heap: &Heap<'_, M>, sfi: TargetAddr) -> Option<u32> {
-    let offset = heap.layout.uncompiled_start_position?;
-    let (data, _) = heap
-        .typed_field(sfi, heap.layout.sfi_function_data)
-        .ok()??;
-    let start = heap.memory.read_u32(data.offset(offset).ok()?).ok()?;
-    // Any other object there (bytecode, code) reads as garbage: a position is checked against
-    // the source's length before it becomes a line.
-    Some(start)
+/// What a function that is not compiled (or whose bytecode V8 flushed) keeps of itself.
+#[derive(Default)]
+struct Uncompiled {
+    start: Option<u32>,
+    /// The name V8 inferred for an anonymous function (`obj.method = function () {}`).
+    inferred_name: String,
+}
+
+/// The UncompiledData of the SFI at `sfi`, if its function data is one.
+fn uncompiled<M: Memory>(heap: &Heap<'_, M>, sfi: TargetAddr) -> Uncompiled {
+    let l = heap.layout;
+    let Ok(Some((data, ty))) = heap.typed_field(sfi, l.sfi_function_data) else {
+        return Uncompiled::default();
+    };
+    if !l.uncompiled_types.contains(&ty) {
+        return Uncompiled::default();
+    }
+    let start = l
+        .uncompiled_start_position
+        .and_then(|offset| heap.memory.read_u32(data.offset(offset).ok()?).ok());
+    let inferred_name = l
+        .uncompiled_inferred_name
+        .and_then(|offset| match heap.typed_field(data, offset) {
+            Ok(Some((name, ty))) if heap.is_string_type(ty) => {
+                heap.string(name, MAX_NAME_UNITS).ok()
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    Uncompiled {
+        start,
+        inferred_name,
+    }
 }
 
 /// The function's name and start position from its ScopeInfo.
@@ -209,6 +241,9 @@ fn scope_info<M: Memory>(
     let mut prev: Option<i64> = None;
     for index in first..first + SCOPE_SLOTS_SCANNED {
         let Ok(word) = slot(index) else { break };
+        // The function's own name, empty for an anonymous one, then the name V8 inferred
+        // for it (`Readable.push` for `Readable.prototype.push = function ...`): the first
+        // that is not empty, as V8's own `DebugName`.
         if name.is_none()
             && heap.is_heap_object(word)
             && let Ok(obj) = heap.object(word)
@@ -216,9 +251,12 @@ fn scope_info<M: Memory>(
                 .instance_type(obj)
                 .is_ok_and(|ty| heap.is_string_type(ty))
         {
-            name = Some(heap.string(obj, MAX_NAME_UNITS)?);
-            if fixed_positions {
-                break;
+            let text = heap.string(obj, MAX_NAME_UNITS)?;
+            if !text.is_empty() {
+                name = Some(text);
+                if fixed_positions {
+                    break;
+                }
             }
         }
         let value = heap.smi(word);
@@ -316,8 +354,21 @@ mod tests {
 
     /// An SFI named `name` whose function starts at `start` in a script named `file`.
     fn function(heap: &mut FakeHeap, name: &str, file: &str, source: u64, start: i64) -> u64 {
-        let name = heap.string(name);
         let undefined = heap.object(131, &[]);
+        function_inferred(heap, name, undefined, file, source, start)
+    }
+
+    /// The same, with `inferred` (a tagged string, or undefined) as the name V8 inferred.
+    fn function_inferred(
+        heap: &mut FakeHeap,
+        name: &str,
+        inferred: u64,
+        file: &str,
+        source: u64,
+        start: i64,
+    ) -> u64 {
+        let name = heap.string(name);
+        let undefined = inferred;
         // flags, parameter count, 1 context local (name, info), the function's name and its
         // slot, inferred name (undefined), start and end positions.
         let local = heap.string("x");
@@ -362,6 +413,19 @@ mod tests {
                 file: Some("/srv/leak.js".into()),
                 line: Some(3),
             }
+        );
+    }
+
+    #[test]
+    fn an_anonymous_function_takes_the_name_v8_inferred() {
+        let mut heap = FakeHeap::new();
+        let source = heap.string("Readable.prototype.push = function (chunk) {};\n");
+        let inferred = heap.string("Readable.push");
+        let sfi = function_inferred(&mut heap, "", inferred, "node:stream", source, 25);
+        let named = name(&heap, sfi).unwrap();
+        assert_eq!(
+            (named.name.as_str(), named.line),
+            ("Readable.push", Some(1))
         );
     }
 

@@ -27,6 +27,11 @@ pub const NEEDED: &[&str] = &[
     "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
     "class_SharedFunctionInfo__function_data__Object",
     "class_UncompiledData__start_position__int32_t",
+    "class_UncompiledData__inferred_name__String",
+    "type_UncompiledDataWithoutPreparseData__UNCOMPILED_DATA_WITHOUT_PREPARSE_DATA_TYPE",
+    "type_UncompiledDataWithPreparseData__UNCOMPILED_DATA_WITH_PREPARSE_DATA_TYPE",
+    "type_UncompiledDataWithoutPreparseDataWithJob__UNCOMPILED_DATA_WITHOUT_PREPARSE_DATA_WITH_JOB_TYPE",
+    "type_UncompiledDataWithPreparseDataAndJob__UNCOMPILED_DATA_WITH_PREPARSE_DATA_AND_JOB_TYPE",
     "class_Script__name__Object",
     "class_Script__source__Object",
     "class_Script__line_ends__Object",
@@ -61,6 +66,11 @@ pub const NEEDED: &[&str] = &[
 /// Constants that older V8 versions lack; their absence only loses what they serve.
 const OPTIONAL: &[&str] = &[
     "class_UncompiledData__start_position__int32_t",
+    "class_UncompiledData__inferred_name__String",
+    "type_UncompiledDataWithoutPreparseData__UNCOMPILED_DATA_WITHOUT_PREPARSE_DATA_TYPE",
+    "type_UncompiledDataWithPreparseData__UNCOMPILED_DATA_WITH_PREPARSE_DATA_TYPE",
+    "type_UncompiledDataWithoutPreparseDataWithJob__UNCOMPILED_DATA_WITHOUT_PREPARSE_DATA_WITH_JOB_TYPE",
+    "type_UncompiledDataWithPreparseDataAndJob__UNCOMPILED_DATA_WITH_PREPARSE_DATA_AND_JOB_TYPE",
     "class_ExternalString__resource__Object",
     "class_Script__line_ends__Object",
 ];
