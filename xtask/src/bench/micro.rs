@@ -1,6 +1,13 @@
 //! The malloc(64)+free microbenchmark under each tracer, synchronised by a handshake.
 
 use super::*;
+/// The Node rows: ns per Buffer made from JavaScript.
+pub(super) struct NodeRow {
+    pub(super) untraced: f64,
+    pub(super) frames_on: f64,
+    pub(super) frames_off: f64,
+}
+
 #[derive(Default)]
 pub(super) struct Row {
     pub(super) threads: u32,
@@ -31,6 +38,8 @@ pub(super) enum Tracer<'a> {
 
 pub(super) struct Bench<'a> {
     pub(super) binary: &'a Path,
+    /// Arguments before the bench's own (a script, for a runtime).
+    pub(super) script: Option<&'a Path>,
     pub(super) threads: u32,
 }
 
@@ -63,6 +72,7 @@ impl Bench<'_> {
         };
         let mut bench = Guard::spawn(
             command
+                .args(self.script)
                 .args(&args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -87,6 +87,7 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
     for threads in THREAD_COUNTS {
         let bench = Bench {
             binary: &alloc_bench,
+            script: None,
             threads,
         };
         let mut row = Row {
@@ -142,9 +143,65 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
     }
     let live = live_report(leakhound, &live_target, &out)?;
     attach_ms.push(live.attach_ms);
+    let node = node_row(root, leakhound, &out)?;
     print_table(&machine, &rows, &attach_ms, &live);
+    print_node_table(node.as_ref());
     check_no_probes_left();
     Ok(())
+}
+
+/// Buffers per round in the Node bench: each is a trapped malloc of about 25 us and more.
+const NODE_BUFFERS: u64 = 20_000;
+
+/// ns per Buffer made from JavaScript in Node: untraced, traced with JavaScript frames read
+/// from V8's own metadata, and traced without (the same node with its `v8dbg_*` symbols
+/// renamed, so that leakhound cannot read them). `None` where there is no node.
+fn node_row(root: &Path, leakhound: &Path, out: &Path) -> Result<Option<NodeRow>> {
+    let Some(node) = which("node") else {
+        eprintln!("bench: no node: the Node rows are skipped");
+        return Ok(None);
+    };
+    let without = node_without_postmortem(&node, out)?;
+    let script = root.join("bench/node_alloc.js");
+    let measure = |binary: &Path, tracer: Tracer<'_>| -> Result<f64> {
+        let bench = Bench {
+            binary,
+            script: Some(&script),
+            threads: 1,
+        };
+        Ok(bench.measure(NODE_BUFFERS, tracer)?.ns)
+    };
+    Ok(Some(NodeRow {
+        untraced: measure(&node, Tracer::None)?,
+        frames_on: measure(&node, Tracer::Leakhound(leakhound, &[]))?,
+        frames_off: measure(&without, Tracer::Leakhound(leakhound, &[]))?,
+    }))
+}
+
+/// `program` as found on PATH, links resolved.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .and_then(|found| fs::canonicalize(found).ok())
+}
+
+/// A copy of `node` whose `v8dbg_*` symbols are renamed (nothing looks them up, so it runs
+/// as before): a V8 whose metadata leakhound cannot read.
+fn node_without_postmortem(node: &Path, out: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let copy = out.join("node-without-v8dbg");
+    let mut bytes = fs::read(node).with_context(|| format!("reading {}", node.display()))?;
+    let (from, to) = (b"v8dbg_", b"v8nop_");
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        bytes[at + found..at + found + to.len()].copy_from_slice(to);
+        at += found + from.len();
+    }
+    fs::write(&copy, bytes)?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+    Ok(copy)
 }
 
 /// Installs the Debian packages the comparison needs, when missing.

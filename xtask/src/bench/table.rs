@@ -160,3 +160,31 @@ pub(super) fn check_no_probes_left() {
         eprintln!("bench: warning: uprobe_events is not empty:\n{events}");
     }
 }
+
+pub(super) fn print_node_table(node: Option<&NodeRow>) {
+    let Some(node) = node else {
+        return;
+    };
+    println!(
+        "\nNode: Buffer.allocUnsafeSlow(64) three JavaScript calls deep, ns per Buffer (median of {ROUNDS} rounds)\n"
+    );
+    println!("| configuration | ns/Buffer | × untraced | × frames off |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, ns) in [
+        ("untraced", node.untraced),
+        (
+            "**leakhound**, JavaScript frames from V8's metadata",
+            node.frames_on,
+        ),
+        (
+            "leakhound, V8's metadata unreadable (node without v8dbg_*)",
+            node.frames_off,
+        ),
+    ] {
+        println!(
+            "| {name} | {ns:.1} | {} | {} |",
+            ratio(ns / node.untraced),
+            ratio(ns / node.frames_off)
+        );
+    }
+}

@@ -96,23 +96,37 @@ pub struct V8Vm {
     namer: Namer,
 }
 
-/// Whether a mapped file is where V8 lives: node itself, or libnode.so.
-fn is_v8_file(path: &Path, exe: &Path) -> bool {
+/// Whether a mapped file is, by its name, where V8 lives: node itself, or libnode.so.
+fn is_v8_file(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    path == exe || matches!(name, "node" | "nodejs") || name.starts_with("libnode.so")
+    matches!(name, "node" | "nodejs") || name.starts_with("libnode.so")
 }
 
 impl V8Vm {
-    /// Reads the metadata of the V8 in process `pid`.
+    /// Reads the metadata of the V8 in process `pid`: in a file named as Node's, or else in
+    /// the executable if it exports V8's symbols (Node built into a program of another name).
+    /// A process with neither is [`V8Error::NoV8`], said to no one.
     pub fn attach(pid: u32) -> Result<Self, V8Error> {
         let target = TargetProcess::open(pid).map_err(|e| V8Error::Maps(e.to_string()))?;
         let maps = target.maps().map_err(|e| V8Error::Maps(e.to_string()))?;
+        let at_start = |m: &&Mapping| m.offset == 0 && m.path.is_some();
+        if let Some(mapping) = maps
+            .iter()
+            .filter(at_start)
+            .find(|m| m.path.as_deref().is_some_and(is_v8_file))
+        {
+            return Self::open(pid, mapping);
+        }
         let exe = std::fs::read_link(target.exe_link()).unwrap_or_default();
         let mapping = maps
             .iter()
-            .find(|m| m.offset == 0 && m.path.as_deref().is_some_and(|p| is_v8_file(p, &exe)))
+            .filter(at_start)
+            .find(|m| m.path.as_deref() == Some(exe.as_path()))
             .ok_or(V8Error::NoV8)?;
-        Self::open(pid, mapping)
+        match Self::open(pid, mapping) {
+            Err(V8Error::NoPostmortem { .. }) => Err(V8Error::NoV8),
+            other => other,
+        }
     }
 
     fn open(pid: u32, mapping: &Mapping) -> Result<Self, V8Error> {
