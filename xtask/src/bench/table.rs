@@ -166,7 +166,7 @@ pub(super) fn print_node_table(node: Option<&NodeRow>) {
         return;
     };
     println!(
-        "\nNode: Buffer.allocUnsafeSlow(64) three JavaScript calls deep, ns per Buffer (median of {ROUNDS} rounds)\n"
+        "\nNode: Buffer.allocUnsafeSlow(1024) three JavaScript calls deep, ns per Buffer (median of {ROUNDS} rounds)\n"
     );
     println!("| configuration | ns/Buffer | × untraced | × frames off |");
     println!("| --- | ---: | ---: | ---: |");
