@@ -2,12 +2,17 @@
 // (Buffer.allocUnsafeSlow: its own malloc'd backing store, not a slice of the pool) that is
 // never released. Protocol of truth.h: `ready <pid>`, wait for a line, allocate, print
 // `truth acceptConnection <bytes>` and `done`, wait for a line, exit.
+//
+// Arguments: the connections kept after `go` (200), and calls made before `ready` (0): a
+// process that has run for a while, whose acceptConnection V8 has compiled and optimized by
+// the time it is traced. Those early buffers are dropped before `ready`.
 'use strict';
 
 const readline = require('readline');
 
 const CONNECTION_BYTES = 64 * 1024;
 const connections = Number(process.argv[2] || 200);
+const warmUpCalls = Number(process.argv[3] || 0);
 const open = [];
 
 function acceptConnection(id) {
@@ -16,7 +21,16 @@ function acceptConnection(id) {
   open.push(buffer);
 }
 
-console.log(`ready ${process.pid}`);
+for (let id = 0; id < warmUpCalls; id++) {
+  acceptConnection(id);
+  if (open.length >= 64) {
+    open.length = 0;
+  }
+}
+open.length = 0;
+
+// Run a while before `ready`, so that V8's compilers have finished with what was warmed up.
+setTimeout(() => console.log(`ready ${process.pid}`), warmUpCalls > 0 ? 2000 : 0);
 const input = readline.createInterface({ input: process.stdin });
 let lines = 0;
 input.on('line', () => {

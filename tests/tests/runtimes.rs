@@ -140,8 +140,16 @@ fn assert_named(traced: &Traced, function: &str, frame: &str, percent: u64) -> u
 }
 
 fn node(test: &str, flags: &[&str]) -> Command {
+    node_warmed_up(test, flags, 0)
+}
+
+/// Node running the target after `warm_up` calls of acceptConnection made before `ready`.
+fn node_warmed_up(test: &str, flags: &[&str], warm_up: u32) -> Command {
     let mut cmd = Command::new("node");
-    cmd.args(flags).arg(runtimes::node_script()).arg("200");
+    cmd.args(flags)
+        .arg(runtimes::node_script())
+        .arg("200")
+        .arg(warm_up.to_string());
     // Flags must come from the command line, as the test says; not from the environment.
     cmd.env_remove("NODE_OPTIONS");
     eprintln!("{test}: {cmd:?}");
@@ -160,6 +168,84 @@ fn java(classes: &Path, flags: &[&str]) -> Command {
     cmd
 }
 
+/// The line of the target's `input.on('line', ...)` handler, which calls acceptConnection:
+/// V8 names the anonymous function by its place.
+fn line_handler() -> String {
+    let script = std::fs::read_to_string(runtimes::node_script()).unwrap();
+    let line = script
+        .lines()
+        .position(|line| line.contains("input.on('line'"))
+        .expect("the script's line handler")
+        + 1;
+    format!("(anonymous jit_leak.js:{line})")
+}
+
+/// Bytes of the stacks in which `callers` (outermost first) call `function` directly, one
+/// after the other, checked against the truth of `function` within `percent`.
+fn assert_called_by(traced: &Traced, function: &str, callers: &[&str], percent: u64) {
+    let truth = traced.truth[function];
+    let mut chain: Vec<&str> = callers.to_vec();
+    chain.push(function);
+    let held: u64 = traced
+        .lines
+        .iter()
+        .filter(|line| {
+            line.frames
+                .windows(chain.len())
+                .any(|window| window.iter().zip(&chain).all(|(frame, want)| frame == want))
+        })
+        .map(|line| line.bytes)
+        .sum();
+    eprintln!("{}: truth {truth}, named {held}", chain.join(";"));
+    assert!(
+        within_percent(truth, held, percent),
+        "stacks through {} hold {held} bytes, the target kept {truth}; stacks:\n{}",
+        chain.join(";"),
+        traced
+            .lines
+            .iter()
+            .filter(|line| line.frames.iter().any(|f| f == function))
+            .take(5)
+            .map(FoldedLine::to_folded)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// What every Node test asks: the function that keeps the buffers is named with its bytes,
+/// called by the script's line handler, called by EventEmitter's emit; no frame is left to
+/// the interpreter's trampoline, and no flag is asked for.
+fn assert_node_named(traced: &Traced) {
+    assert_named(traced, "acceptConnection", "acceptConnection", 5);
+    assert_called_by(traced, "acceptConnection", &["emit", &line_handler()], 5);
+    let trampoline = bytes_through(&traced.lines, "Builtins_InterpreterEntryTrampoline");
+    assert_eq!(
+        trampoline, 0,
+        "the interpreter's trampoline stands in for a function"
+    );
+    assert!(
+        !traced
+            .stderr
+            .iter()
+            .any(|l| l.contains("--perf-basic-prof")),
+        "no hint about flags: {:?}",
+        traced.stderr
+    );
+}
+
+/// Node started with no flag at all: every JavaScript frame is read from V8's own metadata.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn node_without_flags_names_the_js_function_and_its_callers() {
+    let test = "node_without_flags_names_the_js_function_and_its_callers";
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let traced = trace(test, node(test, &[]), Place::Host);
+    assert_node_named(&traced);
+}
+
+/// With the flags that make V8 write a perf map, the same answer: where both name a frame,
+/// V8's metadata wins, and the two agree.
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn node_names_the_js_function_that_keeps_buffers() {
@@ -174,69 +260,31 @@ fn node_names_the_js_function_that_keeps_buffers() {
         ),
         Place::Host,
     );
-    assert_named(&traced, "acceptConnection", "acceptConnection", 5);
-    assert!(
-        !traced
-            .stderr
-            .iter()
-            .any(|l| l.contains("--perf-basic-prof")),
-        "no hint when the flags are there"
-    );
+    assert_node_named(&traced);
 }
 
-/// With `--perf-basic-prof` alone, V8 names a function once it is compiled (Sparkplug, after a
-/// few calls); the calls made while it was still interpreted show as the interpreter.
+/// `--perf-basic-prof` alone used to leave the calls made while a function was interpreted to
+/// `Builtins_InterpreterEntryTrampoline`; V8's metadata names them too.
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
-fn node_with_perf_basic_prof_only_names_compiled_calls() {
-    let test = "node_with_perf_basic_prof_only_names_compiled_calls";
+fn node_with_perf_basic_prof_alone_names_every_call() {
+    let test = "node_with_perf_basic_prof_alone_names_every_call";
     require_program!(test, "node", "--version");
     let _serial = serial();
     let traced = trace(test, node(test, &["--perf-basic-prof"]), Place::Host);
-    let truth = traced.truth["acceptConnection"];
-    let named = bytes_through(&traced.lines, "acceptConnection");
-    eprintln!("acceptConnection: truth {truth}, named {named}");
-    assert!(
-        named <= truth + truth / 20 && named * 10 >= truth * 8,
-        "expected most of {truth} bytes named acceptConnection, got {named}"
-    );
+    assert_node_named(&traced);
 }
 
+/// A Node process that has run a while before the attach, with no flag: acceptConnection was
+/// called 5,000 times before and V8 has optimized it (TurboFan) by the time it is traced.
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
-fn node_without_perf_map_gets_a_hint() {
-    let test = "node_without_perf_map_gets_a_hint";
+fn node_running_a_while_before_the_attach() {
+    let test = "node_running_a_while_before_the_attach";
     require_program!(test, "node", "--version");
     let _serial = serial();
-    let traced = trace(test, node(test, &[]), Place::Host);
-    let hints: Vec<&String> = traced
-        .stderr
-        .iter()
-        .filter(|line| line.contains("--perf-basic-prof"))
-        .collect();
-    assert_eq!(
-        hints.len(),
-        1,
-        "one hint, once; stderr:\n{:?}",
-        traced.stderr
-    );
-    assert_eq!(bytes_through(&traced.lines, "acceptConnection"), 0);
-    // The bytes are still all there, under Node's C++ Buffer code.
-    let truth = traced.truth["acceptConnection"];
-    let buffers: u64 = traced
-        .lines
-        .iter()
-        .filter(|line| {
-            line.frames
-                .iter()
-                .any(|f| f.contains("CreateUnsafeArrayBuffer"))
-        })
-        .map(|line| line.bytes)
-        .sum();
-    assert!(
-        within_percent(truth, buffers, 5),
-        "Buffer bytes {buffers}, truth {truth}"
-    );
+    let traced = trace(test, node_warmed_up(test, &[], 5000), Place::Host);
+    assert_node_named(&traced);
 }
 
 /// Runs the JVM target with only -XX:+PreserveFramePointer at `place`, and checks that the
@@ -347,23 +395,115 @@ fn jvm_running_as_another_user() {
     );
 }
 
-/// Node in a container: its perf map is /tmp/perf-1.map in a /tmp that only its mount
-/// namespace sees.
+/// A V8 built without postmortem metadata: one line says why its frames cannot be read that
+/// way, and its perf map names them as before, every byte kept.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn node_without_v8dbg_symbols_says_why_and_falls_back_to_its_perf_map() {
+    let test = "node_without_v8dbg_symbols_says_why_and_falls_back_to_its_perf_map";
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let mut cmd = Command::new(runtimes::node_without_postmortem());
+    cmd.args(["--perf-basic-prof", "--interpreted-frames-native-stack"])
+        .arg(runtimes::node_script())
+        .arg("200");
+    cmd.env_remove("NODE_OPTIONS");
+    let traced = trace(test, cmd, Place::Host);
+    let why: Vec<&String> = traced
+        .stderr
+        .iter()
+        .filter(|line| line.contains("v8dbg_*"))
+        .collect();
+    assert_eq!(
+        why.len(),
+        1,
+        "one line says why; stderr:\n{:?}",
+        traced.stderr
+    );
+    assert!(
+        why[0].contains("exports no v8dbg_* symbols") && why[0].contains("perf map"),
+        "{}",
+        why[0]
+    );
+    assert_named(&traced, "acceptConnection", "acceptConnection", 5);
+    // One level up only: Node's own functions, which come from its startup snapshot, have no
+    // entry of their own even with --interpreted-frames-native-stack, so `emit` stays
+    // Builtins_InterpreterEntryTrampoline in a perf map.
+    assert_called_by(&traced, "acceptConnection", &[&line_handler()], 5);
+}
+
+/// V8's collector moves functions: with every full collection compacting (`--stress-compaction`)
+/// and one after every round of calls, the SharedFunctionInfos the stacks point to change
+/// address while they are traced. A frame may then go unnamed, but never under the other
+/// function's name: the two functions keep buffers of sizes that no sum of the other's makes,
+/// so every stack named after one holds a whole number of its buffers. And no byte is lost.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn node_names_no_function_wrongly_while_the_collector_moves_them() {
+    let test = "node_names_no_function_wrongly_while_the_collector_moves_them";
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let mut cmd = Command::new("node");
+    cmd.args(["--expose-gc", "--stress-compaction"])
+        .arg(runtimes::node_moving_gc_script())
+        .arg("30");
+    cmd.env_remove("NODE_OPTIONS");
+    let traced = trace(test, cmd, Place::Host);
+    // The buffers themselves: Node's allocator is the frame that calls malloc.
+    let buffers: Vec<&FoldedLine> = traced
+        .lines
+        .iter()
+        .filter(|line| {
+            line.frames
+                .last()
+                .is_some_and(|leaf| leaf.starts_with("node::NodeArrayBufferAllocator::"))
+        })
+        .collect();
+    let truth_total: u64 = traced.truth.values().sum();
+    let kept: u64 = buffers.iter().map(|line| line.bytes).sum();
+    eprintln!("buffers: truth {truth_total}, kept {kept}");
+    assert!(
+        within_percent(truth_total, kept, 5),
+        "buffers kept {kept}, the target kept {truth_total}"
+    );
+    for (function, size) in [("acceptConnection", 65_536), ("openSession", 20_000)] {
+        let named: Vec<&&FoldedLine> = buffers
+            .iter()
+            .filter(|line| line.frames.iter().any(|frame| frame == function))
+            .collect();
+        for line in &named {
+            assert_eq!(
+                line.bytes % size,
+                0,
+                "a stack named {function} holds another function's buffers: {}",
+                line.to_folded()
+            );
+        }
+        let bytes: u64 = named.iter().map(|line| line.bytes).sum();
+        let truth = traced.truth[function];
+        eprintln!("{function}: truth {truth}, named {bytes}");
+        assert!(bytes <= truth, "{function}: {bytes} named, {truth} kept");
+        // Measured: 30% to 70% here. Each round's code has moved, so its first stacks are
+        // walked in user space from a copy, after the allocation, and a frame whose function
+        // has moved by then keeps its return address: unnamed, not misnamed. The floor only
+        // says that naming goes on while functions move.
+        assert!(
+            bytes * 10 >= truth,
+            "{function}: only {bytes} of {truth} bytes named"
+        );
+    }
+}
+
+/// Node in a container, with no flag: its binary is read through its own root, its memory
+/// by its host PID.
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn node_in_its_own_pid_and_mount_namespaces() {
     let test = "node_in_its_own_pid_and_mount_namespaces";
     require_program!(test, "node", "--version");
     let _serial = serial();
-    let traced = trace(
-        test,
-        node(
-            test,
-            &["--perf-basic-prof", "--interpreted-frames-native-stack"],
-        ),
-        Place::Container,
-    );
-    assert_named(&traced, "acceptConnection", "acceptConnection", 5);
+    let traced = trace(test, node(test, &[]), Place::Container);
+    assert_node_named(&traced);
 }
 
 /// A JVM in a container: PID 1 in its namespace, with its attach socket and perf map in a

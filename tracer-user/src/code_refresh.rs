@@ -20,7 +20,7 @@ use std::{
 
 use crate::{
     identities::{FrameKinds, IdentityNames},
-    jit::{self, PerfMaps, Runtime, hotspot::frames::HotspotFrames},
+    jit::{self, PerfMaps, Runtime, hotspot::frames::HotspotFrames, v8::V8Frames},
     process::{TargetProcess, address_space::AddressSpace},
     symbolize::NameSource,
 };
@@ -33,6 +33,8 @@ pub struct TargetCode {
     pub space: AddressSpace,
     /// Java frames from HotSpot's own metadata, asked before the perf map.
     pub hotspot: HotspotFrames,
+    /// JavaScript frames from V8's own metadata, asked before the perf map.
+    pub v8: V8Frames,
     /// The runtime's perf map (Node.js, the JVM).
     pub jit: PerfMaps,
     /// Names of frames identified by their slots, taken when their stacks were new.
@@ -45,6 +47,7 @@ impl TargetCode {
     pub fn new(runtime_frames: bool) -> Self {
         Self {
             hotspot: HotspotFrames::new(runtime_frames),
+            v8: V8Frames::new(runtime_frames),
             ..Self::default()
         }
     }
@@ -52,18 +55,24 @@ impl TargetCode {
     /// Every runtime name source, in the order they are believed: names taken when a stack
     /// was new, then the runtimes' own metadata, then their perf maps.
     pub fn runtime_names(&self) -> impl NameSource + '_ {
-        (&self.identities, (&self.hotspot, &self.jit))
+        (&self.identities, self.metadata_names())
+    }
+
+    /// The runtimes' own metadata, then their perf maps: what names a frame while it is new.
+    pub fn metadata_names(&self) -> impl NameSource + '_ {
+        ((&self.hotspot, &self.v8), &self.jit)
     }
 
     /// What the runtimes say of their frames, for the unwind rules.
     pub fn frame_kinds(&self) -> impl FrameKinds + '_ {
-        &self.hotspot
+        (&self.hotspot, self.v8.kinds(&self.space))
     }
 
     /// Rereads the mappings and the perf map. Errors (the target exited) keep what is known.
     pub fn refresh(&mut self, target: &TargetProcess) {
         self.jit.refresh(target);
         self.hotspot.refresh(target);
+        self.v8.refresh(target);
         self.space.refresh(target);
     }
 }

@@ -184,8 +184,9 @@ impl IdentityWatch {
         let mut code = crate::code_refresh::lock(code);
         let code = &mut *code;
         let mut named = 0usize;
+        let sources = ((&code.hotspot, &code.v8), &code.jit);
         for word in &words {
-            if code.identities.resolve(*word, &(&code.hotspot, &code.jit)) {
+            if code.identities.resolve(*word, &sources) {
                 named += 1;
             }
         }

@@ -11,6 +11,7 @@ pub mod hotspot;
 pub mod jvm_attach;
 pub mod node;
 pub mod perf_map;
+pub mod v8;
 
 use std::{
     fs,
@@ -333,7 +334,9 @@ impl Runtime {
         if let Self::Unknown = self {
             *self = detect(target, space.mapped_files());
             match self {
-                Self::Node => warn_node(target),
+                // V8's own metadata names its frames; only when it cannot be read does the
+                // user hear of flags (`v8::V8Frames`).
+                Self::Node => {}
                 Self::Jvm(jvm) => jvm.gave_up = !warn_jvm(target),
                 Self::Unknown => return false,
             }
@@ -431,13 +434,12 @@ fn detect<'a>(target: &TargetProcess, mapped: impl IntoIterator<Item = &'a Path>
     }
 }
 
-fn warn_node(target: &TargetProcess) {
+/// What to tell the user about a Node process whose V8 metadata cannot be read: the flags that
+/// make V8 write a perf map, if it was not started with them.
+pub fn node_advice(target: &TargetProcess) -> Option<&'static str> {
     let cmdline = fs::read(format!("/proc/{}/cmdline", target.pid)).unwrap_or_default();
     let environ = fs::read(format!("/proc/{}/environ", target.pid)).unwrap_or_default();
-    let has_map = has_perf_map(target);
-    if let Some(advice) = node::advice(&cmdline, &environ, has_map) {
-        eprintln!("leakhound: node (pid {}): {advice}", target.pid);
-    }
+    node::advice(&cmdline, &environ, has_perf_map(target))
 }
 
 /// Says what the JVM's flags mean for its stacks; returns whether it can be attached to.

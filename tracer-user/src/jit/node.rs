@@ -1,6 +1,7 @@
-//! Node.js: V8 writes a perf map only when asked to, with `--perf-basic-prof` (or
-//! `--perf-basic-prof-only-functions`), on the command line or in `NODE_OPTIONS`. Without it
-//! every JavaScript frame is anonymous JIT code.
+//! Node.js: recognising it, and its flags. JavaScript frames are named from V8's own metadata
+//! (`jit::v8`); V8 also writes a perf map when asked to, with `--perf-basic-prof` (or
+//! `--perf-basic-prof-only-functions`), on the command line or in `NODE_OPTIONS`, which is
+//! what names them where that metadata cannot be read.
 
 /// The flags that make V8 write `/tmp/perf-<pid>.map`.
 const PERF_MAP_FLAGS: &[&str] = &[
@@ -19,7 +20,8 @@ const INTERPRETED_FLAGS: &[&str] = &[
     "--interpreted_frames_native_stack",
 ];
 
-/// What to tell the user, once, when a Node target runs without a perf map.
+/// What to tell the user, once, when a Node target whose V8 metadata cannot be read runs
+/// without a perf map.
 pub const NO_PERF_MAP: &str = "JavaScript frames will show as [anon]: start node with \
      --perf-basic-prof --interpreted-frames-native-stack (or put them in NODE_OPTIONS) so that \
      V8 writes /tmp/perf-<pid>.map, which leakhound reads";

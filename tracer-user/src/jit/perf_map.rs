@@ -101,6 +101,12 @@ fn v8_function(name: &str) -> Option<FrameData> {
     let rest = rest.trim_start_matches(['~', '^', '+', '*']);
     let (function, location) = rest.split_once(' ').unwrap_or((rest, ""));
     let (file, line) = split_location(location);
+    Some(js_function(function, file, line))
+}
+
+/// A JavaScript function's frame, wherever its name came from (a perf map or V8's own
+/// metadata), so that both name it alike.
+pub fn js_function(function: &str, file: Option<String>, line: Option<u32>) -> FrameData {
     let function = if function.is_empty() {
         // Anonymous functions are told apart by where they are, as in a stack trace.
         match (&file, line) {
@@ -111,13 +117,13 @@ fn v8_function(name: &str) -> Option<FrameData> {
     } else {
         function.to_owned()
     };
-    Some(FrameData {
+    FrameData {
         name: function,
         module: None,
         file,
         line,
         inlined: false,
-    })
+    }
 }
 
 /// `/app/server.js:12:5` into the file and line; the column is dropped.

@@ -175,6 +175,12 @@ impl MissHandler {
                 },
                 // A frame's slots are in the copy; what they point to is read from the target.
                 |kind, bp| {
+                    // V8 moves functions: a JSFunction read from the target now, after the
+                    // allocation, may be another one than the frame ran. The kernel walk reads
+                    // it at the allocation; here the frame keeps its return address.
+                    if kind == FrameIdentity::V8Js {
+                        return None;
+                    }
                     kinds.fill_layout(&mut layout);
                     identity_word(kind, &layout, bp, |at| {
                         copy.read(at)
