@@ -201,7 +201,10 @@ pub fn publish_layout(written: &mut RuntimeLayout, maps: &mut KernelMaps, kinds:
     kinds.fill_layout(&mut layout);
     if layout != *written {
         match maps.runtime_layout.set(0, layout, 0) {
-            Ok(()) => *written = layout,
+            Ok(()) => {
+                log::debug!("runtime layout for the kernel walk: {layout:?}");
+                *written = layout;
+            }
             Err(err) => log::debug!("writing the runtime layout: {err}"),
         }
     }

@@ -141,6 +141,11 @@ impl MissHandler {
         target: &TargetProcess,
     ) -> Result<(), TracerError> {
         let copied = (miss.copied as usize).min(miss.stack.len());
+        log::trace!(
+            "miss at {:#x} (in kernel: {}), {copied} bytes",
+            miss.ip,
+            self.in_kernel.contains(&miss.ip)
+        );
         let copy = StackCopy {
             sp: miss.sp,
             bytes: &miss.stack[..copied],
@@ -175,12 +180,11 @@ impl MissHandler {
                 },
                 // A frame's slots are in the copy; what they point to is read from the target.
                 |kind, bp| {
-                    // V8 moves functions: a JSFunction read from the target now, after the
-                    // allocation, may be another one than the frame ran. The kernel walk reads
-                    // it at the allocation; here the frame keeps its return address.
-                    if kind == FrameIdentity::V8Js {
-                        return None;
-                    }
+                    // A burst of allocations from a new site is all answered here, so this
+                    // walk names JavaScript frames too. What the frame's slot points to is
+                    // read now, milliseconds after the allocation: V8 leaves an object it
+                    // moved intact in the space it left until that space is used again, and
+                    // the name is checked against the function's own fields when it is read.
                     kinds.fill_layout(&mut layout);
                     identity_word(kind, &layout, bp, |at| {
                         copy.read(at)
