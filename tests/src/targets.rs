@@ -111,6 +111,17 @@ pub fn exec_after_leak() -> PathBuf {
     build("exec_after_leak", false)
 }
 
+/// `targets/committed.c`: memory opened with mprotect inside PROT_NONE reservations (one
+/// made before attach), closed again, unmapped and replaced, per function.
+pub fn committed() -> PathBuf {
+    build("committed", false)
+}
+
+/// `targets/thread_stacks.c`: six threads with stacks of 256 KiB to 1.5 MiB, kept alive.
+pub fn thread_stacks() -> PathBuf {
+    build("thread_stacks", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)

@@ -354,6 +354,8 @@ mod tests {
     fn mapped(addr: u64, len: u64, stack_key: u64, made_ns: u64) -> Vec<u8> {
         let event = MapEvent {
             kind: MapEventKind::Map as u32,
+            // PROT_READ | PROT_WRITE: memory, not a reservation.
+            prot: 3,
             addr,
             len,
             stack_key,

@@ -22,6 +22,7 @@ pub mod output_files;
 pub mod process;
 pub mod regions;
 pub mod report;
+pub mod reservations;
 pub mod session;
 pub mod symbolize;
 pub mod target;

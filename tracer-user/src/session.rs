@@ -35,6 +35,7 @@ use crate::{
     mapping_tracker::MappingTracker,
     model::{Origin, ProcessMemory, Recording},
     process::TargetProcess,
+    reservations,
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
     unwind::MissHandler,
@@ -323,6 +324,14 @@ impl Session {
             millis: elapsed_ms(attach_started),
         });
         let mapping_unavailable = probes.mapping_unavailable.clone();
+        // Attached by PID, the target reserved address space before the probes saw it. Read
+        // after they are attached and before any event is applied, so a reservation is
+        // either listed here or unmapped by an event that follows. (A launched command has
+        // not exec'd yet: what it maps now is not the program's.)
+        let mappings = match launched {
+            Some(_) => MappingTracker::default(),
+            None => MappingTracker::with_reservations(reservations::reserved_at_attach(pid)),
+        };
         let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&code))
             .map_err(TracerError::Io)?;
         Ok(Self {
@@ -339,7 +348,7 @@ impl Session {
             refresher,
             kernel_log,
             said,
-            mappings: MappingTracker::default(),
+            mappings,
             mapping_unavailable,
             timeline: Timeline::default(),
         })

@@ -148,13 +148,15 @@ const UPROBE_PROGRAMS: [&str; 5] = [
     "map_call_enter",
     "map_call_exit",
 ];
-const TRACEPOINTS: [(&str, &str); 6] = [
+const TRACEPOINTS: [(&str, &str); 8] = [
     ("mmap_enter", "sys_enter_mmap"),
     ("munmap_enter", "sys_enter_munmap"),
     ("mremap_enter", "sys_enter_mremap"),
+    ("mprotect_enter", "sys_enter_mprotect"),
     ("mapping_exit", "sys_exit_mmap"),
     ("mapping_exit", "sys_exit_munmap"),
     ("mapping_exit", "sys_exit_mremap"),
+    ("mapping_exit", "sys_exit_mprotect"),
 ];
 /// The target's exec (see tracer-ebpf's lifecycle module).
 const EXEC_TRACEPOINT: (&str, &str, &str) = ("exec_notice", "sched", "sched_process_exec");
@@ -212,6 +214,7 @@ impl Probes {
             "mmap_enter",
             "munmap_enter",
             "mremap_enter",
+            "mprotect_enter",
             "mapping_exit",
             EXEC_TRACEPOINT.0,
         ] {
