@@ -23,6 +23,7 @@ pub mod process;
 pub mod regions;
 pub mod report;
 pub mod reservations;
+pub mod rss;
 pub mod session;
 pub mod symbolize;
 pub mod target;

@@ -169,6 +169,11 @@ impl MappingTracker {
         released
     }
 
+    /// Every tracked region as (start, end, stack key), by address.
+    pub fn spans(&self) -> Vec<(u64, u64, u64)> {
+        self.regions.spans().collect()
+    }
+
     pub fn held_by_stack(&self) -> HashMap<u64, Held> {
         self.regions.held_by_stack()
     }

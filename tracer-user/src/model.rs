@@ -241,6 +241,9 @@ pub struct Recording {
     pub exec: Option<ExecEnd>,
     #[serde(deserialize_with = "bounded::at_most::<_, _, { bounded::MAX_STACKS }>")]
     pub stacks: Vec<StackRecord>,
+    /// The target's RSS split by what owns it (`crate::rss`), from its smaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<crate::rss::RegionSplit>,
 }
 
 /// The target exec'd: the exec replaced its whole memory, so what the old program still held

@@ -126,6 +126,13 @@ impl Regions {
             .map(|(start, region)| (region.stack_key, region.end - start, region.made_ns))
     }
 
+    /// Every live region as (start, end, stack key), by address.
+    pub fn spans(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.by_start
+            .iter()
+            .map(|(start, region)| (*start, region.end, region.stack_key))
+    }
+
     pub fn held_by_stack(&self) -> HashMap<u64, Held> {
         let mut held: HashMap<u64, Held> = HashMap::new();
         for (start, region) in &self.by_start {

@@ -36,6 +36,7 @@ use crate::{
     model::{Origin, ProcessMemory, Recording},
     process::TargetProcess,
     reservations,
+    rss::RssSampler,
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
     unwind::MissHandler,
@@ -242,6 +243,8 @@ struct Session {
     mapping_unavailable: Option<String>,
     /// Outstanding bytes per stack at every sample, for the trends.
     timeline: Timeline<(Origin, u64)>,
+    /// The RSS split by owner, read at the same samples.
+    rss: RssSampler,
 }
 
 impl Session {
@@ -351,6 +354,7 @@ impl Session {
             mappings,
             mapping_unavailable,
             timeline: Timeline::default(),
+            rss: RssSampler::new(pid),
         })
     }
 
@@ -440,11 +444,10 @@ impl Session {
         };
         let held = self.mappings.held_by_stack();
         let memory = self.memory();
-        self.timeline.offer(
-            started.elapsed().as_secs_f64(),
-            memory,
-            sample_values(&totals, &held),
-        );
+        let secs = started.elapsed().as_secs_f64();
+        self.timeline
+            .offer(secs, memory, sample_values(&totals, &held));
+        self.rss.sample(secs, memory, &self.mappings.spans(), false);
         Some(totals)
     }
 
@@ -482,6 +485,12 @@ impl Session {
         } else {
             self.memory()
         };
+        if exec_program.is_some() {
+            self.rss.skip(traced.as_secs_f64(), true);
+        } else {
+            self.rss
+                .sample(traced.as_secs_f64(), memory, &self.mappings.spans(), true);
+        }
         let gathered = Gathered::new(
             snapshot,
             std::mem::take(&mut self.mappings),
@@ -494,7 +503,11 @@ impl Session {
         phase = Instant::now();
         let frames = snapshot::read_stacks(
             &probes.maps,
-            gathered.stacks().into_iter().map(|(_, key, _)| key),
+            gathered
+                .stacks()
+                .into_iter()
+                .map(|(_, key, _)| key)
+                .chain(self.rss.stack_keys()),
         );
         log::info!(
             "report: {} stacks read in {:.1} ms",
@@ -563,7 +576,13 @@ impl Session {
             sample_bytes,
             mapping_unavailable: self.mapping_unavailable,
         };
-        let recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        let mut recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        let rss = std::mem::replace(&mut self.rss, RssSampler::new(0));
+        recording.regions = rss.finish(|key| {
+            crate::builder::stack_frames(frames.get(&key), &mut |addrs| {
+                namer.stack(space, jit, addrs)
+            })
+        });
         log::info!(
             "report: ages and stacks built in {:.1} ms",
             elapsed_ms(phase)

@@ -78,6 +78,9 @@ impl Render for Text {
         if let Some(r) = &analysis.reconciliation {
             write_memory(r, out)?;
         }
+        if let Some(split) = &rec.regions {
+            crate::rss::text::write(split, rec.live_bytes_of(Origin::Malloc), out)?;
+        }
         let c = &rec.counters;
         writeln!(
             out,
