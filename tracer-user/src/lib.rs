@@ -13,6 +13,7 @@ pub mod errors;
 pub mod events;
 pub mod exec_watch;
 pub mod exit_watch;
+pub mod go_heap;
 pub mod jit;
 pub mod kernel;
 pub mod mapping_tracker;

@@ -26,6 +26,7 @@ use crate::{
     events::{Event, Events},
     exec_watch::ExecWatch,
     exit_watch::{self, ChildExit},
+    go_heap::GoHeapSampler,
     kernel::{
         Detaching, Probes,
         loader::elapsed_ms,
@@ -245,6 +246,16 @@ struct Session {
     timeline: Timeline<(Origin, u64)>,
     /// The RSS split by owner, read at the same samples.
     rss: RssSampler,
+    /// A Go target's heap profile, read at the same samples; looked for at the first sample
+    /// (a launched command has exec'd by then).
+    go_heap: GoHeap,
+}
+
+enum GoHeap {
+    NotLooked,
+    Reading(Box<GoHeapSampler>),
+    /// Not a Go program, or its profile cannot be read (said once).
+    None,
 }
 
 impl Session {
@@ -355,6 +366,7 @@ impl Session {
             mapping_unavailable,
             timeline: Timeline::default(),
             rss: RssSampler::new(pid),
+            go_heap: GoHeap::NotLooked,
         })
     }
 
@@ -448,7 +460,46 @@ impl Session {
         self.timeline
             .offer(secs, memory, sample_values(&totals, &held));
         self.rss.sample(secs, memory, &self.mappings.spans(), false);
+        self.sample_go_heap(secs, memory, false);
         Some(totals)
+    }
+
+    /// Reads a Go target's heap profile into its timeline (looking for it the first time).
+    fn sample_go_heap(&mut self, secs: f64, memory: Option<ProcessMemory>, always: bool) {
+        if let GoHeap::NotLooked = self.go_heap {
+            self.go_heap = match GoHeapSampler::open(&self.target) {
+                Ok(Some(sampler)) => GoHeap::Reading(Box::new(sampler)),
+                Ok(None) => GoHeap::None,
+                Err(why) => {
+                    self.said.notice(format!(
+                        "the Go heap profile cannot be read: {}",
+                        crate::names::shown(&why)
+                    ));
+                    GoHeap::None
+                }
+            };
+            // The go-heap timeline must line up with the stacks': samples taken before it
+            // was found (none, unless the first sample was the last) hold nothing.
+            if let GoHeap::Reading(sampler) = &mut self.go_heap {
+                let taken = self
+                    .timeline
+                    .samples()
+                    .len()
+                    .saturating_sub(usize::from(!always));
+                for sample in &self.timeline.samples()[..taken] {
+                    sampler.skip(sample.secs);
+                }
+            }
+        }
+        if let GoHeap::Reading(sampler) = &mut self.go_heap {
+            let was = sampler.unavailable.is_some();
+            sampler.sample(secs, memory, always);
+            if let Some(why) = sampler.unavailable.as_ref().filter(|_| !was) {
+                self.said.notice(format!(
+                    "the Go heap profile cannot be read: {why}; go-heap stacks are missing"
+                ));
+            }
+        }
     }
 
     /// `/proc/PID/smaps_rollup`; none once the target has exited (a zombie's is empty).
@@ -487,9 +538,13 @@ impl Session {
         };
         if exec_program.is_some() {
             self.rss.skip(traced.as_secs_f64(), true);
+            if let GoHeap::Reading(sampler) = &mut self.go_heap {
+                sampler.skip(traced.as_secs_f64());
+            }
         } else {
             self.rss
                 .sample(traced.as_secs_f64(), memory, &self.mappings.spans(), true);
+            self.sample_go_heap(traced.as_secs_f64(), memory, true);
         }
         let gathered = Gathered::new(
             snapshot,
@@ -556,9 +611,15 @@ impl Session {
         let names = (&code.hotspot, &code.jit);
         let (space, jit): (_, &dyn NameSource) = (&code.space, &names);
         let mut namer = FrameNamer::default();
+        let go_heap = match std::mem::replace(&mut self.go_heap, GoHeap::None) {
+            GoHeap::Reading(sampler) => Some(sampler),
+            _ => None,
+        };
         let unique: HashSet<CodeAddress> = frames
             .values()
-            .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
+            .flat_map(|raw| raw.ips.iter().copied())
+            .chain(go_heap.iter().flat_map(|sampler| sampler.addresses()))
+            .map(CodeAddress::ReturnAddress)
             .collect();
         let unique_count = unique.len();
         namer.name_all(space, jit, unique);
@@ -577,6 +638,15 @@ impl Session {
             mapping_unavailable: self.mapping_unavailable,
         };
         let mut recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        if let Some(sampler) = go_heap {
+            recording.stacks.extend(sampler.finish(|ips| {
+                let addrs: Vec<CodeAddress> = ips
+                    .iter()
+                    .map(|ip| CodeAddress::ReturnAddress(*ip))
+                    .collect();
+                namer.stack(space, jit, &addrs)
+            }));
+        }
         let rss = std::mem::replace(&mut self.rss, RssSampler::new(0));
         recording.regions = rss.finish(|key| {
             crate::builder::stack_frames(frames.get(&key), &mut |addrs| {

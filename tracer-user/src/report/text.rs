@@ -65,6 +65,13 @@ impl Render for Text {
             human_bytes(rec.live_bytes_of(Origin::Malloc)),
             human_bytes(rec.live_bytes_of(Origin::Mmap))
         )?;
+        if rec.stacks.iter().any(|s| s.origin == Origin::GoHeap) {
+            writeln!(
+                out,
+                "  go heap in use ~{} (the runtime's own heap profile, scaled as pprof scales it; inside the mapped heap, not added above)",
+                human_bytes(rec.live_bytes_of(Origin::GoHeap))
+            )?;
+        }
         if let Some(exec) = &rec.exec {
             writeln!(
                 out,
@@ -267,6 +274,7 @@ fn origin(stack: &StackRecord) -> &'static str {
     match stack.origin {
         Origin::Malloc => "malloc",
         Origin::Mmap => "mmap",
+        Origin::GoHeap => "go-heap",
     }
 }
 
