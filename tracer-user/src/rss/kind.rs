@@ -48,7 +48,11 @@ impl RegionKind {
 /// stack through no runtime's heap code is tracked anonymous memory of the program's own.
 pub fn kind_of_stack(frames: &[Frame]) -> RegionKind {
     let has = |pred: &dyn Fn(&str) -> bool| frames.iter().any(|f| pred(&f.name));
-    if has(&|n| n.starts_with("pthread_create") || n == "allocate_stack") {
+    if has(&|n| {
+        // glibc's symbol table names it `__pthread_create_2_1`, its dynamic symbols
+        // `pthread_create@@GLIBC_2.34`.
+        n.trim_start_matches('_').starts_with("pthread_create") || n == "allocate_stack"
+    }) {
         RegionKind::ThreadStacks
     } else if has(&|n| {
         // A partial stack may end at V8's own page-permission call.
@@ -117,6 +121,8 @@ mod tests {
         assert_eq!(kind_of_stack(&v8), RegionKind::V8Heap);
         let thread = frames(&["main", "start_threads", "pthread_create@@GLIBC_2.34"]);
         assert_eq!(kind_of_stack(&thread), RegionKind::ThreadStacks);
+        let symtab = frames(&["main", "start_threads", "__pthread_create_2_1"]);
+        assert_eq!(kind_of_stack(&symtab), RegionKind::ThreadStacks);
         let go = frames(&[
             "main.main",
             "runtime.mallocgc",
