@@ -13,6 +13,7 @@ pub const PROGRAMS: &[&str] = &[
     "mmap_enter",
     "munmap_enter",
     "mremap_enter",
+    "mprotect_enter",
     "mapping_exit",
     "map_call_enter",
     "map_call_exit",

@@ -82,13 +82,19 @@ fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 /// Compiles `targets/JitLeak.java` with javac, unless the class is newer; returns the class
 /// directory for `-cp`.
 pub fn java_classes() -> PathBuf {
+    java_classes_of("JitLeak")
+}
+
+/// Compiles `targets/<class>.java` with javac, unless the class is newer; returns the class
+/// directory for `-cp`.
+pub fn java_classes_of(class_name: &str) -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/JitLeak.java");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("targets/{class_name}.java"));
     let out = paths::target_dir().join("leakhound-targets/java");
-    let class = out.join("JitLeak.class");
+    let class = out.join(format!("{class_name}.class"));
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if mtime(&class).is_some_and(|built| mtime(&source).is_some_and(|src| src <= built)) {
         return out;

@@ -117,6 +117,17 @@ pub fn oom_leak() -> PathBuf {
     build("oom_leak", false)
 }
 
+/// `targets/committed.c`: memory opened with mprotect inside PROT_NONE reservations (one
+/// made before attach), closed again, unmapped and replaced, per function.
+pub fn committed() -> PathBuf {
+    build("committed", false)
+}
+
+/// `targets/thread_stacks.c`: six threads with stacks of 256 KiB to 1.5 MiB, kept alive.
+pub fn thread_stacks() -> PathBuf {
+    build("thread_stacks", false)
+}
+
 /// `targets/thread_entry.c`: allocations on three threads, -O2 without frame pointers.
 pub fn thread_entry() -> PathBuf {
     build("thread_entry", false)
@@ -282,19 +293,30 @@ pub fn read_truth(lines: &crate::process::Lines, name: &str) -> Truth {
 /// targets/go_heap/main.go, built with Debian's golang-go: a Go program without cgo, so
 /// statically linked with no libc and no malloc, whose heap grows through the runtime's mmap.
 pub fn go_heap() -> PathBuf {
+    go_program("go_heap")
+}
+
+/// targets/go_sub_slices/main.go: keeps 1 MiB buffers alive through 1-byte sub-slices beside
+/// a path that churns as many; without cgo.
+pub fn go_sub_slices() -> PathBuf {
+    go_program("go_sub_slices")
+}
+
+/// Builds `targets/<name>/main.go` without cgo, unless the binary is newer than its source.
+fn go_program(name: &str) -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/go_heap/main.go");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("targets/{name}/main.go"));
     let out_dir = paths::target_dir().join("leakhound-targets");
-    let output = out_dir.join("go_heap");
+    let output = out_dir.join(name);
     if newer_than(&output, &[&source]) {
         return output;
     }
     std::fs::create_dir_all(&out_dir)
         .unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
-    let partial = out_dir.join(format!("go_heap.partial.{}", std::process::id()));
+    let partial = out_dir.join(format!("{name}.partial.{}", std::process::id()));
     // One file and the standard library only: no module, and caches under target/ so that
     // the build needs no HOME.
     let out = Command::new("go")

@@ -431,6 +431,9 @@ pub enum MapEventKind {
     Unmap = 1,
     /// `old_addr..old_addr+old_len` moved or resized to `addr..addr+len`.
     Remap = 2,
+    /// `addr..addr+len` was given the protection `prot` (only writable or `PROT_NONE` ones
+    /// are sent): pages of a `PROT_NONE` reservation being committed, or closed again.
+    Protect = 3,
 }
 
 impl TryFrom<u32> for MapEventKind {
@@ -441,6 +444,7 @@ impl TryFrom<u32> for MapEventKind {
             0 => Self::Map,
             1 => Self::Unmap,
             2 => Self::Remap,
+            3 => Self::Protect,
             other => return Err(other),
         })
     }
@@ -453,7 +457,9 @@ impl TryFrom<u32> for MapEventKind {
 pub struct MapEvent {
     /// A [`MapEventKind`].
     pub kind: u32,
-    pub _pad: u32,
+    /// The protection (`PROT_*` bits) a `Map` or `Protect` asked for; 0 is `PROT_NONE`,
+    /// which reserves address space without committing memory.
+    pub prot: u32,
     pub addr: u64,
     pub len: u64,
     pub old_addr: u64,
@@ -474,6 +480,8 @@ pub struct MapArgs {
     pub addr: u64,
     pub len: u64,
     pub new_len: u64,
+    /// The protection asked for by mmap or mprotect.
+    pub prot: u64,
 }
 
 /// Kinds of [`LifecycleEvent`].
@@ -738,7 +746,8 @@ mod tests {
         }
         assert_eq!(AllocKind::try_from(8), Err(8));
         assert_eq!(MapEventKind::try_from(2), Ok(MapEventKind::Remap));
-        assert_eq!(MapEventKind::try_from(3), Err(3));
+        assert_eq!(MapEventKind::try_from(3), Ok(MapEventKind::Protect));
+        assert_eq!(MapEventKind::try_from(4), Err(4));
         assert_eq!(LifecycleKind::try_from(0), Ok(LifecycleKind::Exec));
         assert_eq!(LifecycleKind::try_from(1), Ok(LifecycleKind::OomKill));
         assert_eq!(LifecycleKind::try_from(2), Err(2));
@@ -854,7 +863,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<AllocInfo>(), 40);
         assert_eq!(core::mem::size_of::<StackTotals>(), 32);
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
-        assert_eq!(core::mem::size_of::<MapArgs>(), 32);
+        assert_eq!(core::mem::size_of::<MapArgs>(), 40);
         assert_eq!(core::mem::size_of::<LifecycleEvent>(), 24);
         assert_eq!(core::mem::size_of::<StackFrames>(), 8 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<UnwindRule>(), 16);

@@ -1,4 +1,4 @@
-//! Anonymous mappings: mmap, munmap and mremap.
+//! Anonymous mappings: mmap, munmap, mremap, and mprotect inside reservations.
 //!
 //! Calls through libc's wrappers are seen by a uprobe and a uretprobe on the wrapper, so that
 //! the stack is taken at the return, where its first frame is the caller (the wrapper keeps no
@@ -28,6 +28,7 @@ const ARG0: usize = 16;
 const RET: usize = 16;
 const MAP_ANONYMOUS: u64 = 0x20;
 const PROT_NONE: u64 = 0;
+const PROT_WRITE: u64 = 0x2;
 
 #[uprobe]
 pub fn map_call_enter(ctx: ProbeContext) -> u32 {
@@ -60,43 +61,58 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn mprotect_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_syscall_enter(&ctx, MapEventKind::Protect);
+    0
+}
+
+#[tracepoint]
 pub fn mapping_exit(ctx: TracePointContext) -> u32 {
     let _ = try_syscall_exit(&ctx);
     0
 }
 
 /// The arguments of a mapping call, given its first four arguments in order (mmap's are
-/// addr, len, prot, flags; munmap's addr, len; mremap's old_addr, old_len, new_len). `None`
-/// for a mapping that is not counted.
+/// addr, len, prot, flags; munmap's addr, len; mremap's old_addr, old_len, new_len;
+/// mprotect's addr, len, prot). `None` for a call that changes nothing counted.
 fn args_of(kind: MapEventKind, args: [u64; 4], from_wrapper: u32) -> Option<MapArgs> {
-    let kind_tag = kind as u32;
+    let base = MapArgs {
+        kind: kind as u32,
+        from_wrapper,
+        ..MapArgs::default()
+    };
     match kind {
-        // Only anonymous mappings that are accessible when made count. A PROT_NONE mapping
-        // reserves address space, not memory: glibc reserves each thread arena that way (also
-        // from inside free, which has no return probe), and the JVM and Go reserve heaps so.
-        MapEventKind::Map => {
-            (args[3] & MAP_ANONYMOUS != 0 && args[2] != PROT_NONE).then_some(MapArgs {
-                kind: kind_tag,
-                from_wrapper,
-                addr: 0,
-                len: args[1],
-                new_len: 0,
-            })
-        }
+        // Every anonymous mapping is sent. A PROT_NONE one reserves address space, not
+        // memory: user space keeps it as a reservation, in which a later mprotect commits
+        // pages (V8's heap, glibc's thread stacks), and a MAP_FIXED one over committed
+        // memory releases it. glibc reserves each thread arena that way too (also from
+        // inside free, which has no return probe), and the JVM and Go reserve heaps so.
+        MapEventKind::Map => (args[3] & MAP_ANONYMOUS != 0).then_some(MapArgs {
+            len: args[1],
+            prot: args[2],
+            ..base
+        }),
         MapEventKind::Unmap => Some(MapArgs {
-            kind: kind_tag,
-            from_wrapper,
             addr: args[0],
             len: args[1],
-            new_len: 0,
+            ..base
         }),
         MapEventKind::Remap => Some(MapArgs {
-            kind: kind_tag,
-            from_wrapper,
             addr: args[0],
             len: args[1],
             new_len: args[2],
+            ..base
         }),
+        // Only opening for writing (commits pages) and closing (releases them) matter; the
+        // read-only and executable flips of relro and JIT code do not change what is held.
+        MapEventKind::Protect => {
+            (args[2] & PROT_WRITE != 0 || args[2] == PROT_NONE).then_some(MapArgs {
+                addr: args[0],
+                len: args[1],
+                prot: args[2],
+                ..base
+            })
+        }
     }
 }
 
@@ -132,10 +148,18 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
         return Ok(());
     }
     let ret: i64 = ctx.ret();
-    // mmap and mremap return MAP_FAILED (-1) on failure, munmap returns -1.
-    let failed = ret == -1 || (args.kind == MapEventKind::Unmap as u32 && ret != 0);
+    // mmap and mremap return MAP_FAILED (-1) on failure, munmap and mprotect return -1.
+    let returns_status =
+        args.kind == MapEventKind::Unmap as u32 || args.kind == MapEventKind::Protect as u32;
+    let failed = ret == -1 || (returns_status && ret != 0);
+    // The unwind repair finds the region by its start: a commit's is the range it opened.
+    let start = if args.kind == MapEventKind::Protect as u32 {
+        args.addr
+    } else {
+        ret as u64
+    };
     emit(
-        || walk_user_stack(ctx.regs, ret as u64),
+        || walk_user_stack(ctx.regs, start),
         args,
         (!failed).then_some(ret as u64),
     );
@@ -198,7 +222,7 @@ fn take_args(pid_tgid: u64) -> Option<MapArgs> {
 }
 
 /// Sends one mapping change to user space. `result` is the call's return value, `None` when
-/// it failed; `stack` walks the stack, which only a new mapping needs.
+/// it failed; `stack` walks the stack, which only a new mapping or a commit needs.
 fn emit(stack: impl FnOnce() -> u64, args: MapArgs, result: Option<u64>) {
     let Some(result) = result else {
         count(counter::FAILED_CALLS, 1);
@@ -207,9 +231,19 @@ fn emit(stack: impl FnOnce() -> u64, args: MapArgs, result: Option<u64>) {
     let event = match MapEventKind::try_from(args.kind) {
         Ok(MapEventKind::Map) => MapEvent {
             kind: args.kind,
+            prot: args.prot as u32,
             addr: result,
             len: args.len,
-            stack_key: stack(),
+            // A reservation holds nothing, so it needs no stack.
+            stack_key: if args.prot == PROT_NONE { 0 } else { stack() },
+            ..MapEvent::default()
+        },
+        Ok(MapEventKind::Protect) => MapEvent {
+            kind: args.kind,
+            prot: args.prot as u32,
+            addr: args.addr,
+            len: args.len,
+            stack_key: if args.prot == PROT_NONE { 0 } else { stack() },
             ..MapEvent::default()
         },
         Ok(MapEventKind::Unmap) => MapEvent {

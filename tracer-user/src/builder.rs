@@ -222,13 +222,15 @@ impl Gathered {
             sample_bytes: trace.sample_bytes,
             exec: self.exec,
             stacks: merge_equal_stacks(stacks),
+            // The session adds the split once the stacks are named.
+            regions: None,
         }
     }
 }
 
 /// The frames of one stack, root first, with a marker where the walk stopped short, so the
 /// bytes stay visible.
-fn stack_frames(
+pub fn stack_frames(
     raw: Option<&RawStack>,
     name: &mut impl FnMut(&[CodeAddress]) -> Vec<Frame>,
 ) -> Vec<Frame> {
@@ -354,6 +356,8 @@ mod tests {
     fn mapped(addr: u64, len: u64, stack_key: u64, made_ns: u64) -> Vec<u8> {
         let event = MapEvent {
             kind: MapEventKind::Map as u32,
+            // PROT_READ | PROT_WRITE: memory, not a reservation.
+            prot: 3,
             addr,
             len,
             stack_key,

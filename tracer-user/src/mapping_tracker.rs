@@ -10,6 +10,7 @@ use tracer_common::{MapEvent, MapEventKind, StackTotals};
 use crate::{
     model::MappingCounters,
     regions::{Held, Regions},
+    reservations::Reservations,
     unwind::ledger::Repair,
 };
 
@@ -24,12 +25,35 @@ pub struct Made {
 #[derive(Clone, Debug, Default)]
 pub struct MappingTracker {
     regions: Regions,
+    /// Anonymous `PROT_NONE` address space, in which an `mprotect` that opens pages for
+    /// writing commits them (counted on its stack) and one back to `PROT_NONE` releases them.
+    reserved: Reservations,
+    /// A commit's unwind repair names the start of the range the mprotect asked for; where
+    /// the pieces it committed start elsewhere (part of the range was held already), their
+    /// starts, so the repair finds them.
+    commit_pieces: HashMap<u64, Vec<u64>>,
     /// Bytes and mappings ever made per stack while traced.
     made: HashMap<u64, Made>,
     counters: MappingCounters,
 }
 
+const PAGE: u64 = 4096;
+const PROT_NONE: u32 = 0;
+const PROT_WRITE: u32 = 0x2;
+
+fn end_of(addr: u64, len: u64) -> u64 {
+    addr.saturating_add(len.div_ceil(PAGE).saturating_mul(PAGE))
+}
+
 impl MappingTracker {
+    /// A tracker that knows the reservations the target made before it was attached.
+    pub fn with_reservations(reserved: Reservations) -> Self {
+        Self {
+            reserved,
+            ..Self::default()
+        }
+    }
+
     /// One record of the kernel's mapping ring buffer; a short or unknown one is counted as
     /// malformed and otherwise ignored.
     pub fn consume(&mut self, record: &[u8]) {
@@ -41,29 +65,84 @@ impl MappingTracker {
     }
 
     fn apply(&mut self, event: &MapEvent) {
+        let end = end_of(event.addr, event.len);
         match MapEventKind::try_from(event.kind) {
+            // A reservation: address space only. One made MAP_FIXED over committed memory
+            // replaces it, so that memory is released.
+            Ok(MapEventKind::Map) if event.prot == PROT_NONE => {
+                self.regions.unmap(event.addr, event.len);
+                self.reserved.add(event.addr, end);
+            }
             Ok(MapEventKind::Map) => {
+                self.reserved.remove(event.addr, end);
                 self.regions
                     .map(event.addr, event.len, event.stack_key, event.timestamp_ns);
-                let made = self.made.entry(event.stack_key).or_default();
-                made.bytes += event.len.div_ceil(4096) * 4096;
-                made.mappings += 1;
+                self.count_made(event.stack_key, end - event.addr);
             }
             Ok(MapEventKind::Unmap) => {
-                if self.regions.unmap(event.addr, event.len) == 0 {
+                let tracked = self.regions.unmap(event.addr, event.len);
+                let reserved = self.reserved.remove(event.addr, end);
+                if tracked == 0 && reserved == 0 {
                     self.counters.untracked_unmaps += 1;
                 }
             }
             Ok(MapEventKind::Remap) => {
-                self.regions
-                    .remap(event.old_addr, event.old_len, event.addr, event.len);
+                let moved =
+                    self.regions
+                        .remap(event.old_addr, event.old_len, event.addr, event.len);
+                let old_end = end_of(event.old_addr, event.old_len);
+                if !moved && self.reserved.remove(event.old_addr, old_end) > 0 {
+                    self.reserved.add(event.addr, end);
+                }
             }
+            Ok(MapEventKind::Protect) if event.prot & PROT_WRITE != 0 => {
+                // Only pages of a reservation that nothing holds yet are committed here:
+                // memory mapped writable from the start is already counted where it was
+                // mapped, and file mappings are never reservations.
+                let mut starts = Vec::new();
+                for (start, stop) in self.reserved.within(event.addr, end) {
+                    for (gap, gap_end) in self.regions.gaps(start, stop) {
+                        self.regions
+                            .map(gap, gap_end - gap, event.stack_key, event.timestamp_ns);
+                        self.count_made(event.stack_key, gap_end - gap);
+                        starts.push(gap);
+                    }
+                }
+                if starts.iter().any(|start| *start != event.addr) {
+                    self.commit_pieces.insert(event.addr, starts);
+                }
+            }
+            Ok(MapEventKind::Protect) if event.prot == PROT_NONE => {
+                // Closed again: what was committed is released and becomes a reservation,
+                // which a later mprotect may commit again.
+                for (start, stop) in self.regions.pieces(event.addr, end) {
+                    self.reserved.add(start, stop);
+                }
+                self.regions.unmap(event.addr, event.len);
+            }
+            // Read-only or executable flips change nothing that is held.
+            Ok(MapEventKind::Protect) => {}
             Err(_) => self.counters.malformed_events += 1,
         }
     }
 
+    fn count_made(&mut self, stack_key: u64, bytes: u64) {
+        let made = self.made.entry(stack_key).or_default();
+        made.bytes += bytes;
+        made.mappings += 1;
+    }
+
     /// Moves the mapping at `start` to the whole stack an unwind repair found for it.
     pub fn repair(&mut self, start: u64, repair: Repair) {
+        match self.commit_pieces.get(&start).cloned() {
+            Some(starts) => starts
+                .into_iter()
+                .for_each(|piece| self.repair_one(piece, repair)),
+            None => self.repair_one(start, repair),
+        }
+    }
+
+    fn repair_one(&mut self, start: u64, repair: Repair) {
         let bytes = self.regions.rekey(start, repair.partial, repair.whole);
         if bytes == 0 {
             return;
@@ -86,7 +165,14 @@ impl MappingTracker {
                 (n + held.regions, bytes + held.bytes)
             });
         self.regions = Regions::default();
+        self.reserved = Reservations::default();
+        self.commit_pieces.clear();
         released
+    }
+
+    /// Every tracked region as (start, end, stack key), by address.
+    pub fn spans(&self) -> Vec<(u64, u64, u64)> {
+        self.regions.spans().collect()
     }
 
     pub fn held_by_stack(&self) -> HashMap<u64, Held> {
@@ -144,6 +230,8 @@ mod tests {
     fn event(kind: MapEventKind, addr: u64, len: u64, stack_key: u64) -> MapEvent {
         MapEvent {
             kind: kind as u32,
+            // PROT_READ | PROT_WRITE, as an ordinary mapping asks.
+            prot: 3,
             addr,
             len,
             stack_key,
@@ -188,5 +276,157 @@ mod tests {
         assert_eq!(totals[&1].total_bytes + totals[&7].total_bytes, 12288);
         assert_eq!(tracker.release_all(), (2, 8192));
         assert_eq!(tracker.live().count(), 0);
+    }
+
+    fn with_prot(kind: MapEventKind, addr: u64, len: u64, prot: u32, stack_key: u64) -> MapEvent {
+        MapEvent {
+            prot,
+            ..event(kind, addr, len, stack_key)
+        }
+    }
+
+    fn live_of(tracker: &MappingTracker, stack: u64) -> u64 {
+        tracker.held_by_stack().get(&stack).map_or(0, |h| h.bytes)
+    }
+
+    fn feed(tracker: &mut MappingTracker, event: MapEvent) {
+        tracker.consume(&record(&event));
+    }
+
+    const RW: u32 = 3;
+    const RX: u32 = 5;
+
+    #[test]
+    fn commits_inside_reservations_count_once_on_the_opener() {
+        let mut tracker = MappingTracker::default();
+        // A 1 MiB reservation, then two commits that overlap by 64 KiB.
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Map, 0x100000, 0x100000, 0, 0),
+        );
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x100000, 0x40000, RW, 1),
+        );
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x130000, 0x20000, RW, 2),
+        );
+        // Outside any reservation (a file mapping, or memory never reserved): nothing.
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x900000, 0x10000, RW, 3),
+        );
+        // A flip to read-execute changes nothing.
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x100000, 0x10000, RX, 4),
+        );
+        assert_eq!(live_of(&tracker, 1), 0x40000);
+        assert_eq!(live_of(&tracker, 2), 0x10000);
+        // Its unwind repair names the range it asked for, which starts on held pages.
+        tracker.repair(
+            0x130000,
+            Repair {
+                partial: 2,
+                whole: 7,
+            },
+        );
+        assert_eq!(live_of(&tracker, 7), 0x10000);
+        tracker.repair(
+            0x140000,
+            Repair {
+                partial: 7,
+                whole: 2,
+            },
+        );
+        assert_eq!(live_of(&tracker, 3), 0);
+        // Closing part of the first commit releases it; reopening counts on the new opener.
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x110000, 0x10000, 0, 0),
+        );
+        assert_eq!(live_of(&tracker, 1), 0x30000);
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x110000, 0x8000, RW, 5),
+        );
+        assert_eq!(live_of(&tracker, 5), 0x8000);
+        // munmap of the whole reservation releases everything, and is no untracked unmap.
+        feed(
+            &mut tracker,
+            event(MapEventKind::Unmap, 0x100000, 0x100000, 0),
+        );
+        assert!(tracker.held_by_stack().is_empty());
+        assert_eq!(tracker.counters().untracked_unmaps, 0);
+        // Nothing is reserved any more: a later commit there counts nothing.
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x100000, 0x1000, RW, 6),
+        );
+        assert_eq!(live_of(&tracker, 6), 0);
+        let totals: HashMap<u64, StackTotals> = tracker.totals().collect();
+        assert_eq!(totals[&1].total_bytes, 0x40000);
+        assert_eq!(totals[&2].total_allocations, 1);
+    }
+
+    #[test]
+    fn writable_mappings_are_not_recounted_and_fixed_reservations_release() {
+        let mut tracker = MappingTracker::with_reservations({
+            let mut r = Reservations::default();
+            r.add(0x400000, 0x500000);
+            r
+        });
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Map, 0x10000, 0x4000, RW, 1),
+        );
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x10000, 0x4000, RW, 2),
+        );
+        assert_eq!(live_of(&tracker, 2), 0);
+        // Closed, it becomes a reservation: reopened, it counts on the opener.
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x10000, 0x4000, 0, 0),
+        );
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x10000, 0x1000, RW, 2),
+        );
+        assert_eq!(live_of(&tracker, 1), 0);
+        assert_eq!(live_of(&tracker, 2), 0x1000);
+        // A reservation known from attach, committed, then replaced by a MAP_FIXED PROT_NONE
+        // mapping (V8's decommit).
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x400000, 0x20000, RW, 3),
+        );
+        assert_eq!(live_of(&tracker, 3), 0x20000);
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Map, 0x400000, 0x10000, 0, 0),
+        );
+        assert_eq!(live_of(&tracker, 3), 0x10000);
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x400000, 0x20000, RW, 4),
+        );
+        assert_eq!(live_of(&tracker, 4), 0x10000);
+        // A moved reservation stays a reservation.
+        feed(
+            &mut tracker,
+            MapEvent {
+                old_addr: 0x480000,
+                old_len: 0x10000,
+                ..event(MapEventKind::Remap, 0x800000, 0x10000, 0)
+            },
+        );
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Protect, 0x800000, 0x10000, RW, 5),
+        );
+        assert_eq!(live_of(&tracker, 5), 0x10000);
     }
 }

@@ -35,8 +35,20 @@ pub struct KernelCounters {
 pub enum Origin {
     /// The malloc family.
     Malloc,
-    /// Anonymous mmap (and mremap).
+    /// Anonymous mmap (and mremap), and pages committed with mprotect inside reservations.
     Mmap,
+    /// In use inside a Go heap, from the runtime's own heap profile (`crate::go_heap`):
+    /// estimates, and inside memory that `Mmap` stacks already count.
+    #[serde(rename = "go-heap")]
+    GoHeap,
+}
+
+impl Origin {
+    /// Whether the stack's bytes are part of the outstanding total. A Go heap's objects sit
+    /// inside the heap's mappings, which are counted already.
+    pub fn counts_in_totals(self) -> bool {
+        self != Self::GoHeap
+    }
 }
 
 /// One named frame, shared: the stacks of a report repeat a few hundred distinct frames a
@@ -241,6 +253,9 @@ pub struct Recording {
     pub exec: Option<ExecEnd>,
     #[serde(deserialize_with = "bounded::at_most::<_, _, { bounded::MAX_STACKS }>")]
     pub stacks: Vec<StackRecord>,
+    /// The target's RSS split by what owns it (`crate::rss`), from its smaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<crate::rss::RegionSplit>,
 }
 
 /// The target exec'd: the exec replaced its whole memory, so what the old program still held
@@ -278,12 +293,20 @@ impl Recording {
             })
     }
 
+    /// Outstanding bytes of every stack that counts in the totals (see
+    /// [`Origin::counts_in_totals`]).
     pub fn live_bytes(&self) -> u64 {
-        self.stacks.iter().map(|stack| stack.live_bytes).sum()
+        self.counted().map(|stack| stack.live_bytes).sum()
     }
 
     pub fn live_allocations(&self) -> u64 {
-        self.stacks.iter().map(|stack| stack.live_allocations).sum()
+        self.counted().map(|stack| stack.live_allocations).sum()
+    }
+
+    fn counted(&self) -> impl Iterator<Item = &StackRecord> {
+        self.stacks
+            .iter()
+            .filter(|stack| stack.origin.counts_in_totals())
     }
 
     /// Half the width of the 95% interval around [`Self::live_bytes`], under byte sampling

@@ -77,6 +77,40 @@ impl Regions {
         }
     }
 
+    /// The untracked parts of [start, end), in address order.
+    pub fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut at = start;
+        for (s, e) in self.pieces(start, end) {
+            if s > at {
+                gaps.push((at, s));
+            }
+            at = e;
+        }
+        if at < end {
+            gaps.push((at, end));
+        }
+        gaps
+    }
+
+    /// The tracked parts of [start, end), in address order.
+    pub fn pieces(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        if end <= start {
+            return Vec::new();
+        }
+        let first = self
+            .by_start
+            .range(..=start)
+            .next_back()
+            .filter(|(_, region)| region.end > start)
+            .map_or(start, |(s, _)| *s);
+        self.by_start
+            .range(first..end)
+            .map(|(s, region)| ((*s).max(start), region.end.min(end)))
+            .filter(|(s, e)| s < e)
+            .collect()
+    }
+
     pub fn stack_at(&self, addr: u64) -> Option<u64> {
         self.region_at(addr).map(|region| region.stack_key)
     }
@@ -91,6 +125,13 @@ impl Regions {
         self.by_start
             .iter()
             .map(|(start, region)| (region.stack_key, region.end - start, region.made_ns))
+    }
+
+    /// Every live region as (start, end, stack key), by address.
+    pub fn spans(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.by_start
+            .iter()
+            .map(|(start, region)| (*start, region.end, region.stack_key))
     }
 
     pub fn held_by_stack(&self) -> HashMap<u64, Held> {
@@ -199,6 +240,23 @@ mod tests {
         regions.map(0x10000, 0x3000, 2, 0);
         assert_eq!(held(&regions, 1).bytes, 0);
         assert_eq!(held(&regions, 2).bytes, 0x3000);
+    }
+
+    #[test]
+    fn gaps_and_pieces_split_a_range() {
+        let mut regions = Regions::default();
+        regions.map(0x10000, 0x2000, 1, 0);
+        regions.map(0x14000, 0x1000, 2, 0);
+        assert_eq!(
+            regions.pieces(0x11000, 0x16000),
+            [(0x11000, 0x12000), (0x14000, 0x15000)]
+        );
+        assert_eq!(
+            regions.gaps(0x11000, 0x16000),
+            [(0x12000, 0x14000), (0x15000, 0x16000)]
+        );
+        assert_eq!(regions.gaps(0x10000, 0x12000), []);
+        assert_eq!(regions.gaps(0x30000, 0x31000), [(0x30000, 0x31000)]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::{
     events::{Event, Events},
     exec_watch::{Ending, ExecWatch, OomKill},
     exit_watch::{self, ChildExit},
+    go_heap::GoHeapSampler,
     identities::IdentityWatch,
     kernel::{
         Detaching, Probes,
@@ -39,6 +40,8 @@ use crate::{
     process::TargetProcess,
     process::cgroup_memory::CgroupMemory,
     push::Continuous,
+    reservations,
+    rss::RssSampler,
     stats::Phase,
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
@@ -289,6 +292,18 @@ struct Session {
     mapping_unavailable: Option<String>,
     /// Outstanding bytes per stack at every sample, for the trends.
     timeline: Timeline<(Origin, u64)>,
+    /// The RSS split by owner, read at the same samples.
+    rss: RssSampler,
+    /// A Go target's heap profile, read at the same samples; looked for at the first sample
+    /// (a launched command has exec'd by then).
+    go_heap: GoHeap,
+}
+
+enum GoHeap {
+    NotLooked,
+    Reading(Box<GoHeapSampler>),
+    /// Not a Go program, or its profile cannot be read (said once).
+    None,
 }
 
 impl Session {
@@ -373,6 +388,14 @@ impl Session {
             placed: probes.placed.clone(),
         });
         let mapping_unavailable = probes.mapping_unavailable.clone();
+        // Attached by PID, the target reserved address space before the probes saw it. Read
+        // after they are attached and before any event is applied, so a reservation is
+        // either listed here or unmapped by an event that follows. (A launched command has
+        // not exec'd yet: what it maps now is not the program's.)
+        let mappings = match launched {
+            Some(_) => MappingTracker::default(),
+            None => MappingTracker::with_reservations(reservations::reserved_at_attach(pid)),
+        };
         let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&code))
             .map_err(TracerError::Io)?;
         Ok(Self {
@@ -398,9 +421,11 @@ impl Session {
             refresher,
             kernel_log,
             said,
-            mappings: MappingTracker::default(),
+            mappings,
             mapping_unavailable,
             timeline: Timeline::default(),
+            rss: RssSampler::new(pid),
+            go_heap: GoHeap::NotLooked,
         })
     }
 
@@ -574,12 +599,50 @@ impl Session {
         };
         let held = self.mappings.held_by_stack();
         let memory = self.memory();
-        self.timeline.offer(
-            started.elapsed().as_secs_f64(),
-            memory,
-            sample_values(&totals, &held),
-        );
+        let secs = started.elapsed().as_secs_f64();
+        self.timeline
+            .offer(secs, memory, sample_values(&totals, &held));
+        self.rss.sample(secs, memory, &self.mappings.spans(), false);
+        self.sample_go_heap(secs, memory, false);
         Some(totals)
+    }
+
+    /// Reads a Go target's heap profile into its timeline (looking for it the first time).
+    fn sample_go_heap(&mut self, secs: f64, memory: Option<ProcessMemory>, always: bool) {
+        if let GoHeap::NotLooked = self.go_heap {
+            self.go_heap = match GoHeapSampler::open(&self.target) {
+                Ok(Some(sampler)) => GoHeap::Reading(Box::new(sampler)),
+                Ok(None) => GoHeap::None,
+                Err(why) => {
+                    self.said.notice(format!(
+                        "the Go heap profile cannot be read: {}",
+                        crate::names::shown(&why)
+                    ));
+                    GoHeap::None
+                }
+            };
+            // The go-heap timeline must line up with the stacks': samples taken before it
+            // was found (none, unless the first sample was the last) hold nothing.
+            if let GoHeap::Reading(sampler) = &mut self.go_heap {
+                let taken = self
+                    .timeline
+                    .samples()
+                    .len()
+                    .saturating_sub(usize::from(!always));
+                for sample in &self.timeline.samples()[..taken] {
+                    sampler.skip(sample.secs);
+                }
+            }
+        }
+        if let GoHeap::Reading(sampler) = &mut self.go_heap {
+            let was = sampler.unavailable.is_some();
+            sampler.sample(secs, memory, always);
+            if let Some(why) = sampler.unavailable.as_ref().filter(|_| !was) {
+                self.said.notice(format!(
+                    "the Go heap profile cannot be read: {why}; go-heap stacks are missing"
+                ));
+            }
+        }
     }
 
     /// `/proc/PID/smaps_rollup`; none once the target has exited (a zombie's is empty).
@@ -625,6 +688,16 @@ impl Session {
         } else {
             self.memory()
         };
+        if exec_program.is_some() {
+            self.rss.skip(traced.as_secs_f64(), true);
+            if let GoHeap::Reading(sampler) = &mut self.go_heap {
+                sampler.skip(traced.as_secs_f64());
+            }
+        } else {
+            self.rss
+                .sample(traced.as_secs_f64(), memory, &self.mappings.spans(), true);
+            self.sample_go_heap(traced.as_secs_f64(), memory, true);
+        }
         let gathered = Gathered::new(
             snapshot,
             std::mem::take(&mut self.mappings),
@@ -637,7 +710,11 @@ impl Session {
         phase = Instant::now();
         let frames = snapshot::read_stacks(
             &probes.maps,
-            gathered.stacks().into_iter().map(|(_, key, _)| key),
+            gathered
+                .stacks()
+                .into_iter()
+                .map(|(_, key, _)| key)
+                .chain(self.rss.stack_keys()),
         );
         say_phase(&self.said, "stacks read", phase, Some(frames.len()));
         // The last refresh (none after an exec: the new program's code would name the old
@@ -682,9 +759,19 @@ impl Session {
         let names = code.runtime_names();
         let (space, jit): (_, &dyn NameSource) = (&code.space, &names);
         let mut namer = FrameNamer::default();
+        let go_heap = match std::mem::replace(&mut self.go_heap, GoHeap::None) {
+            GoHeap::Reading(sampler) => Some(sampler),
+            _ => None,
+        };
         let unique: HashSet<CodeAddress> = frames
             .values()
             .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::of_stack_word(*ip)))
+            .chain(
+                go_heap
+                    .iter()
+                    .flat_map(|sampler| sampler.addresses())
+                    .map(CodeAddress::ReturnAddress),
+            )
             .collect();
         let unique_count = unique.len();
         namer.name_all(space, jit, unique);
@@ -704,7 +791,22 @@ impl Session {
             sample_bytes,
             mapping_unavailable: self.mapping_unavailable,
         };
-        let recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        let mut recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        if let Some(sampler) = go_heap {
+            recording.stacks.extend(sampler.finish(|ips| {
+                let addrs: Vec<CodeAddress> = ips
+                    .iter()
+                    .map(|ip| CodeAddress::ReturnAddress(*ip))
+                    .collect();
+                namer.stack(space, jit, &addrs)
+            }));
+        }
+        let rss = std::mem::replace(&mut self.rss, RssSampler::new(0));
+        recording.regions = rss.finish(|key| {
+            crate::builder::stack_frames(frames.get(&key), &mut |addrs| {
+                namer.stack(space, jit, addrs)
+            })
+        });
         say_phase(&self.said, "ages and stacks built", phase, None);
         Ok((recording, detaching))
     }

@@ -69,7 +69,11 @@ impl Reconciliation {
 /// Outstanding tracked bytes at every sample.
 pub fn tracked_per_sample(recording: &Recording) -> Vec<u64> {
     let mut tracked = vec![0u64; recording.samples.len()];
-    for stack in &recording.stacks {
+    for stack in recording
+        .stacks
+        .iter()
+        .filter(|stack| stack.origin.counts_in_totals())
+    {
         for (total, bytes) in tracked.iter_mut().zip(&stack.history) {
             *total += bytes;
         }

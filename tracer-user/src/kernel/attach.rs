@@ -127,13 +127,15 @@ const fn tracepoint(
 
 /// The mapping syscalls, and the target's exec (see tracer-ebpf's lifecycle module). They
 /// need tracefs; the loader attaches all of them or none.
-pub const TRACEPOINTS: [Attachment<'static>; 7] = [
+pub const TRACEPOINTS: [Attachment<'static>; 9] = [
     tracepoint("mmap_enter", "syscalls", "sys_enter_mmap"),
     tracepoint("munmap_enter", "syscalls", "sys_enter_munmap"),
     tracepoint("mremap_enter", "syscalls", "sys_enter_mremap"),
+    tracepoint("mprotect_enter", "syscalls", "sys_enter_mprotect"),
     tracepoint("mapping_exit", "syscalls", "sys_exit_mmap"),
     tracepoint("mapping_exit", "syscalls", "sys_exit_munmap"),
     tracepoint("mapping_exit", "syscalls", "sys_exit_mremap"),
+    tracepoint("mapping_exit", "syscalls", "sys_exit_mprotect"),
     tracepoint("exec_notice", "sched", "sched_process_exec"),
 ];
 
@@ -322,6 +324,7 @@ mod tests {
                 "mmap_enter",
                 "munmap_enter",
                 "mremap_enter",
+                "mprotect_enter",
                 "mapping_exit",
                 "exec_notice",
                 "oom_notice"
@@ -377,7 +380,7 @@ mod tests {
                 "mechanism": "multi-uprobe-link",
             })
         );
-        let placed = Placed::new(&TRACEPOINTS[6], Mechanism::Tracepoint);
+        let placed = Placed::new(&TRACEPOINTS[8], Mechanism::Tracepoint);
         assert_eq!(
             placed.tracepoint.as_deref(),
             Some("sched/sched_process_exec")

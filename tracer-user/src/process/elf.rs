@@ -53,6 +53,7 @@ pub const MAPPING_FUNCTIONS: &[(&str, Hook)] = &[
     ("mmap64", Hook::Map(MapEventKind::Map)),
     ("munmap", Hook::Map(MapEventKind::Unmap)),
     ("mremap", Hook::Map(MapEventKind::Remap)),
+    ("mprotect", Hook::Map(MapEventKind::Protect)),
 ];
 
 /// C++'s operator new and delete (Itanium names), hooked only where the object also defines

@@ -32,7 +32,7 @@ struct Document<'a> {
     totals: Totals,
     drops: Drops,
     activity: Activity,
-    memory: Option<Memory>,
+    memory: Option<Memory<'a>>,
     /// Set when the target exec'd, which ended the trace.
     #[serde(skip_serializing_if = "Option::is_none")]
     released_by_exec: Option<ExecOut<'a>>,
@@ -96,12 +96,30 @@ struct Activity {
 }
 
 #[derive(Serialize)]
-struct Memory {
+struct Memory<'a> {
     at_secs: f64,
     rss_bytes: u64,
     anon_bytes: u64,
     tracked_bytes: u64,
     growth: Growth,
+    /// The RSS split by owner (`crate::rss`), when smaps was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    regions: Option<Vec<RegionOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explained_share: Option<f64>,
+}
+
+/// A [`crate::rss::RegionRow`] with its label (a function's name, from the target) shown as
+/// every name is.
+#[derive(Serialize)]
+struct RegionOut<'a> {
+    kind: crate::rss::RegionKind,
+    label: std::borrow::Cow<'a, str>,
+    mapped_bytes: u64,
+    resident_bytes: u64,
+    anon_bytes: u64,
+    growth_resident_bytes: i64,
+    trend: crate::analysis::TrendClass,
 }
 
 #[derive(Serialize)]
@@ -251,6 +269,22 @@ impl Render for Json {
                     unexplained_bytes: r.unexplained_growth(),
                     explained_share: r.explained_share(),
                 },
+                regions: rec.regions.as_ref().map(|split| {
+                    split
+                        .regions
+                        .iter()
+                        .map(|row| RegionOut {
+                            kind: row.kind,
+                            label: crate::names::shown(&row.label),
+                            mapped_bytes: row.mapped_bytes,
+                            resident_bytes: row.resident_bytes,
+                            anon_bytes: row.anon_bytes,
+                            growth_resident_bytes: row.growth_resident_bytes,
+                            trend: row.trend,
+                        })
+                        .collect()
+                }),
+                explained_share: rec.regions.as_ref().map(|split| split.explained_share),
             }),
             released_by_exec: rec.exec.as_ref().map(|exec| ExecOut {
                 program: shown(&exec.program),

@@ -83,6 +83,7 @@ pub fn profile(report: &Report) -> Profile {
         let origin = b.string(match stack.origin {
             Origin::Malloc => "malloc",
             Origin::Mmap => "mmap",
+            Origin::GoHeap => "go-heap",
         });
         let class = b.string(trend.class.as_str());
         samples.push(Sample {

@@ -65,6 +65,13 @@ impl Render for Text {
             human_bytes(rec.live_bytes_of(Origin::Malloc)),
             human_bytes(rec.live_bytes_of(Origin::Mmap))
         )?;
+        if rec.stacks.iter().any(|s| s.origin == Origin::GoHeap) {
+            writeln!(
+                out,
+                "  go heap in use ~{} (the runtime's own heap profile, scaled as pprof scales it; inside the mapped heap, not added above)",
+                human_bytes(rec.live_bytes_of(Origin::GoHeap))
+            )?;
+        }
         if let Some(exec) = &rec.exec {
             writeln!(
                 out,
@@ -77,6 +84,9 @@ impl Render for Text {
         }
         if let Some(r) = &analysis.reconciliation {
             write_memory(r, out)?;
+        }
+        if let Some(split) = &rec.regions {
+            crate::rss::text::write(split, rec.live_bytes_of(Origin::Malloc), out)?;
         }
         let c = &rec.counters;
         writeln!(
@@ -264,6 +274,7 @@ fn origin(stack: &StackRecord) -> &'static str {
     match stack.origin {
         Origin::Malloc => "malloc",
         Origin::Mmap => "mmap",
+        Origin::GoHeap => "go-heap",
     }
 }
 

@@ -149,6 +149,11 @@ impl<M: Memory> HotspotVm<M> {
         })
     }
 
+    /// The JVM's memory, for readers of other structures the tables describe.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
     pub fn heaps(&self) -> &[CodeHeap] {
         &self.heaps
     }

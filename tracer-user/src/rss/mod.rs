@@ -1,0 +1,332 @@
+//! Where the RSS goes: the target's resident memory split by what owns it.
+//!
+//! At every sample leakhound reads `/proc/PID/smaps` ([`smaps`]) and gives each mapping, or
+//! each part of one, to an owner ([`split`]): a range a runtime's own structures claim
+//! ([`owners`]: glibc's arenas, HotSpot's Java heap and code heaps), else the traced stack
+//! that mapped or committed it (named at the end, which gives its [`kind`]: V8's heap, Go's,
+//! thread stacks, metaspace, or the program's own), else a kind read off the mapping itself
+//! (files, the brk heap, a guarded thread stack), else `other`: not explained.
+
+pub mod kind;
+pub mod owners;
+pub mod smaps;
+pub mod split;
+pub mod text;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    analysis::{
+        history::Timeline,
+        trend::{TrendClass, trend},
+    },
+    jit::hotspot::{HotspotVm, ProcessMemory as TargetMemory},
+    model::{Frame, ProcessMemory},
+};
+
+pub use kind::RegionKind;
+use owners::OwnedRange;
+use split::{RegionKey, Usage};
+
+/// One kind (and label) of memory at the end of the trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionRow {
+    pub kind: RegionKind,
+    /// Which part of the kind: `brk heap`, `Java heap`, the function that committed it.
+    pub label: String,
+    pub mapped_bytes: u64,
+    pub resident_bytes: u64,
+    pub anon_bytes: u64,
+    /// Resident bytes at the last sample minus the first (of the samples taken while the
+    /// target lived).
+    pub growth_resident_bytes: i64,
+    /// Mapped bytes, the same way: memory committed during the trace, rather than pages of
+    /// memory committed before being touched.
+    #[serde(default)]
+    pub growth_mapped_bytes: i64,
+    pub trend: TrendClass,
+}
+
+/// The RSS split of a recording.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionSplit {
+    /// When the last split was read (seconds since attach).
+    pub at_secs: f64,
+    /// The resident bytes of every mapping read (the RSS, as smaps adds it up).
+    pub rss_bytes: u64,
+    /// Resident growth from the first split to the last.
+    pub growth_rss_bytes: i64,
+    /// Share of `rss_bytes` in named kinds (all but `other`).
+    pub explained_share: f64,
+    /// Largest resident first.
+    #[serde(deserialize_with = "crate::model::bounded::at_most::<_, _, MAX_ROWS>")]
+    pub regions: Vec<RegionRow>,
+    /// The smaps file was longer than leakhound reads: mappings past it are left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub smaps_cut: bool,
+}
+
+/// Rows in a saved recording, at most: one per kind and label, and tracked-anonymous rows
+/// are one per function that committed memory.
+pub const MAX_ROWS: usize = 4096;
+/// Rows of tracked anonymous memory kept by name; the rest are summed into one.
+const MAX_TRACKED_ROWS: usize = 64;
+
+enum Hotspot {
+    NotTried,
+    Read(Box<HotspotVm<TargetMemory>>),
+    Unavailable,
+}
+
+/// Reads the split at every sample, keeping the same samples as the stacks' timeline.
+pub struct RssSampler {
+    pid: u32,
+    /// Resident bytes per owner at every sample.
+    timeline: Timeline<RegionKey>,
+    /// Mapped bytes per owner at the first and the last sample read.
+    first: Option<(f64, HashMap<RegionKey, Usage>)>,
+    last: Option<(f64, HashMap<RegionKey, Usage>)>,
+    hotspot: Hotspot,
+    cut: bool,
+}
+
+impl RssSampler {
+    pub fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            timeline: Timeline::default(),
+            first: None,
+            last: None,
+            hotspot: Hotspot::NotTried,
+            cut: false,
+        }
+    }
+
+    /// One sample, taken when the stacks' timeline takes one (`always`: the last sample, kept
+    /// whatever the stride). `tracked`: the traced regions as (start, end, stack key).
+    pub fn sample(
+        &mut self,
+        secs: f64,
+        memory: Option<ProcessMemory>,
+        tracked: &[(u64, u64, u64)],
+        always: bool,
+    ) {
+        let usage = self.read(tracked);
+        let values: Vec<(RegionKey, u64)> = usage
+            .iter()
+            .flatten()
+            .map(|(key, usage)| (*key, usage.resident))
+            .collect();
+        if always {
+            self.timeline.push(secs, memory, values);
+        } else {
+            self.timeline.offer(secs, memory, values);
+        }
+        if let Some(usage) = usage {
+            if self.first.is_none() {
+                self.first = Some((secs, usage.clone()));
+            }
+            self.last = Some((secs, usage));
+        }
+    }
+
+    fn read(&mut self, tracked: &[(u64, u64, u64)]) -> Option<HashMap<RegionKey, Usage>> {
+        let (vmas, cut) = smaps::read(self.pid)?;
+        self.cut |= cut;
+        let memory = TargetMemory::new(self.pid);
+        let mut owned: Vec<OwnedRange> = owners::glibc_arenas(&vmas, &memory);
+        owned.extend(self.hotspot_ranges());
+        Some(split::split(&vmas, &owned, tracked))
+    }
+
+    fn hotspot_ranges(&mut self) -> Vec<OwnedRange> {
+        if let Hotspot::NotTried = self.hotspot {
+            self.hotspot = match HotspotVm::attach(self.pid) {
+                Ok(vm) => Hotspot::Read(Box::new(vm)),
+                Err(err) => {
+                    log::debug!("rss split: no HotSpot ranges: {err}");
+                    Hotspot::Unavailable
+                }
+            };
+        }
+        match &mut self.hotspot {
+            Hotspot::Read(vm) => owners::hotspot_ranges(vm).unwrap_or_else(|err| {
+                log::debug!("rss split: HotSpot ranges unreadable: {err}");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A sample at which the target's memory is not its own any more (after an exec): the
+    /// timeline keeps its place, with nothing read.
+    pub fn skip(&mut self, secs: f64, always: bool) {
+        let none: [(RegionKey, u64); 0] = [];
+        if always {
+            self.timeline.push(secs, None, none);
+        } else {
+            self.timeline.offer(secs, None, none);
+        }
+    }
+
+    /// The traced stacks that held memory at some sample, to be named at the end.
+    pub fn stack_keys(&self) -> Vec<u64> {
+        self.timeline
+            .keys()
+            .filter_map(|key| match key {
+                RegionKey::Stack(stack) => Some(*stack),
+                RegionKey::Kind(..) => None,
+            })
+            .collect()
+    }
+
+    /// The split, with every traced stack named by `frames_of` and so given its kind.
+    pub fn finish(self, mut frames_of: impl FnMut(u64) -> Vec<Frame>) -> Option<RegionSplit> {
+        let (at_secs, last) = self.last?;
+        let (_, first) = self.first.clone()?;
+        // Samples at which smaps was read (the target lived): trends and growth use those.
+        let alive: Vec<usize> = self
+            .timeline
+            .samples()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.memory.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let secs: Vec<f64> = alive
+            .iter()
+            .map(|&i| self.timeline.samples()[i].secs)
+            .collect();
+        let mut owner_of: HashMap<RegionKey, (RegionKind, String)> = HashMap::new();
+        let mut keys: Vec<RegionKey> = self.timeline.keys().copied().collect();
+        keys.extend(last.keys().chain(first.keys()).copied());
+        keys.sort();
+        keys.dedup();
+        for key in &keys {
+            let owner = match key {
+                RegionKey::Kind(kind, label) => (*kind, (*label).to_owned()),
+                RegionKey::Stack(stack) => {
+                    let frames = frames_of(*stack);
+                    let kind = kind::kind_of_stack(&frames);
+                    let label = match kind {
+                        RegionKind::TrackedAnonymous => kind::stack_label(&frames),
+                        RegionKind::ThreadStacks => "thread stacks (traced)".to_owned(),
+                        RegionKind::V8Heap => "V8 heap pages".to_owned(),
+                        RegionKind::GoHeap => "Go heap arenas".to_owned(),
+                        RegionKind::JavaHeap => "GC structures".to_owned(),
+                        RegionKind::JavaMetaspace => "metaspace".to_owned(),
+                        RegionKind::CodeCache => "code cache".to_owned(),
+                        other => other.as_str().to_owned(),
+                    };
+                    (kind, label)
+                }
+            };
+            owner_of.insert(*key, owner);
+        }
+        // Group by (kind, label).
+        #[derive(Default)]
+        struct Row {
+            last: Usage,
+            first_resident: u64,
+            first_mapped: u64,
+            history: Vec<u64>,
+        }
+        let mut rows: BTreeMap<(RegionKind, String), Row> = BTreeMap::new();
+        for key in &keys {
+            let row = rows.entry(owner_of[key].clone()).or_default();
+            let now = last.get(key).copied().unwrap_or_default();
+            row.last.mapped += now.mapped;
+            row.last.resident += now.resident;
+            row.last.anon += now.anon;
+            let then = first.get(key).copied().unwrap_or_default();
+            row.first_resident += then.resident;
+            row.first_mapped += then.mapped;
+            let series = self.timeline.series(key);
+            let series: Vec<u64> = alive.iter().map(|&i| series[i]).collect();
+            crate::analysis::history::add_series(&mut row.history, &series);
+        }
+        let mut regions: Vec<RegionRow> = rows
+            .into_iter()
+            .map(|((kind, label), row)| RegionRow {
+                kind,
+                label,
+                mapped_bytes: row.last.mapped,
+                resident_bytes: row.last.resident,
+                anon_bytes: row.last.anon,
+                growth_resident_bytes: row.last.resident as i64 - row.first_resident as i64,
+                growth_mapped_bytes: row.last.mapped as i64 - row.first_mapped as i64,
+                trend: trend(&secs, &row.history).class,
+            })
+            .filter(|row| {
+                row.mapped_bytes > 0 || row.resident_bytes > 0 || row.growth_resident_bytes != 0
+            })
+            .collect();
+        regions.sort_by(|a, b| {
+            b.resident_bytes
+                .cmp(&a.resident_bytes)
+                .then_with(|| a.kind.cmp(&b.kind))
+                .then_with(|| a.label.cmp(&b.label))
+        });
+        fold_small_tracked(&mut regions);
+        let rss_bytes: u64 = regions.iter().map(|r| r.resident_bytes).sum();
+        let first_rss: u64 = first.values().map(|u| u.resident).sum();
+        let named: u64 = regions
+            .iter()
+            .filter(|r| r.kind.is_named())
+            .map(|r| r.resident_bytes)
+            .sum();
+        Some(RegionSplit {
+            at_secs,
+            rss_bytes,
+            growth_rss_bytes: rss_bytes as i64 - first_rss as i64,
+            explained_share: if rss_bytes == 0 {
+                0.0
+            } else {
+                named as f64 / rss_bytes as f64
+            },
+            regions,
+            smaps_cut: self.cut,
+        })
+    }
+}
+
+/// Keeps the report bounded: past [`MAX_TRACKED_ROWS`] tracked-anonymous rows, the smallest
+/// are summed into one.
+fn fold_small_tracked(regions: &mut Vec<RegionRow>) {
+    let tracked: Vec<usize> = regions
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.kind == RegionKind::TrackedAnonymous)
+        .map(|(i, _)| i)
+        .collect();
+    if tracked.len() <= MAX_TRACKED_ROWS {
+        return;
+    }
+    let fold: Vec<usize> = tracked[MAX_TRACKED_ROWS - 1..].to_vec();
+    let mut rest = RegionRow {
+        kind: RegionKind::TrackedAnonymous,
+        label: format!("{} other stacks", fold.len()),
+        mapped_bytes: 0,
+        resident_bytes: 0,
+        anon_bytes: 0,
+        growth_resident_bytes: 0,
+        growth_mapped_bytes: 0,
+        trend: TrendClass::Stable,
+    };
+    for &i in &fold {
+        let r = &regions[i];
+        rest.mapped_bytes += r.mapped_bytes;
+        rest.resident_bytes += r.resident_bytes;
+        rest.anon_bytes += r.anon_bytes;
+        rest.growth_resident_bytes += r.growth_resident_bytes;
+        rest.growth_mapped_bytes += r.growth_mapped_bytes;
+    }
+    let mut i = 0;
+    regions.retain(|_| {
+        i += 1;
+        !fold.contains(&(i - 1))
+    });
+    regions.push(rest);
+}
