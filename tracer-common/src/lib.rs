@@ -829,3 +829,44 @@ mod tests {
         assert_eq!(core::mem::size_of::<UnwindMiss>(), 48 + STACK_COPY_BYTES);
     }
 }
+
+/// Where an entry probe finds the function's arguments when it is placed past the function's
+/// first instructions (tracer-user's `probe_offset`): an argument whose register was
+/// overwritten there may still be held by another register it was copied to (mimalloc's
+/// `malloc` starts with `mov %rdi,%rsi` and then reuses `%rdi`). The attach cookie carries
+/// it: the low 32 bits are the hook's kind, and 4 bits per argument, from bit 32, name the
+/// register that holds it ([`IN_PLACE`] for its own).
+pub mod entry_args {
+    /// Arguments that can be moved: the first four of the System V calling convention
+    /// (`%rdi`, `%rsi`, `%rdx`, `%rcx`), all that the entry programs read.
+    pub const MOVABLE: usize = 4;
+    /// The argument is in its own register.
+    pub const IN_PLACE: u8 = 0;
+    pub const RAX: u8 = 1;
+    pub const RBX: u8 = 2;
+    pub const RCX: u8 = 3;
+    pub const RDX: u8 = 4;
+    pub const RSI: u8 = 5;
+    pub const RDI: u8 = 6;
+    pub const RBP: u8 = 7;
+    /// `%r8` to `%r15` are `R8 + 0` to `R8 + 7`. (The codes follow this order, from 1, in
+    /// tracer-ebpf's `entry_arg`.)
+    pub const R8: u8 = 8;
+
+    /// The cookie for a hook of `kind` whose argument `n` is in register `locations[n]`.
+    pub fn cookie(kind: u32, locations: [u8; MOVABLE]) -> u64 {
+        let mut cookie = u64::from(kind);
+        let mut n = 0;
+        while n < MOVABLE {
+            cookie |= u64::from(locations[n] & 0xf) << (32 + 4 * n);
+            n += 1;
+        }
+        cookie
+    }
+
+    /// The register code of argument `n` in `cookie`.
+    #[inline(always)]
+    pub fn location(cookie: u64, n: usize) -> u8 {
+        ((cookie >> (32 + 4 * n)) & 0xf) as u8
+    }
+}

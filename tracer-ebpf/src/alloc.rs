@@ -11,6 +11,7 @@ use aya_ebpf::{
 use tracer_common::{AllocKind, ThreadState, counter};
 
 use crate::{
+    args::entry_arg,
     sampling,
     stacks::walk_user_stack,
     state::{
@@ -38,32 +39,26 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
-}
-
 fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
     // SAFETY: `ctx` is the kprobe-type context that the helper expects.
-    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let kind = cookie as u32;
+    let arg = |n| entry_arg(ctx, cookie, n);
     // SAFETY: kprobe-type programs may read their pt_regs context directly.
     let sp = unsafe { (*ctx.regs).rsp };
 
     let (size, old_ptr, out_ptr) = match AllocKind::try_from(kind) {
-        Ok(AllocKind::Malloc | AllocKind::Valloc) => (arg(ctx, 0), 0, 0),
+        Ok(AllocKind::Malloc | AllocKind::Valloc) => (arg(0), 0, 0),
         // An overflowing product makes the call fail, so its value does not matter.
-        Ok(AllocKind::Calloc) => (arg(ctx, 0).wrapping_mul(arg(ctx, 1)), 0, 0),
-        Ok(AllocKind::Realloc) => (arg(ctx, 1), arg(ctx, 0), 0),
-        Ok(AllocKind::Reallocarray) => (arg(ctx, 1).wrapping_mul(arg(ctx, 2)), arg(ctx, 0), 0),
-        Ok(AllocKind::PosixMemalign) => (arg(ctx, 2), 0, arg(ctx, 0)),
-        Ok(AllocKind::Memalign) => (arg(ctx, 1), 0, 0),
-        Ok(AllocKind::Pvalloc) => (
-            arg(ctx, 0).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
-            0,
-            0,
-        ),
+        Ok(AllocKind::Calloc) => (arg(0).wrapping_mul(arg(1)), 0, 0),
+        Ok(AllocKind::Realloc) => (arg(1), arg(0), 0),
+        Ok(AllocKind::Reallocarray) => (arg(1).wrapping_mul(arg(2)), arg(0), 0),
+        Ok(AllocKind::PosixMemalign) => (arg(2), 0, arg(0)),
+        Ok(AllocKind::Memalign) => (arg(1), 0, 0),
+        Ok(AllocKind::Pvalloc) => (arg(0).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1), 0, 0),
         Err(_) => return Ok(()),
     };
 
@@ -170,7 +165,9 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
-    let addr = arg(ctx, 0);
+    // SAFETY: `ctx` is the kprobe-type context that the helper expects.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let addr = entry_arg(ctx, cookie, 0);
     // free(NULL) is a no-op.
     if addr == 0 {
         return Ok(());

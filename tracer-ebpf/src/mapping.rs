@@ -20,6 +20,7 @@ use aya_ebpf::{
 use tracer_common::{MapArgs, MapEvent, MapEventKind, counter};
 
 use crate::{
+    args::entry_arg,
     stacks::{kernel_user_stack, walk_user_stack},
     state::{MAP_ARGS, MAP_EVENTS, count, inside_allocator, target_thread},
 };
@@ -108,11 +109,11 @@ fn try_call_enter(ctx: &ProbeContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: `ctx` is the kprobe-type context that the helper expects.
-    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let Ok(kind) = MapEventKind::try_from(kind) else {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Ok(kind) = MapEventKind::try_from(cookie as u32) else {
         return Ok(());
     };
-    let raw = [0, 1, 2, 3].map(|n| ctx.arg::<u64>(n).unwrap_or(0));
+    let raw = [0, 1, 2, 3].map(|n| entry_arg(ctx, cookie, n));
     match args_of(kind, raw, 1) {
         Some(args) => MAP_ARGS
             .insert(&pid_tgid, &args, u64::from(BPF_ANY))

@@ -312,15 +312,16 @@ impl Probes {
             }
         };
         for point in points {
+            let cookie = point.cookie();
             match point.hook {
-                Hook::Alloc(kind) => {
-                    add("alloc_enter", point.file_offset, kind as u64);
-                    add("alloc_exit", point.file_offset, kind as u64);
+                Hook::Alloc(_) => {
+                    add("alloc_enter", point.file_offset, cookie);
+                    add("alloc_exit", point.file_offset, cookie);
                 }
-                Hook::Free => add("free_enter", point.file_offset, 0),
-                Hook::Map(kind) => {
-                    add("map_call_enter", point.file_offset, kind as u64);
-                    add("map_call_exit", point.file_offset, kind as u64);
+                Hook::Free => add("free_enter", point.file_offset, cookie),
+                Hook::Map(_) => {
+                    add("map_call_enter", point.file_offset, cookie);
+                    add("map_call_exit", point.file_offset, cookie);
                 }
             }
         }
@@ -416,15 +417,16 @@ impl Probes {
                 self.uprobes_attached += 1;
                 Ok(())
             };
+            let cookie = Some(point.cookie());
             match point.hook {
-                Hook::Alloc(kind) => {
-                    attach("alloc_enter", Some(kind as u64))?;
-                    attach("alloc_exit", Some(kind as u64))?;
+                Hook::Alloc(_) => {
+                    attach("alloc_enter", cookie)?;
+                    attach("alloc_exit", cookie)?;
                 }
-                Hook::Free => attach("free_enter", None)?,
-                Hook::Map(kind) => {
-                    attach("map_call_enter", Some(kind as u64))?;
-                    attach("map_call_exit", Some(kind as u64))?;
+                Hook::Free => attach("free_enter", cookie)?,
+                Hook::Map(_) => {
+                    attach("map_call_enter", cookie)?;
+                    attach("map_call_exit", cookie)?;
                 }
             }
         }
@@ -503,6 +505,10 @@ where
 }
 
 fn verifier_error(program: &str, source: ProgramError) -> TracerError {
+    // The verifier answers EACCES for many rejections too: its log tells them apart.
+    if let ProgramError::LoadError { verifier_log, .. } = &source {
+        log::debug!("verifier log of {program}:\n{verifier_log}");
+    }
     if TracerError::is_permission(&source) {
         return TracerError::PermissionDenied {
             what: format!("the kernel refused to load program {program}"),
