@@ -19,8 +19,10 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench|fuzz [SECONDS]>
   demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
   test   the whole suite: fmt, clippy, unit tests and the integration tests (as root), then
          each fuzz target for 30 s
-  bench  overhead per malloc+free against the trap floor, bpftrace and heaptrack, and
-         leakhound's own costs with a million live blocks (as root; prints a table)
+  bench  overhead on real servers (redis with jemalloc, memcached with glibc) and per
+         malloc+free under each allocator, against the trap floor, bpftrace and heaptrack,
+         and leakhound's own costs with a million live blocks (as root; prints tables);
+         `bench servers` measures only the servers and allocators
   fuzz   build the fuzz targets (fuzz/) and run each on its seed corpus for SECONDS
          (default 30)";
 
@@ -45,7 +47,12 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "bench" => {
             setup(&root)?;
-            bench::run(&root, &build_leakhound(&root)?)
+            let scope = match env::args().nth(2).as_deref() {
+                None => bench::Scope::All,
+                Some("servers") => bench::Scope::Servers,
+                Some(other) => bail!("unknown bench scope '{other}' (servers, or nothing)"),
+            };
+            bench::run(&root, &build_leakhound(&root)?, scope)
         }
         "fuzz" => {
             let seconds = match env::args().nth(2) {

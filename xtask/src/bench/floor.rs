@@ -2,7 +2,8 @@
 //! attached with raw `bpf(2)` and `perf_event_open(2)` calls.
 
 use super::*;
-/// libc as the benchmark maps it: its path and the file offsets of malloc and free.
+/// An allocator as the benchmark maps it (libc, or a preloaded one): its path and the file
+/// offsets of malloc and free.
 pub(super) struct Libc {
     pub(super) path: PathBuf,
     pub(super) malloc: u64,
@@ -44,13 +45,13 @@ pub(super) struct NoopProbes {
 }
 
 impl NoopProbes {
-    pub(super) fn attach(libc: &Libc, free_skip: u64, pid: u32) -> Result<Self> {
+    pub(super) fn attach(libc: &Libc, skips: Skips, pid: u32) -> Result<Self> {
         let program = load_noop_program(false)?;
         let mut fds = Vec::new();
         for (offset, retprobe) in [
-            (libc.malloc, false),
-            (libc.malloc, true),
-            (libc.free + free_skip, false),
+            (libc.malloc + skips.malloc, false),
+            (libc.malloc + skips.malloc, true),
+            (libc.free + skips.free, false),
         ] {
             let event = uprobe_event(&libc.path, offset, retprobe, pid)?;
             // PERF_EVENT_IOC_SET_BPF and PERF_EVENT_IOC_ENABLE (include/uapi/linux/perf_event.h).
@@ -76,13 +77,16 @@ impl NoopProbes {
 impl NoopProbes {
     /// The same three probes as two multi-uprobe links (entries, and malloc's return), as
     /// leakhound attaches its own.
-    pub(super) fn attach_multi(libc: &Libc, free_skip: u64, pid: u32) -> Result<Self> {
+    pub(super) fn attach_multi(libc: &Libc, skips: Skips, pid: u32) -> Result<Self> {
         let program = load_noop_program(true)?;
         let path = std::ffi::CString::new(libc.path.as_os_str().as_encoded_bytes())?;
         let mut fds = Vec::new();
         for (offsets, retprobe) in [
-            (vec![libc.malloc, libc.free + free_skip], false),
-            (vec![libc.malloc], true),
+            (
+                vec![libc.malloc + skips.malloc, libc.free + skips.free],
+                false,
+            ),
+            (vec![libc.malloc + skips.malloc], true),
         ] {
             // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type, flags, then
             // uprobe_multi: path, offsets, ref_ctr_offsets, cookies, cnt, flags, pid.

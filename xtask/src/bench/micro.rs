@@ -22,16 +22,25 @@ pub(super) enum Tracer<'a> {
     Leakhound(&'a Path, &'a [&'a str]),
     /// A bpftrace script; `BEGIN` prints the handshake line.
     Bpftrace(String),
-    /// Empty BPF programs on malloc's entry and return and on free, free moved by the given
-    /// number of bytes as leakhound moves it: the floor at leakhound's own probe points.
-    /// The libc, `free`'s probe offset, and whether to use multi-uprobe links.
-    Noop(&'a Libc, u64, bool),
+    /// Empty BPF programs on malloc's entry and return and on free, each moved by as many
+    /// bytes as leakhound moves it: the floor at leakhound's own probe points.
+    /// The allocator, the probes' offsets, and whether to use multi-uprobe links.
+    Noop(&'a Libc, Skips, bool),
     Heaptrack(&'a Path),
 }
 
 pub(super) struct Bench<'a> {
     pub(super) binary: &'a Path,
     pub(super) threads: u32,
+    /// An allocator to run the benchmark with (LD_PRELOAD), instead of glibc's.
+    pub(super) preload: Option<&'a Path>,
+}
+
+/// How far past their entries leakhound put its probes on malloc and free.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Skips {
+    pub(super) malloc: u64,
+    pub(super) free: u64,
 }
 
 #[derive(Default)]
@@ -39,7 +48,25 @@ pub(super) struct Measured {
     pub(super) ns: f64,
     pub(super) attach_ms: Option<f64>,
     pub(super) libc: Option<PathBuf>,
-    pub(super) free_skip: Option<u64>,
+    /// Every moved probe leakhound logged: (function, bytes past its entry, the entry's file
+    /// offset).
+    pub(super) moved: Vec<(String, u64, u64)>,
+}
+
+impl Measured {
+    /// The probes' offsets in `allocator` as leakhound placed them.
+    pub(super) fn skips(&self, allocator: &Libc) -> Skips {
+        let skip = |name: &str, entry: u64| {
+            self.moved
+                .iter()
+                .find(|(moved, _, at)| moved == name && *at == entry)
+                .map_or(0, |(_, skip, _)| *skip)
+        };
+        Skips {
+            malloc: skip("malloc", allocator.malloc),
+            free: skip("free", allocator.free),
+        }
+    }
 }
 
 impl Bench<'_> {
@@ -61,6 +88,9 @@ impl Bench<'_> {
             }
             _ => Command::new(self.binary),
         };
+        if let Some(preload) = self.preload {
+            command.env("LD_PRELOAD", preload);
+        }
         let mut bench = Guard::spawn(
             command
                 .args(&args)
@@ -95,12 +125,8 @@ impl Bench<'_> {
                     if let Some(rest) = line.strip_prefix("leakhound: attached to pid ") {
                         break rest.to_owned();
                     }
-                    if let Some(skip) = line
-                        .split("probe offset: free at +")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                    {
-                        measured.free_skip = skip.parse().ok();
+                    if let Some(moved) = parse_moved_probe(&line) {
+                        measured.moved.push(moved);
                     }
                     if line.contains("error") {
                         bail!("leakhound: {line}");
@@ -127,11 +153,11 @@ impl Bench<'_> {
                 thread::spawn(move || for _ in stdout {});
                 tracer_process = Some(child);
             }
-            Tracer::Noop(libc, free_skip, multi) => {
+            Tracer::Noop(libc, skips, multi) => {
                 noop = Some(if *multi {
-                    NoopProbes::attach_multi(libc, *free_skip, pid)?
+                    NoopProbes::attach_multi(libc, *skips, pid)?
                 } else {
-                    NoopProbes::attach(libc, *free_skip, pid)?
+                    NoopProbes::attach(libc, *skips, pid)?
                 });
             }
         }
@@ -195,6 +221,21 @@ pub(super) fn count_script(libc: &Path) -> String {
 pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `probe offset: NAME at +SKIP (file offset 0xSTART, ...)`, tracer-user's ELF module's
+/// debug line for a probe moved past its function's entry.
+pub(super) fn parse_moved_probe(line: &str) -> Option<(String, u64, u64)> {
+    let rest = line.split("probe offset: ").nth(1)?;
+    let (name, rest) = rest.split_once(" at +")?;
+    let (skip, rest) = rest.split_once(' ')?;
+    let start = rest.split("file offset 0x").nth(1)?;
+    let start = start.split(|c: char| !c.is_ascii_hexdigit()).next()?;
+    Some((
+        name.to_owned(),
+        skip.parse().ok()?,
+        u64::from_str_radix(start, 16).ok()?,
+    ))
 }
 
 pub(super) fn parse_attach_ms(line: &str) -> Option<f64> {

@@ -20,17 +20,21 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+mod allocators;
 mod floor;
 mod live;
 mod micro;
 mod processes;
+mod servers;
 mod table;
 mod tracefs;
 
+use allocators::*;
 use floor::*;
 use live::*;
 use micro::*;
 use processes::*;
+use servers::*;
 use table::*;
 use tracefs::*;
 
@@ -46,7 +50,15 @@ const SAMPLE_BYTES: &str = "512k";
 /// How long a tracer may take to attach, or a round to finish, before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
+/// What `cargo xtask bench` measures: everything, or only the allocators and real servers
+/// (`cargo xtask bench servers`), the part that depends on where probes go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Servers,
+}
+
+pub fn run(root: &Path, leakhound: &Path, scope: Scope) -> Result<()> {
     ensure_packages(&["bpftrace", "heaptrack"])?;
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
@@ -81,6 +93,16 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
 
     let machine = machine_description();
     eprintln!("bench: {machine}");
+    // Real servers first: the figures a user of a jemalloc service meets.
+    let servers = server_rows(leakhound)?;
+    let allocators = allocator_rows(&alloc_bench, leakhound)?;
+    if scope == Scope::Servers {
+        println!("\nleakhound bench on {machine}");
+        print_server_table(&servers);
+        print_allocator_table(&allocators);
+        check_no_probes_left();
+        return Ok(());
+    }
     let mut attach_ms = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut libc = None;
@@ -88,6 +110,7 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
         let bench = Bench {
             binary: &alloc_bench,
             threads,
+            preload: None,
         };
         let mut row = Row {
             threads,
@@ -115,7 +138,7 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
             Some(info) => info,
             None => libc.insert(Libc::inspect(lh.libc.as_deref())?),
         };
-        let free_skip = lh.free_skip.unwrap_or(0);
+        let skips = lh.skips(libc_info);
         row.floor_entry = bench
             .measure(
                 PAIRS_TRAPPED,
@@ -125,10 +148,10 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
         // The fair floor: an empty program at exactly leakhound's points, attached the way
         // leakhound attaches (multi-uprobe links); and the older way, one perf event each.
         row.floor_same_points = bench
-            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, true))?
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, skips, true))?
             .ns;
         row.floor_same_points_perf = bench
-            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, false))?
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, skips, false))?
             .ns;
         row.bpftrace_count = bench
             .measure(
@@ -137,12 +160,14 @@ pub fn run(root: &Path, leakhound: &Path) -> Result<()> {
             )?
             .ns;
         row.heaptrack = bench.measure(PAIRS_HEAPTRACK, Tracer::Heaptrack(&out))?.ns;
-        row.free_skip = free_skip;
+        row.free_skip = skips.free;
         rows.push(row);
     }
     let live = live_report(leakhound, &live_target, &out)?;
     attach_ms.push(live.attach_ms);
     print_table(&machine, &rows, &attach_ms, &live);
+    print_server_table(&servers);
+    print_allocator_table(&allocators);
     check_no_probes_left();
     Ok(())
 }
