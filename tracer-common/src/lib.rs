@@ -830,6 +830,17 @@ mod tests {
     }
 }
 
+/// Probe hits in the target, for the cost estimate of the `--interval` line: every call of a
+/// hooked function traps, whether it is recorded or not (a per-CPU array apart from the
+/// counters, which count what was recorded and lost).
+pub mod probe_hits {
+    /// Entries of an allocation function (each also traps on return).
+    pub const ALLOC: u32 = 0;
+    /// Entries of a free function.
+    pub const FREE: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Where an entry probe finds the function's arguments when it is placed past the function's
 /// first instructions (tracer-user's `probe_offset`): an argument whose register was
 /// overwritten there may still be held by another register it was copied to (mimalloc's

@@ -8,14 +8,15 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{AllocKind, ThreadState, counter};
+use tracer_common::{AllocKind, ThreadState, counter, probe_hits};
 
 use crate::{
     args::entry_arg,
     sampling,
     stacks::walk_user_stack,
     state::{
-        THREADS, count, inside_allocator, record, release, release_tracked, target_thread, tracked,
+        THREADS, count, hit, inside_allocator, record, release, release_tracked, target_thread,
+        tracked,
     },
 };
 
@@ -43,6 +44,7 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
+    hit(probe_hits::ALLOC);
     // SAFETY: `ctx` is the kprobe-type context that the helper expects.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let kind = cookie as u32;
@@ -165,6 +167,7 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
+    hit(probe_hits::FREE);
     // SAFETY: `ctx` is the kprobe-type context that the helper expects.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let addr = entry_arg(ctx, cookie, 0);

@@ -11,7 +11,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter};
+use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter, probe_hits};
 
 use crate::{diag::diag, sampling};
 
@@ -42,6 +42,18 @@ pub static STACK_TOTALS: HashMap<u64, StackTotals> = HashMap::with_max_entries(1
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Probe hits in the target (tracer_common::probe_hits).
+#[map]
+pub static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe_hits::COUNT, 0);
+
+#[inline(always)]
+pub fn hit(index: u32) {
+    if let Some(slot) = PROBE_HITS.get_ptr_mut(index) {
+        // SAFETY: the pointer is to this CPU's slot of a live per-CPU array element.
+        unsafe { *slot += 1 };
+    }
+}
 
 #[map]
 pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

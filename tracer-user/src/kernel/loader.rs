@@ -433,6 +433,33 @@ impl Probes {
         Ok(())
     }
 
+    /// Attaches `points` in `library` for the process `pid`, runs `measure`, and detaches
+    /// them again (on a thread of their own, as at exit: the kernel's grace periods are not
+    /// waited for here). For probes that leakhound places on itself (kernel::probe_cost).
+    pub fn with_temporary_hooks<T>(
+        &mut self,
+        library: &Path,
+        points: &[HookPoint],
+        pid: u32,
+        measure: impl FnOnce() -> T,
+    ) -> Result<T, TracerError> {
+        let before = (
+            self.links.len(),
+            self.uprobes_attached,
+            self.multi_uprobe_links,
+        );
+        let attached = self.attach_allocator(library, points, pid);
+        let measured = attached.map(|()| measure());
+        let temporary = self.links.split_off(before.0);
+        (self.uprobes_attached, self.multi_uprobe_links) = (before.1, before.2);
+        let spawned = std::thread::Builder::new()
+            .name("detach".into())
+            .spawn(move || drop(temporary));
+        // Without a thread, the links were dropped (so detached) by the failed spawn.
+        drop(spawned);
+        measured
+    }
+
     /// Attaches the tracepoints: the mapping syscalls, and the target's exec. Without tracefs
     /// neither is available: mapping tracking is off and the report says so, and an exec is
     /// not noticed; malloc tracking depends on neither.

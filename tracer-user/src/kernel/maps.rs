@@ -27,6 +27,8 @@ pub struct KernelMaps {
     pub counters: PerCpuArray<MapData, u64>,
     /// The target's lifecycle marks (`LIFECYCLE`, indexed by `tracer_common::lifecycle`).
     pub lifecycle: Array<MapData, u64>,
+    /// Probe hits per CPU (`PROBE_HITS`, indexed by `tracer_common::probe_hits`).
+    pub probe_hits: PerCpuArray<MapData, u64>,
 }
 
 /// The ring buffers, each handed to the one reader that waits on it.
@@ -50,6 +52,7 @@ impl KernelMaps {
                 rules: typed(ebpf, "UNWIND_RULES")?,
                 counters: typed(ebpf, "COUNTERS")?,
                 lifecycle: typed(ebpf, "LIFECYCLE")?,
+                probe_hits: typed(ebpf, "PROBE_HITS")?,
             },
             Rings {
                 map_events: typed(ebpf, "MAP_EVENTS")?,

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod loader;
 pub mod maps;
 pub mod multi_uprobe;
+pub mod probe_cost;
 pub mod reader;
 pub mod snapshot;
 pub mod sys;
