@@ -269,7 +269,7 @@ impl Session {
                 .inspect_err(|err| log::warn!("the cost of a probe was not measured: {err}"))
                 .ok();
             for object in &prepared.objects {
-                probes.attach_allocator(&object.kernel_path(), &object.points, pid)?;
+                probes.attach_allocator(&object.kernel_path(), &object.points)?;
             }
             probes.attach_tracepoints()?;
             Ok((probes, costs))

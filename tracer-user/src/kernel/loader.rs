@@ -1,7 +1,9 @@
-//! Loads the embedded eBPF object, sized from the user's options, and attaches it. Every link
-//! belongs to [`Probes`]: dropping it detaches them all, which is how a normal exit, a signal
-//! and a failed attach all leave the kernel as it was. (Links are perf-event file descriptors,
-//! so even a killed leakhound loses them when its descriptors close.)
+//! Loads the embedded eBPF object, sized from the user's options, and attaches it. What goes
+//! where is one table ([`super::attach`]); [`Probes::attach_table`] is the one path that places
+//! its rows, with multi-uprobe links where the kernel has them, else one perf event per probe.
+//! Every link belongs to [`Probes`] from the moment it exists: dropping it detaches them all,
+//! which is how a normal exit, a signal and a failed attach all leave the kernel as it was.
+//! (Links are file descriptors, so even a killed leakhound loses them when they close.)
 
 use std::{num::NonZeroU32, path::Path, time::Instant};
 
@@ -18,14 +20,12 @@ use aya_log::EbpfLogger;
 use tracer_common::sampling;
 
 use super::{
+    attach::{self, Attachment, Mechanism, Placed, Site, UPROBE_PROGRAMS},
+    faults::Faults,
     maps::{KernelMaps, Rings},
     multi_uprobe::MultiUprobePrograms,
 };
-use crate::{
-    errors::TracerError,
-    kernel::tracefs,
-    process::elf::{Hook, HookPoint},
-};
+use crate::{errors::TracerError, kernel::tracefs, process::elf::HookPoint};
 
 /// Map sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -70,10 +70,13 @@ pub struct Probes {
     /// Why mapping syscalls are not tracked, if they are not. (The target's exec is then not
     /// noticed either: the same tracefs finds both.)
     pub mapping_unavailable: Option<String>,
-    /// The uprobe programs loaded for multi-uprobe links, while the kernel takes them.
-    multi: Option<MultiUprobePrograms>,
-    /// Whether aya's own uprobe programs (one perf event per probe) are loaded.
-    perf_programs_loaded: bool,
+    /// Every probe placed so far, for the attach statistics.
+    pub placed: Vec<Placed>,
+    /// How uprobes are attached: multi-uprobe links while the kernel takes them.
+    uprobes: Uprobes,
+    /// The traced process, as the root PID namespace sees it.
+    tgid: u32,
+    faults: Faults,
     /// Every attached link, owned here rather than by its program so that they can be closed
     /// together (see the `Drop` impl).
     links: Vec<AttachedLink>,
@@ -81,6 +84,14 @@ pub struct Probes {
 
 /// A uprobe or tracepoint link: dropping it detaches it.
 type AttachedLink = Box<dyn Send>;
+
+/// The mechanism for uprobes ([`Mechanism`] names them in the statistics).
+enum Uprobes {
+    /// The programs loaded a second time for multi-uprobe links.
+    MultiLink(MultiUprobePrograms),
+    /// aya's own programs, one perf event per probe.
+    PerfEvent,
+}
 
 impl Probes {
     /// Detaches everything on a thread of its own, so that the report is written while the
@@ -141,24 +152,6 @@ impl Drop for Probes {
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
-const UPROBE_PROGRAMS: [&str; 5] = [
-    "alloc_enter",
-    "alloc_exit",
-    "free_enter",
-    "map_call_enter",
-    "map_call_exit",
-];
-const TRACEPOINTS: [(&str, &str); 6] = [
-    ("mmap_enter", "sys_enter_mmap"),
-    ("munmap_enter", "sys_enter_munmap"),
-    ("mremap_enter", "sys_enter_mremap"),
-    ("mapping_exit", "sys_exit_mmap"),
-    ("mapping_exit", "sys_exit_munmap"),
-    ("mapping_exit", "sys_exit_mremap"),
-];
-/// The target's exec (see tracer-ebpf's lifecycle module).
-const EXEC_TRACEPOINT: (&str, &str, &str) = ("exec_notice", "sched", "sched_process_exec");
-
 impl Probes {
     /// Loads every program for the process `tgid` (as the root PID namespace sees it).
     /// `cfi`: walk stacks with CFI rules (`--unwind auto|dwarf`) rather than frame pointers.
@@ -208,36 +201,23 @@ impl Probes {
         if sample_bytes != 0 {
             write_sample_curve(&mut ebpf)?;
         }
-        for name in [
-            "mmap_enter",
-            "munmap_enter",
-            "mremap_enter",
-            "mapping_exit",
-            EXEC_TRACEPOINT.0,
-        ] {
+        for name in attach::tracepoint_programs() {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
                 .load()
                 .map_err(|source| verifier_error(name, source))?;
         }
-        // The tests set this to cover the perf-event path on kernels that have both.
-        let perf_only = std::env::var_os("LEAKHOUND_TEST_PERF_UPROBES").is_some();
-        let multi =
-            match MultiUprobePrograms::load(&ebpf, OBJECT, &UPROBE_PROGRAMS).and_then(|multi| {
-                if perf_only {
-                    Err(std::io::Error::other("LEAKHOUND_TEST_PERF_UPROBES is set"))
-                } else {
-                    Ok(multi)
-                }
-            }) {
-                Ok(multi) => Some(multi),
-                Err(err) => {
-                    log::info!(
-                        "multi-uprobe links are not available, one perf event per probe: {err}"
-                    );
-                    None
-                }
-            };
+        let faults = Faults::injected();
+        let multi = faults
+            .multi_uprobe_links()
+            .and_then(|()| MultiUprobePrograms::load(&ebpf, OBJECT, &UPROBE_PROGRAMS));
+        let uprobes = match multi {
+            Ok(multi) => Uprobes::MultiLink(multi),
+            Err(err) => {
+                log::info!("multi-uprobe links are not available, one perf event per probe: {err}");
+                Uprobes::PerfEvent
+            }
+        };
         let (maps, rings) = KernelMaps::take(&mut ebpf)?;
         let kernel_log = if log_level == 0 {
             None
@@ -255,11 +235,13 @@ impl Probes {
             multi_uprobe_links: 0,
             tracepoints_attached: 0,
             mapping_unavailable: None,
-            multi,
-            perf_programs_loaded: false,
+            placed: Vec::new(),
+            uprobes,
+            tgid,
+            faults,
             links: Vec::new(),
         };
-        if probes.multi.is_none() {
+        if let Uprobes::PerfEvent = probes.uprobes {
             probes.load_perf_programs()?;
         }
         Ok(probes)
@@ -272,165 +254,23 @@ impl Probes {
 
     /// Loads the uprobe programs that aya attaches, one perf event per probe.
     fn load_perf_programs(&mut self) -> Result<(), TracerError> {
-        if self.perf_programs_loaded {
-            return Ok(());
-        }
         for name in UPROBE_PROGRAMS {
             let program: &mut UProbe = program(&mut self.ebpf, name)?;
             program
                 .load()
                 .map_err(|source| verifier_error(name, source))?;
         }
-        self.perf_programs_loaded = true;
         Ok(())
     }
 
-    /// Attaches with one multi-uprobe link per program. On a kernel error nothing of this
-    /// library stays attached, and the caller attaches through perf events instead.
-    fn attach_allocator_multi(
-        &mut self,
-        library: &Path,
-        points: &[HookPoint],
-        pid: u32,
-        fail_after: Option<usize>,
-    ) -> Result<Result<(), std::io::Error>, TracerError> {
-        let Some(multi) = &self.multi else {
-            return Ok(Err(std::io::Error::other("not loaded")));
-        };
-        // Per program: the offsets and their cookies (the allocation kind).
-        let mut sites: Vec<(&str, bool, Vec<u64>, Vec<u64>)> = vec![
-            ("alloc_enter", false, Vec::new(), Vec::new()),
-            ("alloc_exit", true, Vec::new(), Vec::new()),
-            ("free_enter", false, Vec::new(), Vec::new()),
-            ("map_call_enter", false, Vec::new(), Vec::new()),
-            ("map_call_exit", true, Vec::new(), Vec::new()),
-        ];
-        let mut add = |program: &str, offset: u64, cookie: u64| {
-            if let Some(site) = sites.iter_mut().find(|site| site.0 == program) {
-                site.2.push(offset);
-                site.3.push(cookie);
-            }
-        };
-        for point in points {
-            let cookie = point.cookie();
-            match point.hook {
-                Hook::Alloc(_) => {
-                    add("alloc_enter", point.file_offset, cookie);
-                    add("alloc_exit", point.file_offset, cookie);
-                }
-                Hook::Free => add("free_enter", point.file_offset, cookie),
-                Hook::Map(_) => {
-                    add("map_call_enter", point.file_offset, cookie);
-                    add("map_call_exit", point.file_offset, cookie);
-                }
-            }
-        }
-        let mut links: Vec<AttachedLink> = Vec::new();
-        let mut attached = self.uprobes_attached;
-        for (program, retprobe, offsets, cookies) in &sites {
-            if offsets.is_empty() {
-                continue;
-            }
-            if fail_after.is_some_and(|n| attached >= n) {
-                // Links made so far are kept, as a real failure part-way would leave them.
-                self.multi_uprobe_links += links.len();
-                self.links.extend(links);
-                self.uprobes_attached = attached;
-                return Err(TracerError::Attach {
-                    what: format!("{program} in {} (injected failure)", library.display()),
-                    source: Box::new(ProgramError::NotAttached),
-                });
-            }
-            match multi.attach(program, library, offsets, cookies, *retprobe, pid) {
-                Ok(link) => {
-                    links.push(Box::new(link));
-                    attached += offsets.len();
-                }
-                Err(err) => {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        return Err(TracerError::ProcessExited { pid });
-                    }
-                    // Dropping `links` detaches what this library got so far.
-                    return Ok(Err(err));
-                }
-            }
-        }
-        self.multi_uprobe_links += links.len();
-        self.links.extend(links);
-        self.uprobes_attached = attached;
-        Ok(Ok(()))
-    }
-
     /// Attaches the allocator hooks in `library` (a path this process can open, such as one
-    /// under `/proc/PID/root`) for the process `pid`.
+    /// under `/proc/PID/root`) for the traced process.
     pub fn attach_allocator(
         &mut self,
         library: &Path,
         points: &[HookPoint],
-        pid: u32,
     ) -> Result<(), TracerError> {
-        let scope = UProbeScope::OneProcess(
-            NonZeroU32::new(pid).ok_or(TracerError::NoSuchProcess { pid })?,
-        );
-        // Fault injection for the tests: fail once this many probes are attached, to check
-        // that a failed attach leaves nothing behind. Unset in normal use.
-        let fail_after: Option<usize> = std::env::var("LEAKHOUND_TEST_FAIL_ATTACH_AFTER")
-            .ok()
-            .and_then(|n| n.parse().ok());
-        if self.multi.is_some() {
-            match self.attach_allocator_multi(library, points, pid, fail_after)? {
-                Ok(()) => return Ok(()),
-                Err(err) => {
-                    log::info!(
-                        "multi-uprobe links refused for {} ({err}); one perf event per probe from now on",
-                        library.display()
-                    );
-                    self.multi = None;
-                    self.load_perf_programs()?;
-                }
-            }
-        }
-        for point in points {
-            if fail_after.is_some_and(|n| self.uprobes_attached >= n) {
-                return Err(TracerError::Attach {
-                    what: format!("{} in {} (injected failure)", point.name, library.display()),
-                    source: Box::new(ProgramError::NotAttached),
-                });
-            }
-            let mut attach = |program: &str, cookie: Option<u64>| -> Result<(), TracerError> {
-                let program: &mut UProbe = self::program(&mut self.ebpf, program)?;
-                let location = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                    cookie,
-                };
-                let link = program
-                    .attach(location, library, scope)
-                    .and_then(|id| program.take_link(id))
-                    .map_err(|source| {
-                        attach_error(
-                            format!("{} in {}", point.name, library.display()),
-                            source,
-                            pid,
-                        )
-                    })?;
-                self.links.push(Box::new(link));
-                self.uprobes_attached += 1;
-                Ok(())
-            };
-            let cookie = Some(point.cookie());
-            match point.hook {
-                Hook::Alloc(_) => {
-                    attach("alloc_enter", cookie)?;
-                    attach("alloc_exit", cookie)?;
-                }
-                Hook::Free => attach("free_enter", cookie)?,
-                Hook::Map(_) => {
-                    attach("map_call_enter", cookie)?;
-                    attach("map_call_exit", cookie)?;
-                }
-            }
-        }
-        Ok(())
+        self.attach_table(&attach::uprobe_table(library, points))
     }
 
     /// Attaches `points` in `library` for the process `pid`, runs `measure`, and detaches
@@ -447,11 +287,17 @@ impl Probes {
             self.links.len(),
             self.uprobes_attached,
             self.multi_uprobe_links,
+            self.placed.len(),
         );
-        let attached = self.attach_allocator(library, points, pid);
+        // Scoped to `pid`, and out of reach of the faults injected into the target's attach.
+        let tgid = std::mem::replace(&mut self.tgid, pid);
+        let faults = std::mem::take(&mut self.faults);
+        let attached = self.attach_allocator(library, points);
+        (self.tgid, self.faults) = (tgid, faults);
         let measured = attached.map(|()| measure());
         let temporary = self.links.split_off(before.0);
         (self.uprobes_attached, self.multi_uprobe_links) = (before.1, before.2);
+        self.placed.truncate(before.3);
         let spawned = std::thread::Builder::new()
             .name("detach".into())
             .spawn(move || drop(temporary));
@@ -464,7 +310,7 @@ impl Probes {
     /// neither is available: mapping tracking is off and the report says so, and an exec is
     /// not noticed; malloc tracking depends on neither.
     pub fn attach_tracepoints(&mut self) -> Result<(), TracerError> {
-        match tracefs::with_tracefs(|| self.attach_tracepoints_now()) {
+        match tracefs::with_tracefs(|| self.attach_table(&attach::TRACEPOINTS)) {
             Ok(attached) => attached,
             Err(why) => {
                 log::warn!(
@@ -476,23 +322,128 @@ impl Probes {
         }
     }
 
-    fn attach_tracepoints_now(&mut self) -> Result<(), TracerError> {
-        let syscalls = TRACEPOINTS
-            .iter()
-            .map(|(program, event)| (*program, "syscalls", *event));
-        for (name, category, event) in syscalls.chain([EXEC_TRACEPOINT]) {
-            let program: &mut TracePoint = program(&mut self.ebpf, name)?;
-            let link = program
-                .attach(category, event)
-                .and_then(|id| program.take_link(id))
-                .map_err(|source| TracerError::Attach {
-                    what: format!("tracepoint {category}/{event}"),
-                    source: Box::new(source),
-                })?;
-            self.links.push(Box::new(link));
-            self.tracepoints_attached += 1;
+    /// Places every row of `table`: the one attach path. Each link goes into `self.links` as
+    /// soon as it exists, so whatever way this returns, dropping `self` detaches it all.
+    fn attach_table(&mut self, table: &[Attachment<'_>]) -> Result<(), TracerError> {
+        if let Uprobes::MultiLink(_) = self.uprobes {
+            match self.attach_multi(table)? {
+                Ok(()) => {
+                    return self.attach_rows(table, |site| matches!(site, Site::Tracepoint { .. }));
+                }
+                Err(err) => {
+                    log::info!(
+                        "multi-uprobe links refused ({err}); one perf event per probe from now on"
+                    );
+                    self.uprobes = Uprobes::PerfEvent;
+                    self.load_perf_programs()?;
+                }
+            }
+        }
+        self.attach_rows(table, |_| true)
+    }
+
+    /// Places the rows whose site `wanted` picks, one link each.
+    fn attach_rows(
+        &mut self,
+        table: &[Attachment<'_>],
+        wanted: impl Fn(&Site<'_>) -> bool,
+    ) -> Result<(), TracerError> {
+        for row in table.iter().filter(|row| wanted(&row.site)) {
+            self.faults.check(self.uprobes_attached, || {
+                format!("{} ({})", row.what, row.program)
+            })?;
+            let (link, mechanism) = match row.site {
+                Site::Uprobe {
+                    library, offset, ..
+                } => {
+                    let scope = UProbeScope::OneProcess(
+                        NonZeroU32::new(self.tgid)
+                            .ok_or(TracerError::NoSuchProcess { pid: self.tgid })?,
+                    );
+                    let program: &mut UProbe = program(&mut self.ebpf, row.program)?;
+                    let location = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
+                        cookie: Some(row.cookie),
+                    };
+                    let link = program
+                        .attach(location, library, scope)
+                        .and_then(|id| program.take_link(id))
+                        .map_err(|source| {
+                            attach_error(
+                                format!("{} in {}", row.what, library.display()),
+                                source,
+                                self.tgid,
+                            )
+                        })?;
+                    self.uprobes_attached += 1;
+                    (Box::new(link) as AttachedLink, Mechanism::PerfEvent)
+                }
+                Site::Tracepoint { category, event } => {
+                    let program: &mut TracePoint = program(&mut self.ebpf, row.program)?;
+                    let link = program
+                        .attach(category, event)
+                        .and_then(|id| program.take_link(id))
+                        .map_err(|source| TracerError::Attach {
+                            what: format!("tracepoint {category}/{event}"),
+                            source: Box::new(source),
+                        })?;
+                    self.tracepoints_attached += 1;
+                    (Box::new(link) as AttachedLink, Mechanism::Tracepoint)
+                }
+            };
+            self.links.push(link);
+            self.placed.push(Placed::new(row, mechanism));
         }
         Ok(())
+    }
+
+    /// Places the uprobe rows of `table` with one multi-uprobe link per program, library and
+    /// flavor. A kernel refusal (the inner error) leaves none of this table's links attached,
+    /// and the caller attaches through perf events instead.
+    fn attach_multi(
+        &mut self,
+        table: &[Attachment<'_>],
+    ) -> Result<Result<(), std::io::Error>, TracerError> {
+        let Uprobes::MultiLink(multi) = &self.uprobes else {
+            return Ok(Err(std::io::Error::other("not loaded")));
+        };
+        let mut links: Vec<AttachedLink> = Vec::new();
+        let mut placed = Vec::new();
+        let mut attached = self.uprobes_attached;
+        for group in attach::uprobe_groups(table) {
+            let what = || format!("{} in {}", group.program, group.library.display());
+            if let Err(err) = self.faults.check(attached, what) {
+                // Links made so far are kept, as a real failure part-way would leave them.
+                self.multi_uprobe_links += links.len();
+                self.links.extend(links);
+                self.uprobes_attached = attached;
+                return Err(err);
+            }
+            match multi.attach(&group, self.tgid) {
+                Ok(link) => {
+                    links.push(Box::new(link));
+                    attached += group.offsets.len();
+                    placed.extend(
+                        table
+                            .iter()
+                            .filter(|row| group.holds(row))
+                            .map(|row| Placed::new(row, Mechanism::MultiUprobeLink)),
+                    );
+                }
+                Err(err) => {
+                    if !Path::new(&format!("/proc/{}", self.tgid)).exists() {
+                        return Err(TracerError::ProcessExited { pid: self.tgid });
+                    }
+                    // Dropping `links` detaches what this table got so far.
+                    return Ok(Err(err));
+                }
+            }
+        }
+        self.multi_uprobe_links += links.len();
+        self.links.extend(links);
+        self.placed.extend(placed);
+        self.uprobes_attached = attached;
+        Ok(Ok(()))
     }
 }
 

@@ -1,7 +1,9 @@
 //! The kernel side as user space sees it: loading and attaching the programs, and reading
 //! what they gathered.
 
+pub mod attach;
 pub mod batch;
+mod faults;
 pub mod loader;
 pub mod maps;
 pub mod multi_uprobe;

@@ -20,12 +20,14 @@ use std::{
         fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
-    path::Path,
 };
 
 use aya::{Ebpf, maps::Map};
 
-use super::sys::{Bpf as _, Kernel};
+use super::{
+    attach::{Flavor, UprobeGroup},
+    sys::{Bpf as _, Kernel},
+};
 use aya_obj::{
     Object,
     btf::BtfFeatures,
@@ -119,20 +121,19 @@ impl MultiUprobePrograms {
         })
     }
 
-    /// Attaches `program` at `offsets` (file offsets) of `library` for the process `pid`, each
-    /// with its cookie; `retprobe` for return probes. Closing the returned link detaches them.
-    pub fn attach(
-        &self,
-        program: &str,
-        library: &Path,
-        offsets: &[u64],
-        cookies: &[u64],
-        retprobe: bool,
-        pid: u32,
-    ) -> io::Result<OwnedFd> {
+    /// Attaches the group's program at its offsets (file offsets) of its library for the
+    /// process `pid`, each with its cookie. Closing the returned link detaches them.
+    pub fn attach(&self, group: &UprobeGroup<'_>, pid: u32) -> io::Result<OwnedFd> {
+        let UprobeGroup {
+            program,
+            library,
+            offsets,
+            cookies,
+            ..
+        } = group;
         let prog = self
             .programs
-            .get(program)
+            .get(*program)
             .ok_or_else(|| io::Error::other(format!("no program {program}")))?;
         let path = CString::new(library.as_os_str().as_bytes()).map_err(io::Error::other)?;
         // SAFETY: bpf_attr is a plain C union; all zeros is its documented empty value.
@@ -147,10 +148,9 @@ impl MultiUprobePrograms {
             multi.offsets = offsets.as_ptr() as u64;
             multi.cookies = cookies.as_ptr() as u64;
             multi.cnt = offsets.len() as u32;
-            multi.flags = if retprobe {
-                BPF_F_UPROBE_MULTI_RETURN
-            } else {
-                0
+            multi.flags = match group.flavor {
+                Flavor::Entry => 0,
+                Flavor::Return => BPF_F_UPROBE_MULTI_RETURN,
             };
             multi.pid = pid;
         }

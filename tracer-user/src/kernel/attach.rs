@@ -1,0 +1,371 @@
+//! Which program goes where, as one table. Every hook (an allocator function at a file
+//! offset, or a tracepoint) becomes rows of [`Attachment`]: the program it runs, the site,
+//! and the cookie the program reads (`bpf_get_attach_cookie`). The loader walks the rows and
+//! places each with the mechanism the kernel offers ([`Mechanism`]), so a new hook is a new
+//! row here, and a new way of attaching is a new [`Mechanism`] with its arm in the loader.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::process::elf::{Hook, HookPoint};
+
+/// Where a uprobe program runs in the function it is placed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flavor {
+    /// At the probe point (the function's entry, or a later equivalent point).
+    Entry,
+    /// When the function returns (a uretprobe).
+    Return,
+}
+
+/// Where one row's program is placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site<'a> {
+    /// A uprobe at a file offset of `library` (a path this process can open, such as one
+    /// under `/proc/PID/root`), in the traced process only.
+    Uprobe {
+        library: &'a Path,
+        offset: u64,
+        flavor: Flavor,
+    },
+    Tracepoint {
+        category: &'static str,
+        event: &'static str,
+    },
+}
+
+/// One row of the table: `program` at `site`, reading `cookie`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment<'a> {
+    pub program: &'static str,
+    pub site: Site<'a>,
+    pub cookie: u64,
+    /// What an error names: the hooked function, or the tracepoint.
+    pub what: &'a str,
+}
+
+/// How the kernel was asked to run a program at its site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// One `BPF_LINK_CREATE` per program and library for all its offsets (Linux 6.6+).
+    MultiUprobeLink,
+    /// One perf event per uprobe, as aya attaches them (any kernel with uprobes).
+    PerfEvent,
+    /// A tracepoint's perf event.
+    Tracepoint,
+}
+
+/// The uprobe programs of the eBPF object, each loaded once per mechanism that needs it.
+pub const UPROBE_PROGRAMS: [&str; 5] = [
+    "alloc_enter",
+    "alloc_exit",
+    "free_enter",
+    "map_call_enter",
+    "map_call_exit",
+];
+
+/// The programs a hook runs, in the order they are attached. The cookie they read
+/// ([`HookPoint::cookie`]) tells the shared programs which function of the family ran, and
+/// where a moved probe finds its arguments.
+fn programs(hook: Hook) -> &'static [(&'static str, Flavor)] {
+    match hook {
+        Hook::Alloc(_) => &[
+            ("alloc_enter", Flavor::Entry),
+            ("alloc_exit", Flavor::Return),
+        ],
+        Hook::Free => &[("free_enter", Flavor::Entry)],
+        Hook::Map(_) => &[
+            ("map_call_enter", Flavor::Entry),
+            ("map_call_exit", Flavor::Return),
+        ],
+    }
+}
+
+/// The rows for the allocator functions `points` of `library`.
+pub fn uprobe_table<'a>(library: &'a Path, points: &'a [HookPoint]) -> Vec<Attachment<'a>> {
+    points
+        .iter()
+        .flat_map(|point| {
+            let cookie = point.cookie();
+            programs(point.hook)
+                .iter()
+                .map(move |&(program, flavor)| Attachment {
+                    program,
+                    site: Site::Uprobe {
+                        library,
+                        offset: point.file_offset,
+                        flavor,
+                    },
+                    cookie,
+                    what: &point.name,
+                })
+        })
+        .collect()
+}
+
+const fn tracepoint(
+    program: &'static str,
+    category: &'static str,
+    event: &'static str,
+) -> Attachment<'static> {
+    Attachment {
+        program,
+        site: Site::Tracepoint { category, event },
+        cookie: 0,
+        what: event,
+    }
+}
+
+/// The mapping syscalls, and the target's exec (see tracer-ebpf's lifecycle module). They
+/// need tracefs; the loader attaches all of them or none.
+pub const TRACEPOINTS: [Attachment<'static>; 7] = [
+    tracepoint("mmap_enter", "syscalls", "sys_enter_mmap"),
+    tracepoint("munmap_enter", "syscalls", "sys_enter_munmap"),
+    tracepoint("mremap_enter", "syscalls", "sys_enter_mremap"),
+    tracepoint("mapping_exit", "syscalls", "sys_exit_mmap"),
+    tracepoint("mapping_exit", "syscalls", "sys_exit_munmap"),
+    tracepoint("mapping_exit", "syscalls", "sys_exit_mremap"),
+    tracepoint("exec_notice", "sched", "sched_process_exec"),
+];
+
+/// The tracepoint programs to load, each once.
+pub fn tracepoint_programs() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = TRACEPOINTS.iter().map(|row| row.program).collect();
+    names.dedup();
+    names
+}
+
+/// Uprobe rows that one multi-uprobe link can carry: the same program, library and flavor.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UprobeGroup<'a> {
+    pub program: &'static str,
+    pub library: &'a Path,
+    pub flavor: Flavor,
+    pub offsets: Vec<u64>,
+    pub cookies: Vec<u64>,
+}
+
+impl UprobeGroup<'_> {
+    /// Whether `row` is one of this group's.
+    pub fn holds(&self, row: &Attachment<'_>) -> bool {
+        matches!(row.site, Site::Uprobe { library, flavor, .. }
+            if row.program == self.program && library == self.library && flavor == self.flavor)
+    }
+}
+
+/// The uprobe rows of `table` grouped for multi-uprobe links, in the order each group first
+/// appears; tracepoint rows are not in any group.
+pub fn uprobe_groups<'a>(table: &[Attachment<'a>]) -> Vec<UprobeGroup<'a>> {
+    let mut groups: Vec<UprobeGroup<'a>> = Vec::new();
+    for row in table {
+        let Site::Uprobe {
+            library,
+            offset,
+            flavor,
+        } = row.site
+        else {
+            continue;
+        };
+        let position = groups.iter().position(|group| {
+            group.program == row.program && group.library == library && group.flavor == flavor
+        });
+        let group = match position {
+            Some(index) => &mut groups[index],
+            None => {
+                groups.push(UprobeGroup {
+                    program: row.program,
+                    library,
+                    flavor,
+                    offsets: Vec::new(),
+                    cookies: Vec::new(),
+                });
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        group.offsets.push(offset);
+        group.cookies.push(row.cookie);
+    }
+    groups
+}
+
+/// One placed probe, for the attach statistics (`--stats-json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Placed {
+    pub program: &'static str,
+    /// The hooked function, or the tracepoint's event.
+    pub what: String,
+    /// For a uprobe: the library as opened, and the file offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<Flavor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracepoint: Option<String>,
+    pub cookie: u64,
+    pub mechanism: Mechanism,
+}
+
+impl Placed {
+    pub fn new(row: &Attachment<'_>, mechanism: Mechanism) -> Self {
+        let (library, offset, flavor, tracepoint) = match row.site {
+            Site::Uprobe {
+                library,
+                offset,
+                flavor,
+            } => (
+                Some(library.display().to_string()),
+                Some(offset),
+                Some(flavor),
+                None,
+            ),
+            Site::Tracepoint { category, event } => {
+                (None, None, None, Some(format!("{category}/{event}")))
+            }
+        };
+        Self {
+            program: row.program,
+            what: row.what.to_owned(),
+            library,
+            offset,
+            flavor,
+            tracepoint,
+            cookie: row.cookie,
+            mechanism,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{AllocKind, MapEventKind};
+
+    use super::*;
+
+    fn point(name: &str, hook: Hook, file_offset: u64) -> HookPoint {
+        HookPoint {
+            name: name.into(),
+            hook,
+            file_offset,
+            skip: 0,
+            args: [tracer_common::entry_args::IN_PLACE; tracer_common::entry_args::MOVABLE],
+            emulated: true,
+        }
+    }
+
+    #[test]
+    fn each_hook_runs_its_programs_with_its_kind_as_cookie() {
+        let points = [
+            point("malloc", Hook::Alloc(AllocKind::Malloc), 0x100),
+            point("free", Hook::Free, 0x204),
+            point("calloc", Hook::Alloc(AllocKind::Calloc), 0x300),
+            point("mmap", Hook::Map(MapEventKind::Map), 0x400),
+        ];
+        let library = Path::new("/lib/libc.so.6");
+        let rows: Vec<(&str, u64, Flavor, u64)> = uprobe_table(library, &points)
+            .iter()
+            .map(|row| match row.site {
+                Site::Uprobe { offset, flavor, .. } => (row.program, offset, flavor, row.cookie),
+                Site::Tracepoint { .. } => panic!("a tracepoint among uprobes"),
+            })
+            .collect();
+        let malloc = AllocKind::Malloc as u64;
+        let calloc = AllocKind::Calloc as u64;
+        let map = MapEventKind::Map as u64;
+        assert_eq!(
+            rows,
+            [
+                ("alloc_enter", 0x100, Flavor::Entry, malloc),
+                ("alloc_exit", 0x100, Flavor::Return, malloc),
+                ("free_enter", 0x204, Flavor::Entry, 0),
+                ("alloc_enter", 0x300, Flavor::Entry, calloc),
+                ("alloc_exit", 0x300, Flavor::Return, calloc),
+                ("map_call_enter", 0x400, Flavor::Entry, map),
+                ("map_call_exit", 0x400, Flavor::Return, map),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_program_of_the_table_is_loaded() {
+        let hooks = [
+            Hook::Alloc(AllocKind::Malloc),
+            Hook::Free,
+            Hook::Map(MapEventKind::Map),
+        ];
+        for hook in hooks {
+            for (program, _) in programs(hook) {
+                assert!(UPROBE_PROGRAMS.contains(program), "{program} is not loaded");
+            }
+        }
+        assert_eq!(
+            tracepoint_programs(),
+            [
+                "mmap_enter",
+                "munmap_enter",
+                "mremap_enter",
+                "mapping_exit",
+                "exec_notice"
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_gather_one_program_per_library_and_flavor() {
+        let points = [
+            point("malloc", Hook::Alloc(AllocKind::Malloc), 0x100),
+            point("free", Hook::Free, 0x204),
+            point("calloc", Hook::Alloc(AllocKind::Calloc), 0x300),
+        ];
+        let libc = Path::new("/lib/libc.so.6");
+        let other = Path::new("/lib/libjemalloc.so.2");
+        let mut table = uprobe_table(libc, &points);
+        table.extend(uprobe_table(other, &points[..1]));
+        table.extend(TRACEPOINTS);
+        let groups = uprobe_groups(&table);
+        let summary: Vec<(&str, &Path, Vec<u64>, Vec<u64>)> = groups
+            .into_iter()
+            .map(|g| (g.program, g.library, g.offsets, g.cookies))
+            .collect();
+        let (malloc, calloc) = (AllocKind::Malloc as u64, AllocKind::Calloc as u64);
+        assert_eq!(
+            summary,
+            [
+                (
+                    "alloc_enter",
+                    libc,
+                    vec![0x100, 0x300],
+                    vec![malloc, calloc]
+                ),
+                ("alloc_exit", libc, vec![0x100, 0x300], vec![malloc, calloc]),
+                ("free_enter", libc, vec![0x204], vec![0]),
+                ("alloc_enter", other, vec![0x100], vec![malloc]),
+                ("alloc_exit", other, vec![0x100], vec![malloc]),
+            ]
+        );
+    }
+
+    #[test]
+    fn placed_probes_say_where_they_went() {
+        let points = [point("free", Hook::Free, 0x204)];
+        let table = uprobe_table(Path::new("/lib/libc.so.6"), &points);
+        let placed = Placed::new(&table[0], Mechanism::MultiUprobeLink);
+        assert_eq!(
+            serde_json::to_value(&placed).expect("json"),
+            serde_json::json!({
+                "program": "free_enter", "what": "free", "library": "/lib/libc.so.6",
+                "offset": 0x204, "flavor": "entry", "cookie": 0,
+                "mechanism": "multi-uprobe-link",
+            })
+        );
+        let placed = Placed::new(&TRACEPOINTS[6], Mechanism::Tracepoint);
+        assert_eq!(
+            placed.tracepoint.as_deref(),
+            Some("sched/sched_process_exec")
+        );
+    }
+}
