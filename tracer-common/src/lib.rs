@@ -282,6 +282,12 @@ pub struct ThreadState {
     /// The outermost call's chance of being recorded ([`sampling::probability`]), or 0 when
     /// byte sampling passed it over: its return then does no stack walk and records nothing.
     pub probability: u64,
+    /// With uprobe sessions, a call that byte sampling passed over has no return probe, so
+    /// no depth: its stack pointer at entry and the return address there mark it instead,
+    /// and libc's mapping wrapper, entered deeper while that return address is still in its
+    /// slot, is the allocator's own work (0: no such call).
+    pub passed_over_sp: u64,
+    pub passed_over_ret: u64,
 }
 
 /// One live allocation, keyed by its address in the kernel's allocation map.
@@ -454,11 +460,16 @@ pub struct MapArgs {
     pub kind: u32,
     /// 1 when libc's wrapper was entered: its return probe reports the call, with a stack
     /// that starts at the wrapper's caller, and the syscall tracepoints stand aside.
+    /// [`MAP_INSIDE_PASSED_OVER`] when it was entered by an allocation call that byte
+    /// sampling passed over: nothing reports it.
     pub from_wrapper: u32,
     pub addr: u64,
     pub len: u64,
     pub new_len: u64,
 }
+
+/// `MapArgs::from_wrapper` of a mapping call made by the allocator inside a passed-over call.
+pub const MAP_INSIDE_PASSED_OVER: u32 = 2;
 
 /// Kinds of [`LifecycleEvent`].
 #[repr(u32)]
@@ -829,6 +840,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<UnwindMiss>(), 48 + STACK_COPY_BYTES);
     }
 }
+
+/// The `imm` of a placeholder helper call that stands for the `bpf_session_is_return` kfunc
+/// in tracer-ebpf's session program. aya-ebpf 0.2 cannot declare a kfunc; the program calls
+/// this number as if it were a helper, and tracer-user's loader rewrites each such call
+/// into a kfunc call (`BPF_PSEUDO_KFUNC_CALL` with the function's id in the kernel's BTF)
+/// before loading. No helper has this number, so an unrewritten program fails to load.
+pub const SESSION_IS_RETURN_PLACEHOLDER: i32 = 0x1e55_0001;
 
 /// Probe hits in the target, for the cost estimate of the `--interval` line: every call of a
 /// hooked function traps, whether it is recorded or not (a per-CPU array apart from the

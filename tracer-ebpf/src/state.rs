@@ -113,6 +113,23 @@ pub fn inside_allocator(pid_tgid: u64) -> bool {
     unsafe { THREADS.get(&pid_tgid) }.is_some_and(|state| state.depth > 0)
 }
 
+/// Whether the thread, at user stack pointer `sp`, is inside an allocation call that byte
+/// sampling passed over without a return probe (sessions): deeper than its entry, with its
+/// return address still in place. A return address that a later call overwrote ends it.
+#[inline(always)]
+pub fn inside_passed_over_call(pid_tgid: u64, sp: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(state) = (unsafe { THREADS.get(&pid_tgid) }).copied() else {
+        return false;
+    };
+    if state.passed_over_sp == 0 || sp >= state.passed_over_sp {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_user validates the user address.
+    let ret = unsafe { aya_ebpf::helpers::bpf_probe_read_user(state.passed_over_sp as *const u64) };
+    ret.is_ok_and(|ret| ret == state.passed_over_ret)
+}
+
 /// Records a new live block at `addr`, picked with probability `probability` (a fraction of
 /// 2^32). What it stands for goes to the totals of the stack `stack_key`.
 #[inline(always)]

@@ -341,7 +341,15 @@ impl Session {
                 }
             }
             let objects: Vec<&[_]> = prepared.objects.iter().map(|o| &o.points[..]).collect();
-            cost_per_call = Some(probe_cost::cost_per_call(&objects, costs));
+            let (alloc_ns, free_ns) = probe_cost::cost_per_call(&objects, costs);
+            // With sessions, the calls that sampling passes over (nearly all) have no return
+            // trap; counting it would make the floor no floor.
+            let alloc_ns = if probes.sessions() {
+                (alloc_ns - costs.return_ns).max(0.0)
+            } else {
+                alloc_ns
+            };
+            cost_per_call = Some((alloc_ns, free_ns));
         }
         let mapping_unavailable = probes.mapping_unavailable.clone();
         let refresher = CodeRefresher::start(prepared.process.clone(), Arc::clone(&code))

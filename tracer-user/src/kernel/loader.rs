@@ -208,9 +208,12 @@ impl Probes {
                 .map_err(|source| verifier_error(name, source))?;
         }
         let faults = Faults::injected();
-        let multi = faults
-            .multi_uprobe_links()
-            .and_then(|()| MultiUprobePrograms::load(&ebpf, OBJECT, &UPROBE_PROGRAMS));
+        let multi = faults.multi_uprobe_links().and_then(|()| {
+            // Sessions save the return trap of a call that byte sampling passes over;
+            // without sampling no call is passed over.
+            let session = (sample_bytes != 0).then_some(attach::ALLOC_SESSION);
+            MultiUprobePrograms::load(&ebpf, OBJECT, &UPROBE_PROGRAMS, session)
+        });
         let uprobes = match multi {
             Ok(multi) => Uprobes::MultiLink(multi),
             Err(err) => {
@@ -270,7 +273,13 @@ impl Probes {
         library: &Path,
         points: &[HookPoint],
     ) -> Result<(), TracerError> {
-        self.attach_table(&attach::uprobe_table(library, points))
+        self.attach_table(&attach::uprobe_table(library, points, self.sessions()))
+    }
+
+    /// Whether allocation functions are attached as uprobe sessions (Linux 6.12+, with byte
+    /// sampling): a call that sampling passes over then has no return trap.
+    pub fn sessions(&self) -> bool {
+        matches!(&self.uprobes, Uprobes::MultiLink(multi) if multi.has(attach::ALLOC_SESSION))
     }
 
     /// Attaches `points` in `library` for the process `pid`, runs `measure`, and detaches
@@ -339,7 +348,7 @@ impl Probes {
                 }
             }
         }
-        self.attach_rows(table, |_| true)
+        self.attach_rows(&attach::without_sessions(table), |_| true)
     }
 
     /// Places the rows whose site `wanted` picks, one link each.

@@ -46,8 +46,14 @@ pub struct MultiUprobePrograms {
 
 impl MultiUprobePrograms {
     /// Loads the programs `names` of `object`, relocated against the maps that `ebpf` (loaded
-    /// from the same object) created.
-    pub fn load(ebpf: &Ebpf, object: &[u8], names: &[&str]) -> io::Result<Self> {
+    /// from the same object) created, and `session` for uprobe sessions when the kernel has
+    /// them (see [`MultiUprobePrograms::has`]).
+    pub fn load(
+        ebpf: &Ebpf,
+        object: &[u8],
+        names: &[&str],
+        session: Option<&str>,
+    ) -> io::Result<Self> {
         let mut obj = Object::parse(object).map_err(io::Error::other)?;
         // Everything the object's BTF uses is in Linux 6.6, which multi-uprobes need anyway.
         let btf_features = BtfFeatures::new(true, true, true, true, true, true, true, true);
@@ -90,15 +96,31 @@ impl MultiUprobePrograms {
         obj.sanitize_functions(&features);
 
         let mut programs = HashMap::new();
-        for name in names {
+        let session_is_return = session.map(|_| session_kfunc());
+        let sessions = session.into_iter().map(|name| (name, true));
+        for (name, session) in names.iter().map(|name| (*name, false)).chain(sessions) {
             let program = obj
                 .programs
-                .get(*name)
+                .get(name)
                 .ok_or_else(|| io::Error::other(format!("no program {name}")))?;
             let function = &obj.functions[&program.function_key()];
-            let fd = load_program(
-                name,
-                &function.instructions,
+            let mut instructions = function.instructions.clone();
+            let attach_type = if session {
+                match &session_is_return {
+                    Some(Ok(id)) => rewrite_placeholder(&mut instructions, *id),
+                    Some(Err(err)) => {
+                        log::info!("uprobe sessions are not available: {err}");
+                        continue;
+                    }
+                    None => unreachable!("looked up whenever a session program is asked for"),
+                }
+                BPF_TRACE_UPROBE_SESSION
+            } else {
+                BPF_TRACE_UPROBE_MULTI as u32
+            };
+            let loaded = load_program(
+                (name, attach_type),
+                &instructions,
                 &obj.license,
                 btf.as_ref(),
                 (
@@ -112,13 +134,28 @@ impl MultiUprobePrograms {
                     function.line_info.len() as u32,
                     function.line_info.line_info_bytes(),
                 ),
-            )?;
-            programs.insert((*name).to_owned(), fd);
+            );
+            let fd = match loaded {
+                Ok(fd) => fd,
+                // A kernel before 6.12 has no sessions: the separate entry and return
+                // programs serve instead.
+                Err(err) if session => {
+                    log::info!("uprobe sessions are not available: {err}");
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            programs.insert(name.to_owned(), fd);
         }
         Ok(Self {
             programs,
             _btf: btf,
         })
+    }
+
+    /// Whether `program` is loaded (a session program is only where the kernel has sessions).
+    pub fn has(&self, program: &str) -> bool {
+        self.programs.contains_key(program)
     }
 
     /// Attaches the group's program at its offsets (file offsets) of its library for the
@@ -142,19 +179,55 @@ impl MultiUprobePrograms {
         unsafe {
             let link = &mut attr.link_create;
             link.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
-            link.attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+            link.attach_type = match group.flavor {
+                Flavor::Session => BPF_TRACE_UPROBE_SESSION,
+                Flavor::Entry | Flavor::Return => BPF_TRACE_UPROBE_MULTI as u32,
+            };
             let multi = &mut link.__bindgen_anon_3.uprobe_multi;
             multi.path = path.as_ptr() as u64;
             multi.offsets = offsets.as_ptr() as u64;
             multi.cookies = cookies.as_ptr() as u64;
             multi.cnt = offsets.len() as u32;
             multi.flags = match group.flavor {
-                Flavor::Entry => 0,
+                Flavor::Entry | Flavor::Session => 0,
                 Flavor::Return => BPF_F_UPROBE_MULTI_RETURN,
             };
             multi.pid = pid;
         }
         bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+    }
+}
+
+/// `BPF_TRACE_UPROBE_SESSION` in `enum bpf_attach_type` (include/uapi/linux/bpf.h, Linux
+/// 6.12+), which aya-obj 0.3's bindings predate: a multi-uprobe link whose program runs at
+/// the entry and, unless the entry returned 1, at the return.
+const BPF_TRACE_UPROBE_SESSION: u32 = 57;
+
+/// `BPF_PSEUDO_KFUNC_CALL`: a call instruction's `src_reg` for a kernel function, whose `imm`
+/// is the function's id in the kernel's BTF (include/uapi/linux/bpf.h).
+const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
+
+/// The id of `bpf_session_is_return` in the running kernel's BTF.
+fn session_kfunc() -> io::Result<u32> {
+    let btf = aya_obj::btf::Btf::from_sys_fs().map_err(io::Error::other)?;
+    btf.id_by_type_name_kind("bpf_session_is_return", aya_obj::btf::BtfKind::Func)
+        .map_err(|err| io::Error::other(format!("bpf_session_is_return: {err}")))
+}
+
+/// Turns every call of tracer_common::SESSION_IS_RETURN_PLACEHOLDER into a call of the
+/// kernel function `kfunc` (a BTF id of vmlinux, so the BTF descriptor index in `off` is 0).
+fn rewrite_placeholder(instructions: &mut [bpf_insn], kfunc: u32) {
+    // BPF_JMP | BPF_CALL
+    const CALL: u8 = 0x85;
+    for instruction in instructions {
+        if instruction.code == CALL
+            && instruction.src_reg() == 0
+            && instruction.imm == tracer_common::SESSION_IS_RETURN_PLACEHOLDER
+        {
+            instruction.set_src_reg(BPF_PSEUDO_KFUNC_CALL);
+            instruction.off = 0;
+            instruction.imm = kfunc as i32;
+        }
     }
 }
 
@@ -191,7 +264,7 @@ type InfoRecords = (usize, u32, Vec<u8>);
 /// Loads one program; the verifier's log is asked for only to explain a refusal, since
 /// logging slows verification down.
 fn load_program(
-    name: &str,
+    (name, attach_type): (&str, u32),
     instructions: &[bpf_insn],
     license: &CString,
     btf: Option<&OwnedFd>,
@@ -200,7 +273,7 @@ fn load_program(
 ) -> io::Result<OwnedFd> {
     let load = |log: &mut [u8]| {
         load_program_logged(
-            name,
+            (name, attach_type),
             instructions,
             license,
             btf,
@@ -219,8 +292,9 @@ fn load_program(
     })
 }
 
+/// `program`: its name and its expected attach type (multi-uprobe or session).
 fn load_program_logged(
-    name: &str,
+    (name, attach_type): (&str, u32),
     instructions: &[bpf_insn],
     license: &CString,
     btf: Option<&OwnedFd>,
@@ -235,7 +309,7 @@ fn load_program_logged(
     unsafe {
         let load = &mut attr.__bindgen_anon_3;
         load.prog_type = BPF_PROG_TYPE_KPROBE as u32;
-        load.expected_attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+        load.expected_attach_type = attach_type;
         load.insns = instructions.as_ptr() as u64;
         load.insn_cnt = instructions.len() as u32;
         load.license = license.as_ptr() as u64;
@@ -273,5 +347,37 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
             std::ptr::from_mut(attr).cast(),
             size_of::<bpf_attr>() as u32,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(imm: i32) -> bpf_insn {
+        // SAFETY: bpf_insn is plain data; all zeros is a valid value.
+        let mut instruction: bpf_insn = unsafe { std::mem::zeroed() };
+        instruction.code = 0x85;
+        instruction.imm = imm;
+        instruction
+    }
+
+    /// Only calls of the placeholder become kfunc calls; helper calls stay as they are.
+    #[test]
+    fn the_placeholder_call_becomes_the_kfunc_call() {
+        let mut instructions = [
+            call(174), // bpf_get_attach_cookie
+            call(tracer_common::SESSION_IS_RETURN_PLACEHOLDER),
+        ];
+        rewrite_placeholder(&mut instructions, 12345);
+        assert_eq!((instructions[0].src_reg(), instructions[0].imm), (0, 174));
+        assert_eq!(
+            (
+                instructions[1].src_reg(),
+                instructions[1].off,
+                instructions[1].imm
+            ),
+            (BPF_PSEUDO_KFUNC_CALL, 0, 12345)
+        );
     }
 }
