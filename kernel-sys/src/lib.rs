@@ -109,14 +109,41 @@ pub struct InfoRecords<'a> {
     pub bytes: &'a [u8],
 }
 
+/// `BPF_TRACE_UPROBE_SESSION` in `enum bpf_attach_type` (include/uapi/linux/bpf.h, Linux
+/// 6.12+), which aya-obj 0.3's bindings predate: a multi-uprobe link whose program runs at
+/// the entry and, unless the entry returned 1, at the return.
+pub const BPF_TRACE_UPROBE_SESSION: u32 = 57;
+
+/// How a multi-uprobe link runs its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MultiUprobe {
+    /// At each function's entry.
+    Entry,
+    /// At each function's return (`BPF_F_UPROBE_MULTI_RETURN`).
+    Return,
+    /// At the entry, and at the return unless the entry returned 1 (a uprobe session).
+    Session,
+}
+
+impl MultiUprobe {
+    /// The attach type a program for such links is loaded with, and the link is made with.
+    pub fn attach_type(self) -> u32 {
+        match self {
+            Self::Entry | Self::Return => BPF_TRACE_UPROBE_MULTI as u32,
+            Self::Session => BPF_TRACE_UPROBE_SESSION,
+        }
+    }
+}
+
 /// A program that uprobes run (`BPF_PROG_TYPE_KPROBE`).
 #[derive(Clone, Copy, Debug)]
 pub struct UprobeProgram<'a> {
     pub name: &'a str,
     pub instructions: &'a [bpf_insn],
     pub license: &'a CStr,
-    /// Loaded with the attach type that multi-uprobe links require.
-    pub for_multi_links: bool,
+    /// The multi-uprobe links it is loaded for (their attach type), or none: one perf event
+    /// per probe.
+    pub for_multi_links: Option<MultiUprobe>,
     /// The object's BTF, with the function and line info that refer to it.
     pub btf: Option<BorrowedFd<'a>>,
     pub func_info: InfoRecords<'a>,
@@ -133,8 +160,8 @@ pub fn load_uprobe_program(
     // SAFETY: writing the union member that BPF_PROG_LOAD reads.
     let load = unsafe { &mut attr.__bindgen_anon_3 };
     load.prog_type = BPF_PROG_TYPE_KPROBE as u32;
-    if program.for_multi_links {
-        load.expected_attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+    if let Some(multi) = program.for_multi_links {
+        load.expected_attach_type = multi.attach_type();
     }
     load.insns = program.instructions.as_ptr() as u64;
     load.insn_cnt = program.instructions.len() as u32;
@@ -184,8 +211,7 @@ pub struct UprobeMultiLink<'a> {
     pub offsets: &'a [u64],
     /// One per offset, or none (all zero).
     pub cookies: &'a [u64],
-    /// Return probes rather than entry probes.
-    pub returns: bool,
+    pub kind: MultiUprobe,
     pub pid: u32,
 }
 
@@ -199,8 +225,8 @@ pub fn link_uprobe_multi(bpf: &impl Bpf, link: &UprobeMultiLink<'_>) -> io::Resu
     // SAFETY: writing the union member that BPF_LINK_CREATE reads.
     let create = unsafe { &mut attr.link_create };
     create.__bindgen_anon_1.prog_fd = link.program.as_raw_fd() as u32;
-    create.attach_type = BPF_TRACE_UPROBE_MULTI as u32;
-    // SAFETY: the uprobe_multi member is the one BPF_TRACE_UPROBE_MULTI reads.
+    create.attach_type = link.kind.attach_type();
+    // SAFETY: the uprobe_multi member is the one both multi-uprobe attach types read.
     let multi = unsafe { &mut create.__bindgen_anon_3.uprobe_multi };
     multi.path = link.path.as_ptr() as u64;
     multi.offsets = link.offsets.as_ptr() as u64;
@@ -211,7 +237,7 @@ pub fn link_uprobe_multi(bpf: &impl Bpf, link: &UprobeMultiLink<'_>) -> io::Resu
         link.cookies.as_ptr() as u64
     };
     multi.cnt = link.offsets.len() as u32;
-    multi.flags = if link.returns {
+    multi.flags = if link.kind == MultiUprobe::Return {
         BPF_F_UPROBE_MULTI_RETURN
     } else {
         0
@@ -319,7 +345,7 @@ mod tests {
             path: c"/lib/libc.so.6",
             offsets: &offsets,
             cookies: &[],
-            returns: true,
+            kind: MultiUprobe::Return,
             pid: 42,
         };
         link_uprobe_multi(&bpf, &link).expect("linked");
@@ -347,7 +373,7 @@ mod tests {
             path: c"/lib/libc.so.6",
             offsets: &[1, 2],
             cookies: &[7],
-            returns: false,
+            kind: MultiUprobe::Entry,
             pid: 1,
         };
         let err = link_uprobe_multi(&bpf, &link).expect_err("refused");
@@ -363,7 +389,7 @@ mod tests {
             name: "a_rather_long_program_name",
             instructions: &instructions,
             license: c"GPL",
-            for_multi_links: true,
+            for_multi_links: Some(MultiUprobe::Entry),
             btf: None,
             func_info: InfoRecords::default(),
             line_info: InfoRecords::default(),

@@ -35,6 +35,8 @@ fn launch_preloaded(test: &str, preload: &str, exe: &Path) -> Vec<String> {
     let out = dir.join("out.folded");
     let mut cmd = Command::new(tests::leakhound_bin());
     cmd.env("LD_PRELOAD", preload);
+    // The ELF module's debug lines say where each probe went (see `assert_probes_moved`).
+    cmd.env("RUST_LOG", "tracer_user::process::elf=debug");
     let run = Run::start_with(
         cmd,
         &["record", "-o", arg(&out), "--", arg(exe), "--now", "--exit"],
@@ -44,6 +46,22 @@ fn launch_preloaded(test: &str, preload: &str, exe: &Path) -> Vec<String> {
     outcome.assert_success();
     assert_matches_truth(&truth, &read_report(&out));
     outcome.stderr
+}
+
+/// The run's truth was checked with `malloc` and `free` of the preloaded allocator probed
+/// past their entries, onto instructions the kernel emulates (their first ones it would
+/// single-step): a moved probe counts the same bytes per function as one at the entry.
+/// glibc's `malloc` (`push %r12`) is never moved, and its `free` is: so a moved `malloc` is
+/// the allocator's, and a second moved `free` too.
+fn assert_probes_moved(stderr: &[String]) {
+    let moved = |name: &str| {
+        stderr
+            .iter()
+            .filter(|line| line.contains(&format!("probe offset: {name} at +")))
+            .count()
+    };
+    assert!(moved("malloc") >= 1, "malloc was not moved: {stderr:?}");
+    assert!(moved("free") >= 2, "free was not moved: {stderr:?}");
 }
 
 fn attached_line(stderr: &[String]) -> &str {
@@ -69,6 +87,7 @@ fn jemalloc_preloaded_launch() {
         attached_line(&stderr).contains("libjemalloc.so.2"),
         "{stderr:?}"
     );
+    assert_probes_moved(&stderr);
     // jemalloc 5.3 has no pvalloc: the target said it left it out (truth 0, traced 0).
     assert!(
         stderr
@@ -121,6 +140,7 @@ fn tcmalloc_preloaded_launch() {
         attached_line(&stderr).contains("libtcmalloc_minimal.so.4"),
         "{stderr:?}"
     );
+    assert_probes_moved(&stderr);
 }
 
 #[test]
@@ -135,10 +155,19 @@ fn mimalloc_preloaded_launch() {
     };
     let _serial = serial();
     let stderr = launch_preloaded("mimalloc_preloaded_launch", &lib, &targets::alloc_family());
+    // mimalloc's malloc copies its size to %rsi and reuses %rdi before its first branch: the
+    // probe there reads the size from %rsi (tracer_common::entry_args::RSI).
+    assert!(
+        stderr
+            .iter()
+            .any(|line| line.contains("probe offset: malloc at +") && line.contains("[5, 0, 0, 0]")),
+        "{stderr:?}"
+    );
     assert!(
         attached_line(&stderr).contains("libmimalloc.so.2"),
         "{stderr:?}"
     );
+    assert_probes_moved(&stderr);
 }
 
 /// jemalloc linked into the executable (Debian's libjemalloc_pic.a): the executable's own

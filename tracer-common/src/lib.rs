@@ -298,6 +298,12 @@ pub struct ThreadState {
     /// The outermost call's chance of being recorded ([`sampling::probability`]), or 0 when
     /// byte sampling passed it over: its return then does no stack walk and records nothing.
     pub probability: u64,
+    /// With uprobe sessions, a call that byte sampling passed over has no return probe, so
+    /// no depth: its stack pointer at entry and the return address there mark it instead,
+    /// and libc's mapping wrapper, entered deeper while that return address is still in its
+    /// slot, is the allocator's own work (0: no such call).
+    pub passed_over_sp: u64,
+    pub passed_over_ret: u64,
 }
 
 /// One live allocation, keyed by its address in the kernel's allocation map.
@@ -476,6 +482,8 @@ pub struct MapArgs {
     pub kind: u32,
     /// 1 when libc's wrapper was entered: its return probe reports the call, with a stack
     /// that starts at the wrapper's caller, and the syscall tracepoints stand aside.
+    /// [`MAP_INSIDE_PASSED_OVER`] when it was entered by an allocation call that byte
+    /// sampling passed over: nothing reports it.
     pub from_wrapper: u32,
     pub addr: u64,
     pub len: u64,
@@ -483,6 +491,9 @@ pub struct MapArgs {
     /// The protection asked for by mmap or mprotect.
     pub prot: u64,
 }
+
+/// `MapArgs::from_wrapper` of a mapping call made by the allocator inside a passed-over call.
+pub const MAP_INSIDE_PASSED_OVER: u32 = 2;
 
 /// Kinds of [`LifecycleEvent`].
 #[repr(u32)]
@@ -859,7 +870,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<ThreadState>(), 48);
+        assert_eq!(core::mem::size_of::<ThreadState>(), 64);
         assert_eq!(core::mem::size_of::<AllocInfo>(), 40);
         assert_eq!(core::mem::size_of::<StackTotals>(), 32);
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
@@ -868,5 +879,64 @@ mod tests {
         assert_eq!(core::mem::size_of::<StackFrames>(), 8 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<UnwindRule>(), 16);
         assert_eq!(core::mem::size_of::<UnwindMiss>(), 48 + STACK_COPY_BYTES);
+    }
+}
+
+/// The `imm` of a placeholder helper call that stands for the `bpf_session_is_return` kfunc
+/// in tracer-ebpf's session program. aya-ebpf 0.2 cannot declare a kfunc; the program calls
+/// this number as if it were a helper, and tracer-user's loader rewrites each such call
+/// into a kfunc call (`BPF_PSEUDO_KFUNC_CALL` with the function's id in the kernel's BTF)
+/// before loading. No helper has this number, so an unrewritten program fails to load.
+pub const SESSION_IS_RETURN_PLACEHOLDER: i32 = 0x1e55_0001;
+
+/// Probe hits in the target, for the cost estimate of the `--interval` line: every call of a
+/// hooked function traps, whether it is recorded or not (a per-CPU array apart from the
+/// counters, which count what was recorded and lost).
+pub mod probe_hits {
+    /// Entries of an allocation function (each also traps on return).
+    pub const ALLOC: u32 = 0;
+    /// Entries of a free function.
+    pub const FREE: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Where an entry probe finds the function's arguments when it is placed past the function's
+/// first instructions (tracer-user's `probe_offset`): an argument whose register was
+/// overwritten there may still be held by another register it was copied to (mimalloc's
+/// `malloc` starts with `mov %rdi,%rsi` and then reuses `%rdi`). The attach cookie carries
+/// it: the low 32 bits are the hook's kind, and 4 bits per argument, from bit 32, name the
+/// register that holds it ([`IN_PLACE`] for its own).
+pub mod entry_args {
+    /// Arguments that can be moved: the first four of the System V calling convention
+    /// (`%rdi`, `%rsi`, `%rdx`, `%rcx`), all that the entry programs read.
+    pub const MOVABLE: usize = 4;
+    /// The argument is in its own register.
+    pub const IN_PLACE: u8 = 0;
+    pub const RAX: u8 = 1;
+    pub const RBX: u8 = 2;
+    pub const RCX: u8 = 3;
+    pub const RDX: u8 = 4;
+    pub const RSI: u8 = 5;
+    pub const RDI: u8 = 6;
+    pub const RBP: u8 = 7;
+    /// `%r8` to `%r15` are `R8 + 0` to `R8 + 7`. (The codes follow this order, from 1, in
+    /// tracer-ebpf's `entry_arg`.)
+    pub const R8: u8 = 8;
+
+    /// The cookie for a hook of `kind` whose argument `n` is in register `locations[n]`.
+    pub fn cookie(kind: u32, locations: [u8; MOVABLE]) -> u64 {
+        let mut cookie = u64::from(kind);
+        let mut n = 0;
+        while n < MOVABLE {
+            cookie |= u64::from(locations[n] & 0xf) << (32 + 4 * n);
+            n += 1;
+        }
+        cookie
+    }
+
+    /// The register code of argument `n` in `cookie`.
+    #[inline(always)]
+    pub fn location(cookie: u64, n: usize) -> u8 {
+        ((cookie >> (32 + 4 * n)) & 0xf) as u8
     }
 }

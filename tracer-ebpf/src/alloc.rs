@@ -8,13 +8,15 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{AllocKind, ThreadState, counter};
+use tracer_common::{AllocKind, SESSION_IS_RETURN_PLACEHOLDER, ThreadState, counter, probe_hits};
 
 use crate::{
+    args::entry_arg,
     sampling,
     stacks::walk_user_stack,
     state::{
-        THREADS, count, inside_allocator, record, release, release_tracked, target_thread, tracked,
+        THREADS, count, hit, inside_allocator, record, release, release_tracked, target_thread,
+        tracked,
     },
 };
 
@@ -22,7 +24,7 @@ const PAGE_SIZE: u64 = 4096;
 
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = try_alloc_enter(&ctx);
+    let _ = try_alloc_enter(&ctx, false);
     0
 }
 
@@ -32,40 +34,86 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// Entry and return of an allocation function in one program, for uprobe sessions (Linux
+/// 6.12+): the same program runs at the entry and, unless the entry returned 1, at the
+/// return. Under byte sampling, a call that is passed over returns 1 at its entry, so it
+/// costs one trap instead of two. Loaded only by tracer-user's multi-uprobe loader, which
+/// rewrites [`session_is_return`]'s placeholder call into the kfunc.
+// Not `#[uprobe]`: aya-ebpf's macro discards the function's value and returns 0, and a
+// session's entry must return 1 to cancel its return. This is the macro's expansion otherwise.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    if session_is_return() {
+        let _ = try_alloc_exit(&RetProbeContext::new(ctx.as_ptr()));
+        return 0;
+    }
+    let skip = matches!(try_alloc_enter(&ctx, true), Ok(Return::Skip));
+    // The verifier wants a session entry's value provably 0 or 1; the mask says so.
+    core::hint::black_box(u32::from(skip)) & 1
+}
+
+/// `bool bpf_session_is_return(void)`, through the placeholder that the loader rewrites
+/// (tracer_common::SESSION_IS_RETURN_PLACEHOLDER).
+#[inline(always)]
+fn session_is_return() -> bool {
+    // SAFETY: a call of the placeholder number, which the loader turns into the kfunc call;
+    // it takes no argument and returns a bool in r0, as a helper would.
+    let kfunc: unsafe extern "C" fn() -> u64 =
+        unsafe { core::mem::transmute(SESSION_IS_RETURN_PLACEHOLDER as usize) };
+    // SAFETY: see above.
+    let returned = unsafe { kfunc() };
+    returned & 1 != 0
+}
+
+/// Whether an allocation call's return must run its program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Run,
+    /// Nothing to do at the return: byte sampling passed the call over (sessions only).
+    Skip,
+}
+
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let _ = try_free_enter(&ctx);
     0
 }
 
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
-}
-
-fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
+/// `may_skip`: the return may be cancelled (a session), so a call that byte sampling passes
+/// over keeps no state at all.
+fn try_alloc_enter(ctx: &ProbeContext, may_skip: bool) -> Result<Return, i64> {
     let Some(pid_tgid) = target_thread() else {
-        return Ok(());
+        return Ok(Return::Skip);
     };
+    hit(probe_hits::ALLOC);
     // SAFETY: `ctx` is the kprobe-type context that the helper expects.
-    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let kind = cookie as u32;
+    let arg = |n| entry_arg(ctx, cookie, n);
     // SAFETY: kprobe-type programs may read their pt_regs context directly.
     let sp = unsafe { (*ctx.regs).rsp };
 
     let (size, old_ptr, out_ptr) = match AllocKind::try_from(kind) {
-        Ok(AllocKind::Malloc | AllocKind::Valloc) => (arg(ctx, 0), 0, 0),
+        Ok(AllocKind::Malloc | AllocKind::Valloc) => (arg(0), 0, 0),
         // An overflowing product makes the call fail, so its value does not matter.
-        Ok(AllocKind::Calloc) => (arg(ctx, 0).wrapping_mul(arg(ctx, 1)), 0, 0),
-        Ok(AllocKind::Realloc) => (arg(ctx, 1), arg(ctx, 0), 0),
-        Ok(AllocKind::Reallocarray) => (arg(ctx, 1).wrapping_mul(arg(ctx, 2)), arg(ctx, 0), 0),
-        Ok(AllocKind::PosixMemalign) => (arg(ctx, 2), 0, arg(ctx, 0)),
-        Ok(AllocKind::Memalign) => (arg(ctx, 1), 0, 0),
-        Ok(AllocKind::Pvalloc) => (
-            arg(ctx, 0).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
-            0,
-            0,
-        ),
-        Err(_) => return Ok(()),
+        Ok(AllocKind::Calloc) => (arg(0).wrapping_mul(arg(1)), 0, 0),
+        Ok(AllocKind::Realloc) => (arg(1), arg(0), 0),
+        Ok(AllocKind::Reallocarray) => (arg(1).wrapping_mul(arg(2)), arg(0), 0),
+        Ok(AllocKind::PosixMemalign) => (arg(2), 0, arg(0)),
+        Ok(AllocKind::Memalign) => (arg(1), 0, 0),
+        Ok(AllocKind::Pvalloc) => (arg(0).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1), 0, 0),
+        Err(_) => return Ok(Return::Run),
     };
+    let probability = sampling::draw(size);
+    // realloc's return releases the old block even when the new one is passed over.
+    let skip = may_skip
+        && probability == 0
+        && !matches!(
+            AllocKind::try_from(kind),
+            Ok(AllocKind::Realloc | AllocKind::Reallocarray)
+        );
 
     let fresh = || ThreadState {
         entry_sp: sp,
@@ -74,7 +122,20 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
         out_ptr,
         kind,
         depth: 1,
-        probability: sampling::draw(size),
+        probability,
+        passed_over_sp: 0,
+        passed_over_ret: 0,
+    };
+    // The return address of a call passed over, which marks it (ThreadState::passed_over_sp).
+    let passed_over = || {
+        // SAFETY: bpf_probe_read_user validates the user address.
+        let ret = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+        ThreadState {
+            depth: 0,
+            passed_over_sp: sp,
+            passed_over_ret: ret,
+            ..fresh()
+        }
     };
     if let Some(state) = THREADS.get_ptr_mut(&pid_tgid) {
         // SAFETY: the pointer is to this thread's own live map value; only this thread writes it.
@@ -83,15 +144,26 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), i64> {
             if sp < state.entry_sp {
                 // Called from inside the outer allocation call: that call accounts for it.
                 state.depth += 1;
-                return Ok(());
+                return Ok(Return::Run);
             }
             count(counter::STALE_ENTRY, 1);
         }
+        if skip {
+            // No depth: nothing is inside an allocation call that no return will close.
+            *state = passed_over();
+            return Ok(Return::Skip);
+        }
         *state = fresh();
-        return Ok(());
+        return Ok(Return::Run);
     }
+    let (state, returned) = if skip {
+        (passed_over(), Return::Skip)
+    } else {
+        (fresh(), Return::Run)
+    };
     THREADS
-        .insert(&pid_tgid, &fresh(), u64::from(BPF_NOEXIST))
+        .insert(&pid_tgid, &state, u64::from(BPF_NOEXIST))
+        .map(|()| returned)
         .map_err(|err| {
             count(counter::THREAD_MAP_FULL, 1);
             i64::from(err)
@@ -170,7 +242,10 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
-    let addr = arg(ctx, 0);
+    hit(probe_hits::FREE);
+    // SAFETY: `ctx` is the kprobe-type context that the helper expects.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let addr = entry_arg(ctx, cookie, 0);
     // free(NULL) is a no-op.
     if addr == 0 {
         return Ok(());

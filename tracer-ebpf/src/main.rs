@@ -27,6 +27,8 @@
 #[cfg(target_arch = "bpf")]
 mod alloc;
 #[cfg(target_arch = "bpf")]
+mod args;
+#[cfg(target_arch = "bpf")]
 mod diag;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;

@@ -13,15 +13,22 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_ANY,
-    helpers::{bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    bindings::pt_regs,
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use tracer_common::{MapArgs, MapEvent, MapEventKind, counter};
+use tracer_common::{MAP_INSIDE_PASSED_OVER, MapArgs, MapEvent, MapEventKind, counter};
 
 use crate::{
+    args::entry_arg,
     stacks::{kernel_user_stack, walk_user_stack},
-    state::{MAP_ARGS, MAP_EVENTS, count, inside_allocator, target_thread},
+    state::{
+        MAP_ARGS, MAP_EVENTS, count, inside_allocator, inside_passed_over_call, target_thread,
+    },
 };
 
 const ARG0: usize = 16;
@@ -124,12 +131,19 @@ fn try_call_enter(ctx: &ProbeContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: `ctx` is the kprobe-type context that the helper expects.
-    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let Ok(kind) = MapEventKind::try_from(kind) else {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Ok(kind) = MapEventKind::try_from(cookie as u32) else {
         return Ok(());
     };
-    let raw = [0, 1, 2, 3].map(|n| ctx.arg::<u64>(n).unwrap_or(0));
-    match args_of(kind, raw, 1) {
+    let raw = [0, 1, 2, 3].map(|n| entry_arg(ctx, cookie, n));
+    // SAFETY: kprobe-type programs may read their pt_regs context directly.
+    let sp = unsafe { (*ctx.regs).rsp };
+    let from_wrapper = if inside_passed_over_call(pid_tgid, sp) {
+        MAP_INSIDE_PASSED_OVER
+    } else {
+        1
+    };
+    match args_of(kind, raw, from_wrapper) {
         Some(args) => MAP_ARGS
             .insert(&pid_tgid, &args, u64::from(BPF_ANY))
             .map_err(i64::from),
@@ -144,7 +158,8 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     let Some(args) = take_args(pid_tgid) else {
         return Ok(());
     };
-    if args.from_wrapper == 0 {
+    // 0: the syscall tracepoint reports it; MAP_INSIDE_PASSED_OVER: nothing does.
+    if args.from_wrapper != 1 {
         return Ok(());
     }
     let ret: i64 = ctx.ret();
@@ -166,6 +181,19 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// The user stack pointer of the current task, which a tracepoint's context does not hold:
+/// from the registers saved at the syscall's entry.
+#[inline(always)]
+fn current_user_sp() -> Option<u64> {
+    // SAFETY: plain helper calls; the task pointer is the verifier-checked current task, and
+    // bpf_probe_read_kernel validates the address it reads.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)).ok()
+    }
+}
+
 fn tracepoint_arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: the offset is inside the syscall tracepoint's fixed record.
     unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
@@ -175,7 +203,9 @@ fn try_syscall_enter(ctx: &TracePointContext, kind: MapEventKind) -> Result<(), 
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
-    if inside_allocator(pid_tgid) {
+    if inside_allocator(pid_tgid)
+        || current_user_sp().is_some_and(|sp| inside_passed_over_call(pid_tgid, sp))
+    {
         return Ok(());
     }
     // SAFETY: the value is only read.

@@ -11,7 +11,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter};
+use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter, probe_hits};
 
 use crate::{diag::diag, sampling};
 
@@ -42,6 +42,18 @@ pub static STACK_TOTALS: HashMap<u64, StackTotals> = HashMap::with_max_entries(1
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Probe hits in the target (tracer_common::probe_hits).
+#[map]
+pub static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe_hits::COUNT, 0);
+
+#[inline(always)]
+pub fn hit(index: u32) {
+    if let Some(slot) = PROBE_HITS.get_ptr_mut(index) {
+        // SAFETY: the pointer is to this CPU's slot of a live per-CPU array element.
+        unsafe { *slot += 1 };
+    }
+}
 
 #[map]
 pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -99,6 +111,23 @@ pub fn count(index: u32, amount: u64) {
 pub fn inside_allocator(pid_tgid: u64) -> bool {
     // SAFETY: the value is copied out at once; a concurrent update can only change `depth`.
     unsafe { THREADS.get(&pid_tgid) }.is_some_and(|state| state.depth > 0)
+}
+
+/// Whether the thread, at user stack pointer `sp`, is inside an allocation call that byte
+/// sampling passed over without a return probe (sessions): deeper than its entry, with its
+/// return address still in place. A return address that a later call overwrote ends it.
+#[inline(always)]
+pub fn inside_passed_over_call(pid_tgid: u64, sp: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(state) = (unsafe { THREADS.get(&pid_tgid) }).copied() else {
+        return false;
+    };
+    if state.passed_over_sp == 0 || sp >= state.passed_over_sp {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_user validates the user address.
+    let ret = unsafe { aya_ebpf::helpers::bpf_probe_read_user(state.passed_over_sp as *const u64) };
+    ret.is_ok_and(|ret| ret == state.passed_over_ret)
 }
 
 /// Records a new live block at `addr`, picked with probability `probability` (a fraction of

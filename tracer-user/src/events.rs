@@ -32,6 +32,8 @@ pub enum Event {
         mapped_bytes: u64,
         stacks: usize,
         lost: u64,
+        /// What the target's calls cost in probes since the last line, when measured.
+        load: Option<ProbeLoad>,
     },
     /// Something the user should hear of, said once (an exec, a slow target).
     Notice(String),
@@ -44,6 +46,17 @@ impl Event {
     pub fn printed(&self) -> bool {
         !matches!(self, Self::Phase(_))
     }
+}
+
+/// The target's allocation calls since the last progress line, and the share of one CPU
+/// that their probes took, by the cost per call of an empty probe measured at attach
+/// (kernel::probe_cost): a floor, since leakhound's programs do more than return.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbeLoad {
+    pub alloc_calls_per_sec: f64,
+    pub frees_per_sec: f64,
+    /// Seconds in probes per second of wall time (0.25: a quarter of one CPU).
+    pub share_of_cpu: f64,
 }
 
 /// As leakhound prints them on stderr; the tests read these lines.
@@ -75,6 +88,7 @@ impl fmt::Display for Event {
                 mapped_bytes,
                 stacks,
                 lost,
+                load,
             } => {
                 let estimate = estimate_mark(*estimated);
                 write!(
@@ -82,7 +96,17 @@ impl fmt::Display for Event {
                     "leakhound: [{secs:>6.1}s] outstanding {estimate}{} in {estimate}{allocations} allocations + {} mapped, {stacks} stacks, lost {lost}",
                     human_bytes(*bytes),
                     human_bytes(*mapped_bytes),
-                )
+                )?;
+                if let Some(load) = load {
+                    write!(
+                        f,
+                        "; {:.0} allocation calls/s + {:.0} frees/s, at least {:.1}% of one CPU in probe traps",
+                        load.alloc_calls_per_sec,
+                        load.frees_per_sec,
+                        100.0 * load.share_of_cpu
+                    )?;
+                }
+                Ok(())
             }
             Self::Notice(text) => write!(f, "leakhound: {text}"),
             Self::Phase(Phase {
@@ -159,7 +183,7 @@ mod tests {
             attached.to_string(),
             "leakhound: attached to pid 42 (/usr/lib/libc.so.6, 30 probes, 5 multi-uprobe links) in 81 ms"
         );
-        let progress = Event::Progress {
+        let mut progress = Event::Progress {
             secs: 2.0,
             bytes: 2048,
             allocations: 2,
@@ -167,11 +191,26 @@ mod tests {
             mapped_bytes: 0,
             stacks: 1,
             lost: 0,
+            load: None,
         };
         assert!(
             progress
                 .to_string()
                 .starts_with("leakhound: [   2.0s] outstanding ")
+        );
+        let Event::Progress { load, .. } = &mut progress else {
+            unreachable!()
+        };
+        *load = Some(ProbeLoad {
+            alloc_calls_per_sec: 120_000.0,
+            frees_per_sec: 119_500.0,
+            share_of_cpu: 0.3912,
+        });
+        assert!(
+            progress.to_string().ends_with(
+                ", lost 0; 120000 allocation calls/s + 119500 frees/s, at least 39.1% of one CPU in probe traps"
+            ),
+            "{progress}"
         );
     }
 

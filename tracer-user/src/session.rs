@@ -23,7 +23,7 @@ use crate::{
     code_refresh::{self, CodeRefresher, TargetCode},
     config::RecordConfig,
     errors::TracerError,
-    events::{Event, Events},
+    events::{Event, Events, ProbeLoad},
     exec_watch::{Ending, ExecWatch, OomKill},
     exit_watch::{self, ChildExit},
     go_heap::GoHeapSampler,
@@ -31,7 +31,7 @@ use crate::{
     kernel::{
         Detaching, Probes,
         loader::elapsed_ms,
-        reader,
+        probe_cost, reader,
         snapshot::{self, KernelSnapshot},
     },
     mapping_tracker::MappingTracker,
@@ -297,6 +297,10 @@ struct Session {
     /// A Go target's heap profile, read at the same samples; looked for at the first sample
     /// (a launched command has exec'd by then).
     go_heap: GoHeap,
+    /// Nanoseconds per allocation call and per free in probes, measured at attach.
+    cost_per_call: Option<(f64, f64)>,
+    /// The probe hits at the last progress line: when, allocation entries, free entries.
+    last_hits: Option<(Instant, u64, u64)>,
 }
 
 enum GoHeap {
@@ -322,14 +326,19 @@ impl Session {
                 config.sample_bytes,
                 execs_before_trace,
             )?;
+            // Before the target's probes, so that nothing of the target runs meanwhile.
+            let costs = probes
+                .measure_probe_costs()
+                .inspect_err(|err| log::warn!("the cost of a probe was not measured: {err}"))
+                .ok();
             for object in &prepared.objects {
                 probes.attach_allocator(&object.kernel_path(), &object.points)?;
             }
             probes.attach_tracepoints()?;
-            Ok(probes)
+            Ok((probes, costs))
         })();
-        let mut probes = match attached {
-            Ok(probes) => probes,
+        let (mut probes, costs) = match attached {
+            Ok(attached) => attached,
             Err(err) => {
                 // Dropping whatever was loaded detaches it; a launched child never runs.
                 if let Some(child) = prepared.child.take() {
@@ -387,6 +396,26 @@ impl Session {
             millis: elapsed_ms(attach_started),
             placed: probes.placed.clone(),
         });
+        let mut cost_per_call = None;
+        if let Some(costs) = &costs {
+            for object in &prepared.objects {
+                let shown = object.shown.file_name().unwrap_or(object.shown.as_os_str());
+                let shown = crate::names::shown(&shown.to_string_lossy()).into_owned();
+                for notice in probe_cost::cost_notices(&shown, &object.points, costs) {
+                    said.notice(notice);
+                }
+            }
+            let objects: Vec<&[_]> = prepared.objects.iter().map(|o| &o.points[..]).collect();
+            let (alloc_ns, free_ns) = probe_cost::cost_per_call(&objects, costs);
+            // With sessions, the calls that sampling passes over (nearly all) have no return
+            // trap; counting it would make the floor no floor.
+            let alloc_ns = if probes.sessions() {
+                (alloc_ns - costs.return_ns).max(0.0)
+            } else {
+                alloc_ns
+            };
+            cost_per_call = Some((alloc_ns, free_ns));
+        }
         let mapping_unavailable = probes.mapping_unavailable.clone();
         // Attached by PID, the target reserved address space before the probes saw it. Read
         // after they are attached and before any event is applied, so a reservation is
@@ -426,6 +455,8 @@ impl Session {
             timeline: Timeline::default(),
             rss: RssSampler::new(pid),
             go_heap: GoHeap::NotLooked,
+            cost_per_call,
+            last_hits: None,
         })
     }
 
@@ -561,7 +592,12 @@ impl Session {
     }
 
     /// `estimated`: under byte sampling, where malloc-family figures are estimates.
-    fn send_progress(&self, started: Instant, totals: &HashMap<u64, StackTotals>, estimated: bool) {
+    fn send_progress(
+        &mut self,
+        started: Instant,
+        totals: &HashMap<u64, StackTotals>,
+        estimated: bool,
+    ) {
         let Some(probes) = &self.probes else { return };
         let (mut bytes, mut allocations) = (0u64, 0u64);
         for totals in totals.values() {
@@ -575,7 +611,26 @@ impl Session {
             + counters.stack_failed
             + counters.events_lost
             + counters.thread_map_full;
+        let now = Instant::now();
+        let hits = reader::probe_hits(&probes.maps).ok();
+        let since = self.last_hits.unwrap_or((started, 0, 0));
+        let load = hits
+            .zip(self.cost_per_call)
+            .map(|((allocs, frees), (alloc_ns, free_ns))| {
+                let secs = now.duration_since(since.0).as_secs_f64().max(1e-3);
+                let alloc_calls_per_sec = allocs.saturating_sub(since.1) as f64 / secs;
+                let frees_per_sec = frees.saturating_sub(since.2) as f64 / secs;
+                ProbeLoad {
+                    alloc_calls_per_sec,
+                    frees_per_sec,
+                    share_of_cpu: (alloc_calls_per_sec * alloc_ns + frees_per_sec * free_ns) / 1e9,
+                }
+            });
+        if let Some((allocs, frees)) = hits {
+            self.last_hits = Some((now, allocs, frees));
+        }
         self.said.send(Event::Progress {
+            load,
             secs: started.elapsed().as_secs_f64(),
             bytes,
             allocations,

@@ -21,10 +21,11 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench [live]|dist|image
   demo   trace the bundled demo target; writes leakhound-out/{report.txt,leaks.folded,flame.svg}
   test   the whole suite: fmt, clippy, unit tests and the integration tests (as root), then
          each fuzz target for 30 s
-  bench  overhead per malloc+free against the trap floor, bpftrace and heaptrack, and
-         leakhound's own costs with a million live blocks, glibc and static builds, and the
-         cost per allocation in a JVM and a Node.js target (as root; prints a table);
-         `bench live`: only the million live blocks; `bench runtimes`: only the JVM and Node
+  bench  overhead on real servers (redis with jemalloc, memcached with glibc) and per
+         malloc+free under each allocator, against the trap floor, bpftrace and heaptrack;
+         leakhound's own costs with a million live blocks, glibc and static builds; the cost
+         per allocation in a JVM and a Node.js target (as root; prints tables).
+         `bench servers`, `bench live`, `bench runtimes`: only that part
   dist   build leakhound as one static executable (musl), BPF object embedded:
          target/dist/leakhound
   image  an OCI image holding only that binary (podman, FROM scratch), saved for
@@ -53,18 +54,22 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "bench" => {
             setup(&root)?;
+            let scope = match env::args().nth(2).as_deref() {
+                None => bench::Scope::All,
+                Some("servers") => bench::Scope::Servers,
+                Some("live") => bench::Scope::Live,
+                Some("runtimes") => bench::Scope::Runtimes,
+                Some(other) => {
+                    bail!("unknown bench scope '{other}' (servers, live, runtimes, or nothing)")
+                }
+            };
             let leakhound = build_leakhound(&root)?;
-            let only = env::args().nth(2);
-            if only.as_deref() == Some("runtimes") {
-                return bench::runtimes_only(&root, &leakhound);
-            }
-            let static_build = dist::dist(&root)?;
-            bench::run(
-                &root,
-                &leakhound,
-                &static_build,
-                only.as_deref() == Some("live"),
-            )
+            let static_build = if matches!(scope, bench::Scope::All | bench::Scope::Live) {
+                dist::dist(&root)?
+            } else {
+                leakhound.clone()
+            };
+            bench::run(&root, &leakhound, &static_build, scope)
         }
         "dist" => {
             setup(&root)?;

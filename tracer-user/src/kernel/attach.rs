@@ -18,6 +18,8 @@ pub enum Flavor {
     Entry,
     /// When the function returns (a uretprobe).
     Return,
+    /// Both, one program (a uprobe session, Linux 6.12+): the entry may cancel the return.
+    Session,
 }
 
 /// Where one row's program is placed.
@@ -70,34 +72,42 @@ pub const UPROBE_PROGRAMS: [&str; 5] = [
     "map_call_exit",
 ];
 
-/// The programs a hook runs, in the order they are attached, and the cookie they read.
-fn programs(hook: Hook) -> (&'static [(&'static str, Flavor)], u64) {
+/// The session program that stands for an allocation hook's entry and return programs
+/// where the kernel has uprobe sessions and byte sampling makes them worth it.
+pub const ALLOC_SESSION: &str = "alloc_session";
+
+/// The programs a hook runs, in the order they are attached. The cookie they read
+/// ([`HookPoint::cookie`]) tells the shared programs which function of the family ran, and
+/// where a moved probe finds its arguments.
+fn programs(hook: Hook) -> &'static [(&'static str, Flavor)] {
     match hook {
-        // The cookie tells the shared programs which function of the family ran.
-        Hook::Alloc(kind) => (
-            &[
-                ("alloc_enter", Flavor::Entry),
-                ("alloc_exit", Flavor::Return),
-            ],
-            kind as u64,
-        ),
-        Hook::Free => (&[("free_enter", Flavor::Entry)], 0),
-        Hook::Map(kind) => (
-            &[
-                ("map_call_enter", Flavor::Entry),
-                ("map_call_exit", Flavor::Return),
-            ],
-            kind as u64,
-        ),
+        Hook::Alloc(_) => &[
+            ("alloc_enter", Flavor::Entry),
+            ("alloc_exit", Flavor::Return),
+        ],
+        Hook::Free => &[("free_enter", Flavor::Entry)],
+        Hook::Map(_) => &[
+            ("map_call_enter", Flavor::Entry),
+            ("map_call_exit", Flavor::Return),
+        ],
     }
 }
 
-/// The rows for the allocator functions `points` of `library`.
-pub fn uprobe_table<'a>(library: &'a Path, points: &'a [HookPoint]) -> Vec<Attachment<'a>> {
+/// The rows for the allocator functions `points` of `library`; with `sessions`, one
+/// session row per allocation hook instead of its entry and return rows.
+pub fn uprobe_table<'a>(
+    library: &'a Path,
+    points: &'a [HookPoint],
+    sessions: bool,
+) -> Vec<Attachment<'a>> {
     points
         .iter()
         .flat_map(|point| {
-            let (programs, cookie) = programs(point.hook);
+            let cookie = point.cookie();
+            let programs: &[(&str, Flavor)] = match point.hook {
+                Hook::Alloc(_) if sessions => &[(ALLOC_SESSION, Flavor::Session)],
+                hook => programs(hook),
+            };
             programs.iter().map(move |&(program, flavor)| Attachment {
                 program,
                 site: Site::Uprobe {
@@ -108,6 +118,33 @@ pub fn uprobe_table<'a>(library: &'a Path, points: &'a [HookPoint]) -> Vec<Attac
                 cookie,
                 what: &point.name,
             })
+        })
+        .collect()
+}
+
+/// `table` with every session row replaced by the entry and return rows it stands for, for
+/// a mechanism without sessions (perf events).
+pub fn without_sessions<'a>(table: &[Attachment<'a>]) -> Vec<Attachment<'a>> {
+    table
+        .iter()
+        .flat_map(|row| match row.site {
+            Site::Uprobe {
+                library,
+                offset,
+                flavor: Flavor::Session,
+            } => programs(Hook::Alloc(tracer_common::AllocKind::Malloc))
+                .iter()
+                .map(|&(program, flavor)| Attachment {
+                    program,
+                    site: Site::Uprobe {
+                        library,
+                        offset,
+                        flavor,
+                    },
+                    ..*row
+                })
+                .collect(),
+            _ => vec![*row],
         })
         .collect()
 }
@@ -270,7 +307,40 @@ mod tests {
             name: name.into(),
             hook,
             file_offset,
+            skip: 0,
+            args: [tracer_common::entry_args::IN_PLACE; tracer_common::entry_args::MOVABLE],
+            emulated: true,
         }
+    }
+
+    /// With sessions, an allocation hook is one session row; without them (perf events) that
+    /// row stands for the entry and return rows it replaced, cookie and site kept.
+    #[test]
+    fn a_session_row_stands_for_an_allocation_hooks_entry_and_return() {
+        let library = Path::new("/lib/libc.so.6");
+        let points = [
+            point("malloc", Hook::Alloc(AllocKind::Malloc), 0x100),
+            point("free", Hook::Free, 0x204),
+        ];
+        let with = uprobe_table(library, &points, true);
+        let programs: Vec<(&str, Flavor)> = with
+            .iter()
+            .map(|row| match row.site {
+                Site::Uprobe { flavor, .. } => (row.program, flavor),
+                Site::Tracepoint { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            programs,
+            [
+                (ALLOC_SESSION, Flavor::Session),
+                ("free_enter", Flavor::Entry)
+            ]
+        );
+        assert_eq!(
+            without_sessions(&with),
+            uprobe_table(library, &points, false)
+        );
     }
 
     #[test]
@@ -282,7 +352,7 @@ mod tests {
             point("mmap", Hook::Map(MapEventKind::Map), 0x400),
         ];
         let library = Path::new("/lib/libc.so.6");
-        let rows: Vec<(&str, u64, Flavor, u64)> = uprobe_table(library, &points)
+        let rows: Vec<(&str, u64, Flavor, u64)> = uprobe_table(library, &points, false)
             .iter()
             .map(|row| match row.site {
                 Site::Uprobe { offset, flavor, .. } => (row.program, offset, flavor, row.cookie),
@@ -314,7 +384,7 @@ mod tests {
             Hook::Map(MapEventKind::Map),
         ];
         for hook in hooks {
-            for (program, _) in programs(hook).0 {
+            for (program, _) in programs(hook) {
                 assert!(UPROBE_PROGRAMS.contains(program), "{program} is not loaded");
             }
         }
@@ -341,8 +411,8 @@ mod tests {
         ];
         let libc = Path::new("/lib/libc.so.6");
         let other = Path::new("/lib/libjemalloc.so.2");
-        let mut table = uprobe_table(libc, &points);
-        table.extend(uprobe_table(other, &points[..1]));
+        let mut table = uprobe_table(libc, &points, false);
+        table.extend(uprobe_table(other, &points[..1], false));
         table.extend(TRACEPOINTS);
         let groups = uprobe_groups(&table);
         let summary: Vec<(&str, &Path, Vec<u64>, Vec<u64>)> = groups
@@ -370,7 +440,7 @@ mod tests {
     #[test]
     fn placed_probes_say_where_they_went() {
         let points = [point("free", Hook::Free, 0x204)];
-        let table = uprobe_table(Path::new("/lib/libc.so.6"), &points);
+        let table = uprobe_table(Path::new("/lib/libc.so.6"), &points, false);
         let placed = Placed::new(&table[0], Mechanism::MultiUprobeLink);
         assert_eq!(
             serde_json::to_value(&placed).expect("json"),

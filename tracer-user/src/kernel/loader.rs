@@ -215,9 +215,12 @@ impl Probes {
                 .map_err(|source| verifier_error(name, source))?;
         }
         let faults = Faults::injected();
-        let multi = faults
-            .multi_uprobe_links()
-            .and_then(|()| MultiUprobePrograms::load(&ebpf, OBJECT, &UPROBE_PROGRAMS));
+        let multi = faults.multi_uprobe_links().and_then(|()| {
+            // Sessions save the return trap of a call that byte sampling passes over;
+            // without sampling no call is passed over.
+            let session = (sample_bytes != 0).then_some(attach::ALLOC_SESSION);
+            MultiUprobePrograms::load(&ebpf, OBJECT, &UPROBE_PROGRAMS, session)
+        });
         let uprobes = match multi {
             Ok(multi) => Uprobes::MultiLink(multi),
             Err(err) => {
@@ -287,7 +290,46 @@ impl Probes {
         library: &Path,
         points: &[HookPoint],
     ) -> Result<(), TracerError> {
-        self.attach_table(&attach::uprobe_table(library, points))
+        self.attach_table(&attach::uprobe_table(library, points, self.sessions()))
+    }
+
+    /// Whether allocation functions are attached as uprobe sessions (Linux 6.12+, with byte
+    /// sampling): a call that sampling passes over then has no return trap.
+    pub fn sessions(&self) -> bool {
+        matches!(&self.uprobes, Uprobes::MultiLink(multi) if multi.has(attach::ALLOC_SESSION))
+    }
+
+    /// Attaches `points` in `library` for the process `pid`, runs `measure`, and detaches
+    /// them again (on a thread of their own, as at exit: the kernel's grace periods are not
+    /// waited for here). For probes that leakhound places on itself (kernel::probe_cost).
+    pub fn with_temporary_hooks<T>(
+        &mut self,
+        library: &Path,
+        points: &[HookPoint],
+        pid: u32,
+        measure: impl FnOnce() -> T,
+    ) -> Result<T, TracerError> {
+        let before = (
+            self.links.len(),
+            self.uprobes_attached,
+            self.multi_uprobe_links,
+            self.placed.len(),
+        );
+        // Scoped to `pid`, and out of reach of the faults injected into the target's attach.
+        let tgid = std::mem::replace(&mut self.tgid, pid);
+        let faults = std::mem::take(&mut self.faults);
+        let attached = self.attach_allocator(library, points);
+        (self.tgid, self.faults) = (tgid, faults);
+        let measured = attached.map(|()| measure());
+        let temporary = self.links.split_off(before.0);
+        (self.uprobes_attached, self.multi_uprobe_links) = (before.1, before.2);
+        self.placed.truncate(before.3);
+        let spawned = std::thread::Builder::new()
+            .name("detach".into())
+            .spawn(move || drop(temporary));
+        // Without a thread, the links were dropped (so detached) by the failed spawn.
+        drop(spawned);
+        measured
     }
 
     /// Attaches the tracepoints: the mapping syscalls, and the target's exec. Without tracefs
@@ -326,7 +368,7 @@ impl Probes {
                 }
             }
         }
-        self.attach_rows(table, |_| true)
+        self.attach_rows(&attach::without_sessions(table), |_| true)
     }
 
     /// Places the rows whose site `wanted` picks, one link each.
@@ -492,6 +534,10 @@ where
 }
 
 fn verifier_error(program: &str, source: ProgramError) -> TracerError {
+    // The verifier answers EACCES for many rejections too: its log tells them apart.
+    if let ProgramError::LoadError { verifier_log, .. } = &source {
+        log::debug!("verifier log of {program}:\n{verifier_log}");
+    }
     if TracerError::is_permission(&source) {
         return TracerError::PermissionDenied {
             what: format!("the kernel refused to load program {program}"),

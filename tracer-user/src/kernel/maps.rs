@@ -29,6 +29,8 @@ pub struct KernelMaps {
     pub lifecycle: Array<MapData, u64>,
     /// Where runtimes keep a frame's method or function (`RUNTIME_LAYOUT`, one entry).
     pub runtime_layout: Array<MapData, RuntimeLayout>,
+    /// Probe hits per CPU (`PROBE_HITS`, indexed by `tracer_common::probe_hits`).
+    pub probe_hits: PerCpuArray<MapData, u64>,
 }
 
 /// The ring buffers, each handed to the one reader that waits on it.
@@ -55,6 +57,7 @@ impl KernelMaps {
                 counters: typed(ebpf, "COUNTERS")?,
                 lifecycle: typed(ebpf, "LIFECYCLE")?,
                 runtime_layout: typed(ebpf, "RUNTIME_LAYOUT")?,
+                probe_hits: typed(ebpf, "PROBE_HITS")?,
             },
             Rings {
                 map_events: typed(ebpf, "MAP_EVENTS")?,

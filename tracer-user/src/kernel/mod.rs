@@ -8,6 +8,7 @@ pub mod loader;
 pub mod maps;
 pub mod multi_uprobe;
 pub mod oom_format;
+pub mod probe_cost;
 pub mod reader;
 pub mod snapshot;
 pub mod sys;

@@ -23,7 +23,7 @@ use std::{
 
 use aya::{Ebpf, maps::Map};
 use aya_obj::{Object, btf::BtfFeatures};
-use kernel_sys::{InfoRecords, Kernel, UprobeMultiLink, UprobeProgram};
+use kernel_sys::{InfoRecords, Kernel, MultiUprobe, UprobeMultiLink, UprobeProgram, bpf_insn};
 
 use super::attach::{Flavor, UprobeGroup};
 
@@ -36,8 +36,14 @@ pub struct MultiUprobePrograms {
 
 impl MultiUprobePrograms {
     /// Loads the programs `names` of `object`, relocated against the maps that `ebpf` (loaded
-    /// from the same object) created.
-    pub fn load(ebpf: &Ebpf, object: &[u8], names: &[&str]) -> io::Result<Self> {
+    /// from the same object) created, and `session` for uprobe sessions when the kernel has
+    /// them (see [`MultiUprobePrograms::has`]).
+    pub fn load(
+        ebpf: &Ebpf,
+        object: &[u8],
+        names: &[&str],
+        session: Option<&str>,
+    ) -> io::Result<Self> {
         let mut obj = Object::parse(object).map_err(io::Error::other)?;
         // Everything the object's BTF uses is in Linux 6.6, which multi-uprobes need anyway.
         let btf_features = BtfFeatures::new(true, true, true, true, true, true, true, true);
@@ -80,21 +86,37 @@ impl MultiUprobePrograms {
         obj.sanitize_functions(&features);
 
         let mut programs = HashMap::new();
-        for name in names {
+        let session_is_return = session.map(|_| session_kfunc());
+        let sessions = session.into_iter().map(|name| (name, true));
+        for (name, session) in names.iter().map(|name| (*name, false)).chain(sessions) {
             let program = obj
                 .programs
-                .get(*name)
+                .get(name)
                 .ok_or_else(|| io::Error::other(format!("no program {name}")))?;
             let function = &obj.functions[&program.function_key()];
+            let mut instructions = function.instructions.clone();
+            let kind = if session {
+                match &session_is_return {
+                    Some(Ok(id)) => rewrite_placeholder(&mut instructions, *id),
+                    Some(Err(err)) => {
+                        log::info!("uprobe sessions are not available: {err}");
+                        continue;
+                    }
+                    None => unreachable!("looked up whenever a session program is asked for"),
+                }
+                MultiUprobe::Session
+            } else {
+                MultiUprobe::Entry
+            };
             let (func_info, line_info) = (
                 function.func_info.func_info_bytes(),
                 function.line_info.line_info_bytes(),
             );
             let program = UprobeProgram {
                 name,
-                instructions: &function.instructions,
+                instructions: &instructions,
                 license: &obj.license,
-                for_multi_links: true,
+                for_multi_links: Some(kind),
                 btf: btf.as_ref().map(|btf| btf.as_fd()),
                 func_info: InfoRecords {
                     record_size: function.func_info_rec_size as u32,
@@ -108,13 +130,27 @@ impl MultiUprobePrograms {
                     bytes: &line_info,
                 },
             };
-            let fd = load_program(&program)?;
-            programs.insert((*name).to_owned(), fd);
+            let fd = match load_program(&program) {
+                Ok(fd) => fd,
+                // A kernel before 6.12 has no sessions: the separate entry and return
+                // programs serve instead.
+                Err(err) if session => {
+                    log::info!("uprobe sessions are not available: {err}");
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            programs.insert(name.to_owned(), fd);
         }
         Ok(Self {
             programs,
             _btf: btf,
         })
+    }
+
+    /// Whether `program` is loaded (a session program is only where the kernel has sessions).
+    pub fn has(&self, program: &str) -> bool {
+        self.programs.contains_key(program)
     }
 
     /// Attaches the group's program at its offsets (file offsets) of its library for the
@@ -137,10 +173,42 @@ impl MultiUprobePrograms {
             path: &path,
             offsets,
             cookies,
-            returns: group.flavor == Flavor::Return,
+            kind: match group.flavor {
+                Flavor::Entry => MultiUprobe::Entry,
+                Flavor::Return => MultiUprobe::Return,
+                Flavor::Session => MultiUprobe::Session,
+            },
             pid,
         };
         kernel_sys::link_uprobe_multi(&Kernel, &link)
+    }
+}
+
+/// `BPF_PSEUDO_KFUNC_CALL`: a call instruction's `src_reg` for a kernel function, whose `imm`
+/// is the function's id in the kernel's BTF (include/uapi/linux/bpf.h).
+const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
+
+/// The id of `bpf_session_is_return` in the running kernel's BTF.
+fn session_kfunc() -> io::Result<u32> {
+    let btf = aya_obj::btf::Btf::from_sys_fs().map_err(io::Error::other)?;
+    btf.id_by_type_name_kind("bpf_session_is_return", aya_obj::btf::BtfKind::Func)
+        .map_err(|err| io::Error::other(format!("bpf_session_is_return: {err}")))
+}
+
+/// Turns every call of tracer_common::SESSION_IS_RETURN_PLACEHOLDER into a call of the
+/// kernel function `kfunc` (a BTF id of vmlinux, so the BTF descriptor index in `off` is 0).
+fn rewrite_placeholder(instructions: &mut [bpf_insn], kfunc: u32) {
+    // BPF_JMP | BPF_CALL
+    const CALL: u8 = 0x85;
+    for instruction in instructions {
+        if instruction.code == CALL
+            && instruction.src_reg() == 0
+            && instruction.imm == tracer_common::SESSION_IS_RETURN_PLACEHOLDER
+        {
+            instruction.set_src_reg(BPF_PSEUDO_KFUNC_CALL);
+            instruction.off = 0;
+            instruction.imm = kfunc as i32;
+        }
     }
 }
 
@@ -173,4 +241,36 @@ fn load_program(program: &UprobeProgram<'_>) -> io::Result<OwnedFd> {
             )
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(imm: i32) -> bpf_insn {
+        // SAFETY: bpf_insn is plain data; all zeros is a valid value.
+        let mut instruction: bpf_insn = unsafe { std::mem::zeroed() };
+        instruction.code = 0x85;
+        instruction.imm = imm;
+        instruction
+    }
+
+    /// Only calls of the placeholder become kfunc calls; helper calls stay as they are.
+    #[test]
+    fn the_placeholder_call_becomes_the_kfunc_call() {
+        let mut instructions = [
+            call(174), // bpf_get_attach_cookie
+            call(tracer_common::SESSION_IS_RETURN_PLACEHOLDER),
+        ];
+        rewrite_placeholder(&mut instructions, 12345);
+        assert_eq!((instructions[0].src_reg(), instructions[0].imm), (0, 174));
+        assert_eq!(
+            (
+                instructions[1].src_reg(),
+                instructions[1].off,
+                instructions[1].imm
+            ),
+            (BPF_PSEUDO_KFUNC_CALL, 0, 12345)
+        );
+    }
 }

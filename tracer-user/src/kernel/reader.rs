@@ -9,7 +9,7 @@ use aya::{
     Pod,
     maps::{HashMap as BpfHashMap, IterableMap, MapData},
 };
-use tracer_common::{AllocInfo, StackTotals, counter};
+use tracer_common::{AllocInfo, StackTotals, counter, probe_hits};
 
 use super::{
     batch::{self, BatchError},
@@ -93,6 +93,21 @@ pub fn counters(maps: &KernelMaps) -> Result<KernelCounters, TracerError> {
     }
     // The model's fields are checked against the list (model.rs), so this cannot miss one.
     serde_json::from_value(values.into()).map_err(|err| TracerError::Io(std::io::Error::other(err)))
+}
+
+/// Probe hits in the target so far: (allocation entries, free entries).
+pub fn probe_hits(maps: &KernelMaps) -> Result<(u64, u64), TracerError> {
+    let sum = |index: u32| -> Result<u64, TracerError> {
+        let per_cpu = maps
+            .probe_hits
+            .get(&index, 0)
+            .map_err(|source| TracerError::Map {
+                map: "PROBE_HITS",
+                source: Box::new(source),
+            })?;
+        Ok(per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
+    };
+    Ok((sum(probe_hits::ALLOC)?, sum(probe_hits::FREE)?))
 }
 
 /// Caches stacks by key: a key is a hash of the frames, so its frames never change.

@@ -207,6 +207,56 @@ mod tests {
         assert!(!lib.matches(Path::new("/opt/libjemalloc.so.2")));
     }
 
+    /// Real allocators from Debian's packages, when installed: every hot function gets a probe
+    /// point that the kernel emulates (a single-stepped probe costs 25 µs on some hosts).
+    #[test]
+    fn hot_functions_of_real_allocators_are_emulated() {
+        let libs = [
+            ("/lib/x86_64-linux-gnu/libc.so.6", &["malloc", "free"][..]),
+            (
+                "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                &["malloc", "free", "calloc", "realloc", "_Znwm", "_ZdlPv"],
+            ),
+            (
+                "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                &["malloc", "free", "calloc", "realloc", "_Znwm"],
+            ),
+            (
+                "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+                &["malloc", "free", "calloc", "realloc", "_Znwm"],
+            ),
+        ];
+        for (lib, hot) in libs {
+            let path = Path::new(lib);
+            if !path.exists() {
+                eprintln!("skipped: no {lib}");
+                continue;
+            }
+            let points = elf::hook_points(&File::open(path).expect("opens"), path, None)
+                .expect("hook points");
+            for point in &points {
+                eprintln!(
+                    "{lib}: {} +{} {:?} {}",
+                    point.name,
+                    point.skip,
+                    point.args,
+                    if point.emulated {
+                        "emulated"
+                    } else {
+                        "single-stepped"
+                    }
+                );
+            }
+            for name in hot {
+                let point = points
+                    .iter()
+                    .find(|point| point.name == *name)
+                    .unwrap_or_else(|| panic!("{lib} lacks {name}"));
+                assert!(point.emulated, "{lib}: {name} is single-stepped");
+            }
+        }
+    }
+
     /// Real allocators from Debian's packages, when installed: the whole family is found,
     /// aliases at one address get one probe, and functions an allocator lacks are absent.
     #[test]

@@ -4,9 +4,12 @@
 use std::{collections::BTreeMap, fs::File, path::Path};
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
-use tracer_common::{AllocKind, MapEventKind};
+use tracer_common::{AllocKind, MapEventKind, entry_args};
 
-use super::{probe_offset, root};
+use super::{
+    probe_offset::{self, ArgsRead, EntryPoint},
+    root,
+};
 use crate::errors::TracerError;
 
 /// What a probe on one function does.
@@ -19,6 +22,31 @@ pub enum Hook {
     /// Entry and return probes on libc's mapping wrappers; the cookie is the
     /// [`MapEventKind`].
     Map(MapEventKind),
+}
+
+impl Hook {
+    /// The arguments that the hook's entry program reads (tracer-ebpf's `try_alloc_enter`,
+    /// `try_free_enter` and `try_call_enter`): the registers a moved probe must find intact.
+    pub fn args_read(self) -> ArgsRead {
+        ArgsRead(match self {
+            Hook::Alloc(AllocKind::Malloc | AllocKind::Valloc | AllocKind::Pvalloc) => 0b1,
+            Hook::Alloc(AllocKind::Calloc | AllocKind::Realloc) => 0b11,
+            Hook::Alloc(AllocKind::Reallocarray) => 0b111,
+            Hook::Alloc(AllocKind::PosixMemalign) => 0b101,
+            Hook::Alloc(AllocKind::Memalign) => 0b10,
+            Hook::Free => 0b1,
+            Hook::Map(_) => 0b1111,
+        })
+    }
+
+    /// The kind the programs find in the low half of the attach cookie.
+    fn kind(self) -> u32 {
+        match self {
+            Hook::Alloc(kind) => kind as u32,
+            Hook::Free => 0,
+            Hook::Map(kind) => kind as u32,
+        }
+    }
 }
 
 /// The malloc family, by the names a C library exports, and jemalloc's own API (Rust's
@@ -98,13 +126,24 @@ pub struct HookPoint {
     /// The symbol, prefix included (`je_malloc`).
     pub name: String,
     pub hook: Hook,
-    /// Where the probes go. The function's entry, except for an entry-only hook whose first
-    /// instructions the kernel would single-step: then a later, equivalent point
-    /// ([`probe_offset`]).
+    /// Where the probes go. The function's entry, except where the kernel would single-step
+    /// its first instructions: then a later, equivalent point ([`probe_offset`]).
     pub file_offset: u64,
+    /// Bytes past the function's entry that `file_offset` is.
+    pub skip: u64,
+    /// Where the arguments are at `file_offset` (tracer_common::entry_args codes).
+    pub args: [u8; entry_args::MOVABLE],
+    /// Whether the kernel emulates the probed instruction; false: it single-steps it, at
+    /// the cost of a second trap per call.
+    pub emulated: bool,
 }
 
 impl HookPoint {
+    /// The attach cookie of its programs: the kind, and where the arguments are.
+    pub fn cookie(&self) -> u64 {
+        entry_args::cookie(self.hook.kind(), self.args)
+    }
+
     pub fn allocates(&self) -> bool {
         matches!(self.hook, Hook::Alloc(_))
     }
@@ -243,35 +282,41 @@ pub fn hook_points_in(
         };
         let start = vaddr - seg_addr + seg_offset;
         by_offset.entry(start).or_insert_with(|| {
-            // Return probes need the return address on top of the stack, which holds only at
-            // the entry: only an entry-only hook may move.
-            let skip = match hook {
-                Hook::Free => entry_skip(data, start, size, vaddr),
-                Hook::Alloc(_) | Hook::Map(_) => 0,
-            };
-            if skip > 0 {
-                log::debug!("probe offset: {name} at +{skip} (file offset {start:#x})");
+            let point = entry_point(data, start, size, vaddr, hook.args_read());
+            if point.skip > 0 {
+                log::debug!(
+                    "probe offset: {name} at +{} (file offset {start:#x}, arguments in {:?})",
+                    point.skip,
+                    point.args
+                );
             }
             HookPoint {
                 name,
                 hook,
-                file_offset: start + skip,
+                file_offset: start + point.skip,
+                skip: point.skip,
+                args: point.args,
+                emulated: point.emulated,
             }
         });
     }
     Ok(by_offset.into_values().collect())
 }
 
-/// [`probe_offset::entry_probe_skip`] over the function's bytes in the file; 0 when the
-/// symbol has no size or its bytes are not all in the file.
-fn entry_skip(data: &[u8], file_offset: u64, size: u64, vaddr: u64) -> u64 {
+/// [`probe_offset::entry_probe_point`] over the function's bytes in the file; the entry,
+/// taken as single-stepped, when the symbol has no size or its bytes are not all in the file.
+fn entry_point(data: &[u8], file_offset: u64, size: u64, vaddr: u64, read: ArgsRead) -> EntryPoint {
     let code = usize::try_from(file_offset)
         .ok()
         .zip(usize::try_from(size).ok())
         .and_then(|(start, size)| data.get(start..start.checked_add(size)?));
     match code {
-        Some(code) if size > 0 => probe_offset::entry_probe_skip(code, vaddr),
-        _ => 0,
+        Some(code) if size > 0 => probe_offset::entry_probe_point(code, vaddr, read),
+        _ => EntryPoint {
+            skip: 0,
+            args: [entry_args::IN_PLACE; entry_args::MOVABLE],
+            emulated: false,
+        },
     }
 }
 
@@ -281,9 +326,8 @@ mod tests {
 
     const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
-    /// On the real libc: every hook with a return probe stays at its entry, and a moved probe
-    /// skips only flag-only instructions onto one the kernel emulates. On Debian 12's glibc
-    /// 2.36, `free` (`test %rdi,%rdi; je ...`) moves by 3 bytes onto the `je`.
+    /// On the real libc: on Debian 12's glibc 2.36, `free` (`test %rdi,%rdi; je ...`) moves by
+    /// 3 bytes onto the `je`, and `malloc` (`push %r12`) stays at its entry.
     #[test]
     fn probe_offsets_on_the_real_libc() {
         let path = Path::new(LIBC);
@@ -303,18 +347,17 @@ mod tests {
         for point in &points {
             // glibc's text segment is mapped at its file offset.
             let start = starts[point.name.as_str()];
-            match point.hook {
-                Hook::Alloc(_) | Hook::Map(_) => {
-                    assert_eq!(point.file_offset, start, "{} moved", point.name)
+            let skip = point.file_offset - start;
+            assert_eq!(skip, point.skip, "{}", point.name);
+            if point.name == "free" {
+                let entry = &data[start as usize..start as usize + 3];
+                if entry == [0x48, 0x85, 0xff] && data[start as usize + 3] == 0x0f {
+                    assert_eq!(skip, 3, "free starts with test %rdi,%rdi; jcc");
                 }
-                Hook::Free => {
-                    let skip = point.file_offset - start;
-                    let entry = &data[start as usize..start as usize + 3];
-                    if entry == [0x48, 0x85, 0xff] && data[start as usize + 3] == 0x0f {
-                        assert_eq!(skip, 3, "free starts with test %rdi,%rdi; jcc");
-                    }
-                    assert!(skip <= 16, "free moved by {skip}");
-                }
+            }
+            if point.name == "malloc" && data[start as usize] == 0x41 {
+                assert_eq!(skip, 0, "malloc starts with push %r12, emulated");
+                assert!(point.emulated);
             }
         }
     }

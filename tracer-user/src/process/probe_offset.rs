@@ -10,70 +10,120 @@
 //! list: `branch_setup_xol_ops` and `push_setup_xol_ops` in
 //! <https://github.com/torvalds/linux/blob/master/arch/x86/kernel/uprobes.c>.
 //!
-//! Moving the probe past instructions is safe only when the probe still sees what it would
-//! have seen at the entry, on every path into the function:
-//! - the skipped instructions write no register (flags aside) and no memory, so every
-//!   argument register and the stack pointer still hold their entry values, and they do not
-//!   branch, so every call reaches the probe;
+//! Moving the probe past instructions is safe only when the programs still see what they
+//! would have seen at the entry, on every path into the function:
+//! - the skipped instructions fall through (no branch, so every call reaches the probe),
+//!   write no memory and leave the stack pointer alone, so the return address is still on
+//!   top of the stack: a return probe hijacks it there when the entry fires, which is why a
+//!   hook with a return probe may move too;
+//! - every argument the hook's programs read is still in a register: its own, or one it was
+//!   copied to by a plain `mov` (the cookie then tells the program which, see
+//!   tracer_common::entry_args). Other registers may be overwritten, since no program reads
+//!   them; jemalloc's `free` computes in `%rax`, `%rcx` and `%rdx` before its first branch;
 //! - no branch in the function targets the skipped range or the new probe point, so no call
 //!   passes the probe twice or not at all;
 //! - the function has no indirect jump, whose targets cannot be checked.
 //!
-//! Return probes must stay at offset 0: the kernel hijacks the return address at the top of
-//! the stack when the entry fires, which holds only at the first instruction. So this serves
-//! entry-only hooks. Whenever the code cannot be decoded or a rule is in doubt, the answer is
-//! 0, the function's entry, which is always correct.
+//! Whenever the code cannot be decoded or a rule is in doubt, the answer is the function's
+//! entry, which is always correct.
 
 use iced_x86::{
-    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess,
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess,
+    OpKind, Register,
 };
+use tracer_common::entry_args::{self, IN_PLACE, MOVABLE};
 
-/// Instructions that may be skipped at most. Compilers put one or two cheap checks first
-/// (`endbr64`, `test`); anything longer is not worth the risk.
-const MAX_SKIPPED: usize = 3;
+/// Instructions that may be skipped at most: a function's fast-path test reaches its first
+/// branch within a dozen (jemalloc's `free`: ten); the bound keeps the search short.
+const MAX_SKIPPED: usize = 16;
 
-/// The offset from the function's start at which an entry-only probe should go: past up to
-/// [`MAX_SKIPPED`] instructions that the rules above allow skipping, onto the first
-/// instruction that the kernel emulates. 0 when the entry is already emulated, or when no
-/// such point exists or it is not provably safe.
+/// The argument registers of the System V calling convention, in order.
+const ARGUMENT_REGISTERS: [Register; MOVABLE] =
+    [Register::RDI, Register::RSI, Register::RDX, Register::RCX];
+
+/// Which arguments a hook's programs read (bit `n` for argument `n`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgsRead(pub u8);
+
+impl ArgsRead {
+    fn reads(self, n: usize) -> bool {
+        self.0 & (1 << n) != 0
+    }
+}
+
+/// Where to put a hook's probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryPoint {
+    /// Bytes from the function's start.
+    pub skip: u64,
+    /// The register code ([`entry_args`]) holding each argument there.
+    pub args: [u8; MOVABLE],
+    /// Whether the kernel emulates the instruction there (false: it single-steps it, because
+    /// no point that it emulates is provably equivalent to the entry).
+    pub emulated: bool,
+}
+
+impl EntryPoint {
+    fn entry(code: &[u8]) -> Self {
+        Self {
+            skip: 0,
+            args: [IN_PLACE; MOVABLE],
+            emulated: kernel_emulates_start(code),
+        }
+    }
+}
+
+/// Where a hook's probes should go: the first instruction on the function's entry path that
+/// the kernel emulates, past up to [`MAX_SKIPPED`] instructions that the rules above allow
+/// skipping. The entry when it is already emulated, or when no such point exists or it is
+/// not provably safe.
 ///
 /// `code` is the whole function (its symbol's bytes) and `address` its virtual address, so
-/// that branch targets can be compared.
-pub fn entry_probe_skip(code: &[u8], address: u64) -> u64 {
+/// that branch targets can be compared; `read` the arguments the hook's programs read.
+pub fn entry_probe_point(code: &[u8], address: u64, read: ArgsRead) -> EntryPoint {
+    let entry = EntryPoint::entry(code);
+    if entry.emulated {
+        return entry;
+    }
     let Some(instructions) = decode_all(code, address) else {
-        return 0;
+        return entry;
     };
     let mut info = InstructionInfoFactory::new();
+    let mut holders = ArgumentHolders::at_entry();
     let mut probed = None;
     for instruction in instructions.iter().take(MAX_SKIPPED + 1) {
         let start = (instruction.ip() - address) as usize;
         if kernel_emulates(&code[start..start + instruction.len()]) {
-            probed = Some(start as u64);
+            probed = holders.locations(read).map(|args| (start as u64, args));
             break;
         }
-        if !is_inert(instruction, &mut info) {
-            return 0;
+        if !holders.step(instruction, &mut info) {
+            return entry;
         }
     }
-    let Some(skip) = probed.filter(|&skip| skip > 0) else {
-        return 0;
+    let Some((skip, args)) = probed.filter(|&(skip, _)| skip > 0) else {
+        return entry;
     };
     let guarded = address..=address + skip;
     for instruction in &instructions {
         match instruction.flow_control() {
-            FlowControl::IndirectBranch => return 0,
+            FlowControl::IndirectBranch => return entry,
             FlowControl::ConditionalBranch
             | FlowControl::UnconditionalBranch
             | FlowControl::Call
             | FlowControl::XbeginXabortXend
                 if guarded.contains(&instruction.near_branch_target()) =>
             {
-                return 0;
+                return entry;
             }
             _ => {}
         }
     }
-    skip
+    EntryPoint {
+        skip,
+        args,
+        emulated: true,
+    }
 }
 
 /// Every instruction of the function, or `None` if any byte range does not decode.
@@ -90,20 +140,98 @@ fn decode_all(code: &[u8], address: u64) -> Option<Vec<Instruction>> {
     (!instructions.is_empty()).then_some(instructions)
 }
 
-/// Falls through, and writes nothing but flags: no register, no memory.
-fn is_inert(instruction: &Instruction, info: &mut InstructionInfoFactory) -> bool {
-    if instruction.flow_control() != FlowControl::Next {
-        return false;
+/// Which general-purpose registers hold each argument's entry value, as the skipped
+/// instructions run.
+struct ArgumentHolders([Vec<Register>; MOVABLE]);
+
+impl ArgumentHolders {
+    fn at_entry() -> Self {
+        Self(ARGUMENT_REGISTERS.map(|register| vec![register]))
     }
-    let info = info.info(instruction);
-    let writes = |access: OpAccess| {
-        matches!(
-            access,
-            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
-        )
-    };
-    !info.used_registers().iter().any(|r| writes(r.access()))
-        && !info.used_memory().iter().any(|m| writes(m.access()))
+
+    /// Follows one skipped instruction; false when it may not be skipped: it branches,
+    /// writes memory or the stack pointer.
+    fn step(&mut self, instruction: &Instruction, info: &mut InstructionInfoFactory) -> bool {
+        if instruction.flow_control() != FlowControl::Next {
+            return false;
+        }
+        let info = info.info(instruction);
+        let writes = |access: OpAccess| {
+            matches!(
+                access,
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            )
+        };
+        if info.used_memory().iter().any(|m| writes(m.access())) {
+            return false;
+        }
+        let written: Vec<Register> = info
+            .used_registers()
+            .iter()
+            .filter(|used| writes(used.access()))
+            .map(|used| used.register().full_register())
+            .collect();
+        if written.contains(&Register::RSP) {
+            return false;
+        }
+        // A 64-bit register-to-register copy gives the destination whatever the source held.
+        let copied = (matches!(instruction.code(), Code::Mov_rm64_r64 | Code::Mov_r64_rm64)
+            && instruction.op0_kind() == OpKind::Register
+            && instruction.op1_kind() == OpKind::Register)
+            .then(|| (instruction.op0_register(), instruction.op1_register()));
+        for holders in &mut self.0 {
+            let had_source = copied.is_some_and(|(_, source)| holders.contains(&source));
+            holders.retain(|register| !written.contains(register));
+            if let Some((destination, _)) = copied.filter(|_| had_source) {
+                holders.push(destination);
+            }
+        }
+        true
+    }
+
+    /// Where each argument in `read` is, preferring its own register; `None` if one is lost.
+    fn locations(&self, read: ArgsRead) -> Option<[u8; MOVABLE]> {
+        let mut locations = [IN_PLACE; MOVABLE];
+        for (n, holders) in self.0.iter().enumerate() {
+            if !read.reads(n) || holders.contains(&ARGUMENT_REGISTERS[n]) {
+                continue;
+            }
+            locations[n] = holders.iter().find_map(|&register| code_of(register))?;
+        }
+        Some(locations)
+    }
+}
+
+/// The [`entry_args`] code of a 64-bit general-purpose register other than the stack pointer.
+fn code_of(register: Register) -> Option<u8> {
+    Some(match register {
+        Register::RAX => entry_args::RAX,
+        Register::RBX => entry_args::RBX,
+        Register::RCX => entry_args::RCX,
+        Register::RDX => entry_args::RDX,
+        Register::RSI => entry_args::RSI,
+        Register::RDI => entry_args::RDI,
+        Register::RBP => entry_args::RBP,
+        Register::R8 => entry_args::R8,
+        Register::R9 => entry_args::R8 + 1,
+        Register::R10 => entry_args::R8 + 2,
+        Register::R11 => entry_args::R8 + 3,
+        Register::R12 => entry_args::R8 + 4,
+        Register::R13 => entry_args::R8 + 5,
+        Register::R14 => entry_args::R8 + 6,
+        Register::R15 => entry_args::R8 + 7,
+        _ => return None,
+    })
+}
+
+/// Whether the kernel emulates the function's first instruction.
+fn kernel_emulates_start(code: &[u8]) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let first = decoder.decode();
+    !first.is_invalid() && kernel_emulates(&code[..first.len()])
 }
 
 /// Whether the kernel emulates this instruction rather than single-stepping it, by the
@@ -128,6 +256,11 @@ mod tests {
 
     const BASE: u64 = 0x1000;
 
+    /// The probe's offset for a hook that reads the first argument (free, malloc).
+    fn entry_probe_skip(code: &[u8], base: u64) -> u64 {
+        entry_probe_point(code, base, ArgsRead(0b1)).skip
+    }
+
     /// `test %rdi,%rdi; je +0x10; push %rbp; ...; ret`, glibc 2.36's `free` in small.
     fn free_like() -> Vec<u8> {
         let mut code = vec![0x48, 0x85, 0xff, 0x0f, 0x84, 0x10, 0, 0, 0, 0x55];
@@ -145,7 +278,8 @@ mod tests {
     fn keeps_an_entry_that_is_already_emulated() {
         // push %r12; push %rbp; mov %rdi,%rbx; ret
         let code = [0x41, 0x54, 0x55, 0x48, 0x89, 0xfb, 0xc3];
-        assert_eq!(entry_probe_skip(&code, BASE), 0);
+        let point = entry_probe_point(&code, BASE, ArgsRead(0b1));
+        assert_eq!((point.skip, point.emulated), (0, true));
     }
 
     #[test]
@@ -158,16 +292,54 @@ mod tests {
     }
 
     #[test]
-    fn never_skips_a_register_write() {
-        // mov %rdi,%rsi (an argument register); je; ret
-        let code = [0x48, 0x89, 0xfe, 0x74, 0x00, 0xc3];
-        assert_eq!(entry_probe_skip(&code, BASE), 0);
-        // sub $8,%rsp (the stack pointer); push %rbx; pop %rbx; ret
+    fn skips_writes_to_registers_no_program_reads() {
+        // mov %rdi,%rax; mov %rdi,%rcx; shr $0x1a,%rax; jne; ret: jemalloc's free in small.
+        let code = [
+            0x48, 0x89, 0xf8, 0x48, 0x89, 0xf9, 0x48, 0xc1, 0xe8, 0x1a, 0x75, 0x00, 0xc3,
+        ];
+        let point = entry_probe_point(&code, BASE, ArgsRead(0b1));
+        assert_eq!(
+            (point.skip, point.args, point.emulated),
+            (10, [IN_PLACE; 4], true)
+        );
+        // xor %eax,%eax (not an argument); push %rbx; pop %rbx; ret
+        let code = [0x31, 0xc0, 0x53, 0x5b, 0xc3];
+        assert_eq!(entry_probe_skip(&code, BASE), 2);
+    }
+
+    #[test]
+    fn never_skips_a_write_to_the_stack_pointer() {
+        // sub $8,%rsp; push %rbx; pop %rbx; ret
         let code = [0x48, 0x83, 0xec, 0x08, 0x53, 0x5b, 0xc3];
         assert_eq!(entry_probe_skip(&code, BASE), 0);
-        // xor %eax,%eax (not an argument, but a register all the same); push %rbx; ...
-        let code = [0x31, 0xc0, 0x53, 0x5b, 0xc3];
+    }
+
+    #[test]
+    fn follows_an_argument_copied_to_another_register() {
+        // mimalloc's malloc: mov 0x10(%rip),%rax; mov %rdi,%rsi; mov %fs:(%rax),%rdi;
+        // cmp $0x400,%rsi; ja; ret
+        let code = [
+            0x48, 0x8b, 0x05, 0x10, 0, 0, 0, 0x48, 0x89, 0xfe, 0x64, 0x48, 0x8b, 0x38, 0x48, 0x81,
+            0xfe, 0, 4, 0, 0, 0x77, 0x00, 0xc3,
+        ];
+        let point = entry_probe_point(&code, BASE, ArgsRead(0b1));
+        assert_eq!(point.skip, 21);
+        assert_eq!(point.args, [entry_args::RSI, IN_PLACE, IN_PLACE, IN_PLACE]);
+        // A hook that also reads the second argument (realloc's size) loses it to the copy.
+        assert_eq!(entry_probe_point(&code, BASE, ArgsRead(0b11)).skip, 0);
+    }
+
+    #[test]
+    fn never_moves_past_an_argument_that_is_lost() {
+        // xor %edi,%edi; je; ret: the first argument is gone.
+        let code = [0x31, 0xff, 0x74, 0x00, 0xc3];
+        let point = entry_probe_point(&code, BASE, ArgsRead(0b1));
+        assert_eq!((point.skip, point.emulated), (0, false));
+        // A 32-bit copy is not the argument: mov %edi,%esi; xor %edi,%edi; je; ret.
+        let code = [0x89, 0xfe, 0x31, 0xff, 0x74, 0x00, 0xc3];
         assert_eq!(entry_probe_skip(&code, BASE), 0);
+        // A hook that reads neither may move (the third argument, %rdx, is untouched).
+        assert_eq!(entry_probe_point(&code, BASE, ArgsRead(0b100)).skip, 4);
     }
 
     #[test]
@@ -218,8 +390,8 @@ mod tests {
 
     #[test]
     fn falls_back_when_nothing_emulated_is_in_reach() {
-        // Four flag-only tests, then push: too far.
-        let mut code = [0x48, 0x85, 0xff].repeat(4);
+        // More flag-only tests than may be skipped, then push: too far.
+        let mut code = [0x48, 0x85, 0xff].repeat(MAX_SKIPPED + 1);
         code.extend([0x53, 0x5b, 0xc3]);
         assert_eq!(entry_probe_skip(&code, BASE), 0);
         // A branch-free function of flag-only instructions and a ret.

@@ -2,7 +2,8 @@
 //! attached with raw `bpf(2)` and `perf_event_open(2)` calls.
 
 use super::*;
-/// libc as the benchmark maps it: its path and the file offsets of malloc and free.
+/// An allocator as the benchmark maps it (libc, or a preloaded one): its path and the file
+/// offsets of malloc and free.
 pub(super) struct Libc {
     pub(super) path: PathBuf,
     pub(super) malloc: u64,
@@ -46,13 +47,13 @@ pub(super) struct NoopProbes {
 
 impl NoopProbes {
     /// One perf event per probe, as leakhound attaches where multi-uprobe links are missing.
-    pub(super) fn attach(libc: &Libc, free_skip: u64, pid: u32) -> Result<Self> {
+    pub(super) fn attach(libc: &Libc, skips: Skips, pid: u32) -> Result<Self> {
         let program = load_noop_program(false)?;
         let mut fds = Vec::new();
         for (offset, retprobe) in [
-            (libc.malloc, false),
-            (libc.malloc, true),
-            (libc.free + free_skip, false),
+            (libc.malloc + skips.malloc, false),
+            (libc.malloc + skips.malloc, true),
+            (libc.free + skips.free, false),
         ] {
             let event = kernel_sys::perf::uprobe_event(&libc.path, offset, retprobe, pid)
                 .context("perf_event_open (uprobe)")?;
@@ -66,20 +67,26 @@ impl NoopProbes {
 
     /// The same three probes as two multi-uprobe links (entries, and malloc's return), as
     /// leakhound attaches its own.
-    pub(super) fn attach_multi(libc: &Libc, free_skip: u64, pid: u32) -> Result<Self> {
+    pub(super) fn attach_multi(libc: &Libc, skips: Skips, pid: u32) -> Result<Self> {
         let program = load_noop_program(true)?;
         let path = std::ffi::CString::new(libc.path.as_os_str().as_encoded_bytes())?;
         let mut fds = Vec::new();
-        for (offsets, returns) in [
-            (vec![libc.malloc, libc.free + free_skip], false),
-            (vec![libc.malloc], true),
+        for (offsets, kind) in [
+            (
+                vec![libc.malloc + skips.malloc, libc.free + skips.free],
+                kernel_sys::MultiUprobe::Entry,
+            ),
+            (
+                vec![libc.malloc + skips.malloc],
+                kernel_sys::MultiUprobe::Return,
+            ),
         ] {
             let link = kernel_sys::UprobeMultiLink {
                 program: program.as_fd(),
                 path: &path,
                 offsets: &offsets,
                 cookies: &[],
-                returns,
+                kind,
                 pid,
             };
             fds.push(
@@ -104,7 +111,7 @@ pub(super) fn load_noop_program(multi: bool) -> Result<OwnedFd> {
         name: "bench_noop",
         instructions: &instructions,
         license: c"GPL",
-        for_multi_links: multi,
+        for_multi_links: multi.then_some(kernel_sys::MultiUprobe::Entry),
         btf: None,
         func_info: kernel_sys::InfoRecords::default(),
         line_info: kernel_sys::InfoRecords::default(),

@@ -22,16 +22,25 @@ pub(super) enum Tracer<'a> {
     Leakhound(&'a Path, &'a [&'a str]),
     /// A bpftrace script; `BEGIN` prints the handshake line.
     Bpftrace(String),
-    /// Empty BPF programs on malloc's entry and return and on free, free moved by the given
-    /// number of bytes as leakhound moves it: the floor at leakhound's own probe points.
-    /// The libc, `free`'s probe offset, and whether to use multi-uprobe links.
-    Noop(&'a Libc, u64, bool),
+    /// Empty BPF programs on malloc's entry and return and on free, each moved by as many
+    /// bytes as leakhound moves it: the floor at leakhound's own probe points.
+    /// The allocator, the probes' offsets, and whether to use multi-uprobe links.
+    Noop(&'a Libc, Skips, bool),
     Heaptrack(&'a Path),
 }
 
 pub(super) struct Bench<'a> {
     pub(super) binary: &'a Path,
     pub(super) threads: u32,
+    /// An allocator to run the benchmark with (LD_PRELOAD), instead of glibc's.
+    pub(super) preload: Option<&'a Path>,
+}
+
+/// How far past their entries leakhound put its probes on malloc and free.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Skips {
+    pub(super) malloc: u64,
+    pub(super) free: u64,
 }
 
 #[derive(Default)]
@@ -39,6 +48,16 @@ pub(super) struct Measured {
     pub(super) ns: f64,
     /// What leakhound said of its run, when it traced this one.
     pub(super) stats: Option<LeakhoundStats>,
+}
+
+impl Measured {
+    /// How far past their symbols leakhound placed `allocator`'s malloc and free probes, from
+    /// its statistics (where it placed each).
+    pub(super) fn skips(&self, allocator: &Libc) -> Skips {
+        self.stats
+            .as_ref()
+            .map_or(Skips::default(), |stats| stats.skips(allocator))
+    }
 }
 
 impl Bench<'_> {
@@ -60,6 +79,9 @@ impl Bench<'_> {
             }
             _ => Command::new(self.binary),
         };
+        if let Some(preload) = self.preload {
+            command.env("LD_PRELOAD", preload);
+        }
         let mut bench = Guard::spawn(
             command
                 .args(&args)
@@ -119,11 +141,11 @@ impl Bench<'_> {
                 thread::spawn(move || for _ in stdout {});
                 tracer_process = Some(child);
             }
-            Tracer::Noop(libc, free_skip, multi) => {
+            Tracer::Noop(libc, skips, multi) => {
                 noop = Some(if *multi {
-                    NoopProbes::attach_multi(libc, *free_skip, pid)?
+                    NoopProbes::attach_multi(libc, *skips, pid)?
                 } else {
-                    NoopProbes::attach(libc, *free_skip, pid)?
+                    NoopProbes::attach(libc, *skips, pid)?
                 });
             }
         }

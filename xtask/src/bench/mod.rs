@@ -20,20 +20,24 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+mod allocators;
 mod floor;
 mod live;
 mod micro;
 mod processes;
 mod runtimes;
+mod servers;
 mod stats;
 mod table;
 mod tracefs;
 
+use allocators::*;
 use floor::*;
 use live::*;
 use micro::*;
 use processes::*;
 use runtimes::*;
+use servers::*;
 use stats::*;
 use table::*;
 use tracefs::*;
@@ -50,20 +54,27 @@ const SAMPLE_BYTES: &str = "512k";
 /// How long a tracer may take to attach, or a round to finish, before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The JVM and Node.js rows alone (`cargo xtask bench runtimes`).
-pub fn runtimes_only(root: &Path, leakhound: &Path) -> Result<()> {
-    let out = root.join("target/bench");
-    fs::create_dir_all(&out)?;
-    print_runtime_rows(&runtime_rows(root, leakhound, &out)?);
-    check_no_probes_left();
-    Ok(())
+/// What `cargo xtask bench` measures: everything; only the allocators and real servers
+/// (`bench servers`), the part that depends on where probes go; only the million live blocks,
+/// glibc and static builds (`bench live`); or only the JVM and Node.js rows (`bench runtimes`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Servers,
+    Live,
+    Runtimes,
 }
 
-/// Runs the whole benchmark with the glibc build `leakhound`, and the million-live-blocks part
-/// with the static build too; `only_live` skips the per-call overhead.
-pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) -> Result<()> {
+/// Runs the benchmark with the glibc build `leakhound`, and the million-live-blocks part with
+/// the static build too.
+pub fn run(root: &Path, leakhound: &Path, static_build: &Path, scope: Scope) -> Result<()> {
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
+    if scope == Scope::Runtimes {
+        print_runtime_rows(&runtime_rows(root, leakhound, &out)?);
+        check_no_probes_left();
+        return Ok(());
+    }
     ensure_packages(&["bpftrace", "heaptrack"])?;
     let alloc_bench = out.join("alloc_bench");
     let live_target = out.join("live_target");
@@ -96,14 +107,35 @@ pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) 
 
     let machine = machine_description();
     eprintln!("bench: {machine}");
+    // Real servers first: the figures a user of a jemalloc service meets.
+    let (servers, allocators) = if scope == Scope::Live {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            server_rows(leakhound)?,
+            allocator_rows(&alloc_bench, leakhound)?,
+        )
+    };
+    if scope == Scope::Servers {
+        println!("\nleakhound bench on {machine}");
+        print_server_table(&servers);
+        print_allocator_table(&allocators);
+        check_no_probes_left();
+        return Ok(());
+    }
     let mut attach_ms = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut libc = None;
-    let thread_counts: &[u32] = if only_live { &[] } else { &THREAD_COUNTS };
+    let thread_counts: &[u32] = if scope == Scope::Live {
+        &[]
+    } else {
+        &THREAD_COUNTS
+    };
     for &threads in thread_counts {
         let bench = Bench {
             binary: &alloc_bench,
             threads,
+            preload: None,
         };
         let mut row = Row {
             threads,
@@ -132,10 +164,8 @@ pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) 
             Some(info) => info,
             None => libc.insert(Libc::inspect(lh.libc.as_deref())?),
         };
-        // How far past `free`'s symbol leakhound placed its probe (probe_offset.rs).
-        let free_skip = lh
-            .free_offset
-            .map_or(0, |offset| offset.saturating_sub(libc_info.free));
+        // How far past the symbols leakhound placed its probes (probe_offset.rs).
+        let skips = lh.skips(libc_info);
         row.floor_entry = bench
             .measure(
                 PAIRS_TRAPPED,
@@ -145,10 +175,10 @@ pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) 
         // The fair floor: an empty program at exactly leakhound's points, attached the way
         // leakhound attaches (multi-uprobe links); and the older way, one perf event each.
         row.floor_same_points = bench
-            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, true))?
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, skips, true))?
             .ns;
         row.floor_same_points_perf = bench
-            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, free_skip, false))?
+            .measure(PAIRS_TRAPPED, Tracer::Noop(libc_info, skips, false))?
             .ns;
         row.bpftrace_count = bench
             .measure(
@@ -157,7 +187,7 @@ pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) 
             )?
             .ns;
         row.heaptrack = bench.measure(PAIRS_HEAPTRACK, Tracer::Heaptrack(&out))?.ns;
-        row.free_skip = free_skip;
+        row.free_skip = skips.free;
         rows.push(row);
     }
     let live = live_report(leakhound, &live_target, &out)?;
@@ -165,17 +195,19 @@ pub fn run(root: &Path, leakhound: &Path, static_build: &Path, only_live: bool) 
     // The static build (musl, its allocator chosen in tracer-user's main.rs) on the same
     // target, right after: the report's time and peak RSS against the glibc build's.
     let live_static = live_report(static_build, &live_target, &out)?;
-    let runtimes = if only_live {
+    let runtimes = if scope == Scope::Live {
         Vec::new()
     } else {
         runtime_rows(root, leakhound, &out)?
     };
-    if !only_live {
-        print_table(&machine, &rows, &attach_ms, &live);
-    } else {
+    if scope == Scope::Live {
         print_live(&attach_ms, &live);
+    } else {
+        print_table(&machine, &rows, &attach_ms, &live);
     }
     print_static_comparison(&live, &live_static);
+    print_server_table(&servers);
+    print_allocator_table(&allocators);
     print_runtime_rows(&runtimes);
     check_no_probes_left();
     Ok(())

@@ -7,10 +7,33 @@ pub(super) struct LeakhoundStats {
     pub(super) attach_ms: f64,
     /// The library whose `free` leakhound hooked, as leakhound opened it.
     pub(super) libc: Option<PathBuf>,
-    /// The file offset of `free`'s probe (past the symbol when leakhound moved it).
-    pub(super) free_offset: Option<u64>,
     /// "N stacks read in X ms", one per phase of the report.
     pub(super) phases: Vec<String>,
+    /// Every entry probe placed: the function, and the file offset of the probe.
+    pub(super) entries: Vec<(String, u64)>,
+}
+
+/// The most bytes past a function's symbol that a moved entry probe is looked for.
+const MAX_SKIP: u64 = 256;
+
+impl LeakhoundStats {
+    /// How far past their symbols leakhound placed `allocator`'s malloc and free probes.
+    pub(super) fn skips(&self, allocator: &Libc) -> Skips {
+        Skips {
+            malloc: self.entry_skip("malloc", allocator.malloc).unwrap_or(0),
+            free: self.entry_skip("free", allocator.free).unwrap_or(0),
+        }
+    }
+
+    /// How far past `entry` (a function's file offset) leakhound placed the entry probe of
+    /// `name`, if it placed one there.
+    pub(super) fn entry_skip(&self, name: &str, entry: u64) -> Option<u64> {
+        self.entries
+            .iter()
+            .filter(|(what, _)| what == name)
+            .filter_map(|(_, offset)| offset.checked_sub(entry))
+            .find(|skip| *skip < MAX_SKIP)
+    }
 }
 
 impl LeakhoundStats {
@@ -47,12 +70,19 @@ impl LeakhoundStats {
                 )
             })
             .collect();
+        let entries = attach["placed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|row| row["flavor"] != "return")
+            .filter_map(|row| Some((row["what"].as_str()?.to_owned(), row["offset"].as_u64()?)))
+            .collect();
         Ok(Self {
+            entries,
             attach_ms,
             libc: free
                 .and_then(|row| row["library"].as_str())
                 .map(PathBuf::from),
-            free_offset: free.and_then(|row| row["offset"].as_u64()),
             phases,
         })
     }
@@ -80,7 +110,7 @@ mod tests {
         let stats = LeakhoundStats::parse(text).expect("parses");
         assert_eq!(stats.attach_ms, 81.5);
         assert_eq!(stats.libc.as_deref(), Some(Path::new("/lib/libc.so.6")));
-        assert_eq!(stats.free_offset, Some(8195));
+        assert_eq!(stats.entry_skip("free", 8192), Some(3));
         assert_eq!(
             stats.phases,
             [
