@@ -297,8 +297,9 @@ pub mod perf {
     /// Runs `program` on `event`, and enables the event.
     pub fn attach_program(event: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
         // PERF_EVENT_IOC_SET_BPF and PERF_EVENT_IOC_ENABLE (include/uapi/linux/perf_event.h).
-        const SET_BPF: libc::c_ulong = 0x4004_2408;
-        const ENABLE: libc::c_ulong = 0x2400;
+        // The request's type is glibc's `unsigned long` and musl's `int` (the static build).
+        const SET_BPF: libc::Ioctl = 0x4004_2408;
+        const ENABLE: libc::Ioctl = 0x2400;
         // SAFETY: both descriptors are open for the call.
         let ok = unsafe {
             libc::ioctl(event.as_raw_fd(), SET_BPF, program.as_raw_fd()) == 0
