@@ -69,7 +69,7 @@ fn sampled_estimates_hold_without_uprobe_sessions() {
     let mean = MEAN.to_string();
     let mut target = targets::Target::start(&targets::sampled_mix(), &[]);
     let pid = target.pid().to_string();
-    let mut cmd = Command::new(tests::leakhound_bin());
+    let mut cmd = Command::new(tests::leakhound_fault_bin());
     cmd.env("LEAKHOUND_TEST_PERF_UPROBES", "1");
     let mut run = Run::start_with(
         cmd,
