@@ -6,6 +6,7 @@ pub mod allocators;
 pub mod cgroup_memory;
 pub mod elf;
 pub mod launch;
+pub mod mapped_object;
 pub mod maps;
 pub mod probe_offset;
 pub mod root;

@@ -5,14 +5,17 @@
 
 use std::path::{Path, PathBuf};
 
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, ReadRef};
+use object::{Object as _, ObjectSymbol as _, ReadRef};
 
 use super::{
     HotspotError,
     memory::TargetAddr,
     vmstructs::{SYMBOLS, TableSymbols},
 };
-use crate::process::{elf, maps::Mapping, root};
+use crate::process::{
+    mapped_object::{self, MappedObjectError},
+    maps::Mapping,
+};
 
 /// The library's file name; a JVM built statically into its launcher is not supported.
 pub const LIBJVM: &str = "libjvm.so";
@@ -44,31 +47,18 @@ impl Libjvm {
     /// one the kernel mapped (through `map_files`), whatever the target did to its path since.
     pub fn open(pid: u32, mapping: &Mapping) -> Result<Self, HotspotError> {
         let path = mapping.path.clone().unwrap_or_default();
-        let link = PathBuf::from(format!(
-            "/proc/{pid}/map_files/{:x}-{:x}",
-            mapping.start, mapping.end
-        ));
-        let file = root::open_regular_link(&link).map_err(|cause| HotspotError::Open {
-            path: path.clone(),
-            cause,
-        })?;
         let elf_error = |detail: String| HotspotError::Elf {
             path: path.clone(),
             detail,
         };
-        let size = file
-            .metadata()
-            .map_err(|err| elf_error(err.to_string()))?
-            .len();
-        if size > elf::MAX_OBJECT_BYTES {
-            return Err(elf_error(format!(
-                "{size} bytes, over the {}-byte limit for an object file",
-                elf::MAX_OBJECT_BYTES
-            )));
-        }
-        // Only the headers and the dynamic symbols are read, not the whole 20-odd MiB: the
-        // parser reads a handful of ranges, each once, each inside the capped file.
-        let cache = ReadCache::new(file);
+        // Only the headers and the dynamic symbols are read, not the whole 20-odd MiB.
+        let cache = mapped_object::open(pid, mapping).map_err(|err| match err {
+            MappedObjectError::Open(cause) => HotspotError::Open {
+                path: path.clone(),
+                cause,
+            },
+            MappedObjectError::Elf(detail) => elf_error(detail),
+        })?;
         let (bias, symbols) = Self::from_elf(&cache, mapping).map_err(elf_error)?;
         Ok(Self {
             path,
@@ -82,21 +72,8 @@ impl Libjvm {
         data: impl ReadRef<'data>,
         mapping: &Mapping,
     ) -> Result<(u64, TableSymbols), String> {
+        let bias = mapped_object::load_bias(data, mapping)?;
         let file = object::File::parse(data).map_err(|e| e.to_string())?;
-        // The load segment holding the mapping's file offset fixes the bias.
-        let segment = file
-            .segments()
-            .find(|segment| {
-                let (offset, size) = segment.file_range();
-                (offset..offset.saturating_add(size.max(1))).contains(&mapping.offset)
-            })
-            .ok_or("no load segment holds the mapped offset")?;
-        let (file_offset, _) = segment.file_range();
-        let linked = segment
-            .address()
-            .checked_add(mapping.offset - file_offset)
-            .ok_or("segment address overflows")?;
-        let bias = mapping.start.wrapping_sub(linked);
         let mut symbols = TableSymbols::default();
         for symbol in file.dynamic_symbols() {
             let Ok(name) = symbol.name() else { continue };

@@ -26,13 +26,17 @@ pub mod postmortem;
 
 use std::path::{Path, PathBuf};
 
-use object::ReadCache;
 use thiserror::Error;
 use tracer_common::V8FrameLayout;
 
 use crate::{
     jit::hotspot::memory::{MemoryError, ProcessMemory, TargetAddr},
-    process::{TargetProcess, elf, maps::Mapping, root},
+    process::{
+        TargetProcess,
+        mapped_object::{self, MappedObjectError},
+        maps::Mapping,
+        root,
+    },
 };
 pub use frames::V8Frames;
 use heap::{Heap, V8Layout};
@@ -131,36 +135,22 @@ impl V8Vm {
 
     fn open(pid: u32, mapping: &Mapping) -> Result<Self, V8Error> {
         let path = mapping.path.clone().unwrap_or_default();
-        let link = PathBuf::from(format!(
-            "/proc/{pid}/map_files/{:x}-{:x}",
-            mapping.start, mapping.end
-        ));
-        // The file the kernel mapped, whatever the target did to its path since; in a
-        // container, the container's file.
-        let file = root::open_regular_link(&link).map_err(|cause| V8Error::Open {
-            path: path.clone(),
-            cause,
-        })?;
         let elf_error = |detail: String| V8Error::Elf {
             path: path.clone(),
             detail,
         };
-        let size = file
-            .metadata()
-            .map_err(|err| elf_error(err.to_string()))?
-            .len();
-        if size > elf::MAX_OBJECT_BYTES {
-            return Err(elf_error(format!(
-                "{size} bytes, over the {}-byte limit for an object file",
-                elf::MAX_OBJECT_BYTES
-            )));
-        }
-        let cache = ReadCache::new(file);
+        let cache = mapped_object::open(pid, mapping).map_err(|err| match err {
+            MappedObjectError::Open(cause) => V8Error::Open {
+                path: path.clone(),
+                cause,
+            },
+            MappedObjectError::Elf(detail) => elf_error(detail),
+        })?;
         let binary = postmortem::read_binary(&cache).map_err(elf_error)?;
         if binary.exported == 0 {
             return Err(V8Error::NoPostmortem { path });
         }
-        let bias = load_bias(&cache, mapping).map_err(elf_error)?;
+        let bias = mapped_object::load_bias(&cache, mapping).map_err(elf_error)?;
         let layout = V8Layout::from_postmortem(&binary.constants)?;
         Ok(Self {
             frame_layout: frame_layout(&layout),
@@ -196,24 +186,4 @@ impl V8Vm {
         }
         self.namer.function(&heap, at)
     }
-}
-
-/// The load bias of an ELF image mapped as `mapping`: the segment holding the mapped offset
-/// fixes it.
-fn load_bias<'data>(data: impl object::ReadRef<'data>, mapping: &Mapping) -> Result<u64, String> {
-    use object::{Object as _, ObjectSegment as _};
-    let file = object::File::parse(data).map_err(|e| e.to_string())?;
-    let segment = file
-        .segments()
-        .find(|segment| {
-            let (offset, size) = segment.file_range();
-            (offset..offset.saturating_add(size.max(1))).contains(&mapping.offset)
-        })
-        .ok_or("no load segment holds the mapped offset")?;
-    let (file_offset, _) = segment.file_range();
-    let linked = segment
-        .address()
-        .checked_add(mapping.offset - file_offset)
-        .ok_or("segment address overflows")?;
-    Ok(mapping.start.wrapping_sub(linked))
 }
