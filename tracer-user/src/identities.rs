@@ -139,6 +139,9 @@ pub fn unnamed(kind: FrameIdentity) -> Frame {
     frame.into()
 }
 
+/// How long naming new stacks waits for the target's code.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Reads the kernel's announcements of new stacks with identified frames, and names their
 /// words while the objects are what they were at the allocation.
 pub struct IdentityWatch {
@@ -181,7 +184,16 @@ impl IdentityWatch {
         // One stack repeats its callers' words, and a burst of new stacks repeats them all.
         words.sort_unstable();
         words.dedup();
-        let mut code = crate::code_refresh::lock(code);
+        // The refresher holds the code only while it reads the target's files, which are
+        // capped; a file system that does not answer must not hold the trace, so these names
+        // are then left to the report.
+        let Some(mut code) = crate::code_refresh::lock_within(code, DRAIN_WAIT) else {
+            log::debug!(
+                "target code busy: {} identified frames named at the report",
+                words.len()
+            );
+            return;
+        };
         let code = &mut *code;
         let mut named = 0usize;
         let sources = ((&code.hotspot, &code.v8), &code.jit);
