@@ -226,7 +226,16 @@ pub struct UnwindMiss {
     /// How many bytes of `stack` are valid, from `sp` up.
     pub copied: u64,
     pub stack: [u8; STACK_COPY_BYTES],
+    /// How many entries of `identified` are filled.
+    pub identified_count: u64,
+    /// JavaScript frames above the miss, read at the allocation: (frame pointer, identity
+    /// word or 0) along the frame-pointer chain from `bp`. V8 moves functions, so user space,
+    /// which walks the copy later, takes a frame's function from here, not from the process.
+    pub identified: [[u64; 2]; MISS_IDENTIFIED_FRAMES],
 }
+
+/// Frames of the frame-pointer chain above a miss whose JavaScript function the kernel reads.
+pub const MISS_IDENTIFIED_FRAMES: usize = 64;
 
 /// Stack key recorded when the kernel could not store a stack (its stack map was full, or the
 /// walk failed). The bytes still count, under a visible `[lost stack]` frame.
@@ -878,7 +887,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<LifecycleEvent>(), 24);
         assert_eq!(core::mem::size_of::<StackFrames>(), 8 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<UnwindRule>(), 16);
-        assert_eq!(core::mem::size_of::<UnwindMiss>(), 48 + STACK_COPY_BYTES);
+        assert_eq!(
+            core::mem::size_of::<UnwindMiss>(),
+            56 + STACK_COPY_BYTES + 16 * MISS_IDENTIFIED_FRAMES
+        );
     }
 }
 

@@ -19,9 +19,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    FrameIdentity, LOST_STACK, MAX_STACK_DEPTH, MAX_STACK_SPAN, RuntimeLayout, STACK_COPY_BYTES,
-    STACK_HASH_SEED, StackFrames, TRUNCATED_PENDING, UnwindMiss, UnwindRule, counter,
-    identity_word, stack_hash_step, stack_key_of_hash,
+    FrameIdentity, LOST_STACK, MAX_STACK_DEPTH, MAX_STACK_SPAN, MISS_IDENTIFIED_FRAMES,
+    RuntimeLayout, STACK_COPY_BYTES, STACK_HASH_SEED, StackFrames, TRUNCATED_PENDING, UnwindMiss,
+    UnwindRule, counter, identity_word, stack_hash_step, stack_key_of_hash,
 };
 
 use crate::{diag::diag, state::count};
@@ -324,8 +324,68 @@ fn send_miss(pc: u64, sp: u64, bp: u64, partial_key: u64, tag: u64) {
             }
         }
         (*miss).copied = copied;
+        (*miss).identified_count = 0;
+    }
+    // JavaScript frames above the miss, read now: user space walks the copy later, when V8
+    // may have moved the functions the frames point to.
+    if let Some(layout) = RUNTIME_LAYOUT.get_ptr(0) {
+        // SAFETY: the array map's one value, alive as long as the program.
+        if unsafe { (*layout).v8.valid } != 0 {
+            let mut prefetch = JsPrefetch {
+                miss,
+                layout,
+                sp,
+                fp: bp,
+            };
+            run_loop(
+                MISS_IDENTIFIED_FRAMES as u32,
+                js_prefetch_step,
+                &mut prefetch,
+            );
+        }
     }
     entry.submit(0);
+}
+
+/// The state of the frame-pointer walk that reads JavaScript frames above a miss.
+#[repr(C)]
+struct JsPrefetch {
+    miss: *mut UnwindMiss,
+    layout: *const RuntimeLayout,
+    sp: u64,
+    fp: u64,
+}
+
+/// One frame of that walk: records (fp, identity word or 0) in slot `index`. Returns 1 to
+/// stop.
+extern "C" fn js_prefetch_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the JsPrefetch that send_miss passed to bpf_loop.
+    let walk = unsafe { &mut *ctx.cast::<JsPrefetch>() };
+    let fp = walk.fp;
+    if fp < walk.sp || fp - walk.sp > MAX_STACK_SPAN || fp & 7 != 0 {
+        return 1;
+    }
+    let read = |at: u64| {
+        // SAFETY: bpf_probe_read_user validates the user address.
+        unsafe { bpf_probe_read_user(at as *const u64) }.ok()
+    };
+    // SAFETY: the layout is the array map's value; the record is the reserved entry.
+    let word = identity_word(FrameIdentity::V8Js, unsafe { &*walk.layout }, fp, read).unwrap_or(0);
+    // SAFETY: as above.
+    let miss = unsafe { &mut *walk.miss };
+    let Some(slot) = miss.identified.get_mut(index as usize) else {
+        return 1;
+    };
+    *slot = [fp, word];
+    miss.identified_count = index + 1;
+    let Some(next) = read(fp) else {
+        return 1;
+    };
+    if next <= fp {
+        return 1;
+    }
+    walk.fp = next;
+    0
 }
 
 /// Takes the user stack with the kernel's walker, for tracepoints, whose context holds no user

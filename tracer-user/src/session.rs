@@ -377,6 +377,9 @@ impl Session {
                 known.refresh(&prepared.process);
                 misses.prepare(&known.space);
                 drop(known);
+                // Before the first allocation is traced: the first unwind requests then carry
+                // their JavaScript frames' functions, read at the allocation.
+                misses.publish_layout(&mut probes.maps, &code);
                 let fd = exit_watch::pidfd(pid).map_err(|_| TracerError::ProcessExited { pid })?;
                 // SAFETY: the pidfd is owned here and stays open while registered.
                 (
@@ -580,6 +583,7 @@ impl Session {
     fn refresh_code_and_rules(&mut self) {
         self.refresh_code();
         if let Some(probes) = self.probes.as_mut() {
+            self.misses.publish_layout(&mut probes.maps, &self.code);
             self.misses
                 .forget_stale_jit_rules(&mut probes.maps, &self.code);
         }

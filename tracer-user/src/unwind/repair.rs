@@ -66,6 +66,17 @@ impl MissHandler {
         })
     }
 
+    /// Gives the kernel the runtimes' frame layout as soon as it is known (at attach, and at
+    /// each refresh), so that the first requests already carry the frames' functions.
+    pub fn publish_layout(&mut self, maps: &mut KernelMaps, code: &Mutex<TargetCode>) {
+        let Some(code) =
+            crate::code_refresh::lock_within(code, std::time::Duration::from_millis(100))
+        else {
+            return;
+        };
+        publish_layout(&mut self.layout_written, maps, &code.frame_kinds());
+    }
+
     /// See [`CfiRules::prepare`].
     pub fn prepare(&mut self, space: &AddressSpace) {
         self.rules.prepare(space);
@@ -181,10 +192,13 @@ impl MissHandler {
                 // A frame's slots are in the copy; what they point to is read from the target.
                 |kind, bp| {
                     // A burst of allocations from a new site is all answered here, so this
-                    // walk names JavaScript frames too. What the frame's slot points to is
-                    // read now, milliseconds after the allocation: V8 leaves an object it
-                    // moved intact in the space it left until that space is used again, and
-                    // the name is checked against the function's own fields when it is read.
+                    // walk names JavaScript frames too, with what the kernel read of them at
+                    // the allocation: V8 may have moved the functions since.
+                    // A request sent before the layout reached the kernel has none of them:
+                    // then the function is read now, and its check must still hold.
+                    if kind == FrameIdentity::V8Js && miss.identified_count > 0 {
+                        return js_frame_at_miss(miss, bp);
+                    }
                     kinds.fill_layout(&mut layout);
                     identity_word(kind, &layout, bp, |at| {
                         copy.read(at)
@@ -273,6 +287,17 @@ impl MissHandler {
     pub fn ledger(&self) -> &RepairLedger {
         &self.repairs
     }
+}
+
+/// The identity word the kernel read, at the allocation, for the JavaScript frame whose frame
+/// pointer is `bp`; `None` where it read none (not a JavaScript frame, or beyond its reach).
+fn js_frame_at_miss(miss: &UnwindMiss, bp: u64) -> Option<u64> {
+    let count = (miss.identified_count as usize).min(miss.identified.len());
+    miss.identified[..count]
+        .iter()
+        .find(|[fp, _]| *fp == bp)
+        .map(|[_, word]| *word)
+        .filter(|word| *word != 0)
 }
 
 /// The frames below the miss followed by those walked from it, at most [`MAX_STACK_DEPTH`]
