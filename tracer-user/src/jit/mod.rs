@@ -10,6 +10,7 @@
 pub mod hotspot;
 pub mod jvm_attach;
 pub mod node;
+pub mod per_target;
 pub mod perf_map;
 pub mod v8;
 

@@ -10,7 +10,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -22,7 +21,10 @@ use super::{
     names::MethodName,
 };
 use crate::{
-    jit::perf_map::JIT_MODULE,
+    jit::{
+        per_target::{Followed, PerTarget, TargetState},
+        perf_map::JIT_MODULE,
+    },
     model::{Frame, FrameData},
     process::TargetProcess,
 };
@@ -59,7 +61,6 @@ const NOT_JVM_RECHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct State {
-    pid: Option<u32>,
     reader: Reader,
     /// Code ranges named so far: start → (end, blob, frame).
     named: BTreeMap<u64, (u64, BlobKey, Frame)>,
@@ -78,9 +79,16 @@ const MAX_CAPTURED: usize = 1 << 18;
 /// through a shared reference to the modules.
 #[derive(Debug, Default)]
 pub struct HotspotFrames {
-    state: Mutex<State>,
-    /// `--runtime-frames off`: the JVM's metadata is never read.
-    off: bool,
+    state: PerTarget<State>,
+}
+
+impl TargetState for State {
+    fn unreadable() -> Self {
+        Self {
+            reader: Reader::Unavailable,
+            ..Self::default()
+        }
+    }
 }
 
 impl State {
@@ -116,13 +124,10 @@ impl HotspotFrames {
     /// Only for a pc at a call (a return address minus one): there the frame is complete,
     /// while in a method's prologue or epilogue it is not.
     pub fn compiled_frame(&self, pc: u64) -> Option<(u64, BlobKey)> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.state.lock();
         let pid = state.pid?;
         state.attach_if_due(pid);
-        let state = &mut *state;
+        let state: &mut State = &mut state;
         let Reader::Attached(vm) = &mut state.reader else {
             return None;
         };
@@ -160,10 +165,7 @@ impl HotspotFrames {
     /// The blob whose code holds `pc` now, by its key; `None` when there is none, or the JVM
     /// cannot be read. A rule derived from a blob is stale once this changes.
     pub fn blob_key(&self, pc: u64) -> Option<BlobKey> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.state.lock();
         let Reader::Attached(vm) = &mut state.reader else {
             return None;
         };
@@ -174,40 +176,22 @@ impl HotspotFrames {
     /// Java frames of a target; `enabled`: whether its metadata may be read at all.
     pub fn new(enabled: bool) -> Self {
         Self {
-            off: !enabled,
-            ..Self::default()
+            state: PerTarget::new(enabled),
         }
     }
 
     /// Remembers the target; nothing is read until a frame needs a name.
     pub fn refresh(&mut self, target: &TargetProcess) {
-        let state = self
-            .state
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.pid != Some(target.pid) {
-            *state = State {
-                pid: Some(target.pid),
-                reader: if self.off {
-                    Reader::Unavailable
-                } else {
-                    Reader::Untried
-                },
-                ..State::default()
-            };
-        }
+        self.state.follow(target.pid);
     }
 
     /// The Java frames at `addr` (a pc, or a return address minus one), outermost first: as
     /// named when a stack through it was first walked, else as the code cache holds it now,
     /// else as it held it when last asked. `None` outside compiled Java code.
     pub fn lookup(&self, addr: u64) -> Option<Vec<Frame>> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let state = &mut *state;
+        let mut state = self.state.lock();
         let pid = state.pid?;
+        let state: &mut State = &mut state;
         if let Some(frames) = state.captured.get(&addr) {
             return Some(frames.clone());
         }
@@ -392,11 +376,8 @@ fn remember(
 
 impl HotspotFrames {
     /// The state, with the JVM's metadata read if it is due.
-    fn attached(&self) -> std::sync::MutexGuard<'_, State> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn attached(&self) -> std::sync::MutexGuard<'_, Followed<State>> {
+        let mut state = self.state.lock();
         if let Some(pid) = state.pid {
             state.attach_if_due(pid);
         }
@@ -466,10 +447,7 @@ impl crate::identities::FrameKinds for HotspotFrames {
     }
 
     fn fill_layout(&self, layout: &mut RuntimeLayout) {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.state.lock();
         if let Reader::Attached(vm) = &state.reader
             && let Some(jvm) = vm.interpreter_layout()
         {
@@ -507,9 +485,6 @@ mod tests {
             pid: std::process::id(),
         });
         assert!(frames.lookup(0x1000).is_none());
-        assert!(matches!(
-            frames.state.lock().unwrap().reader,
-            Reader::NotJvm(_)
-        ));
+        assert!(matches!(frames.state.lock().reader, Reader::NotJvm(_)));
     }
 }

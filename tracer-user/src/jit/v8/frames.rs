@@ -8,7 +8,6 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -17,7 +16,10 @@ use tracer_common::{FrameIdentity, RuntimeLayout, StackWord};
 use super::{V8Error, V8Vm};
 use crate::{
     identities::FrameKinds,
-    jit::perf_map::{JIT_MODULE, js_function},
+    jit::{
+        per_target::{Followed, PerTarget, TargetState},
+        perf_map::{JIT_MODULE, js_function},
+    },
     model::Frame,
     process::{
         TargetProcess,
@@ -43,7 +45,6 @@ enum Reader {
 
 #[derive(Debug, Default)]
 struct State {
-    pid: Option<u32>,
     reader: Reader,
     /// Names by (SFI address, check), read when the identity was first seen: a later read of
     /// the same address may find another function there, which the check mostly catches, so
@@ -52,7 +53,16 @@ struct State {
     named: HashMap<(u64, u16), Option<Frame>>,
 }
 
-impl State {
+impl TargetState for State {
+    fn unreadable() -> Self {
+        Self {
+            reader: Reader::Unavailable,
+            ..Self::default()
+        }
+    }
+}
+
+impl Followed<State> {
     fn vm(&mut self) -> Option<&mut V8Vm> {
         let pid = self.pid?;
         let due = match self.reader {
@@ -107,43 +117,24 @@ fn attach(pid: u32) -> Reader {
 /// ask through shared references to the target's code.
 #[derive(Debug, Default)]
 pub struct V8Frames {
-    state: Mutex<State>,
-    /// `--runtime-frames off`: V8's metadata is never read.
-    off: bool,
+    state: PerTarget<State>,
 }
 
 impl V8Frames {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn state(&self) -> std::sync::MutexGuard<'_, Followed<State>> {
+        self.state.lock()
     }
 
     /// JavaScript frames of a target; `enabled`: whether V8's metadata may be read at all.
     pub fn new(enabled: bool) -> Self {
         Self {
-            off: !enabled,
-            ..Self::default()
+            state: PerTarget::new(enabled),
         }
     }
 
     /// Follows the traced process (a new PID after an exec starts over).
     pub fn refresh(&mut self, target: &TargetProcess) {
-        let state = self
-            .state
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.pid != Some(target.pid) {
-            *state = State {
-                pid: Some(target.pid),
-                reader: if self.off {
-                    Reader::Unavailable
-                } else {
-                    Reader::Untried
-                },
-                ..State::default()
-            };
-        }
+        self.state.follow(target.pid);
     }
 
     /// Whether the code at `pc` runs JavaScript frames: anonymous executable memory of a
