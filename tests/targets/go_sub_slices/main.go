@@ -7,6 +7,7 @@
 //
 //	truth main.keepPrefix <bytes>   the buffers kept alive through their prefixes
 //	truth main.churn 0              it keeps nothing
+//	truth main.hold <bytes>         with --hold-mib=N: N MiB allocated and touched before "ready"
 //
 // Like most services (net/http/pprof, a debug dump), it can write a heap profile on request
 // (HEAP_PROFILE=path, not set in the tests): that keeps runtime.MemProfile linked, and without
@@ -19,6 +20,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"time"
 )
 
@@ -26,6 +28,21 @@ const bufferSize = 1 << 20
 
 var prefixes [][]byte
 var sink []byte
+var held [][]byte
+
+// hold allocates and touches mib MiB before the attach, as a service that has run a while
+// has: that heap was mapped before any probe was there.
+//
+//go:noinline
+func hold(mib int) {
+	for i := 0; i < mib; i++ {
+		buf := make([]byte, bufferSize)
+		for at := 0; at < len(buf); at += 4096 {
+			buf[at] = 1
+		}
+		held = append(held, buf)
+	}
+}
 
 // keepPrefix reads a message into a fresh buffer and keeps only its first byte, which keeps
 // the whole buffer alive.
@@ -48,15 +65,18 @@ func churn(n int) {
 }
 
 func main() {
-	now, exit := false, false
+	now, exit, holdMiB := false, false, 0
 	for _, arg := range os.Args[1:] {
-		switch arg {
-		case "--now":
+		switch {
+		case arg == "--now":
 			now = true
-		case "--exit":
+		case arg == "--exit":
 			exit = true
+		case strings.HasPrefix(arg, "--hold-mib="):
+			fmt.Sscanf(strings.TrimPrefix(arg, "--hold-mib="), "%d", &holdMiB)
 		}
 	}
+	hold(holdMiB)
 	seconds := 4.0
 	if len(os.Args) > 1 {
 		fmt.Sscanf(os.Args[len(os.Args)-1], "%g", &seconds)
@@ -88,9 +108,11 @@ func main() {
 	}
 	fmt.Printf("truth main.keepPrefix %d\n", len(prefixes)*bufferSize)
 	fmt.Printf("truth main.churn 0\n")
+	fmt.Printf("truth main.hold %d\n", len(held)*bufferSize)
 	fmt.Println("done")
 	if !exit {
 		stdin.ReadString('\n')
 	}
 	runtime.KeepAlive(prefixes)
+	runtime.KeepAlive(held)
 }

@@ -6,6 +6,7 @@
 //! holds what is in it. Both are reported; the go-heap bytes live inside the mapped bytes and
 //! are not added to the outstanding total.
 
+pub mod arenas;
 pub mod profile;
 
 use std::collections::HashMap;
@@ -29,10 +30,7 @@ pub fn symbols_in<'data, R: object::ReadRef<'data>>(
     file: &object::File<'data, R>,
     bias: u64,
 ) -> Result<Option<ProfileSymbols>, String> {
-    let is_go = file
-        .sections()
-        .any(|s| matches!(s.name(), Ok(".go.buildinfo" | ".gopclntab")));
-    if !is_go {
+    if !is_go(file) {
         return Ok(None);
     }
     let mut found: HashMap<&str, u64> = HashMap::new();
@@ -57,6 +55,36 @@ pub fn symbols_in<'data, R: object::ReadRef<'data>>(
                 .into(),
         ),
     }
+}
+
+/// Whether `file` is a Go program: the Go linker always writes `.go.buildinfo` or `.gopclntab`.
+fn is_go<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> bool {
+    file.sections()
+        .any(|s| matches!(s.name(), Ok(".go.buildinfo" | ".gopclntab")))
+}
+
+/// Reads the target's executable with `read` (given the parsed file and its load bias);
+/// `Ok(None)` when it is no ELF file `read` recognises.
+pub fn with_executable<T>(
+    process: &TargetProcess,
+    read: impl FnOnce(
+        &object::File<'_, &object::ReadCache<std::fs::File>>,
+        u64,
+    ) -> Result<Option<T>, String>,
+) -> Result<Option<T>, String> {
+    let file = root::open_regular_link(&process.exe_link()).map_err(|err| err.to_string())?;
+    let size = file.metadata().map_err(|err| err.to_string())?.len();
+    if size > elf::MAX_OBJECT_BYTES {
+        return Err(format!("its executable is {size} bytes, over the limit"));
+    }
+    // Only the headers, the section names and the sections asked for are read, not the
+    // whole file (a Node or JVM executable is large and is no Go program).
+    let cache = object::ReadCache::new(file);
+    let Ok(object) = object::File::parse(&cache) else {
+        return Ok(None);
+    };
+    let bias = load_bias(process, &object);
+    read(&object, bias)
 }
 
 /// The load bias of a position-independent executable, from the mapping of its first
@@ -98,19 +126,11 @@ impl GoHeapSampler {
     /// `Ok(None)` for a target that is not a Go program; `Err` says why a Go program's
     /// profile cannot be read.
     pub fn open(process: &TargetProcess) -> Result<Option<Self>, String> {
-        let file = root::open_regular_link(&process.exe_link()).map_err(|err| err.to_string())?;
-        let size = file.metadata().map_err(|err| err.to_string())?.len();
-        if size > elf::MAX_OBJECT_BYTES {
-            return Err(format!("its executable is {size} bytes, over the limit"));
-        }
-        // Only the headers, the section names and the symbol table are read, not the whole
-        // file (a Node or JVM executable is large and is no Go program).
-        let cache = object::ReadCache::new(file);
-        let Ok(object) = object::File::parse(&cache) else {
-            return Ok(None);
-        };
-        let bias = load_bias(process, &object);
-        let Some(symbols) = symbols_in(&object, bias)? else {
+        #[expect(
+            clippy::redundant_closure,
+            reason = "the function alone is not general over the file's lifetime"
+        )]
+        let Some(symbols) = with_executable(process, |file, bias| symbols_in(file, bias))? else {
             return Ok(None);
         };
         Ok(Some(Self {

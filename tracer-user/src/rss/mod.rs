@@ -22,8 +22,13 @@ use crate::{
         history::Timeline,
         trend::{TrendClass, trend},
     },
+    go_heap::{
+        self,
+        arenas::{self, ArenaIndex},
+    },
     jit::hotspot::{HotspotVm, ProcessMemory as TargetMemory},
     model::{Frame, ProcessMemory},
+    process::TargetProcess,
 };
 
 pub use kind::RegionKind;
@@ -74,10 +79,36 @@ pub const MAX_ROWS: usize = 4096;
 /// Rows of tracked anonymous memory kept by name; the rest are summed into one.
 const MAX_TRACKED_ROWS: usize = 64;
 
-enum Hotspot {
+/// A reader of the target's runtime structures, opened at the first sample that needs one.
+enum Lazy<T> {
     NotTried,
-    Read(Box<HotspotVm<TargetMemory>>),
+    Read(T),
+    /// Not this runtime, or its structures cannot be read: not tried again.
     Unavailable,
+}
+
+impl<T> Lazy<T> {
+    /// The reader, opened by `open` the first time (`Ok(None)`: not this runtime).
+    fn get(
+        &mut self,
+        what: &str,
+        open: impl FnOnce() -> Result<Option<T>, String>,
+    ) -> Option<&mut T> {
+        if let Lazy::NotTried = self {
+            *self = match open() {
+                Ok(Some(reader)) => Lazy::Read(reader),
+                Ok(None) => Lazy::Unavailable,
+                Err(err) => {
+                    log::debug!("rss split: no {what} ranges: {err}");
+                    Lazy::Unavailable
+                }
+            };
+        }
+        match self {
+            Lazy::Read(reader) => Some(reader),
+            _ => None,
+        }
+    }
 }
 
 /// Reads the split at every sample, keeping the same samples as the stacks' timeline.
@@ -88,7 +119,8 @@ pub struct RssSampler {
     /// Mapped bytes per owner at the first and the last sample read.
     first: Option<(f64, HashMap<RegionKey, Usage>)>,
     last: Option<(f64, HashMap<RegionKey, Usage>)>,
-    hotspot: Hotspot,
+    hotspot: Lazy<Box<HotspotVm<TargetMemory>>>,
+    go: Lazy<ArenaIndex>,
     cut: bool,
 }
 
@@ -99,7 +131,8 @@ impl RssSampler {
             timeline: Timeline::default(),
             first: None,
             last: None,
-            hotspot: Hotspot::NotTried,
+            hotspot: Lazy::NotTried,
+            go: Lazy::NotTried,
             cut: false,
         }
     }
@@ -138,25 +171,53 @@ impl RssSampler {
         let memory = TargetMemory::new(self.pid);
         let mut owned: Vec<OwnedRange> = owners::glibc_arenas(&vmas, &memory);
         owned.extend(self.hotspot_ranges());
+        owned.extend(self.go_ranges(&memory));
         Some(split::split(&vmas, &owned, tracked))
     }
 
     fn hotspot_ranges(&mut self) -> Vec<OwnedRange> {
-        if let Hotspot::NotTried = self.hotspot {
-            self.hotspot = match HotspotVm::attach(self.pid) {
-                Ok(vm) => Hotspot::Read(Box::new(vm)),
-                Err(err) => {
-                    log::debug!("rss split: no HotSpot ranges: {err}");
-                    Hotspot::Unavailable
-                }
-            };
-        }
-        match &mut self.hotspot {
-            Hotspot::Read(vm) => owners::hotspot_ranges(vm).unwrap_or_else(|err| {
-                log::debug!("rss split: HotSpot ranges unreadable: {err}");
+        let pid = self.pid;
+        let Some(vm) = self.hotspot.get("HotSpot", || {
+            HotspotVm::attach(pid)
+                .map(|vm| Some(Box::new(vm)))
+                .map_err(|err| err.to_string())
+        }) else {
+            return Vec::new();
+        };
+        owners::hotspot_ranges(vm).unwrap_or_else(|err| {
+            log::debug!("rss split: HotSpot ranges unreadable: {err}");
+            Vec::new()
+        })
+    }
+
+    /// The Go heap's arenas, from the runtime's own index: the heap mapped before the attach
+    /// has no traced stack to name it.
+    fn go_ranges(&mut self, memory: &TargetMemory) -> Vec<OwnedRange> {
+        let pid = self.pid;
+        let Some(index) = self.go.get("Go heap", || {
+            let process = TargetProcess::open(pid).map_err(|err| err.to_string())?;
+            #[expect(
+                clippy::redundant_closure,
+                reason = "the function alone is not general over the file's lifetime"
+            )]
+            go_heap::with_executable(&process, |file, bias| arenas::index_in(file, bias))
+        }) else {
+            return Vec::new();
+        };
+        match arenas::read(memory, *index) {
+            Ok(ranges) => ranges
+                .into_iter()
+                .map(|(start, end)| OwnedRange {
+                    start,
+                    end,
+                    kind: RegionKind::GoHeap,
+                    label: "Go heap arenas",
+                })
+                .collect(),
+            Err(err) => {
+                log::debug!("rss split: Go heap arenas unreadable: {err}");
                 Vec::new()
-            }),
-            _ => Vec::new(),
+            }
         }
     }
 
