@@ -248,6 +248,25 @@ impl Target {
         read_truth(&self.proc.stdout, self.proc.name())
     }
 
+    /// Traces the target's work: `record --pid` with a sample every 500 ms writing `outputs`,
+    /// attached before "go" and stopped with SIGINT once the target has printed its truth
+    /// (while it still runs); then the target is released. Returns the truth.
+    pub fn record_its_work(mut self, outputs: &[&Path]) -> Truth {
+        let pid = self.pid().to_string();
+        let mut args = vec!["record", "--pid", &pid, "--interval", "500ms"];
+        for output in outputs {
+            args.extend(["-o", crate::arg(output)]);
+        }
+        let mut run = crate::Run::start(&args);
+        run.wait_attached();
+        self.go();
+        let truth = self.read_truth();
+        run.signal(libc::SIGINT);
+        run.finish().assert_success();
+        self.release();
+        truth
+    }
+
     /// Ends a target that waits after `done` and checks that it exits cleanly; a probe left
     /// behind in it (a uretprobe's trampoline, say) tends to show up here as a crash.
     pub fn release(&mut self) {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tests::report::parse_folded;
 use tests::runtimes::within_percent;
 use tests::targets::{self, Target};
-use tests::{Run, arg, paths, read_report, serial};
+use tests::{paths, read_report, serial};
 
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
@@ -17,25 +17,7 @@ fn go_heap_profile_names_the_keeping_path() {
     let dir = paths::scratch("go_heap_profile_names_the_keeping_path");
     let json = dir.join("out.json");
     let folded = dir.join("out.folded");
-    let mut target = Target::start(&targets::go_sub_slices(), &["4"]);
-    let pid = target.pid().to_string();
-    let mut run = Run::start(&[
-        "record",
-        "--pid",
-        &pid,
-        "--interval",
-        "500ms",
-        "-o",
-        arg(&json),
-        "-o",
-        arg(&folded),
-    ]);
-    run.wait_attached();
-    target.go();
-    let truth = target.read_truth();
-    run.signal(libc::SIGINT);
-    run.finish().assert_success();
-    target.release();
+    let truth = Target::start(&targets::go_sub_slices(), &["4"]).record_its_work(&[&json, &folded]);
 
     let report: Value = serde_json::from_str(&read_report(&json)).expect("JSON report");
     let stacks = report["stacks"].as_array().expect("stacks");
@@ -93,23 +75,8 @@ fn go_heap_mapped_before_the_attach_is_named_from_the_runtimes_arenas() {
     let test = "go_heap_mapped_before_the_attach_is_named_from_the_runtimes_arenas";
     let dir = paths::scratch(test);
     let json = dir.join("out.json");
-    let mut target = Target::start(&targets::go_sub_slices(), &["--hold-mib=64", "2"]);
-    let pid = target.pid().to_string();
-    let mut run = Run::start(&[
-        "record",
-        "--pid",
-        &pid,
-        "--interval",
-        "500ms",
-        "-o",
-        arg(&json),
-    ]);
-    run.wait_attached();
-    target.go();
-    let truth = target.read_truth();
-    run.signal(libc::SIGINT);
-    run.finish().assert_success();
-    target.release();
+    let truth =
+        Target::start(&targets::go_sub_slices(), &["--hold-mib=64", "2"]).record_its_work(&[&json]);
 
     let report: Value = serde_json::from_str(&read_report(&json)).expect("JSON report");
     let regions = report["memory"]["regions"]
