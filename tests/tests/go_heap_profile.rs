@@ -100,10 +100,12 @@ fn go_heap_mapped_before_the_attach_is_named_from_the_runtimes_arenas() {
         explained * 100.0
     );
     assert_eq!(held, 64 << 20, "the target's own truth");
+    // The held buffers are touched page by page; the kept ones only at their first byte (the
+    // runtime does not zero memory fresh from the system), so only the held part is surely
+    // resident.
     assert!(
-        go_heap * 100 >= (held + kept) * 95,
-        "go-heap holds {go_heap} resident bytes, under the {held} held before the attach and \
-         the {kept} kept after it"
+        go_heap * 100 >= held * 95,
+        "go-heap holds {go_heap} resident bytes, under the {held} held before the attach"
     );
     // Churned buffers not yet returned to the system sit in the heap too, but not many.
     assert!(
