@@ -43,7 +43,7 @@ impl Selector {
             && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             return Err(format!(
-                "--container '{id}' is not a container id (hexadecimal, 12 to 64 digits)"
+                "--container '{id}' is not a container id or its start (hexadecimal digits)"
             ));
         }
         Ok(Self {
