@@ -184,3 +184,81 @@ fn the_agent_traces_and_pushes_every_matching_process() {
         received.len()
     );
 }
+
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn the_agent_says_when_the_cap_is_hit_and_takes_a_freed_place() {
+    let _serial = serial();
+    let receiver = Receiver::start(0);
+    let exe = targets::alloc_family();
+    let first = targets::Target::start(&exe, &["lh-fleet-cap"]);
+    let second = targets::Target::start(&exe, &["lh-fleet-cap"]);
+    let run = Run::start(&[
+        "agent",
+        "--match-cmdline",
+        "alloc_family lh-fleet-cap$",
+        "--scan-every",
+        "200ms",
+        "--max-targets",
+        "1",
+        "--push",
+        &receiver.url,
+        "--push-every",
+        "60s",
+    ]);
+    let mut lines = Vec::new();
+    wait_line(&run, &mut lines, "that the cap was hit", |line| {
+        line == "leakhound agent: 1 matching processes are not traced: 1 are, the most --max-targets allows"
+    });
+    let traced_first = lines
+        .iter()
+        .any(|line| line.starts_with(&format!("leakhound agent: pid {}: tracing", first.pid())));
+    let (mut traced, mut waiting) = if traced_first {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("leakhound agent: pid {}: tracing", traced.pid()))),
+        "one of the two is traced:\n{}",
+        lines.join("\n")
+    );
+    let traced_pid = traced.pid();
+    wait_line(&run, &mut lines, "the traced target attached", |line| {
+        line.starts_with(&format!(
+            "leakhound agent: pid {traced_pid}: leakhound: attached"
+        ))
+    });
+    // The traced one exits: its place goes to the one that waited.
+    traced.go();
+    traced.read_truth();
+    traced.release();
+    let waiting_pid = waiting.pid();
+    wait_line(&run, &mut lines, "the waiting target attached", |line| {
+        line.starts_with(&format!(
+            "leakhound agent: pid {waiting_pid}: leakhound: attached"
+        ))
+    });
+    let all_traced = "leakhound agent: every matching process is traced";
+    if !lines.iter().any(|line| line == all_traced) {
+        wait_line(&run, &mut lines, "that every match is traced", |line| {
+            line == all_traced
+        });
+    }
+    run.signal(libc::SIGTERM);
+    let outcome = run.finish();
+    outcome.assert_success();
+    waiting.go();
+    waiting.read_truth();
+    waiting.release();
+    // Each trace pushed its final profile.
+    assert!(
+        [traced.pid(), waiting_pid].iter().all(|&pid| receiver
+            .received()
+            .iter()
+            .any(|r| r.accepted && is_of(r, pid))),
+        "a final push of each"
+    );
+}
