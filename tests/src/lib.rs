@@ -11,6 +11,7 @@ pub mod fake_jvm;
 pub mod frame_pointer_targets;
 pub mod ingest_receiver;
 pub mod memory_cgroup;
+pub mod pprof;
 pub mod probes;
 pub mod process;
 pub mod report;

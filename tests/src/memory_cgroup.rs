@@ -43,6 +43,15 @@ impl MemoryCgroup {
         self.write("cgroup.procs", &pid.to_string());
     }
 
+    /// What the cgroup has charged now: `memory.usage_in_bytes` (v1) or `memory.current` (v2).
+    pub fn usage(&self) -> u64 {
+        ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|file| std::fs::read_to_string(self.dir.join(file)).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no usage readable in {}", self.dir.display()))
+    }
+
     fn write(&self, file: &str, value: &str) {
         let path = self.dir.join(file);
         std::fs::write(&path, value)

@@ -109,7 +109,11 @@ fn check_container(file: &Path, container: &Yaml) {
 /// The arguments name a subcommand and options the binary has (placeholders aside).
 fn check_arguments(file: &Path, args: &[&str]) {
     let (subcommand, options) = args.split_first().expect("arguments");
-    assert_eq!(*subcommand, "record", "{}", file.display());
+    assert!(
+        ["record", "agent"].contains(subcommand),
+        "{}: {subcommand}",
+        file.display()
+    );
     let bin = tests::paths::target_dir().join("release/leakhound");
     let bin = std::env::var_os("LEAKHOUND_BIN").map_or(bin, PathBuf::from);
     if !bin.is_file() {
@@ -121,14 +125,14 @@ fn check_arguments(file: &Path, args: &[&str]) {
         return;
     }
     let help = Command::new(&bin)
-        .args(["record", "--help"])
+        .args([subcommand, "--help"])
         .output()
         .expect("leakhound runs");
     let help = String::from_utf8_lossy(&help.stdout);
     for option in options.iter().filter(|arg| arg.starts_with("--")) {
         assert!(
             help.contains(option),
-            "{}: leakhound record has no {option}",
+            "{}: leakhound {subcommand} has no {option}",
             file.display()
         );
     }
@@ -181,4 +185,58 @@ fn the_node_pod_shares_the_nodes_pids_and_the_debug_container_the_apps() {
         "a partial container spec for --custom"
     );
     assert!(text.contains("--target=") && text.contains("--custom=deploy/debug-container.yaml"));
+}
+
+#[test]
+fn the_daemonset_runs_the_agent_on_every_node_with_the_nodes_pids() {
+    let (file, text) = manifests()
+        .into_iter()
+        .find(|(file, _)| file.ends_with("daemonset.yaml"))
+        .expect("deploy/daemonset.yaml");
+    let doc = YamlLoader::load_from_str(&text).expect("parses").remove(0);
+    assert_eq!(doc["kind"].as_str(), Some("DaemonSet"));
+    let spec = &doc["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["hostPID"].as_bool(),
+        Some(true),
+        "it selects among the node's processes"
+    );
+    assert!(spec["hostNetwork"].is_badvalue(), "no host network");
+    assert!(spec["volumes"].is_badvalue(), "no host mounts");
+    // Time for every child to detach and push its final profile after SIGTERM.
+    assert!(
+        spec["terminationGracePeriodSeconds"]
+            .as_i64()
+            .is_some_and(|secs| secs >= 45),
+        "{}",
+        file.display()
+    );
+    let container = &spec["containers"][0];
+    let args = strings(&container["args"]);
+    assert_eq!(args.first(), Some(&"agent"));
+    assert!(
+        ["--match-cmdline", "--cgroup", "--container"]
+            .iter()
+            .any(|selector| args.contains(selector)),
+        "a selector in {args:?}"
+    );
+    let url = args
+        .iter()
+        .position(|arg| *arg == "--push")
+        .and_then(|at| args.get(at + 1))
+        .expect("--push URL");
+    assert!(url.starts_with("http://"), "a Pyroscope URL: {url}");
+    // The `host` label: the node's name from the downward API.
+    let env = container["env"].as_vec().expect("env");
+    assert!(
+        env.iter()
+            .any(|var| var["name"].as_str() == Some("NODE_NAME")
+                && var["valueFrom"]["fieldRef"]["fieldPath"].as_str() == Some("spec.nodeName")),
+        "NODE_NAME from spec.nodeName"
+    );
+    assert!(
+        text.contains("hostPID ") && text.contains("why"),
+        "{} says why hostPID is needed",
+        file.display()
+    );
 }

@@ -444,6 +444,7 @@ mod tests {
                 Some(ProcessMemory {
                     rss_bytes: 1 << 20,
                     anon_bytes: 1 << 19,
+                    cgroup: None,
                 }),
             ),
         );

@@ -30,6 +30,9 @@ pub enum Command {
     Record(Box<RecordArgs>),
     /// Render a saved recording again (no root needed), or compare two as a diff.
     Report(ReportArgs),
+    /// Trace every process that matches a selector, found by scanning /proc, each pushed to
+    /// a Pyroscope server (continuous mode for a node; see README, Fleet).
+    Agent(Box<crate::agent::AgentArgs>),
     /// Print what leakhound reads of a running JVM's own metadata (for checking by hand).
     #[command(hide = true)]
     DebugJvm(DebugJvmArgs),
@@ -319,14 +322,18 @@ mod tests {
     fn parse(args: &[&str]) -> Result<RecordConfig, clap::Error> {
         match Cli::try_parse_from(args)?.command {
             Command::Record(record) => Ok(record.into_config()),
-            Command::Report(_) | Command::DebugJvm(_) => panic!("expected record"),
+            Command::Report(_) | Command::DebugJvm(_) | Command::Agent(_) => {
+                panic!("expected record")
+            }
         }
     }
 
     fn parse_report(args: &[&str]) -> Result<ReportConfig, clap::Error> {
         match Cli::try_parse_from(args)?.command {
             Command::Report(report) => Ok(report.into_config()),
-            Command::Record(_) | Command::DebugJvm(_) => panic!("expected report"),
+            Command::Record(_) | Command::DebugJvm(_) | Command::Agent(_) => {
+                panic!("expected report")
+            }
         }
     }
 

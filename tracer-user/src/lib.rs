@@ -4,6 +4,7 @@
 //! it, attaches it to a running process or a command it launches, and turns what it gathered
 //! into reports.
 
+pub mod agent;
 pub mod analysis;
 pub mod builder;
 pub mod cli;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Record(args) => record(*args),
         Command::Report(args) => replay(&args.into_config()),
+        Command::Agent(args) => tracer_user::agent::main(*args),
         Command::DebugJvm(args) => {
             match tracer_user::jit::hotspot::debug::run(args.pid, args.pcs.as_deref(), args.tables)
             {

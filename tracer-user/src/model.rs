@@ -184,6 +184,28 @@ pub struct ProcessMemory {
     pub rss_bytes: u64,
     /// Resident anonymous memory: the heap, anonymous mmap, thread stacks.
     pub anon_bytes: u64,
+    /// The target's memory cgroup at the same moment, where one is mounted for leakhound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupUse>,
+}
+
+/// What the target's memory cgroup has charged, and its limit: the figure the OOM killer
+/// compares, which can be reached long before the target's own RSS looks large (the cgroup
+/// also charges its other processes and the page cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupUse {
+    pub usage_bytes: u64,
+    /// `None`: no limit (`max`).
+    pub limit_bytes: Option<u64>,
+}
+
+impl CgroupUse {
+    /// Usage over the limit, when there is a limit.
+    pub fn used_share(&self) -> Option<f64> {
+        self.limit_bytes
+            .filter(|&limit| limit > 0)
+            .map(|limit| self.usage_bytes as f64 / limit as f64)
+    }
 }
 
 /// One point of the timeline that every stack's [`StackRecord::history`] follows.

@@ -704,11 +704,19 @@ impl Session {
         }
     }
 
-    /// `/proc/PID/smaps_rollup`; none once the target has exited (a zombie's is empty).
+    /// `/proc/PID/smaps_rollup`, with the memory cgroup's usage and limit read beside it;
+    /// none once the target has exited (a zombie's is empty).
     fn memory(&self) -> Option<ProcessMemory> {
         let text =
             std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.target.pid)).ok()?;
-        parse_smaps_rollup(&text)
+        let memory = parse_smaps_rollup(&text)?;
+        Some(ProcessMemory {
+            cgroup: self
+                .cgroup
+                .as_ref()
+                .and_then(|cgroup| cgroup.read().usage()),
+            ..memory
+        })
     }
 
     /// Reads everything out of the kernel, detaches, then names frames (which can be slow and

@@ -18,6 +18,7 @@ pub fn parse_smaps_rollup(text: &str) -> Option<ProcessMemory> {
     Some(ProcessMemory {
         rss_bytes: field("Rss")?,
         anon_bytes: field("Anonymous")?,
+        cgroup: None,
     })
 }
 
@@ -29,6 +30,8 @@ pub struct MemoryPoint {
     pub anon_bytes: u64,
     /// Outstanding bytes the tracer tracked at that sample (all stacks).
     pub tracked_bytes: u64,
+    /// The memory cgroup's usage and limit, where it was read.
+    pub cgroup: Option<crate::model::CgroupUse>,
 }
 
 /// The first and last samples at which the target's memory was read.
@@ -94,6 +97,7 @@ pub fn reconcile(recording: &Recording) -> Option<Reconciliation> {
                     rss_bytes: memory.rss_bytes,
                     anon_bytes: memory.anon_bytes,
                     tracked_bytes,
+                    cgroup: memory.cgroup,
                 })
             });
     let first = points.next()?;
@@ -115,7 +119,8 @@ mod tests {
             parse_smaps_rollup(text),
             Some(ProcessMemory {
                 rss_bytes: 1608 * 1024,
-                anon_bytes: 112 * 1024
+                anon_bytes: 112 * 1024,
+                cgroup: None,
             })
         );
         assert_eq!(parse_smaps_rollup("Rss: 10 kB\n"), None);
@@ -125,6 +130,7 @@ mod tests {
         Some(ProcessMemory {
             rss_bytes: rss,
             anon_bytes: anon,
+            cgroup: None,
         })
     }
 

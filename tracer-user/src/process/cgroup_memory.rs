@@ -78,6 +78,16 @@ impl CgroupMemory {
     }
 }
 
+impl CgroupReading {
+    /// The reading as the reports show it: none without a usage to show.
+    pub fn usage(&self) -> Option<crate::model::CgroupUse> {
+        Some(crate::model::CgroupUse {
+            usage_bytes: self.usage?,
+            limit_bytes: self.limit,
+        })
+    }
+}
+
 /// A number, `max` (no limit: `Some(None)`), or nothing readable (`None`). v1 reports no limit
 /// as the page counter's maximum, about 2^63 rounded down to a page.
 fn parse_value(text: &str) -> Option<Option<u64>> {

@@ -90,6 +90,12 @@ impl Labels {
     }
 }
 
+/// The container id in `/proc/PID/cgroup`'s text, where its layout shows one (the agent's
+/// `--container` selector).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    ContainerIds::from_cgroup(cgroup).container
+}
+
 /// A container id and a pod's uid, read from a cgroup path.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct ContainerIds {

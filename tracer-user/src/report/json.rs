@@ -101,6 +101,9 @@ struct Memory<'a> {
     rss_bytes: u64,
     anon_bytes: u64,
     tracked_bytes: u64,
+    /// The memory cgroup's usage and limit at the same sample, where it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<CgroupOut>,
     growth: Growth,
     /// The RSS split by owner (`crate::rss`), when smaps was read.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +126,24 @@ struct RegionOut<'a> {
 }
 
 #[derive(Serialize)]
+struct CgroupOut {
+    usage_bytes: u64,
+    /// Null: no limit.
+    limit_bytes: Option<u64>,
+    used_share: Option<f64>,
+}
+
+impl From<crate::model::CgroupUse> for CgroupOut {
+    fn from(cgroup: crate::model::CgroupUse) -> Self {
+        Self {
+            usage_bytes: cgroup.usage_bytes,
+            limit_bytes: cgroup.limit_bytes,
+            used_share: cgroup.used_share(),
+        }
+    }
+}
+
+#[derive(Serialize)]
 struct Growth {
     from_secs: f64,
     to_secs: f64,
@@ -141,6 +162,10 @@ struct SampleOut {
     rss_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     anon_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup_usage_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup_limit_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -260,6 +285,7 @@ impl Render for Json {
                 rss_bytes: r.last.rss_bytes,
                 anon_bytes: r.last.anon_bytes,
                 tracked_bytes: r.last.tracked_bytes,
+                cgroup: r.last.cgroup.map(CgroupOut::from),
                 growth: Growth {
                     from_secs: r.first.secs,
                     to_secs: r.last.secs,
@@ -303,6 +329,8 @@ impl Render for Json {
                     tracked_bytes,
                     rss_bytes: sample.memory.map(|m| m.rss_bytes),
                     anon_bytes: sample.memory.map(|m| m.anon_bytes),
+                    cgroup_usage_bytes: cgroup_of(sample).map(|c| c.usage_bytes),
+                    cgroup_limit_bytes: cgroup_of(sample).and_then(|c| c.limit_bytes),
                 })
                 .collect(),
             stacks,
@@ -310,6 +338,10 @@ impl Render for Json {
         serde_json::to_writer_pretty(&mut *out, &document)?;
         writeln!(out)
     }
+}
+
+fn cgroup_of(sample: &crate::model::Sample) -> Option<crate::model::CgroupUse> {
+    sample.memory.and_then(|memory| memory.cgroup)
 }
 
 #[cfg(test)]

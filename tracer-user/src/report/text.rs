@@ -211,7 +211,7 @@ fn write_growing(
 }
 
 fn write_memory(r: &Reconciliation, out: &mut dyn io::Write) -> io::Result<()> {
-    writeln!(
+    write!(
         out,
         "memory at {:.1} s: RSS {}, anonymous {}, tracked outstanding {}",
         r.last.secs,
@@ -219,6 +219,10 @@ fn write_memory(r: &Reconciliation, out: &mut dyn io::Write) -> io::Result<()> {
         human_bytes(r.last.anon_bytes),
         human_bytes(r.last.tracked_bytes)
     )?;
+    match &r.last.cgroup {
+        Some(cgroup) => writeln!(out, "; {}", cgroup_line(cgroup))?,
+        None => writeln!(out)?,
+    }
     if r.last.secs <= r.first.secs {
         return Ok(());
     }
@@ -245,6 +249,19 @@ fn write_memory(r: &Reconciliation, out: &mut dyn io::Write) -> io::Result<()> {
             human_bytes(r.unexplained_growth().unsigned_abs())
         ),
         None => writeln!(out, "; anonymous memory did not grow"),
+    }
+}
+
+/// `memory cgroup: 900.0 MiB used of 1.0 GiB limit (90%)`: how near the OOM killer is.
+fn cgroup_line(cgroup: &crate::model::CgroupUse) -> String {
+    let used = human_bytes(cgroup.usage_bytes);
+    match (cgroup.limit_bytes, cgroup.used_share()) {
+        (Some(limit), Some(share)) => format!(
+            "memory cgroup: {used} used of {} limit ({:.0}%)",
+            human_bytes(limit),
+            share * 100.0
+        ),
+        _ => format!("memory cgroup: {used} used, no limit (max)"),
     }
 }
 
@@ -463,5 +480,62 @@ mod tests {
             }
         }
         assert_eq!(losses.len(), LOSS_LINES.len(), "{losses:?}");
+    }
+
+    #[test]
+    fn the_cgroup_is_shown_beside_the_rss() {
+        use crate::model::{CgroupUse, ProcessMemory, Sample};
+        let sample = |secs: f64, usage_bytes: u64, limit_bytes: Option<u64>| Sample {
+            secs,
+            memory: Some(ProcessMemory {
+                rss_bytes: 912 << 20,
+                anon_bytes: 900 << 20,
+                cgroup: Some(CgroupUse {
+                    usage_bytes,
+                    limit_bytes,
+                }),
+            }),
+        };
+        let render = |samples: Vec<Sample>| {
+            let recording = Recording {
+                samples,
+                ..Recording::default()
+            };
+            let mut out = Vec::new();
+            Text { top: 10 }
+                .render(&Report::new(&recording), &mut out)
+                .expect("renders");
+            let mut json = Vec::new();
+            crate::report::Format::Json
+                .renderer(10)
+                .render(&Report::new(&recording), &mut json)
+                .expect("renders");
+            let json: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+            (String::from_utf8(out).expect("utf-8"), json)
+        };
+        let (text, json) = render(vec![
+            sample(1.0, 800 << 20, Some(1 << 30)),
+            sample(2.0, 900 << 20, Some(1 << 30)),
+        ]);
+        assert!(
+            text.contains(
+                "memory at 2.0 s: RSS 912.0 MiB, anonymous 900.0 MiB, tracked outstanding 0 B; memory cgroup: 900.0 MiB used of 1.0 GiB limit (88%)\n"
+            ),
+            "{text}"
+        );
+        let cgroup = &json["memory"]["cgroup"];
+        assert_eq!(cgroup["usage_bytes"], 900u64 << 20);
+        assert_eq!(cgroup["limit_bytes"], 1u64 << 30);
+        assert_eq!(cgroup["used_share"], 900.0 / 1024.0);
+        assert_eq!(json["samples"][0]["cgroup_usage_bytes"], 800u64 << 20);
+        assert_eq!(json["samples"][1]["cgroup_limit_bytes"], 1u64 << 30);
+
+        let (text, json) = render(vec![sample(1.0, 5 << 20, None)]);
+        assert!(
+            text.contains("; memory cgroup: 5.0 MiB used, no limit (max)\n"),
+            "{text}"
+        );
+        assert!(json["memory"]["cgroup"]["limit_bytes"].is_null());
+        assert!(json["samples"][0].get("cgroup_limit_bytes").is_none());
     }
 }

@@ -1,0 +1,386 @@
+//! `leakhound agent`: continuous mode for a whole node. It scans `/proc` every
+//! `--scan-every`, and traces each process that matches its selector with a child of its own
+//! running `leakhound record --pid N --push URL` ([`children`]): the same session, hardening
+//! and pushes as a record run by hand, and a trace that fails or ends (the target exited or
+//! exec'd) touches no other. New matches are attached at the next scan; exited ones are
+//! dropped. At most `--max-targets` are traced at once (each holds its own kernel maps), and
+//! the agent says when matching processes wait for a free place. SIGTERM or SIGINT ends every
+//! trace: each child detaches its probes and pushes a final profile before the agent exits.
+
+pub mod children;
+pub mod scan;
+pub mod selector;
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{Hash as _, Hasher as _},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use children::Traced;
+use scan::Identity;
+use selector::Selector;
+
+/// How long the end waits for the children: each waits up to [`crate::push::FINAL_WAIT`] for
+/// its last pushes, after writing its report.
+const END_WAIT: Duration = Duration::from_secs(40);
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Trace processes whose command line (arguments joined by spaces) matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub match_cmdline: Option<String>,
+    /// Trace processes in this cgroup or below it (a path as /proc/PID/cgroup shows it, such
+    /// as /kubepods/burstable), or whose cgroup path contains this text (no leading /).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Trace the processes of this container (its id, or the first digits of it).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+    /// Look for new and exited processes this often.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::cli::parse_interval)]
+    pub scan_every: Duration,
+    /// Processes traced at once at most; further matches wait for a place (and are said).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_targets: u32,
+    /// Record a sample of the allocations in each target (as `record --sample-bytes`).
+    #[arg(long, value_name = "BYTES", value_parser = crate::cli::parse_bytes)]
+    pub sample_bytes: Option<u64>,
+    #[command(flatten)]
+    pub push: crate::push::PushArgs,
+}
+
+/// The agent's plain configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub selector: Selector,
+    pub scan_every: Duration,
+    pub max_targets: usize,
+    /// What follows `record --pid N` in each child.
+    pub record_args: Vec<String>,
+}
+
+impl AgentArgs {
+    pub fn into_config(self) -> Result<AgentConfig, String> {
+        let selector = Selector::new(self.match_cmdline.as_deref(), self.cgroup, self.container)?;
+        let push = self
+            .push
+            .into_config()
+            .ok_or("the agent pushes what it traces: give --push URL")?;
+        let mut record_args = vec![
+            "--push".to_owned(),
+            push.url,
+            "--push-every".to_owned(),
+            format!("{}ms", push.every.as_millis()),
+        ];
+        if let Some(service) = push.service {
+            record_args.extend(["--service".to_owned(), service]);
+        }
+        if let Some(bytes) = self.sample_bytes {
+            record_args.extend(["--sample-bytes".to_owned(), bytes.to_string()]);
+        }
+        Ok(AgentConfig {
+            selector,
+            scan_every: self.scan_every,
+            max_targets: self.max_targets as usize,
+            record_args,
+        })
+    }
+}
+
+/// What the agent knows of a pid that matched.
+enum Known {
+    Traced(Traced),
+    /// Its trace ended while the process lives on (it failed to attach, or exec'd): not
+    /// traced again unless it runs another command line that matches.
+    Ended {
+        start: u64,
+        cmdline_hash: u64,
+    },
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    known: HashMap<u32, Known>,
+    /// leakhound's own executable: its processes (this one, its children) are never traced.
+    own_executable: Option<(u64, u64)>,
+    /// Matching processes left untraced at the last scan because of the cap.
+    waiting: usize,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Self {
+        Self {
+            config,
+            known: HashMap::new(),
+            own_executable: scan::executable("self"),
+            waiting: 0,
+        }
+    }
+
+    fn traced(&self) -> usize {
+        self.known
+            .values()
+            .filter(|known| matches!(known, Known::Traced(_)))
+            .count()
+    }
+
+    /// Reaps ended traces, starts new ones, forgets processes that are gone.
+    pub fn scan(&mut self) {
+        for (pid, known) in &mut self.known {
+            if let Known::Traced(traced) = known
+                && let Some(status) = traced.exited()
+            {
+                eprintln!("leakhound agent: pid {pid}: trace ended ({status})");
+                *known = Known::Ended {
+                    start: traced.identity.start,
+                    cmdline_hash: traced.cmdline_hash,
+                };
+            }
+        }
+        let pids = scan::pids();
+        let own = std::process::id();
+        let mut running = self.traced();
+        let mut waiting = 0;
+        for &pid in &pids {
+            if pid == own {
+                continue;
+            }
+            let Some(identity) = scan::identity(pid) else {
+                continue;
+            };
+            if let Some(Known::Traced(_)) = self.known.get(&pid) {
+                continue;
+            }
+            let Some(seen) = scan::seen(pid) else {
+                continue;
+            };
+            let cmdline_hash = hash(&seen.cmdline);
+            if let Some(Known::Ended {
+                start,
+                cmdline_hash: ended,
+            }) = self.known.get(&pid)
+                && (*start, *ended) == (identity.start, cmdline_hash)
+            {
+                continue;
+            }
+            if !self.config.selector.matches(&seen)
+                || scan::executable(&pid.to_string()) == self.own_executable
+            {
+                continue;
+            }
+            if running >= self.config.max_targets {
+                waiting += 1;
+                continue;
+            }
+            self.start(identity, cmdline_hash, &seen.cmdline);
+            running += 1;
+        }
+        if waiting != self.waiting {
+            if waiting > 0 {
+                eprintln!(
+                    "leakhound agent: {waiting} matching processes are not traced: {} are, the most --max-targets allows",
+                    self.config.max_targets
+                );
+            } else {
+                eprintln!("leakhound agent: every matching process is traced");
+            }
+            self.waiting = waiting;
+        }
+        // Memory stays bounded over days: only live processes are remembered.
+        let live: HashSet<u32> = pids.into_iter().collect();
+        self.known
+            .retain(|pid, known| matches!(known, Known::Traced(_)) || live.contains(pid));
+    }
+
+    fn start(&mut self, identity: Identity, cmdline_hash: u64, cmdline: &str) {
+        let shown: String = crate::names::shown(cmdline).chars().take(200).collect();
+        let pid = identity.pid;
+        match Traced::start(identity, cmdline_hash, &self.config.record_args) {
+            Ok(traced) => {
+                eprintln!("leakhound agent: pid {pid}: tracing `{shown}`");
+                self.known.insert(pid, Known::Traced(traced));
+            }
+            Err(err) => {
+                eprintln!("leakhound agent: pid {pid}: cannot start its trace: {err}");
+                self.known.insert(
+                    pid,
+                    Known::Ended {
+                        start: identity.start,
+                        cmdline_hash,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Ends every trace: each child detaches and pushes its final profile. Returns how many
+    /// had to be killed.
+    pub fn end(&mut self, why: &str) -> usize {
+        let mut traced: Vec<(u32, Traced)> = self
+            .known
+            .drain()
+            .filter_map(|(pid, known)| match known {
+                Known::Traced(traced) => Some((pid, traced)),
+                Known::Ended { .. } => None,
+            })
+            .collect();
+        eprintln!(
+            "leakhound agent: {why}: ending {} traces (each pushes a final profile)",
+            traced.len()
+        );
+        for (_, child) in &traced {
+            child.end();
+        }
+        let deadline = Instant::now() + END_WAIT;
+        while !traced.is_empty() && Instant::now() < deadline {
+            traced.retain_mut(|(pid, child)| match child.exited() {
+                Some(status) => {
+                    eprintln!("leakhound agent: pid {pid}: trace ended ({status})");
+                    false
+                }
+                None => true,
+            });
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (pid, child) in &mut traced {
+            let status = child.kill();
+            eprintln!(
+                "leakhound agent: pid {pid}: its trace did not end within {} s and was killed ({status:?})",
+                END_WAIT.as_secs()
+            );
+        }
+        traced.len()
+    }
+}
+
+fn hash(text: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `leakhound agent`: scans and traces until SIGTERM or SIGINT.
+pub fn main(args: AgentArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("leakhound: error: {err}");
+            eprintln!("  hint: leakhound agent --match-cmdline REGEX --push http://pyroscope:4040");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("leakhound: error: cannot start the agent's runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut agent = Agent::new(config);
+    let scan_every = agent.config.scan_every;
+    let why = runtime.block_on(async {
+        let (Ok(mut sigint), Ok(mut sigterm)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return "no signal handler".to_owned();
+        };
+        let mut tick = tokio::time::interval(scan_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        eprintln!(
+            "leakhound agent: scanning /proc every {:.1} s",
+            scan_every.as_secs_f64()
+        );
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => break "SIGINT".to_owned(),
+                _ = sigterm.recv() => break "SIGTERM".to_owned(),
+                _ = tick.tick() => agent.scan(),
+            }
+        }
+    });
+    if agent.end(&why) > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    fn config(args: &[&str]) -> Result<super::AgentConfig, String> {
+        match Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Agent(agent) => agent.into_config(),
+            _ => panic!("expected agent"),
+        }
+    }
+
+    #[test]
+    fn each_child_gets_the_push_options() {
+        let config = config(&[
+            "leakhound",
+            "agent",
+            "--match-cmdline",
+            "^/usr/bin/api",
+            "--push",
+            "http://p:4040",
+            "--push-every",
+            "30s",
+            "--service",
+            "api",
+            "--sample-bytes",
+            "512k",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.record_args,
+            [
+                "--push",
+                "http://p:4040",
+                "--push-every",
+                "30000ms",
+                "--service",
+                "api",
+                "--sample-bytes",
+                "524288"
+            ]
+        );
+        assert_eq!(config.scan_every, std::time::Duration::from_secs(10));
+        assert_eq!(config.max_targets, 16);
+    }
+
+    #[test]
+    fn a_selector_and_a_store_are_required() {
+        assert!(config(&["leakhound", "agent", "--push", "http://p"]).is_err());
+        assert!(config(&["leakhound", "agent", "--cgroup", "/kubepods"]).is_err());
+        assert!(config(&["leakhound", "agent", "--container", "abc", "--push", "u"]).is_ok());
+        assert!(
+            config(&[
+                "leakhound",
+                "agent",
+                "--cgroup",
+                "x",
+                "--push",
+                "u",
+                "--max-targets",
+                "0"
+            ])
+            .is_err()
+        );
+    }
+}
