@@ -299,16 +299,17 @@ fn run(pid: u32, requests: &Receiver<Request>, replies: &Sender<Reply>) {
         listening: inspector.listening.to_string(),
         opened: inspector.opened,
     });
-    loop {
-        match requests.recv() {
-            Ok(Request::Profile) => {
-                let profile = inspector
-                    .profile(SAMPLING_INTERVAL, Instant::now() + PROFILE_DEADLINE)
-                    .map_err(|e| e.to_string());
-                let _ = replies.send(Reply::Profile(profile));
-            }
-            Ok(Request::Finish) | Err(_) => break,
-        }
+    // A `Finish`, or the session gone: either way the last profile, then stop and close.
+    while let Ok(Request::Profile) = requests.recv() {
+        let asked = Instant::now();
+        let profile = inspector
+            .profile(SAMPLING_INTERVAL, asked + PROFILE_DEADLINE)
+            .map_err(|e| e.to_string());
+        log::debug!(
+            "js-heap: profile read in {:.1} ms",
+            asked.elapsed().as_secs_f64() * 1e3
+        );
+        let _ = replies.send(Reply::Profile(profile));
     }
     let deadline = Instant::now() + END_DEADLINE;
     let profile = inspector

@@ -142,7 +142,7 @@ mod tests {
         assert_eq!(sockets[0].local, "127.0.0.1:9229".parse().unwrap());
         assert!(sockets[0].is_listening());
         assert_eq!(sockets[0].inode, 837723);
-        assert_eq!(sockets[1].remote, "127.0.0.1:53998".parse().unwrap());
+        assert_eq!(sockets[1].remote, "127.0.0.1:54000".parse().unwrap());
         assert!(sockets[1].is_established());
 
         let v6 = "header\n   0: 00000000000000000000000001000000:240D 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0 100 0 0 10 0\n";
