@@ -228,3 +228,54 @@ fn js_heap_reaches_a_target_in_its_own_network_namespace() {
     let traced = trace(test, cmd);
     check(test, &traced);
 }
+
+/// A process that is not Node (no SIGUSR1 handler: the signal would kill it): `--js-heap`
+/// sends nothing, says why in one line, and every report is still written.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn js_heap_refuses_a_process_without_an_inspector() {
+    let test = "js_heap_refuses_a_process_without_an_inspector";
+    let _serial = serial();
+    let dir = paths::scratch(test);
+    let json = dir.join("out.json");
+    let mut target = Proc::spawn(
+        {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("60");
+            cmd
+        },
+        test,
+        true,
+    );
+    let pid = target.pid().to_string();
+    let mut run = Run::start(&[
+        "record",
+        "--pid",
+        &pid,
+        "--js-heap",
+        "--interval",
+        "200ms",
+        "--duration",
+        "1s",
+        "-o",
+        arg(&json),
+    ]);
+    run.wait_attached();
+    let outcome = run.finish();
+    outcome.assert_success();
+    let said: Vec<&String> = outcome
+        .stderr
+        .iter()
+        .filter(|l| l.contains("--js-heap:"))
+        .collect();
+    assert_eq!(said.len(), 1, "{test}: {:?}", outcome.stderr);
+    assert!(said[0].contains("does not catch SIGUSR1"), "{said:?}");
+    assert!(
+        target.try_status().is_none(),
+        "{test}: the target did not survive"
+    );
+    let report: Value = serde_json::from_str(&read_report(&json)).expect("json report");
+    assert!(report["stacks"].is_array());
+    target.signal(libc::SIGKILL);
+    let _ = target.wait_timeout(TIMEOUT);
+}
