@@ -279,3 +279,101 @@ fn js_heap_refuses_a_process_without_an_inspector() {
     target.signal(libc::SIGKILL);
     let _ = target.wait_timeout(TIMEOUT);
 }
+
+/// An inspector already open (`--inspect`) with a client connected: leakhound does not join
+/// the session, says so in one line, writes every report, and leaves the inspector as it was.
+/// The target runs in a network namespace of its own, so its port 9229 is its alone; the
+/// client is a second Node process in that namespace holding a connection.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn js_heap_leaves_an_attached_inspector_alone() {
+    let test = "js_heap_leaves_an_attached_inspector_alone";
+    if !runtimes::available("node", "--version") || !runtimes::available("ip", "-V") {
+        println!("skipped: {test} needs node and ip (iproute2)");
+        return;
+    }
+    let _serial = serial();
+    let dir = paths::scratch(test);
+    let json = dir.join("out.json");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/listener_pileup.js");
+    // The client connects once the inspector listens, holds the connection, and leaves after
+    // 30 s whatever happens.
+    let client = "const c = () => require('net').connect(9229, '127.0.0.1').on('error', () => setTimeout(c, 50)); c(); setTimeout(() => process.exit(0), 30000)";
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && node -e \"$1\" & exec node --inspect=127.0.0.1:9229 \"$0\" 2 8",
+    ])
+    .arg(&script)
+    .arg(client)
+    .current_dir(&dir);
+    let mut target = Proc::spawn(cmd, test, true);
+    let ready = target
+        .stdout
+        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+        .expect("ready line");
+    assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+    // Wait for the client's connection to show in the target's table.
+    let pid = target.pid();
+    let connected = || {
+        std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.split_whitespace().nth(1) == Some("0100007F:240D")
+                    && l.split_whitespace().nth(3) == Some("01")
+            })
+    };
+    let until = Instant::now() + TIMEOUT;
+    while !connected() {
+        assert!(Instant::now() < until, "{test}: the client never connected");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = listening_ports(pid);
+    assert!(before.contains(&9229), "{test}: no inspector: {before:?}");
+    let pid = pid.to_string();
+    let mut run = Run::start(&[
+        "record",
+        "--pid",
+        &pid,
+        "--js-heap",
+        "--interval",
+        "200ms",
+        "--duration",
+        "4s",
+        "-o",
+        arg(&json),
+    ]);
+    run.wait_attached();
+    let outcome = run.finish();
+    outcome.assert_success();
+    let said: Vec<&String> = outcome
+        .stderr
+        .iter()
+        .filter(|l| l.contains("--js-heap:"))
+        .collect();
+    assert_eq!(said.len(), 1, "{test}: {:?}", outcome.stderr);
+    assert!(said[0].contains("already connected"), "{said:?}");
+    assert!(target.try_status().is_none(), "{test}: the target ended");
+    assert_eq!(
+        listening_ports(target.pid()),
+        before,
+        "{test}: ports changed"
+    );
+    let report: Value = serde_json::from_str(&read_report(&json)).expect("json report");
+    assert!(
+        report["stacks"]
+            .as_array()
+            .expect("stacks")
+            .iter()
+            .all(|s| s["origin"] != "js-heap")
+    );
+    target.write_line("");
+    let _ = target.wait_timeout(TIMEOUT);
+    if target.try_status().is_none() {
+        target.signal(libc::SIGKILL);
+        let _ = target.wait_timeout(TIMEOUT);
+    }
+}

@@ -31,6 +31,8 @@ const MAX_SKIPPED: usize = 10_000;
 /// for one that was already open.
 const OPEN_WAIT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(20);
+/// Where Node's inspector listens unless told otherwise.
+const DEFAULT_PORT: u16 = 9229;
 /// Node's `SIGUSR1`: starts the inspector (https://nodejs.org/en/learn/getting-started/debugging).
 const SIGUSR1_BIT: u64 = 1 << (libc::SIGUSR1 - 1);
 
@@ -40,7 +42,9 @@ pub enum InspectorError {
         "the process does not catch SIGUSR1 (not Node, or its inspector is disabled); no signal was sent"
     )]
     NoSigusr1Handler,
-    #[error("no socket of the process answered as Node's inspector after SIGUSR1")]
+    #[error(
+        "no new listening socket of the process answered as Node's inspector after SIGUSR1, nor one on port 9229 (an inspector already open on another port is not looked for)"
+    )]
     NotFound,
     #[error(
         "an inspector client is already connected to {addr} ({clients} connection(s)); leakhound leaves it alone"
@@ -207,7 +211,16 @@ impl Inspector {
             }
             if asked.elapsed() >= OPEN_WAIT {
                 // No new socket: the inspector was open already (SIGUSR1 then does nothing).
-                break (now, false);
+                // Only Node's default port is asked: the process's other ports are its own
+                // services, which must not be sent a request on its behalf.
+                let default: Vec<_> = now
+                    .into_iter()
+                    .filter(|s| s.local.port() == DEFAULT_PORT)
+                    .collect();
+                if default.is_empty() {
+                    return Err(InspectorError::NotFound);
+                }
+                break (default, false);
             }
             remaining(deadline)?;
             std::thread::sleep(POLL);
