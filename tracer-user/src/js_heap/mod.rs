@@ -385,4 +385,87 @@ mod tests {
         assert_eq!(stacks[1].live_bytes, 0);
         assert_eq!(stacks[1].history, [0, 100, 100, 0, 0, 0]);
     }
+
+    /// A js-heap stack goes through every format and the trend classifier, its name escaped,
+    /// and stays out of the outstanding total.
+    #[test]
+    fn js_heap_stacks_reach_every_format() {
+        use crate::model::{Recording, Sample};
+        use crate::report::{Format, Report};
+        let mut frames = vec![js("onData", 30), js("evil;name\x1b[2J 42", 20)];
+        frames[1].url = "file:///srv/a b.js".into();
+        let stack = StackRecord {
+            origin: Origin::JsHeap,
+            frames: frames.iter().map(frame_of).collect(),
+            live_bytes: 40_000,
+            live_allocations: 5,
+            total_bytes: 40_000,
+            total_allocations: 5,
+            history: vec![0, 10_000, 20_000, 30_000, 40_000],
+            ages: None,
+            live_bytes_variance: None,
+        };
+        let malloc = StackRecord {
+            origin: Origin::Malloc,
+            frames: vec![Frame::named("main"), Frame::named("leak")],
+            live_bytes: 64,
+            live_allocations: 1,
+            total_bytes: 64,
+            total_allocations: 1,
+            history: vec![64; 5],
+            ages: None,
+            live_bytes_variance: None,
+        };
+        let recording = Recording {
+            pid: 7,
+            command: "node server.js".into(),
+            duration_secs: 5.0,
+            ended_by: "SIGINT".into(),
+            samples: (1..=5)
+                .map(|i| Sample {
+                    secs: f64::from(i),
+                    memory: None,
+                })
+                .collect(),
+            stacks: vec![malloc, stack],
+            ..Recording::default()
+        };
+        assert_eq!(recording.live_bytes(), 64);
+        let report = Report::new(&recording);
+        let render = |format: Format| {
+            let mut out = Vec::new();
+            format.renderer(10).render(&report, &mut out).unwrap();
+            out
+        };
+        let text = String::from_utf8(render(Format::Text)).unwrap();
+        assert!(text.contains("[js-heap]"), "{text}");
+        assert!(text.contains("js heap live ~39.1 KiB"), "{text}");
+        assert!(text.contains("evil;name\\x1b[2J 42"), "{text}");
+        let json: serde_json::Value = serde_json::from_slice(&render(Format::Json)).unwrap();
+        let js = json["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["origin"] == "js-heap")
+            .expect("a js-heap stack");
+        assert_eq!(js["trend"]["class"], "growing");
+        assert_eq!(js["bytes"], 40_000);
+        assert_eq!(json["totals"]["bytes"], 64);
+        let folded = String::from_utf8(render(Format::Folded)).unwrap();
+        assert!(
+            folded.contains("onData;evil\\x3bname\\x1b[2J\\x2042 40000"),
+            "{folded}"
+        );
+        let diff = String::from_utf8(render(Format::Diff)).unwrap();
+        assert!(diff.contains("onData;evil\\x3bname"), "{diff}");
+        let svg = String::from_utf8(render(Format::Svg)).unwrap();
+        assert!(svg.contains("onData"));
+        let mut pprof = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&render(Format::Pprof)[..]),
+            &mut pprof,
+        )
+        .unwrap();
+        assert!(pprof.windows(7).any(|w| w == b"js-heap"));
+    }
 }
