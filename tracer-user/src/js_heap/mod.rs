@@ -392,7 +392,7 @@ mod tests {
     fn js_heap_stacks_reach_every_format() {
         use crate::model::{Recording, Sample};
         use crate::report::{Format, Report};
-        let mut frames = vec![js("onData", 30), js("evil;name\x1b[2J 42", 20)];
+        let mut frames = [js("onData", 30), js("evil;name\x1b[2J 42", 20)];
         frames[1].url = "file:///srv/a b.js".into();
         let stack = StackRecord {
             origin: Origin::JsHeap,
