@@ -50,6 +50,13 @@ pub enum InspectorError {
         "an inspector client is already connected to {addr} ({clients} connection(s)); leakhound leaves it alone"
     )]
     ClientAttached { addr: SocketAddr, clients: usize },
+    #[error(
+        "{source}; the inspector that leakhound opened on {addr} stays open until the process exits"
+    )]
+    LeftOpen {
+        addr: SocketAddr,
+        source: Box<InspectorError>,
+    },
     #[error("the inspector did not answer within the deadline")]
     Timeout,
     #[error("the inspector answered {method} with an error: {message}")]
@@ -225,6 +232,25 @@ impl Inspector {
             remaining(deadline)?;
             std::thread::sleep(POLL);
         };
+        let listening_now = candidates.clone();
+        Self::connect(pid, candidates, opened, deadline).map_err(|err| {
+            // What leakhound opened and could not reach stays open: say so.
+            match (opened, listening_now.first()) {
+                (true, Some(socket)) => InspectorError::LeftOpen {
+                    addr: socket.local,
+                    source: Box::new(err),
+                },
+                _ => err,
+            }
+        })
+    }
+
+    fn connect(
+        pid: u32,
+        candidates: Vec<sockets::TcpSocket>,
+        opened: bool,
+        deadline: Instant,
+    ) -> Result<Self, InspectorError> {
         let mut found = None;
         for socket in candidates {
             if let Ok(id) = node_target_id(sockets::connect_address(socket.local), deadline) {

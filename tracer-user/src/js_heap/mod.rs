@@ -188,7 +188,10 @@ impl JsHeapSampler {
     /// all within [`END_DEADLINE`] (and a little for the thread's own deadline to pass).
     pub fn last_sample(&mut self, secs: f64, memory: Option<ProcessMemory>) {
         self.drain();
-        if self.running && self.requests.send(Request::Finish).is_ok() {
+        // No memory: the target has exited, and its inspector with it; the thread ends when
+        // this sampler is dropped.
+        let alive = memory.is_some();
+        if alive && self.running && self.requests.send(Request::Finish).is_ok() {
             let deadline = Instant::now() + END_DEADLINE + Duration::from_millis(500);
             let ended = loop {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {
