@@ -21,6 +21,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 DEB_PACKAGES=(gcc g++ libc6-dev binutils bpftool golang-go libjemalloc2 libjemalloc-dev libtcmalloc-minimal4 libmimalloc2.0)
 # The runtimes whose JIT frames tests/tests/runtimes.rs names (javac compiles its target).
 DEB_PACKAGES+=(nodejs openjdk-17-jdk-headless)
+# `ip` brings up the loopback of the network namespace that tests/tests/js_heap.rs gives Node.
+DEB_PACKAGES+=(iproute2)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -178,6 +178,11 @@ pub struct RecordArgs {
     /// recorded in full.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub sample_bytes: Option<u64>,
+    /// A Node target's live JavaScript heap by allocation stack (origin js-heap), from V8's
+    /// sampling heap profiler: opens the process's inspector (SIGUSR1) on its loopback for
+    /// the trace, and closes it again at the end.
+    #[arg(long)]
+    pub js_heap: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Also save the whole recording here (JSON), to render again with `leakhound report`.
@@ -224,6 +229,7 @@ impl RecordArgs {
             min_age: self.min_age,
             unwind: self.unwind,
             runtime_frames: self.runtime_frames == RuntimeFrames::On,
+            js_heap: self.js_heap,
             top: self.output.top,
             outputs: self.output.into_outputs(self.save, Format::Text),
             sizes: MapSizes {

@@ -32,6 +32,8 @@ pub struct RecordConfig {
     pub unwind: crate::unwind::UnwindMode,
     /// Whether the runtimes' own metadata names and unwinds their frames (`--runtime-frames`).
     pub runtime_frames: bool,
+    /// Sample a Node target's JavaScript heap through its inspector (`--js-heap`).
+    pub js_heap: bool,
     pub outputs: Vec<Output>,
     pub sizes: MapSizes,
     pub top: usize,

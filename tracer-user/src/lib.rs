@@ -17,6 +17,7 @@ pub mod exit_watch;
 pub mod go_heap;
 pub mod identities;
 pub mod jit;
+pub mod js_heap;
 pub mod kernel;
 pub mod mapping_tracker;
 pub mod model;

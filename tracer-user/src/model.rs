@@ -41,13 +41,17 @@ pub enum Origin {
     /// estimates, and inside memory that `Mmap` stacks already count.
     #[serde(rename = "go-heap")]
     GoHeap,
+    /// Live in a V8 heap, from V8's sampling heap profiler through Node's inspector
+    /// (`crate::js_heap`, `--js-heap`): estimates, inside memory that `Mmap` stacks count.
+    #[serde(rename = "js-heap")]
+    JsHeap,
 }
 
 impl Origin {
-    /// Whether the stack's bytes are part of the outstanding total. A Go heap's objects sit
-    /// inside the heap's mappings, which are counted already.
+    /// Whether the stack's bytes are part of the outstanding total. A Go heap's and a V8
+    /// heap's objects sit inside the heap's mappings, which are counted already.
     pub fn counts_in_totals(self) -> bool {
-        self != Self::GoHeap
+        !matches!(self, Self::GoHeap | Self::JsHeap)
     }
 }
 

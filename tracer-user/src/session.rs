@@ -28,6 +28,7 @@ use crate::{
     exit_watch::{self, ChildExit},
     go_heap::GoHeapSampler,
     identities::IdentityWatch,
+    js_heap::JsHeapSampler,
     kernel::{
         Detaching, Probes,
         loader::elapsed_ms,
@@ -297,10 +298,19 @@ struct Session {
     /// A Go target's heap profile, read at the same samples; looked for at the first sample
     /// (a launched command has exec'd by then).
     go_heap: GoHeap,
+    /// A Node target's JavaScript heap through its inspector (`--js-heap`): started at the
+    /// first sample, closed at the last.
+    js_heap: JsHeap,
     /// Nanoseconds per allocation call and per free in probes, measured at attach.
     cost_per_call: Option<(f64, f64)>,
     /// The probe hits at the last progress line: when, allocation entries, free entries.
     last_hits: Option<(Instant, u64, u64)>,
+}
+
+enum JsHeap {
+    Off,
+    NotStarted,
+    Running(Box<JsHeapSampler>),
 }
 
 enum GoHeap {
@@ -458,6 +468,11 @@ impl Session {
             timeline: Timeline::default(),
             rss: RssSampler::new(pid),
             go_heap: GoHeap::NotLooked,
+            js_heap: if config.js_heap {
+                JsHeap::NotStarted
+            } else {
+                JsHeap::Off
+            },
             cost_per_call,
             last_hits: None,
         })
@@ -663,7 +678,37 @@ impl Session {
             .offer(secs, memory, sample_values(&totals, &held));
         self.rss.sample(secs, memory, &self.mappings.spans(), false);
         self.sample_go_heap(secs, memory, false);
+        self.sample_js_heap(secs, memory);
         Some(totals)
+    }
+
+    /// Samples a Node target's JavaScript heap (starting the sampler the first time); never
+    /// waits for the target.
+    fn sample_js_heap(&mut self, secs: f64, memory: Option<ProcessMemory>) {
+        if let JsHeap::NotStarted = self.js_heap {
+            self.js_heap = match JsHeapSampler::start(self.target.pid) {
+                Ok(mut sampler) => {
+                    // Samples taken before it started (none, unless the first was the last)
+                    // hold nothing.
+                    let taken = self.timeline.samples().len().saturating_sub(1);
+                    for sample in &self.timeline.samples()[..taken] {
+                        sampler.skip(sample.secs);
+                    }
+                    JsHeap::Running(Box::new(sampler))
+                }
+                Err(err) => {
+                    self.said
+                        .notice(format!("--js-heap: its thread cannot start: {err}"));
+                    JsHeap::Off
+                }
+            };
+        }
+        if let JsHeap::Running(sampler) = &mut self.js_heap {
+            sampler.sample(secs, memory);
+            for notice in sampler.take_notices() {
+                self.said.notice(notice);
+            }
+        }
     }
 
     /// Reads a Go target's heap profile into its timeline (looking for it the first time).
@@ -760,10 +805,21 @@ impl Session {
             if let GoHeap::Reading(sampler) = &mut self.go_heap {
                 sampler.skip(traced.as_secs_f64());
             }
+            if let JsHeap::Running(sampler) = &mut self.js_heap {
+                sampler.skip(traced.as_secs_f64());
+            }
         } else {
             self.rss
                 .sample(traced.as_secs_f64(), memory, &self.mappings.spans(), true);
             self.sample_go_heap(traced.as_secs_f64(), memory, true);
+            if let JsHeap::Running(sampler) = &mut self.js_heap {
+                // The last profile, then the profiler stopped and the inspector closed, within
+                // one deadline.
+                sampler.last_sample(traced.as_secs_f64(), memory);
+                for notice in sampler.take_notices() {
+                    self.said.notice(notice);
+                }
+            }
         }
         let gathered = Gathered::new(
             snapshot,
@@ -867,6 +923,9 @@ impl Session {
                     .collect();
                 namer.stack(space, jit, &addrs)
             }));
+        }
+        if let JsHeap::Running(sampler) = std::mem::replace(&mut self.js_heap, JsHeap::Off) {
+            recording.stacks.extend(sampler.finish());
         }
         let rss = std::mem::replace(&mut self.rss, RssSampler::new(0));
         recording.regions = rss.finish(|key| {

@@ -84,6 +84,7 @@ pub fn profile(report: &Report) -> Profile {
             Origin::Malloc => "malloc",
             Origin::Mmap => "mmap",
             Origin::GoHeap => "go-heap",
+            Origin::JsHeap => "js-heap",
         });
         let class = b.string(trend.class.as_str());
         samples.push(Sample {

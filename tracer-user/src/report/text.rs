@@ -72,6 +72,13 @@ impl Render for Text {
                 human_bytes(rec.live_bytes_of(Origin::GoHeap))
             )?;
         }
+        if rec.stacks.iter().any(|s| s.origin == Origin::JsHeap) {
+            writeln!(
+                out,
+                "  js heap live ~{} (V8's sampling heap profiler, through the inspector; inside the V8 heap, not added above)",
+                human_bytes(rec.live_bytes_of(Origin::JsHeap))
+            )?;
+        }
         if let Some(exec) = &rec.exec {
             writeln!(
                 out,
@@ -292,6 +299,7 @@ fn origin(stack: &StackRecord) -> &'static str {
         Origin::Malloc => "malloc",
         Origin::Mmap => "mmap",
         Origin::GoHeap => "go-heap",
+        Origin::JsHeap => "js-heap",
     }
 }
 
