@@ -16,6 +16,7 @@ pub mod exit_watch;
 pub mod go_heap;
 pub mod identities;
 pub mod jit;
+pub mod jvm_heap;
 pub mod kernel;
 pub mod mapping_tracker;
 pub mod model;

@@ -28,6 +28,7 @@ use crate::{
     exit_watch::{self, ChildExit},
     go_heap::GoHeapSampler,
     identities::IdentityWatch,
+    jvm_heap::JavaHeapSampler,
     kernel::{
         Detaching, Probes,
         loader::elapsed_ms,
@@ -297,6 +298,8 @@ struct Session {
     /// A Go target's heap profile, read at the same samples; looked for at the first sample
     /// (a launched command has exec'd by then).
     go_heap: GoHeap,
+    /// With `--jvm-heap-histogram`: a JVM's class histograms, at the first and last sample.
+    java_heap: Option<JavaHeapSampler>,
     /// Nanoseconds per allocation call and per free in probes, measured at attach.
     cost_per_call: Option<(f64, f64)>,
     /// The probe hits at the last progress line: when, allocation entries, free entries.
@@ -458,6 +461,7 @@ impl Session {
             timeline: Timeline::default(),
             rss: RssSampler::new(pid),
             go_heap: GoHeap::NotLooked,
+            java_heap: config.jvm_heap_histogram.then(JavaHeapSampler::default),
             cost_per_call,
             last_hits: None,
         })
@@ -663,6 +667,9 @@ impl Session {
             .offer(secs, memory, sample_values(&totals, &held));
         self.rss.sample(secs, memory, &self.mappings.spans(), false);
         self.sample_go_heap(secs, memory, false);
+        if let Some(java_heap) = self.java_heap.as_mut() {
+            java_heap.sample(&self.target, secs);
+        }
         Some(totals)
     }
 
@@ -752,10 +759,17 @@ impl Session {
             if let GoHeap::Reading(sampler) = &mut self.go_heap {
                 sampler.skip(traced.as_secs_f64());
             }
+            if let Some(java_heap) = self.java_heap.as_mut() {
+                java_heap.skip_last("the target exec'd another program");
+            }
         } else {
             self.rss
                 .sample(traced.as_secs_f64(), memory, &self.mappings.spans(), true);
             self.sample_go_heap(traced.as_secs_f64(), memory, true);
+            // Bounded (jvm_heap::END_BUDGET), whatever the JVM does.
+            if let Some(java_heap) = self.java_heap.as_mut() {
+                java_heap.sample_last(&self.target, traced.as_secs_f64());
+            }
         }
         let gathered = Gathered::new(
             snapshot,
@@ -859,6 +873,15 @@ impl Session {
                     .collect();
                 namer.stack(space, jit, &addrs)
             }));
+        }
+        if let Some(java_heap) = self.java_heap.take() {
+            let secs: Vec<f64> = recording.samples.iter().map(|s| s.secs).collect();
+            let (stacks, line) = java_heap.finish(&secs);
+            if stacks.is_empty() {
+                self.said.notice(crate::names::shown(&line).into_owned());
+            }
+            recording.stacks.extend(stacks);
+            recording.java_heap_histogram = Some(line);
         }
         let rss = std::mem::replace(&mut self.rss, RssSampler::new(0));
         recording.regions = rss.finish(|key| {

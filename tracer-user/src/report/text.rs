@@ -72,6 +72,9 @@ impl Render for Text {
                 human_bytes(rec.live_bytes_of(Origin::GoHeap))
             )?;
         }
+        if let Some(note) = &rec.java_heap_histogram {
+            writeln!(out, "  java heap: {}", shown(note))?;
+        }
         if let Some(exec) = &rec.exec {
             writeln!(
                 out,
@@ -271,11 +274,7 @@ fn human_rate(bytes_per_second: f64) -> String {
 }
 
 fn origin(stack: &StackRecord) -> &'static str {
-    match stack.origin {
-        Origin::Malloc => "malloc",
-        Origin::Mmap => "mmap",
-        Origin::GoHeap => "go-heap",
-    }
+    stack.origin.as_str()
 }
 
 /// `<1s 3 (192 B), >=10m 1 (64 B)`: the non-empty age buckets.
