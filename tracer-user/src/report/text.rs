@@ -138,7 +138,11 @@ impl Render for Text {
                 human_bytes(stack.total_bytes),
                 stack.total_allocations
             )?;
-            writeln!(out, "    trend: {}", describe(&analysis.trends[i]))?;
+            writeln!(
+                out,
+                "    trend: {}",
+                describe(&analysis.trends[i], stack.origin)
+            )?;
             if let Some(ages) = age_line(stack) {
                 writeln!(out, "    ages: {ages}")?;
             }
@@ -200,7 +204,7 @@ fn write_growing(
             out,
             "\n#{} {}: {} now in {} allocations [{}]",
             rank + 1,
-            describe(&analysis.trends[i]),
+            describe(&analysis.trends[i], stack.origin),
             human_bytes(stack.live_bytes),
             stack.live_allocations,
             origin(stack)
@@ -251,13 +255,22 @@ fn write_memory(r: &Reconciliation, out: &mut dyn io::Write) -> io::Result<()> {
     }
 }
 
-fn describe(trend: &Trend) -> String {
+fn describe(trend: &Trend, origin: Origin) -> String {
     let intervals = trend.samples.saturating_sub(1);
     let mut text = format!(
         "{}, {}/s",
         trend.class.as_str(),
         human_rate(trend.bytes_per_second)
     );
+    if origin == Origin::JavaHeap {
+        // Measured at two samples only (each histogram is a full GC): intervals and
+        // steadiness would describe the line drawn between them, not the heap.
+        text.push_str(&format!(
+            ", {} between the first and the last histogram",
+            human_change(trend.last_bytes as i64 - trend.first_bytes as i64)
+        ));
+        return text;
+    }
     if intervals > 0 {
         let grew = (trend.grew_share * intervals as f64).round() as usize;
         text.push_str(&format!(", grew in {grew} of {intervals} intervals"));
