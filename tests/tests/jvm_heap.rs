@@ -6,7 +6,8 @@
 //!   most, its growth within 10% of the cache's, classified growing, and the class reaches
 //!   every format (folded, diff, pprof, SVG) with the bytes of the JSON report.
 //! - Without the option, no histogram is taken: the JVM's own GC log shows no full GC, and the
-//!   report has no java-heap stack.
+//!   report has no java-heap stack. The same run checks that the class space, mapped before
+//!   the attach, is named `java-metaspace` from HotSpot's tables, with resident bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -174,8 +175,8 @@ fn jvm_heap_histogram_names_the_byte_array_cache() {
 
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
-fn without_the_option_no_histogram_is_taken() {
-    let test = "without_the_option_no_histogram_is_taken";
+fn without_the_option_no_histogram_is_taken_and_class_space_is_named() {
+    let test = "without_the_option_no_histogram_is_taken_and_class_space_is_named";
     require_java!(test);
     let _serial = serial();
     let gc_log = paths::scratch(test).join("gc.log");
@@ -190,5 +191,17 @@ fn without_the_option_no_histogram_is_taken() {
     assert!(
         !log.contains("Heap Inspection") && !log.contains("Pause Full"),
         "the JVM ran a full GC:\n{log}"
+    );
+    // The JVM mapped its class space long before the attach: no traced stack names it.
+    let regions = report["memory"]["regions"].as_array().expect("regions");
+    let class_space: u64 = regions
+        .iter()
+        .filter(|row| row["kind"] == "java-metaspace" && row["label"] == "class space")
+        .map(|row| row["resident_bytes"].as_u64().expect("resident"))
+        .sum();
+    eprintln!("class space: {class_space} bytes resident");
+    assert!(
+        class_space > 0,
+        "no resident java-metaspace class space: {regions:?}"
     );
 }

@@ -76,7 +76,8 @@ const MAX_TRACKED_ROWS: usize = 64;
 
 enum Hotspot {
     NotTried,
-    Read(Box<HotspotVm<TargetMemory>>),
+    /// The VM, and its class space (read once: it does not move).
+    Read(Box<HotspotVm<TargetMemory>>, Option<OwnedRange>),
     Unavailable,
 }
 
@@ -144,7 +145,14 @@ impl RssSampler {
     fn hotspot_ranges(&mut self) -> Vec<OwnedRange> {
         if let Hotspot::NotTried = self.hotspot {
             self.hotspot = match HotspotVm::attach(self.pid) {
-                Ok(vm) => Hotspot::Read(Box::new(vm)),
+                Ok(vm) => {
+                    let class_space =
+                        owners::class_space(&vm.structs, vm.memory()).unwrap_or_else(|err| {
+                            log::debug!("rss split: no class space: {err}");
+                            None
+                        });
+                    Hotspot::Read(Box::new(vm), class_space)
+                }
                 Err(err) => {
                     log::debug!("rss split: no HotSpot ranges: {err}");
                     Hotspot::Unavailable
@@ -152,10 +160,14 @@ impl RssSampler {
             };
         }
         match &mut self.hotspot {
-            Hotspot::Read(vm) => owners::hotspot_ranges(vm).unwrap_or_else(|err| {
-                log::debug!("rss split: HotSpot ranges unreadable: {err}");
-                Vec::new()
-            }),
+            Hotspot::Read(vm, class_space) => {
+                let mut ranges = owners::hotspot_ranges(vm).unwrap_or_else(|err| {
+                    log::debug!("rss split: HotSpot ranges unreadable: {err}");
+                    Vec::new()
+                });
+                ranges.extend(*class_space);
+                ranges
+            }
             _ => Vec::new(),
         }
     }
