@@ -39,7 +39,7 @@ use crate::{
     },
 };
 use deadline::Deadline;
-pub use socket::{ExchangeError, MAX_REPLY, SocketProblem};
+pub use socket::{ExchangeError, SocketProblem};
 use trigger::Trigger;
 
 #[derive(Debug, Error)]
