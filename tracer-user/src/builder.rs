@@ -224,6 +224,7 @@ impl Gathered {
             stacks: merge_equal_stacks(stacks),
             // The session adds the split once the stacks are named.
             regions: None,
+            java_heap_histogram: None,
         }
     }
 }

@@ -210,6 +210,11 @@ pub struct RecordArgs {
     pub alloc_lib: Vec<AllocLib>,
     #[command(flatten)]
     pub push: crate::push::PushArgs,
+    /// For a JVM: take its class histogram (`GC.class_histogram`, through the attach
+    /// mechanism) at the first and the last sample, and report the classes whose bytes grew
+    /// as java-heap stacks. Each histogram runs a full GC in the JVM.
+    #[arg(long)]
+    pub jvm_heap_histogram: bool,
     /// The command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -241,6 +246,7 @@ impl RecordArgs {
             alloc_libs: self.alloc_lib,
             sample_bytes: self.sample_bytes,
             push: self.push.into_config(),
+            jvm_heap_histogram: self.jvm_heap_histogram,
         }
     }
 }

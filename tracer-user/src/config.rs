@@ -43,6 +43,8 @@ pub struct RecordConfig {
     pub sample_bytes: Option<u64>,
     /// Continuous mode: push a profile every period (`--push`).
     pub push: Option<crate::push::PushConfig>,
+    /// Take a JVM's class histogram at the first and the last sample (`--jvm-heap-histogram`).
+    pub jvm_heap_histogram: bool,
 }
 
 /// `leakhound report`: render saved recordings again.

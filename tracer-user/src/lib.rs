@@ -18,6 +18,7 @@ pub mod go_heap;
 pub mod identities;
 pub mod jit;
 pub mod js_heap;
+pub mod jvm_heap;
 pub mod kernel;
 pub mod mapping_tracker;
 pub mod model;

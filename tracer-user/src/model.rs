@@ -45,13 +45,30 @@ pub enum Origin {
     /// (`crate::js_heap`, `--js-heap`): estimates, inside memory that `Mmap` stacks count.
     #[serde(rename = "js-heap")]
     JsHeap,
+    /// Live in a Java heap, by class, from HotSpot's class histograms (`crate::jvm_heap`,
+    /// `--jvm-heap-histogram`): one frame, the class; inside the Java heap, which is mapped
+    /// before any trace.
+    #[serde(rename = "java-heap")]
+    JavaHeap,
 }
 
 impl Origin {
-    /// Whether the stack's bytes are part of the outstanding total. A Go heap's and a V8
-    /// heap's objects sit inside the heap's mappings, which are counted already.
+    /// Whether the stack's bytes are part of the outstanding total. A managed heap's objects
+    /// (Go's, V8's, Java's) sit inside the heap's mappings, which are counted already or were
+    /// mapped before the trace.
     pub fn counts_in_totals(self) -> bool {
-        !matches!(self, Self::GoHeap | Self::JsHeap)
+        !matches!(self, Self::GoHeap | Self::JsHeap | Self::JavaHeap)
+    }
+
+    /// The name every report gives it (the JSON value, the pprof label, the text tag).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::Mmap => "mmap",
+            Self::GoHeap => "go-heap",
+            Self::JsHeap => "js-heap",
+            Self::JavaHeap => "java-heap",
+        }
     }
 }
 
@@ -282,6 +299,10 @@ pub struct Recording {
     /// The target's RSS split by what owns it (`crate::rss`), from its smaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regions: Option<crate::rss::RegionSplit>,
+    /// With `--jvm-heap-histogram`: one line on the class histograms taken (when, what they
+    /// cost, how many classes grew), or why there are no java-heap stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub java_heap_histogram: Option<String>,
 }
 
 /// The target exec'd: the exec replaced its whole memory, so what the old program still held

@@ -29,6 +29,7 @@ use crate::{
     go_heap::GoHeapSampler,
     identities::IdentityWatch,
     js_heap::JsHeapSampler,
+    jvm_heap::JavaHeapSampler,
     kernel::{
         Detaching, Probes,
         loader::elapsed_ms,
@@ -301,6 +302,8 @@ struct Session {
     /// A Node target's JavaScript heap through its inspector (`--js-heap`): started at the
     /// first sample, closed at the last.
     js_heap: JsHeap,
+    /// With `--jvm-heap-histogram`: a JVM's class histograms, at the first and last sample.
+    java_heap: Option<JavaHeapSampler>,
     /// Nanoseconds per allocation call and per free in probes, measured at attach.
     cost_per_call: Option<(f64, f64)>,
     /// The probe hits at the last progress line: when, allocation entries, free entries.
@@ -473,6 +476,7 @@ impl Session {
             } else {
                 JsHeap::Off
             },
+            java_heap: config.jvm_heap_histogram.then(JavaHeapSampler::default),
             cost_per_call,
             last_hits: None,
         })
@@ -679,6 +683,9 @@ impl Session {
         self.rss.sample(secs, memory, &self.mappings.spans(), false);
         self.sample_go_heap(secs, memory, false);
         self.sample_js_heap(secs, memory);
+        if let Some(java_heap) = self.java_heap.as_mut() {
+            java_heap.sample(&self.target, secs);
+        }
         Some(totals)
     }
 
@@ -808,6 +815,9 @@ impl Session {
             if let JsHeap::Running(sampler) = &mut self.js_heap {
                 sampler.skip(traced.as_secs_f64());
             }
+            if let Some(java_heap) = self.java_heap.as_mut() {
+                java_heap.skip_last("the target exec'd another program");
+            }
         } else {
             self.rss
                 .sample(traced.as_secs_f64(), memory, &self.mappings.spans(), true);
@@ -819,6 +829,10 @@ impl Session {
                 for notice in sampler.take_notices() {
                     self.said.notice(notice);
                 }
+            }
+            // Bounded (jvm_heap::END_BUDGET), whatever the JVM does.
+            if let Some(java_heap) = self.java_heap.as_mut() {
+                java_heap.sample_last(&self.target, traced.as_secs_f64());
             }
         }
         let gathered = Gathered::new(
@@ -926,6 +940,15 @@ impl Session {
         }
         if let JsHeap::Running(sampler) = std::mem::replace(&mut self.js_heap, JsHeap::Off) {
             recording.stacks.extend(sampler.finish());
+        }
+        if let Some(java_heap) = self.java_heap.take() {
+            let secs: Vec<f64> = recording.samples.iter().map(|s| s.secs).collect();
+            let (stacks, line) = java_heap.finish(&secs);
+            if stacks.is_empty() {
+                self.said.notice(crate::names::shown(&line).into_owned());
+            }
+            recording.stacks.extend(stacks);
+            recording.java_heap_histogram = Some(line);
         }
         let rss = std::mem::replace(&mut self.rss, RssSampler::new(0));
         recording.regions = rss.finish(|key| {

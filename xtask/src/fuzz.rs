@@ -8,7 +8,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::run;
 
 /// Every fuzz target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 4] = ["perf_map", "recording", "cfi_rules", "jvm_reply"];
+pub const TARGETS: [&str; 5] = [
+    "perf_map",
+    "recording",
+    "cfi_rules",
+    "jvm_reply",
+    "jvm_histogram",
+];
 
 /// Seconds per target when none are given, and in `cargo xtask test`.
 pub const DEFAULT_SECONDS: u64 = 30;

@@ -142,8 +142,11 @@ pub fn parse_reply(reply: &[u8]) -> Result<String, AttachError> {
     let text = String::from_utf8_lossy(reply);
     let (status, rest) = text.split_once('\n').unwrap_or((&text, ""));
     let status: i32 = status.trim().parse().map_err(|_| AttachError::NoReply)?;
-    // jcmd reports an unknown or failed command with status 0 and the exception as output.
-    let failed = rest.starts_with("java.lang.") || rest.contains("Exception");
+    // jcmd reports an unknown or failed command with status 0 and the exception as output,
+    // on its first line: further lines may be data that names exceptions (a class histogram
+    // lists `java.lang.IllegalStateException` like any class).
+    let first = rest.lines().next().unwrap_or("");
+    let failed = first.starts_with("java.lang.") || first.contains("Exception");
     if status != 0 || failed {
         return Err(AttachError::Refused {
             status,
@@ -180,6 +183,18 @@ fn one_line(text: &str, max: usize) -> String {
 /// Runs `Compiler.perfmap` in the JVM, starting its attach listener first if needed; all of it
 /// within `budget`.
 pub fn request_perf_map(target: &TargetProcess, budget: Duration) -> Result<String, AttachError> {
+    request(target, "Compiler.perfmap", budget, socket::MAX_REPLY)
+}
+
+/// Runs one diagnostic command in the JVM, as `jcmd PID COMMAND` does, starting its attach
+/// listener first if needed; all of it within `budget`, and a reply of at most `max_reply`
+/// bytes.
+pub fn request(
+    target: &TargetProcess,
+    command: &str,
+    budget: Duration,
+    max_reply: usize,
+) -> Result<String, AttachError> {
     let handshake = Handshake::begin(target, budget)?;
     let socket_error = |source| AttachError::Socket {
         path: handshake.tmp.display(&handshake.socket),
@@ -204,7 +219,7 @@ pub fn request_perf_map(target: &TargetProcess, budget: Duration) -> Result<Stri
             .connect_as(jvm, deadline)
             .map_err(socket_error)?,
     };
-    let reply = socket::exchange(&stream, &jcmd_request("Compiler.perfmap"), deadline)
+    let reply = socket::exchange(&stream, &jcmd_request(command), deadline, max_reply)
         .map_err(socket_error)?;
     parse_reply(&reply)
 }

@@ -40,6 +40,9 @@ struct Document<'a> {
     mapping_unavailable: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ages_unavailable: Option<Cow<'a, str>>,
+    /// `--jvm-heap-histogram`: what the class histograms gave, or why they gave nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    java_heap_histogram: Option<Cow<'a, str>>,
     age_buckets: [&'static str; 5],
     samples: Vec<SampleOut>,
     stacks: Vec<StackOut<'a>>,
@@ -319,6 +322,7 @@ impl Render for Json {
             }),
             mapping_unavailable: rec.mapping_unavailable.as_deref().map(shown),
             ages_unavailable: rec.ages_unavailable.as_deref().map(shown),
+            java_heap_histogram: rec.java_heap_histogram.as_deref().map(shown),
             age_buckets: AGE_LABELS,
             samples: rec
                 .samples

@@ -19,7 +19,7 @@ use super::{
     pprof_proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType},
 };
 use crate::{
-    model::{Frame, NOT_TRACKED_FRAME, Origin},
+    model::{Frame, NOT_TRACKED_FRAME},
     names::shown,
 };
 
@@ -80,12 +80,7 @@ pub fn profile(report: &Report) -> Profile {
         }
         let trend = &report.analysis.trends[i];
         let location_id = b.locations(&stack.frames);
-        let origin = b.string(match stack.origin {
-            Origin::Malloc => "malloc",
-            Origin::Mmap => "mmap",
-            Origin::GoHeap => "go-heap",
-            Origin::JsHeap => "js-heap",
-        });
+        let origin = b.string(stack.origin.as_str());
         let class = b.string(trend.class.as_str());
         samples.push(Sample {
             location_id,
@@ -262,7 +257,7 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FrameData, Recording, StackRecord};
+    use crate::model::{FrameData, Origin, Recording, StackRecord};
 
     fn frame(name: &str, inlined: bool) -> Frame {
         FrameData {

@@ -79,6 +79,9 @@ impl Render for Text {
                 human_bytes(rec.live_bytes_of(Origin::JsHeap))
             )?;
         }
+        if let Some(note) = &rec.java_heap_histogram {
+            writeln!(out, "  java heap: {}", shown(note))?;
+        }
         if let Some(exec) = &rec.exec {
             writeln!(
                 out,
@@ -142,7 +145,11 @@ impl Render for Text {
                 human_bytes(stack.total_bytes),
                 stack.total_allocations
             )?;
-            writeln!(out, "    trend: {}", describe(&analysis.trends[i]))?;
+            writeln!(
+                out,
+                "    trend: {}",
+                describe(&analysis.trends[i], stack.origin)
+            )?;
             if let Some(ages) = age_line(stack) {
                 writeln!(out, "    ages: {ages}")?;
             }
@@ -204,7 +211,7 @@ fn write_growing(
             out,
             "\n#{} {}: {} now in {} allocations [{}]",
             rank + 1,
-            describe(&analysis.trends[i]),
+            describe(&analysis.trends[i], stack.origin),
             human_bytes(stack.live_bytes),
             stack.live_allocations,
             origin(stack)
@@ -272,13 +279,22 @@ fn cgroup_line(cgroup: &crate::model::CgroupUse) -> String {
     }
 }
 
-fn describe(trend: &Trend) -> String {
+fn describe(trend: &Trend, origin: Origin) -> String {
     let intervals = trend.samples.saturating_sub(1);
     let mut text = format!(
         "{}, {}/s",
         trend.class.as_str(),
         human_rate(trend.bytes_per_second)
     );
+    if origin == Origin::JavaHeap {
+        // Measured at two samples only (each histogram is a full GC): intervals and
+        // steadiness would describe the line drawn between them, not the heap.
+        text.push_str(&format!(
+            ", {} between the first and the last histogram",
+            human_change(trend.last_bytes as i64 - trend.first_bytes as i64)
+        ));
+        return text;
+    }
     if intervals > 0 {
         let grew = (trend.grew_share * intervals as f64).round() as usize;
         text.push_str(&format!(", grew in {grew} of {intervals} intervals"));
@@ -295,12 +311,7 @@ fn human_rate(bytes_per_second: f64) -> String {
 }
 
 fn origin(stack: &StackRecord) -> &'static str {
-    match stack.origin {
-        Origin::Malloc => "malloc",
-        Origin::Mmap => "mmap",
-        Origin::GoHeap => "go-heap",
-        Origin::JsHeap => "js-heap",
-    }
+    stack.origin.as_str()
 }
 
 /// `<1s 3 (192 B), >=10m 1 (64 B)`: the non-empty age buckets.

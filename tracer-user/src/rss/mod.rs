@@ -119,7 +119,8 @@ pub struct RssSampler {
     /// Mapped bytes per owner at the first and the last sample read.
     first: Option<(f64, HashMap<RegionKey, Usage>)>,
     last: Option<(f64, HashMap<RegionKey, Usage>)>,
-    hotspot: Lazy<Box<HotspotVm<TargetMemory>>>,
+    /// The VM, and its class space (read once: it does not move).
+    hotspot: Lazy<(Box<HotspotVm<TargetMemory>>, Option<OwnedRange>)>,
     go: Lazy<ArenaIndex>,
     cut: bool,
 }
@@ -177,17 +178,22 @@ impl RssSampler {
 
     fn hotspot_ranges(&mut self) -> Vec<OwnedRange> {
         let pid = self.pid;
-        let Some(vm) = self.hotspot.get("HotSpot", || {
-            HotspotVm::attach(pid)
-                .map(|vm| Some(Box::new(vm)))
-                .map_err(|err| err.to_string())
+        let Some((vm, class_space)) = self.hotspot.get("HotSpot", || {
+            let vm = HotspotVm::attach(pid).map_err(|err| err.to_string())?;
+            let class_space = owners::class_space(&vm.structs, vm.memory()).unwrap_or_else(|err| {
+                log::debug!("rss split: no class space: {err}");
+                None
+            });
+            Ok(Some((Box::new(vm), class_space)))
         }) else {
             return Vec::new();
         };
-        owners::hotspot_ranges(vm).unwrap_or_else(|err| {
+        let mut ranges = owners::hotspot_ranges(vm).unwrap_or_else(|err| {
             log::debug!("rss split: HotSpot ranges unreadable: {err}");
             Vec::new()
-        })
+        });
+        ranges.extend(*class_space);
+        ranges
     }
 
     /// The Go heap's arenas, from the runtime's own index: the heap mapped before the attach

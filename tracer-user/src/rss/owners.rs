@@ -4,7 +4,7 @@
 //! Everything is read from the target's memory, which it controls: each range is checked
 //! against the mappings it claims, and lengths are capped.
 
-use crate::jit::hotspot::{HotspotError, HotspotVm, Memory, TargetAddr};
+use crate::jit::hotspot::{HotspotError, HotspotVm, Memory, TargetAddr, vmstructs::VmStructs};
 
 use super::{kind::RegionKind, smaps::Vma};
 
@@ -117,6 +117,61 @@ pub fn hotspot_ranges<M: Memory>(vm: &mut HotspotVm<M>) -> Result<Vec<OwnedRange
     Ok(ranges)
 }
 
+/// The largest compressed class space HotSpot allows (`CompressedClassSpaceSize` is at most
+/// 3 GiB); a flag read above it is not believed.
+const MAX_CLASS_SPACE: u64 = 4 << 30;
+
+/// The compressed class space, where HotSpot keeps its `Klass` structures (part of
+/// metaspace), read from the JVM's own tables, so that a JVM attached after its start has it
+/// named rather than `other`. It is reserved right after the CDS archive when there is one
+/// (the archive's end is `MetaspaceObj::_shared_metaspace_top`), else at the class-pointer
+/// encoding base (`CompressedKlassPointers::_narrow_klass._base`), and is
+/// `CompressedClassSpaceSize` long. A zero base (zero-based encoding without CDS) says
+/// nothing of where it is: `None`.
+pub fn class_space(
+    structs: &VmStructs,
+    memory: &impl Memory,
+) -> Result<Option<OwnedRange>, HotspotError> {
+    let read = |addr: TargetAddr, what: &'static str| {
+        memory
+            .read_u64(addr)
+            .map_err(|cause| HotspotError::Memory { what, cause })
+    };
+    let base = read(
+        structs.static_address("CompressedKlassPointers", "_narrow_klass._base")?,
+        "CompressedKlassPointers::_narrow_klass._base",
+    )?;
+    if base == 0 {
+        return Ok(None);
+    }
+    let archive_top = match structs.static_address("MetaspaceObj", "_shared_metaspace_top") {
+        Ok(slot) => read(slot, "MetaspaceObj::_shared_metaspace_top")?,
+        Err(_) => 0,
+    };
+    let flags = crate::jit::hotspot::flags::FlagLayout::new(structs)?;
+    let Some(size) = flags.u64_flag(memory, "CompressedClassSpaceSize")? else {
+        return Ok(None);
+    };
+    // The archive sits at the base; an archive end elsewhere is not this layout.
+    let start = if (base..base.saturating_add(MAX_CLASS_SPACE)).contains(&archive_top) {
+        archive_top
+    } else {
+        base
+    };
+    if size == 0 || size > MAX_CLASS_SPACE || start.checked_add(size).is_none() {
+        return Err(HotspotError::Corrupt {
+            what: "compressed class space",
+            detail: format!("{size} bytes at {start:#x}"),
+        });
+    }
+    Ok(Some(OwnedRange {
+        start,
+        end: start + size,
+        kind: RegionKind::JavaMetaspace,
+        label: "class space",
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +215,55 @@ mod tests {
             arenas.iter().map(|a| a.start).collect::<Vec<_>>(),
             [first, second]
         );
+    }
+
+    /// A JVM whose class-pointer base is `base`, CDS archive ends at `top` and
+    /// `CompressedClassSpaceSize` is `size`.
+    fn jvm_with_class_space(base: u64, top: u64, size: u64) -> (VmStructs, FakeMemory) {
+        use crate::jit::hotspot::vmstructs::tests::FakeJvm;
+        let mut jvm = FakeJvm::new();
+        jvm.static_field(
+            "CompressedKlassPointers",
+            "_narrow_klass._base",
+            "address",
+            0x9100,
+        );
+        jvm.static_field("MetaspaceObj", "_shared_metaspace_top", "void*", 0x9108);
+        jvm.type_entry("JVMFlag", None, 16);
+        jvm.field("JVMFlag", "_addr", "", 0);
+        jvm.field("JVMFlag", "_name", "const char*", 8);
+        jvm.static_field("JVMFlag", "flags", "JVMFlag*", 0x9000);
+        jvm.static_field("JVMFlag", "numFlags", "size_t", 0x9008);
+        let (mut memory, symbols) = jvm.build();
+        memory.map(TargetAddr(0x9000), vec![0; 0x200]);
+        memory.write_u64(TargetAddr(0x9000), 0xa000);
+        memory.write_u64(TargetAddr(0x9008), 1);
+        memory.write_u64(TargetAddr(0x9100), base);
+        memory.write_u64(TargetAddr(0x9108), top);
+        let mut table = 0xb000u64.to_le_bytes().to_vec();
+        table.extend_from_slice(&0xc000u64.to_le_bytes());
+        memory.map(TargetAddr(0xa000), table);
+        memory.map(TargetAddr(0xb000), size.to_le_bytes().to_vec());
+        memory.map(TargetAddr(0xc000), b"CompressedClassSpaceSize\0".to_vec());
+        let structs = VmStructs::read(&memory, &symbols).unwrap();
+        (structs, memory)
+    }
+
+    #[test]
+    fn the_class_space_follows_the_cds_archive() {
+        let (structs, memory) = jvm_with_class_space(0x8_0000_0000, 0x8_00c0_0000, 1 << 30);
+        let range = class_space(&structs, &memory).unwrap().unwrap();
+        assert_eq!((range.start, range.end), (0x8_00c0_0000, 0x8_40c0_0000));
+        assert_eq!(range.kind, RegionKind::JavaMetaspace);
+        // No archive: the space starts at the base.
+        let (structs, memory) = jvm_with_class_space(0x7f00_0000_0000, 0, 1 << 30);
+        let range = class_space(&structs, &memory).unwrap().unwrap();
+        assert_eq!(range.start, 0x7f00_0000_0000);
+        // Zero-based encoding says nothing of where the space is.
+        let (structs, memory) = jvm_with_class_space(0, 0, 1 << 30);
+        assert_eq!(class_space(&structs, &memory).unwrap(), None);
+        // A crafted size is refused.
+        let (structs, memory) = jvm_with_class_space(0x8_0000_0000, 0, 1 << 40);
+        assert!(class_space(&structs, &memory).is_err());
     }
 }

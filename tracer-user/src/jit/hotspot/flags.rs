@@ -42,21 +42,39 @@ impl FlagLayout {
         memory: &impl Memory,
         name: &str,
     ) -> Result<Option<bool>, HotspotError> {
-        let mem = |cause| HotspotError::Memory {
-            what: "JVMFlag",
-            cause,
+        let Some(value_at) = self.value_address(memory, name)? else {
+            return Ok(None);
         };
-        let count = memory.read_u64(self.count).map_err(mem)?;
+        let value = memory.read_u8(value_at).map_err(flag_memory)?;
+        Ok(Some(value != 0))
+    }
+
+    /// The value of the `size_t` (or `uint64_t`) flag `name`; `None` when the JVM has no
+    /// such flag.
+    pub fn u64_flag(&self, memory: &impl Memory, name: &str) -> Result<Option<u64>, HotspotError> {
+        let Some(value_at) = self.value_address(memory, name)? else {
+            return Ok(None);
+        };
+        memory.read_u64(value_at).map(Some).map_err(flag_memory)
+    }
+
+    /// Where the value of the flag `name` is kept.
+    fn value_address(
+        &self,
+        memory: &impl Memory,
+        name: &str,
+    ) -> Result<Option<TargetAddr>, HotspotError> {
+        let count = memory.read_u64(self.count).map_err(flag_memory)?;
         if count > MAX_FLAGS {
             return Err(HotspotError::Corrupt {
                 what: "JVMFlag",
                 detail: format!("{count} flags"),
             });
         }
-        let table = memory.read_addr(self.flags).map_err(mem)?;
+        let table = memory.read_addr(self.flags).map_err(flag_memory)?;
         let bytes = memory
             .read_vec(table, (count * self.size) as usize)
-            .map_err(mem)?;
+            .map_err(flag_memory)?;
         for entry in bytes.chunks_exact(self.size as usize) {
             let (Some(name_at), Some(value_at)) = (self.name.get(entry), self.addr.get(entry))
             else {
@@ -69,11 +87,17 @@ impl FlagLayout {
                 continue;
             };
             if flag == name {
-                let value = memory.read_u8(TargetAddr(value_at)).map_err(mem)?;
-                return Ok(Some(value != 0));
+                return Ok(Some(TargetAddr(value_at)));
             }
         }
         Ok(None)
+    }
+}
+
+fn flag_memory(cause: super::memory::MemoryError) -> HotspotError {
+    HotspotError::Memory {
+        what: "JVMFlag",
+        cause,
     }
 }
 
@@ -116,6 +140,12 @@ mod tests {
             Some(false)
         );
         assert_eq!(layout.bool_flag(&memory, "NoSuchFlag").unwrap(), None);
+        memory.map(TargetAddr(0xd000), 0x4000_0000u64.to_le_bytes().to_vec());
+        memory.write_u64(TargetAddr(0xa000), 0xd000);
+        assert_eq!(
+            layout.u64_flag(&memory, "UseSerialGC").unwrap(),
+            Some(0x4000_0000)
+        );
         // A crafted count is refused before anything is read for it.
         memory.write_u64(TargetAddr(0x9008), 1 << 40);
         assert!(layout.bool_flag(&memory, "PreserveFramePointer").is_err());

@@ -21,7 +21,7 @@ use thiserror::Error;
 use super::{JvmIdentity, deadline::Deadline};
 use crate::process::root::{EntryName, HeldDir, file_id, fstat, kind_of};
 
-/// The longest reply read. `Compiler.perfmap` answers with a status line and little else; the
+/// The longest reply read for `Compiler.perfmap`, which answers with a status line and little else; the
 /// map itself goes to a file.
 pub const MAX_REPLY: usize = 1 << 20;
 
@@ -205,11 +205,12 @@ fn connect(path: &str, deadline: Deadline) -> Result<OwnedFd, ExchangeError> {
 }
 
 /// Sends the request and reads the reply to its end, all before the deadline, at most
-/// [`MAX_REPLY`] bytes.
+/// `max_reply` bytes.
 pub fn exchange(
     socket: &OwnedFd,
     request: &[u8],
     deadline: Deadline,
+    max_reply: usize,
 ) -> Result<Vec<u8>, ExchangeError> {
     let mut sent = 0;
     while sent < request.len() {
@@ -245,8 +246,8 @@ pub fn exchange(
             0 => return Ok(reply),
             n if n > 0 => {
                 reply.extend_from_slice(&buf[..n as usize]);
-                if reply.len() > MAX_REPLY {
-                    return Err(ExchangeError::TooLong(MAX_REPLY));
+                if reply.len() > max_reply {
+                    return Err(ExchangeError::TooLong(max_reply));
                 }
             }
             _ => retry_or_fail()?,
@@ -320,7 +321,13 @@ mod tests {
             theirs.write_all(b"0\nok\n").unwrap();
             request
         });
-        let reply = exchange(&ours, b"1\0ab\0", Deadline::after(Duration::from_secs(5))).unwrap();
+        let reply = exchange(
+            &ours,
+            b"1\0ab\0",
+            Deadline::after(Duration::from_secs(5)),
+            MAX_REPLY,
+        )
+        .unwrap();
         assert_eq!(reply, b"0\nok\n");
         assert_eq!(&peer.join().unwrap(), b"1\0ab\0");
     }
@@ -335,7 +342,12 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let result = exchange(&ours, b"x", Deadline::after(Duration::from_millis(300)));
+        let result = exchange(
+            &ours,
+            b"x",
+            Deadline::after(Duration::from_millis(300)),
+            MAX_REPLY,
+        );
         let took = started.elapsed();
         assert!(
             matches!(result, Err(ExchangeError::Deadline(_))),
@@ -353,7 +365,12 @@ mod tests {
             let chunk = vec![b'a'; 64 << 10];
             while theirs.write_all(&chunk).is_ok() {}
         });
-        let result = exchange(&ours, b"x", Deadline::after(Duration::from_secs(5)));
+        let result = exchange(
+            &ours,
+            b"x",
+            Deadline::after(Duration::from_secs(5)),
+            MAX_REPLY,
+        );
         assert!(
             matches!(result, Err(ExchangeError::TooLong(MAX_REPLY))),
             "{result:?}"
@@ -409,7 +426,7 @@ mod tests {
         let (mut accepted, _) = jvm_socket.accept().unwrap();
         accepted.write_all(b"0\n").unwrap();
         drop(accepted);
-        assert_eq!(exchange(&stream, b"", deadline).unwrap(), b"0\n");
+        assert_eq!(exchange(&stream, b"", deadline, MAX_REPLY).unwrap(), b"0\n");
         assert!(
             find(&tmp, &EntryName::new(".java_pid3").unwrap())
                 .unwrap()
