@@ -12,8 +12,11 @@ use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_probe_read_user,
-        generated::{bpf_get_stack, bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task_btf, bpf_get_stack, bpf_loop,
+            bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
+        },
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -69,21 +72,55 @@ pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
 /// it if the walk has to stop for a missing unwind rule.
 #[inline(always)]
 pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> u64 {
+    // SAFETY: the registers are the program's own context.
+    let regs = unsafe { &*regs };
+    walk_from(regs.rip, regs.rsp, regs.rbp, tag)
+}
+
+/// The stack of a system call that the task is in, from the user registers it saved on
+/// entry, for a syscall tracepoint: with CFI rules the walk starts at the instruction after
+/// `syscall` and steps through the wrapper that made it (glibc's `mprotect` keeps no frame, so
+/// a frame-pointer walk would skip its caller), so no uprobe on the wrapper is needed for its
+/// stack. Without CFI rules, the kernel's walker, as before.
+#[inline(always)]
+pub fn syscall_user_stack<C: EbpfContext>(ctx: &C, tag: u64) -> u64 {
+    if UNWIND_DWARF.load() == 0 {
+        return kernel_user_stack(ctx);
+    }
+    // SAFETY: plain helper calls; the task pointer is the verifier-checked current task, and
+    // bpf_probe_read_kernel validates the addresses it reads.
+    let regs = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        (
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)),
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)),
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rbp)),
+        )
+    };
+    let (Ok(pc), Ok(sp), Ok(bp)) = regs else {
+        count(counter::STACK_FAILED, 1);
+        return LOST_STACK;
+    };
+    walk_from(pc, sp, bp, tag)
+}
+
+/// Walks the user stack from a frame's `pc`, `sp` and `bp` and returns its key.
+#[inline(always)]
+fn walk_from(pc: u64, sp: u64, bp: u64, tag: u64) -> u64 {
     let Some(frames) = STACK_SCRATCH.get_ptr_mut(0) else {
         return LOST_STACK;
     };
-    // SAFETY: a per-CPU scratch value that nothing else uses while this program runs; the
-    // registers are the program's own context.
-    let (frames, regs) = unsafe { (&mut *frames, &*regs) };
+    // SAFETY: a per-CPU scratch value that nothing else uses while this program runs.
+    let frames = unsafe { &mut *frames };
     if UNWIND_DWARF.load() != 0 {
-        return cfi_walk(frames, regs, tag);
+        return cfi_walk(frames, pc, sp, bp, tag);
     }
-    frames.ips[0] = regs.rip;
+    frames.ips[0] = pc;
     frames.truncated = 0;
     let mut walk = FpWalk {
         frames: frames as *mut StackFrames,
-        sp: regs.rsp,
-        fp: regs.rbp,
+        sp,
+        fp: bp,
         len: 1,
     };
     run_loop((MAX_STACK_DEPTH - 1) as u32, fp_step, &mut walk);
@@ -162,14 +199,14 @@ fn run_loop<T>(count: u32, step: extern "C" fn(u64, *mut core::ffi::c_void) -> i
 /// which inserts rules for every frame in the copy and moves this allocation to its whole
 /// stack. Only the first allocation from a new call site pays that round trip.
 #[inline(always)]
-fn cfi_walk(frames: &mut StackFrames, regs: &pt_regs, tag: u64) -> u64 {
-    frames.ips[0] = regs.rip;
+fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> u64 {
+    frames.ips[0] = pc;
     frames.truncated = 0;
     let mut walk = CfiWalk {
         frames: frames as *mut StackFrames,
-        pc: regs.rip,
-        sp: regs.rsp,
-        bp: regs.rbp,
+        pc,
+        sp,
+        bp,
         len: 1,
         missed: 0,
         identified: 0,
