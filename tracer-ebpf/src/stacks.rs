@@ -49,6 +49,31 @@ static STACK_COPY_LIMIT: Global<u64> = Global::new(STACK_COPY_BYTES as u64);
 pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
     HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
+/// Slots in each CPU's cache of unwind rules: a power of two, as many as a busy service's hot
+/// return addresses, so that most steps of a walk find their rule there.
+const RULE_CACHE_SLOTS: u32 = 1024;
+
+/// One slot of the rule cache: the rule for `pc`, taken from [`UNWIND_RULES`] while user
+/// space's rule generation was `generation`. `pc` 0 marks a slot being written.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedRule {
+    pc: u64,
+    generation: u64,
+    rule: UnwindRule,
+}
+
+/// A direct-mapped cache in front of [`UNWIND_RULES`], per CPU: a step of a walk reads its rule
+/// from an array slot instead of hashing the return address into the hash map. In a steady
+/// state every allocation walks the same few frames again.
+#[map]
+static RULE_CACHE: PerCpuArray<CachedRule> = PerCpuArray::with_max_entries(RULE_CACHE_SLOTS, 0);
+
+/// User space's rule generation: it adds 1 after removing rules from [`UNWIND_RULES`] (code
+/// that a JIT freed), and a cached rule of an older generation is looked up again.
+#[map]
+pub static RULE_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Where runtimes keep a frame's method or function (HotSpot's interpreter, V8), written by
 /// user space when it has read the runtime's own description, before any rule asks for it.
 #[map]
@@ -210,6 +235,7 @@ fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> u6
         len: 1,
         missed: 0,
         identified: 0,
+        generation: RULE_GENERATION.get(0).copied().unwrap_or(0),
         layout: RUNTIME_LAYOUT
             .get_ptr(0)
             .map_or(core::ptr::null(), |layout| layout),
@@ -247,14 +273,15 @@ struct CfiWalk {
     identified: u32,
     /// The runtimes' frame layouts (null if the map cannot be read).
     layout: *const RuntimeLayout,
+    /// [`RULE_GENERATION`] when the walk began.
+    generation: u64,
 }
 
 /// One step of the CFI walk: from the frame at `pc` to its caller. Returns 1 to stop.
 extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the CfiWalk that cfi_walk passed to bpf_loop.
     let walk = unsafe { &mut *ctx.cast::<CfiWalk>() };
-    // SAFETY: the value is copied out.
-    let Some(rule) = (unsafe { UNWIND_RULES.get(&walk.pc) }).copied() else {
+    let Some(rule) = rule_at(walk.pc, walk.generation) else {
         walk.missed = 1;
         return 1;
     };
@@ -296,6 +323,37 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     walk.sp = cfa;
     walk.pc = ret;
     0
+}
+
+/// The unwind rule for `pc`: from this CPU's cache when it holds one of this `generation`,
+/// else from [`UNWIND_RULES`], which then fills the slot.
+#[inline(always)]
+fn rule_at(pc: u64, generation: u64) -> Option<UnwindRule> {
+    // Return addresses are spread over pages of code: fold the page bits into the slot.
+    let slot = ((pc ^ (pc >> 10)) as u32) & (RULE_CACHE_SLOTS - 1);
+    let Some(entry) = RULE_CACHE.get_ptr_mut(slot) else {
+        // SAFETY: the value is copied out.
+        return unsafe { UNWIND_RULES.get(&pc) }.copied();
+    };
+    // A uprobe program may be preempted by another task's on the same CPU, which may rewrite
+    // the slot meanwhile: the slot's pc is read before and after the rule, and written as 0
+    // before the rule and as the pc after it, so a torn slot is never taken for a hit.
+    // SAFETY: the pointer is to this CPU's live slot; volatile accesses keep the order.
+    unsafe {
+        let pc_at = &raw mut (*entry).pc;
+        if core::ptr::read_volatile(pc_at) == pc {
+            let cached = core::ptr::read_volatile(entry);
+            if cached.generation == generation && core::ptr::read_volatile(pc_at) == pc {
+                return Some(cached.rule);
+            }
+        }
+        let rule = UNWIND_RULES.get(&pc).copied()?;
+        core::ptr::write_volatile(pc_at, 0);
+        core::ptr::write_volatile(&raw mut (*entry).generation, generation);
+        core::ptr::write_volatile(&raw mut (*entry).rule, rule);
+        core::ptr::write_volatile(pc_at, pc);
+        Some(rule)
+    }
 }
 
 /// Replaces the return address of frame `index` (the one being stepped, with its own `bp`)
