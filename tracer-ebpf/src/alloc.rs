@@ -170,6 +170,10 @@ fn try_alloc_enter(ctx: &ProbeContext, may_skip: bool) -> Result<Return, i64> {
         })
 }
 
+// Inlined into each program: as a subprogram returning through a pointer, the compiler may
+// leave a stack address in r0 at its exit, which the verifier refuses ("cannot return stack
+// pointer to the caller").
+#[inline(always)]
 fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());

@@ -1,10 +1,13 @@
 //! Anonymous mappings: mmap, munmap, mremap, and mprotect inside reservations.
 //!
-//! Calls through libc's wrappers are seen by a uprobe and a uretprobe on the wrapper, so that
+//! Calls through libc's `mmap` are seen by a uprobe and a uretprobe on the wrapper, so that
 //! the stack is taken at the return, where its first frame is the caller (the wrapper keeps no
-//! frame pointer, so a stack taken inside it loses the caller). Raw syscalls, as the Go runtime
-//! makes them, are seen at the syscall tracepoints, which stand aside while a wrapper call is
-//! in flight on the thread. Calls made inside a probed allocation function are the allocator's
+//! frame pointer, so a frame-pointer walk inside it loses the caller). Raw syscalls, as the Go
+//! runtime makes them, are seen at the syscall tracepoints, which stand aside while a wrapper
+//! call is in flight on the thread. `munmap` and `mremap` need no stack, and `mprotect`'s is
+//! walked with CFI rules from the syscall's own registers, so their wrappers have no uprobe
+//! (each one's first instruction is single-stepped): the tracepoints see them. Only under
+//! `--unwind fp` does libc's `mprotect` keep its uprobe, for its caller's frame. Calls made inside a probed allocation function are the allocator's
 //! own chunks and are skipped: the allocations in them already count.
 //!
 //! Tracepoint field offsets are those of `/sys/kernel/tracing/events/syscalls/sys_*/format`:
@@ -25,7 +28,7 @@ use tracer_common::{MAP_INSIDE_PASSED_OVER, MapArgs, MapEvent, MapEventKind, cou
 
 use crate::{
     args::entry_arg,
-    stacks::{kernel_user_stack, walk_user_stack},
+    stacks::{kernel_user_stack, syscall_user_stack, walk_user_stack},
     state::{
         MAP_ARGS, MAP_EVENTS, count, inside_allocator, inside_passed_over_call, target_thread,
     },
@@ -236,8 +239,17 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = MAP_ARGS.remove(&pid_tgid);
     // SAFETY: the offset is inside the syscall tracepoint's fixed record.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.map_err(i64::from)?;
+    // A commit's stack is walked from the syscall itself: libc's mprotect has no uprobe where
+    // stacks are walked with CFI rules (its first instruction would be single-stepped).
+    let (protect, start) = (args.kind == MapEventKind::Protect as u32, args.addr);
     emit(
-        || kernel_user_stack(ctx),
+        || {
+            if protect {
+                syscall_user_stack(ctx, start)
+            } else {
+                kernel_user_stack(ctx)
+            }
+        },
         args,
         (ret >= 0).then_some(ret as u64),
     );

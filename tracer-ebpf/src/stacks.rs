@@ -12,8 +12,11 @@ use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_probe_read_user,
-        generated::{bpf_get_stack, bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task_btf, bpf_get_stack, bpf_loop,
+            bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
+        },
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -46,6 +49,31 @@ static STACK_COPY_LIMIT: Global<u64> = Global::new(STACK_COPY_BYTES as u64);
 pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
     HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
+/// Slots in each CPU's cache of unwind rules: a power of two, as many as a busy service's hot
+/// return addresses, so that most steps of a walk find their rule there.
+const RULE_CACHE_SLOTS: u32 = 1024;
+
+/// One slot of the rule cache: the rule for `pc`, taken from [`UNWIND_RULES`] while user
+/// space's rule generation was `generation`. `pc` 0 marks a slot being written.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedRule {
+    pc: u64,
+    generation: u64,
+    rule: UnwindRule,
+}
+
+/// A direct-mapped cache in front of [`UNWIND_RULES`], per CPU: a step of a walk reads its rule
+/// from an array slot instead of hashing the return address into the hash map. In a steady
+/// state every allocation walks the same few frames again.
+#[map]
+static RULE_CACHE: PerCpuArray<CachedRule> = PerCpuArray::with_max_entries(RULE_CACHE_SLOTS, 0);
+
+/// User space's rule generation: it adds 1 after removing rules from [`UNWIND_RULES`] (code
+/// that a JIT freed), and a cached rule of an older generation is looked up again.
+#[map]
+pub static RULE_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Where runtimes keep a frame's method or function (HotSpot's interpreter, V8), written by
 /// user space when it has read the runtime's own description, before any rule asks for it.
 #[map]
@@ -69,21 +97,55 @@ pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
 /// it if the walk has to stop for a missing unwind rule.
 #[inline(always)]
 pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> u64 {
+    // SAFETY: the registers are the program's own context.
+    let regs = unsafe { &*regs };
+    walk_from(regs.rip, regs.rsp, regs.rbp, tag)
+}
+
+/// The stack of a system call that the task is in, from the user registers it saved on
+/// entry, for a syscall tracepoint: with CFI rules the walk starts at the instruction after
+/// `syscall` and steps through the wrapper that made it (glibc's `mprotect` keeps no frame, so
+/// a frame-pointer walk would skip its caller), so no uprobe on the wrapper is needed for its
+/// stack. Without CFI rules, the kernel's walker, as before.
+#[inline(always)]
+pub fn syscall_user_stack<C: EbpfContext>(ctx: &C, tag: u64) -> u64 {
+    if UNWIND_DWARF.load() == 0 {
+        return kernel_user_stack(ctx);
+    }
+    // SAFETY: plain helper calls; the task pointer is the verifier-checked current task, and
+    // bpf_probe_read_kernel validates the addresses it reads.
+    let regs = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        (
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)),
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)),
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rbp)),
+        )
+    };
+    let (Ok(pc), Ok(sp), Ok(bp)) = regs else {
+        count(counter::STACK_FAILED, 1);
+        return LOST_STACK;
+    };
+    walk_from(pc, sp, bp, tag)
+}
+
+/// Walks the user stack from a frame's `pc`, `sp` and `bp` and returns its key.
+#[inline(always)]
+fn walk_from(pc: u64, sp: u64, bp: u64, tag: u64) -> u64 {
     let Some(frames) = STACK_SCRATCH.get_ptr_mut(0) else {
         return LOST_STACK;
     };
-    // SAFETY: a per-CPU scratch value that nothing else uses while this program runs; the
-    // registers are the program's own context.
-    let (frames, regs) = unsafe { (&mut *frames, &*regs) };
+    // SAFETY: a per-CPU scratch value that nothing else uses while this program runs.
+    let frames = unsafe { &mut *frames };
     if UNWIND_DWARF.load() != 0 {
-        return cfi_walk(frames, regs, tag);
+        return cfi_walk(frames, pc, sp, bp, tag);
     }
-    frames.ips[0] = regs.rip;
+    frames.ips[0] = pc;
     frames.truncated = 0;
     let mut walk = FpWalk {
         frames: frames as *mut StackFrames,
-        sp: regs.rsp,
-        fp: regs.rbp,
+        sp,
+        fp: bp,
         len: 1,
     };
     run_loop((MAX_STACK_DEPTH - 1) as u32, fp_step, &mut walk);
@@ -162,17 +224,18 @@ fn run_loop<T>(count: u32, step: extern "C" fn(u64, *mut core::ffi::c_void) -> i
 /// which inserts rules for every frame in the copy and moves this allocation to its whole
 /// stack. Only the first allocation from a new call site pays that round trip.
 #[inline(always)]
-fn cfi_walk(frames: &mut StackFrames, regs: &pt_regs, tag: u64) -> u64 {
-    frames.ips[0] = regs.rip;
+fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> u64 {
+    frames.ips[0] = pc;
     frames.truncated = 0;
     let mut walk = CfiWalk {
         frames: frames as *mut StackFrames,
-        pc: regs.rip,
-        sp: regs.rsp,
-        bp: regs.rbp,
+        pc,
+        sp,
+        bp,
         len: 1,
         missed: 0,
         identified: 0,
+        generation: RULE_GENERATION.get(0).copied().unwrap_or(0),
         layout: RUNTIME_LAYOUT
             .get_ptr(0)
             .map_or(core::ptr::null(), |layout| layout),
@@ -210,14 +273,15 @@ struct CfiWalk {
     identified: u32,
     /// The runtimes' frame layouts (null if the map cannot be read).
     layout: *const RuntimeLayout,
+    /// [`RULE_GENERATION`] when the walk began.
+    generation: u64,
 }
 
 /// One step of the CFI walk: from the frame at `pc` to its caller. Returns 1 to stop.
 extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the CfiWalk that cfi_walk passed to bpf_loop.
     let walk = unsafe { &mut *ctx.cast::<CfiWalk>() };
-    // SAFETY: the value is copied out.
-    let Some(rule) = (unsafe { UNWIND_RULES.get(&walk.pc) }).copied() else {
+    let Some(rule) = rule_at(walk.pc, walk.generation) else {
         walk.missed = 1;
         return 1;
     };
@@ -259,6 +323,37 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     walk.sp = cfa;
     walk.pc = ret;
     0
+}
+
+/// The unwind rule for `pc`: from this CPU's cache when it holds one of this `generation`,
+/// else from [`UNWIND_RULES`], which then fills the slot.
+#[inline(always)]
+fn rule_at(pc: u64, generation: u64) -> Option<UnwindRule> {
+    // Return addresses are spread over pages of code: fold the page bits into the slot.
+    let slot = ((pc ^ (pc >> 10)) as u32) & (RULE_CACHE_SLOTS - 1);
+    let Some(entry) = RULE_CACHE.get_ptr_mut(slot) else {
+        // SAFETY: the value is copied out.
+        return unsafe { UNWIND_RULES.get(&pc) }.copied();
+    };
+    // A uprobe program may be preempted by another task's on the same CPU, which may rewrite
+    // the slot meanwhile: the slot's pc is read before and after the rule, and written as 0
+    // before the rule and as the pc after it, so a torn slot is never taken for a hit.
+    // SAFETY: the pointer is to this CPU's live slot; volatile accesses keep the order.
+    unsafe {
+        let pc_at = &raw mut (*entry).pc;
+        if core::ptr::read_volatile(pc_at) == pc {
+            let cached = core::ptr::read_volatile(entry);
+            if cached.generation == generation && core::ptr::read_volatile(pc_at) == pc {
+                return Some(cached.rule);
+            }
+        }
+        let rule = UNWIND_RULES.get(&pc).copied()?;
+        core::ptr::write_volatile(pc_at, 0);
+        core::ptr::write_volatile(&raw mut (*entry).generation, generation);
+        core::ptr::write_volatile(&raw mut (*entry).rule, rule);
+        core::ptr::write_volatile(pc_at, pc);
+        Some(rule)
+    }
 }
 
 /// Replaces the return address of frame `index` (the one being stepped, with its own `bp`)

@@ -328,6 +328,11 @@ impl Session {
         preflight()?;
         let attach_started = Instant::now();
         let mut prepared = target::prepare(&config.target, &config.alloc_libs)?;
+        for object in &mut prepared.objects {
+            object
+                .points
+                .retain(|point| point.hook.probed(config.unwind.uses_cfi()));
+        }
         let pid = prepared.process.pid;
         let attached = (|| {
             // A launched command's own first exec starts the trace; any other ends it.

@@ -23,6 +23,9 @@ pub struct KernelMaps {
     pub stacks: HashMap<MapData, u64, StackFrames>,
     /// Unwind rules by return address (`UNWIND_RULES`), added on demand.
     pub rules: HashMap<MapData, u64, UnwindRule>,
+    /// The generation of the rules (`RULE_GENERATION`, one entry): raised after rules are
+    /// removed, so that the kernel's per-CPU rule caches look them up again.
+    pub rule_generation: Array<MapData, u64>,
     /// Activity and loss counters per CPU (`COUNTERS`, indexed by `tracer_common::counter`).
     pub counters: PerCpuArray<MapData, u64>,
     /// The target's lifecycle marks (`LIFECYCLE`, indexed by `tracer_common::lifecycle`).
@@ -54,6 +57,7 @@ impl KernelMaps {
                 allocs: typed(ebpf, "ALLOCS")?,
                 stacks: typed(ebpf, "STACKS")?,
                 rules: typed(ebpf, "UNWIND_RULES")?,
+                rule_generation: typed(ebpf, "RULE_GENERATION")?,
                 counters: typed(ebpf, "COUNTERS")?,
                 lifecycle: typed(ebpf, "LIFECYCLE")?,
                 runtime_layout: typed(ebpf, "RUNTIME_LAYOUT")?,

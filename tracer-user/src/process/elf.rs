@@ -39,6 +39,16 @@ impl Hook {
         })
     }
 
+    /// Whether the hook is probed when stacks are walked with CFI rules (`cfi`) or frame
+    /// pointers. With CFI rules, the `sys_exit_mprotect` tracepoint walks a commit's stack
+    /// from the syscall's own registers through libc's frameless wrapper
+    /// (tracer-ebpf's `syscall_user_stack`), so its uprobe, whose first instruction
+    /// (`mov $0xa,%eax`) the kernel single-steps, is left out. A frame-pointer walk from there
+    /// would skip the wrapper's caller, so `--unwind fp` keeps it.
+    pub fn probed(self, cfi: bool) -> bool {
+        !(cfi && self == Hook::Map(MapEventKind::Protect))
+    }
+
     /// The kind the programs find in the low half of the attach cookie.
     fn kind(self) -> u32 {
         match self {
@@ -76,11 +86,15 @@ pub const ALLOCATOR_FUNCTIONS: &[(&str, Hook)] = &[
 
 /// libc's mapping wrappers, hooked in an object that defines an unprefixed `malloc` (libc, or
 /// a statically linked executable). Aliases (`mmap` and `mmap64`) share one probe.
+///
+/// A wrapper is hooked only for the stack of the mapping it makes: `munmap` and `mremap`
+/// events carry none, so the syscall tracepoints see them whole, and their uprobes would
+/// only cost a single-step each (`mov $0xb,%eax` and `sub $0x58,%rsp` come first in glibc).
+/// `mprotect` is in the same case wherever stacks are walked with CFI rules (see
+/// [`Hook::probed`]).
 pub const MAPPING_FUNCTIONS: &[(&str, Hook)] = &[
     ("mmap", Hook::Map(MapEventKind::Map)),
     ("mmap64", Hook::Map(MapEventKind::Map)),
-    ("munmap", Hook::Map(MapEventKind::Unmap)),
-    ("mremap", Hook::Map(MapEventKind::Remap)),
     ("mprotect", Hook::Map(MapEventKind::Protect)),
 ];
 
@@ -325,6 +339,23 @@ mod tests {
     use super::*;
 
     const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+
+    /// The mapping wrappers hooked: `mmap` always (its stack is taken at its return),
+    /// `mprotect` only where stacks are walked by frame pointers, `munmap` and `mremap` never
+    /// (their events carry no stack: the tracepoints see them whole).
+    #[test]
+    fn mapping_wrappers_are_hooked_only_for_their_stacks() {
+        let hooked = |cfi: bool| -> Vec<&str> {
+            MAPPING_FUNCTIONS
+                .iter()
+                .filter(|(_, hook)| hook.probed(cfi))
+                .map(|(name, _)| *name)
+                .collect()
+        };
+        assert_eq!(hooked(true), ["mmap", "mmap64"]);
+        assert_eq!(hooked(false), ["mmap", "mmap64", "mprotect"]);
+        assert!(Hook::Free.probed(true) && Hook::Alloc(AllocKind::Malloc).probed(true));
+    }
 
     /// On the real libc: on Debian 12's glibc 2.36, `free` (`test %rdi,%rdi; je ...`) moves by
     /// 3 bytes onto the `je`, and `malloc` (`push %r12`) stays at its entry.

@@ -43,6 +43,8 @@ pub struct MissHandler {
     unmapped: HashSet<u64>,
     /// When frame-size rules of compiled Java code were last checked against the code cache.
     jit_checked: Option<std::time::Instant>,
+    /// The rule generation last written to the kernel (`RULE_GENERATION`).
+    rule_generation: u64,
     /// The runtimes' frame layout as last written to the kernel.
     layout_written: RuntimeLayout,
 }
@@ -62,6 +64,7 @@ impl MissHandler {
             in_kernel: HashSet::new(),
             unmapped: HashSet::new(),
             jit_checked: None,
+            rule_generation: 0,
             layout_written: RuntimeLayout::default(),
         })
     }
@@ -107,6 +110,14 @@ impl MissHandler {
         for pc in &stale {
             let _ = maps.rules.remove(pc);
             self.in_kernel.remove(pc);
+        }
+        if !stale.is_empty() {
+            // After the removals: a walk that began before them may still cache an old rule,
+            // as it could use one without the cache.
+            self.rule_generation += 1;
+            if let Err(err) = maps.rule_generation.set(0, self.rule_generation, 0) {
+                log::warn!("the kernel's rule caches were not told of removed rules: {err}");
+            }
         }
         log::debug!("forgot {} stale frame-size rules", stale.len());
     }
