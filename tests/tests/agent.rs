@@ -3,11 +3,15 @@
 //! pid's pushed profiles hold, read back with `go tool pprof`, the in-use bytes per function
 //! of its truth; the other pid is never pushed; a target that exits is dropped; SIGTERM to the
 //! agent ends every trace with a final push and leaves no probe behind (`Run::finish`).
+//! `--cgroup` against a real cgroup: of two processes of the same program, only the one moved
+//! into the test's cgroup is traced and pushed. Both agent tests print what the agent and each
+//! of its children cost in memory while they trace (the figures in README "Fleet").
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tests::ingest_receiver::{Ingested, Receiver};
+use tests::memory_cgroup::MemoryCgroup;
 use tests::pprof::pprof_folded;
 use tests::process::TIMEOUT;
 use tests::report::Truth;
@@ -61,6 +65,121 @@ fn check_pushes(
         checked += 1;
     }
     checked
+}
+
+/// What a process costs in memory: its peak and current RSS (`VmHWM`, `VmRSS` of
+/// `/proc/PID/status`), the anonymous part (`RssAnon`), the part that is BPF maps mapped into it
+/// (ring buffers: the kernel's pages, not more memory; a ring buffer's data shows twice, as
+/// the kernel maps it twice for wrap-around reads), and the kernel memory of the BPF maps it
+/// holds (each map's `memlock` in its fd's fdinfo, once per map id).
+#[derive(Debug)]
+struct Memory {
+    pid: libc::pid_t,
+    peak_rss: u64,
+    rss: u64,
+    anon: u64,
+    maps_mapped: u64,
+    maps: u64,
+}
+
+impl Memory {
+    fn of(pid: libc::pid_t) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+                * 1024
+        };
+        let mut maps = std::collections::BTreeMap::new();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/fdinfo: {e}"));
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            let field = |key: &str| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:")) {
+                maps.insert(id, memlock);
+            }
+        }
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/smaps: {e}"));
+        let mut maps_mapped = 0;
+        let mut in_map = false;
+        for line in smaps.lines() {
+            if let Some(rss) = line.strip_prefix("Rss:") {
+                if in_map {
+                    let kib = rss.trim().trim_end_matches("kB").trim();
+                    maps_mapped += kib.parse::<u64>().unwrap_or(0) * 1024;
+                }
+            } else if !line.contains(": ") && line.contains('-') {
+                // A mapping's header line: `START-END PERMS OFFSET DEV INODE [PATH]`.
+                in_map = line.ends_with("anon_inode:bpf-map");
+            }
+        }
+        Self {
+            pid,
+            peak_rss: kib("VmHWM:"),
+            rss: kib("VmRSS:"),
+            anon: kib("RssAnon:"),
+            maps_mapped,
+            maps: maps.values().sum(),
+        }
+    }
+
+    fn say(&self, what: &str) {
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        eprintln!(
+            "memory of {what} (pid {}): peak RSS {:.1} MiB; RSS {:.1} MiB, of which anonymous {:.1} MiB and BPF maps mapped {:.1} MiB; kernel memory of its BPF maps {:.1} MiB",
+            self.pid,
+            mib(self.peak_rss),
+            mib(self.rss),
+            mib(self.anon),
+            mib(self.maps_mapped),
+            mib(self.maps)
+        );
+    }
+}
+
+/// The agent's children (one `leakhound record` per traced process) with their command lines.
+fn children(agent: libc::pid_t) -> Vec<(libc::pid_t, String)> {
+    let list = std::fs::read_to_string(format!("/proc/{agent}/task/{agent}/children"))
+        .unwrap_or_else(|e| panic!("the agent's children: {e}"));
+    list.split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .map(|pid: libc::pid_t| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (pid, String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        })
+        .collect()
+}
+
+/// Prints what the agent and each of its children cost in memory now, while they trace; returns
+/// the children's command lines.
+fn say_memory(agent: libc::pid_t) -> Vec<String> {
+    let children = children(agent);
+    let mut memories = Vec::new();
+    for (pid, cmdline) in &children {
+        let memory = Memory::of(*pid);
+        memory.say(&format!("a child, `{}`", cmdline.trim_end()));
+        memories.push(memory);
+    }
+    let own = Memory::of(agent);
+    own.say("the agent itself");
+    assert!(
+        own.maps == 0 && memories.iter().all(|m| m.peak_rss >= m.rss && m.maps > 0),
+        "the agent holds no BPF map, each child holds its own: {own:?} {memories:?}"
+    );
+    children.into_iter().map(|(_, cmdline)| cmdline).collect()
 }
 
 #[test]
@@ -124,6 +243,7 @@ fn the_agent_traces_and_pushes_every_matching_process() {
         assert!(Instant::now() < deadline, "no periodic push of each target");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(say_memory(run.proc.pid()).len(), 2, "a child per match");
     // A target that exits is dropped: its trace ends and pushes a final profile.
     let late_pid = late.pid();
     let late_released = Instant::now();
@@ -261,4 +381,96 @@ fn the_agent_says_when_the_cap_is_hit_and_takes_a_freed_place() {
             .any(|r| r.accepted && is_of(r, pid))),
         "a final push of each"
     );
+}
+
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn the_agent_traces_only_the_processes_in_its_cgroup() {
+    let _serial = serial();
+    let dir = paths::scratch("agent_cgroup");
+    // Declared before the targets: dropped after them, so it is empty when it is removed (on a
+    // panic too). A limit far above what the target uses: it only has to be a cgroup.
+    let cgroup = MemoryCgroup::new("agent-cgroup", 1 << 30);
+    let receiver = Receiver::start(0);
+    let exe = targets::alloc_family();
+    let mut inside = targets::Target::start(&exe, &["lh-fleet-cgroup"]);
+    let mut outside = targets::Target::start(&exe, &["lh-fleet-cgroup"]);
+    cgroup.add(inside.pid());
+    // The selector is the cgroup's path as the kernel names it in `/proc/PID/cgroup`.
+    let name = cgroup.dir.file_name().expect("a name").to_string_lossy();
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", inside.pid()))
+        .expect("the target's cgroups");
+    let path = cgroups
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .find(|path| path.ends_with(&format!("/{name}")))
+        .unwrap_or_else(|| panic!("the target is not in {name}:\n{cgroups}"))
+        .to_owned();
+    let run = Run::start(&[
+        "agent",
+        "--cgroup",
+        &path,
+        "--scan-every",
+        "200ms",
+        "--push",
+        &receiver.url,
+        "--push-every",
+        "1s",
+    ]);
+    let mut lines = Vec::new();
+    let inside_pid = inside.pid();
+    wait_line(
+        &run,
+        &mut lines,
+        "the target in the cgroup attached",
+        |line| {
+            line.starts_with(&format!(
+                "leakhound agent: pid {inside_pid}: leakhound: attached"
+            ))
+        },
+    );
+    inside.go();
+    outside.go();
+    let truth = inside.read_truth();
+    outside.read_truth();
+    let after = Instant::now() + Duration::from_millis(1100);
+    let deadline = Instant::now() + TIMEOUT;
+    while !receiver
+        .received()
+        .iter()
+        .any(|r| r.accepted && is_of(r, inside_pid) && r.at > after)
+    {
+        assert!(Instant::now() < deadline, "no periodic push of the target");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let traced = say_memory(run.proc.pid());
+    assert!(
+        traced.len() == 1 && traced[0].contains(&format!("--pid {inside_pid} ")),
+        "one child, for the target in the cgroup: {traced:?}"
+    );
+    run.signal(libc::SIGTERM);
+    let outcome = run.finish();
+    lines.extend(outcome.stderr.iter().cloned());
+    outcome.assert_success();
+    inside.release();
+    outside.release();
+
+    let stderr = lines.join("\n");
+    let received = receiver.received();
+    let outside_pid = outside.pid();
+    assert!(
+        !received.iter().any(|r| is_of(r, outside_pid)),
+        "the target outside the cgroup was never pushed"
+    );
+    assert!(
+        !stderr.contains(&format!("pid {outside_pid}:")),
+        "nor traced:\n{stderr}"
+    );
+    let far = Instant::now() + TIMEOUT;
+    let pushes = check_pushes(&dir, &received, inside_pid, (after, far), &truth);
+    assert!(
+        pushes >= 2,
+        "{pushes} pushes of pid {inside_pid} checked: a periodic one and the final one"
+    );
+    eprintln!("checked against the truth: {pushes} profiles of pid {inside_pid} in {path}");
 }
