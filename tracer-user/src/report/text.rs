@@ -134,17 +134,32 @@ impl Render for Text {
         for (rank, &i) in by_bytes.iter().take(self.top).enumerate() {
             let stack = &rec.stacks[i];
             let estimate = estimate_mark(stack.live_bytes_variance.is_some());
-            writeln!(
-                out,
-                "\n#{} {estimate}{}{} in {estimate}{} allocations [{}] ({estimate}{} allocated in {estimate}{} calls while traced)",
-                rank + 1,
-                human_bytes(stack.live_bytes),
-                margin(stack.live_bytes_margin()),
-                stack.live_allocations,
-                origin(stack),
-                human_bytes(stack.total_bytes),
-                stack.total_allocations
-            )?;
+            if stack.origin == Origin::JavaHeap {
+                // A class from two histograms: instances, not calls, and its totals are the
+                // growth between them.
+                writeln!(
+                    out,
+                    "\n#{} {} in {} instances [{}] (+{} in +{} instances since the first histogram)",
+                    rank + 1,
+                    human_bytes(stack.live_bytes),
+                    stack.live_allocations,
+                    origin(stack),
+                    human_bytes(stack.total_bytes),
+                    stack.total_allocations
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "\n#{} {estimate}{}{} in {estimate}{} allocations [{}] ({estimate}{} allocated in {estimate}{} calls while traced)",
+                    rank + 1,
+                    human_bytes(stack.live_bytes),
+                    margin(stack.live_bytes_margin()),
+                    stack.live_allocations,
+                    origin(stack),
+                    human_bytes(stack.total_bytes),
+                    stack.total_allocations
+                )?;
+            }
             writeln!(
                 out,
                 "    trend: {}",
@@ -209,11 +224,12 @@ fn write_growing(
         let stack = &rec.stacks[i];
         writeln!(
             out,
-            "\n#{} {}: {} now in {} allocations [{}]",
+            "\n#{} {}: {} now in {} {} [{}]",
             rank + 1,
             describe(&analysis.trends[i], stack.origin),
             human_bytes(stack.live_bytes),
             stack.live_allocations,
+            counted(stack),
             origin(stack)
         )?;
         if let Some(ages) = age_line(stack) {
@@ -276,6 +292,15 @@ fn cgroup_line(cgroup: &crate::model::CgroupUse) -> String {
             share * 100.0
         ),
         _ => format!("memory cgroup: {used} used, no limit (max)"),
+    }
+}
+
+/// What a stack's count counts: a class histogram's instances, else allocations.
+fn counted(stack: &StackRecord) -> &'static str {
+    if stack.origin == Origin::JavaHeap {
+        "instances"
+    } else {
+        "allocations"
     }
 }
 
