@@ -7,7 +7,7 @@ use std::{fmt, sync::Arc};
 use crate::{
     kernel::attach::Placed,
     report::{estimate_mark, human_bytes},
-    stats::Phase,
+    stats::{Phase, SampleCost},
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -39,12 +39,15 @@ pub enum Event {
     Notice(String),
     /// A step of the report done, for the statistics; logged, not printed.
     Phase(Phase),
+    /// What a step taken at every sample cost over the trace, for the statistics; logged, not
+    /// printed.
+    SampleCost(SampleCost),
 }
 
 impl Event {
     /// Whether the binary prints it on stderr.
     pub fn printed(&self) -> bool {
-        !matches!(self, Self::Phase(_))
+        !matches!(self, Self::Phase(_) | Self::SampleCost(_))
     }
 }
 
@@ -120,6 +123,15 @@ impl fmt::Display for Event {
                 }
                 write!(f, "{name} in {millis:.1} ms")
             }
+            Self::SampleCost(SampleCost {
+                name,
+                samples,
+                mean_ms,
+                max_ms,
+            }) => write!(
+                f,
+                "leakhound: per sample: {name}: {samples} samples, {mean_ms:.2} ms on average, at most {max_ms:.2} ms"
+            ),
         }
     }
 }

@@ -956,6 +956,10 @@ impl Session {
             recording.java_heap_histogram = Some(line);
         }
         let rss = std::mem::replace(&mut self.rss, RssSampler::new(0));
+        if let Some(cost) = rss.cost() {
+            log::info!("{}", Event::SampleCost(cost.clone()));
+            self.said.send(Event::SampleCost(cost));
+        }
         recording.regions = rss.finish(|key| {
             crate::builder::stack_frames(frames.get(&key), &mut |addrs| {
                 namer.stack(space, jit, addrs)

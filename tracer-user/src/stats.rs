@@ -16,6 +16,8 @@ pub struct Stats {
     pub attach: Option<AttachStats>,
     /// The report's phases after tracing ended, in order.
     pub phases: Vec<Phase>,
+    /// Steps taken at every sample (the RSS split's smaps read), over the whole trace.
+    pub sampling: Vec<SampleCost>,
     /// Writing the report's files (`-o`), after the phases.
     pub outputs_ms: Option<f64>,
     /// Every counter of `tracer_common::counter::ALL` by name, when a recording was made.
@@ -44,6 +46,15 @@ pub struct Phase {
     pub items: Option<usize>,
 }
 
+/// What one step taken at every sample cost, over a trace.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SampleCost {
+    pub name: &'static str,
+    pub samples: usize,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+}
+
 impl Stats {
     /// Takes what an event says.
     pub fn observe(&mut self, event: &Event) {
@@ -65,6 +76,7 @@ impl Stats {
                 });
             }
             Event::Phase(phase) => self.phases.push(phase.clone()),
+            Event::SampleCost(cost) => self.sampling.push(cost.clone()),
             Event::Progress { .. } | Event::Notice(_) => {}
         }
     }
@@ -97,6 +109,12 @@ mod tests {
             millis: 2.5,
             items: Some(7),
         }));
+        stats.observe(&Event::SampleCost(SampleCost {
+            name: "rss split",
+            samples: 4,
+            mean_ms: 1.5,
+            max_ms: 3.0,
+        }));
         stats.counters.insert("allocations".into(), 3);
         let json = serde_json::to_value(&stats).expect("json");
         assert_eq!(json["attach"]["millis"], 81.5);
@@ -108,6 +126,10 @@ mod tests {
         assert_eq!(
             json["phases"],
             serde_json::json!([{"name": "stacks read", "millis": 2.5, "items": 7}])
+        );
+        assert_eq!(
+            json["sampling"],
+            serde_json::json!([{"name": "rss split", "samples": 4, "mean_ms": 1.5, "max_ms": 3.0}])
         );
         assert_eq!(json["counters"]["allocations"], 3);
     }

@@ -29,6 +29,7 @@ use crate::{
     jit::hotspot::{HotspotVm, ProcessMemory as TargetMemory},
     model::{Frame, ProcessMemory},
     process::TargetProcess,
+    stats::SampleCost,
 };
 
 pub use kind::RegionKind;
@@ -123,6 +124,8 @@ pub struct RssSampler {
     hotspot: Lazy<(Box<HotspotVm<TargetMemory>>, Option<OwnedRange>)>,
     go: Lazy<ArenaIndex>,
     cut: bool,
+    /// Reads of the split: how many, their total time and the longest.
+    reads: (usize, std::time::Duration, std::time::Duration),
 }
 
 impl RssSampler {
@@ -135,6 +138,7 @@ impl RssSampler {
             hotspot: Lazy::NotTried,
             go: Lazy::NotTried,
             cut: false,
+            reads: Default::default(),
         }
     }
 
@@ -147,7 +151,17 @@ impl RssSampler {
         tracked: &[(u64, u64, u64)],
         always: bool,
     ) {
+        let started = std::time::Instant::now();
         let usage = self.read(tracked);
+        let took = started.elapsed();
+        // Only reads of a live target count: one that has gone costs nothing to read.
+        if usage.is_some() {
+            self.reads = (
+                self.reads.0 + 1,
+                self.reads.1 + took,
+                self.reads.2.max(took),
+            );
+        }
         let values: Vec<(RegionKey, u64)> = usage
             .iter()
             .flatten()
@@ -236,6 +250,17 @@ impl RssSampler {
         } else {
             self.timeline.offer(secs, None, none);
         }
+    }
+
+    /// What reading the split (smaps, the runtimes' ranges, the owners) cost per sample.
+    pub fn cost(&self) -> Option<SampleCost> {
+        let (samples, total, max) = self.reads;
+        (samples > 0).then(|| SampleCost {
+            name: "rss split",
+            samples,
+            mean_ms: total.as_secs_f64() * 1e3 / samples as f64,
+            max_ms: max.as_secs_f64() * 1e3,
+        })
     }
 
     /// The traced stacks that held memory at some sample, to be named at the end.

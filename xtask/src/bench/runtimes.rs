@@ -6,7 +6,10 @@ use super::*;
 /// Rounds per configuration; the median is shown. Each round is a fresh process.
 const RUNTIME_ROUNDS: usize = 3;
 const CALLS_UNTRACED: u64 = 2_000_000;
-const CALLS_TRACED: u64 = 50_000;
+/// Traced calls: about two seconds of each target under leakhound, so that its samples (one a
+/// second) read the RSS split of a live target.
+const CALLS_TRACED_JVM: u64 = 400_000;
+const CALLS_TRACED_NODE: u64 = 50_000;
 
 /// One runtime's row: ns per allocation (a JVM's allocate+free pair, a Node Buffer).
 #[derive(Debug, Default)]
@@ -15,11 +18,15 @@ pub(super) struct RuntimeRow {
     pub(super) untraced: f64,
     pub(super) frames_on: f64,
     pub(super) frames_off: f64,
+    /// The RSS split read at every sample in the last traced round (frames on): samples,
+    /// mean and longest ms.
+    pub(super) rss_split: Option<(u64, f64, f64)>,
 }
 
 /// How to start one runtime's target with a number of calls.
 struct RuntimeTarget {
     name: &'static str,
+    traced_calls: u64,
     command: Box<dyn Fn(u64) -> Command>,
 }
 
@@ -38,6 +45,7 @@ pub(super) fn runtime_rows(root: &Path, leakhound: &Path, out: &Path) -> Result<
         )?;
         targets.push(RuntimeTarget {
             name: "JVM 17, Unsafe.allocateMemory+freeMemory",
+            traced_calls: CALLS_TRACED_JVM,
             command: Box::new(move |calls| {
                 let mut command = Command::new("java");
                 command
@@ -54,6 +62,7 @@ pub(super) fn runtime_rows(root: &Path, leakhound: &Path, out: &Path) -> Result<
         let script = root.join("bench/alloc_loop.js");
         targets.push(RuntimeTarget {
             name: "Node.js, Buffer.allocUnsafeSlow(256)",
+            traced_calls: CALLS_TRACED_NODE,
             command: Box::new(move |calls| {
                 let mut command = Command::new("node");
                 command.arg(&script).arg(calls.to_string());
@@ -69,11 +78,19 @@ pub(super) fn runtime_rows(root: &Path, leakhound: &Path, out: &Path) -> Result<
             name: target.name,
             ..RuntimeRow::default()
         };
+        let stats = out.join("runtime-stats.json");
         row.untraced = median_of_rounds(|| time_calls(target, CALLS_UNTRACED, None))?;
-        row.frames_on =
-            median_of_rounds(|| time_calls(target, CALLS_TRACED, Some((leakhound, "on"))))?;
-        row.frames_off =
-            median_of_rounds(|| time_calls(target, CALLS_TRACED, Some((leakhound, "off"))))?;
+        row.frames_on = median_of_rounds(|| {
+            time_calls(target, target.traced_calls, Some((leakhound, "on", &stats)))
+        })?;
+        row.rss_split = LeakhoundStats::read(&stats)?.rss_split;
+        row.frames_off = median_of_rounds(|| {
+            time_calls(
+                target,
+                target.traced_calls,
+                Some((leakhound, "off", &stats)),
+            )
+        })?;
         rows.push(row);
     }
     Ok(rows)
@@ -98,7 +115,11 @@ fn median_of_rounds(mut round: impl FnMut() -> Result<f64>) -> Result<f64> {
 
 /// Runs the target for `calls`, traced by leakhound with `--runtime-frames` as given, and
 /// returns the ns per call that the target measured.
-fn time_calls(target: &RuntimeTarget, calls: u64, tracer: Option<(&Path, &str)>) -> Result<f64> {
+fn time_calls(
+    target: &RuntimeTarget,
+    calls: u64,
+    tracer: Option<(&Path, &str, &Path)>,
+) -> Result<f64> {
     let mut command = (target.command)(calls);
     command
         .stdin(Stdio::piped())
@@ -109,10 +130,12 @@ fn time_calls(target: &RuntimeTarget, calls: u64, tracer: Option<(&Path, &str)>)
     let ready = wait_line(&stdout, |line| line.starts_with("ready "), PATIENCE)?;
     let pid = ready.trim_start_matches("ready ").trim().to_owned();
     let mut leakhound = match tracer {
-        Some((leakhound, frames)) => {
+        Some((leakhound, frames, stats)) => {
             let mut tracer = Guard::spawn(
                 Command::new(leakhound)
                     .args(["record", "--pid", &pid, "--runtime-frames", frames])
+                    .arg("--stats-json")
+                    .arg(stats)
                     .args(["-o", "/dev/null", "-f", "folded"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped()),
@@ -172,5 +195,13 @@ pub(super) fn print_runtime_rows(rows: &[RuntimeRow]) {
             row.frames_off,
             ratio(row.frames_off / row.untraced),
         );
+    }
+    for row in rows {
+        if let Some((samples, mean, max)) = row.rss_split {
+            println!(
+                "  {}: the RSS split (smaps and the runtime's ranges) took {mean:.2} ms per sample on average, at most {max:.2} ms ({samples} samples)",
+                row.name
+            );
+        }
     }
 }

@@ -11,6 +11,8 @@ pub(super) struct LeakhoundStats {
     pub(super) phases: Vec<String>,
     /// Every entry probe placed: the function, and the file offset of the probe.
     pub(super) entries: Vec<(String, u64)>,
+    /// The RSS split read at every sample: samples, mean and longest ms.
+    pub(super) rss_split: Option<(u64, f64, f64)>,
 }
 
 /// The most bytes past a function's symbol that a moved entry probe is looked for.
@@ -77,8 +79,21 @@ impl LeakhoundStats {
             .filter(|row| row["flavor"] != "return")
             .filter_map(|row| Some((row["what"].as_str()?.to_owned(), row["offset"].as_u64()?)))
             .collect();
+        let rss_split = stats["sampling"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|cost| cost["name"] == "rss split")
+            .and_then(|cost| {
+                Some((
+                    cost["samples"].as_u64()?,
+                    cost["mean_ms"].as_f64()?,
+                    cost["max_ms"].as_f64()?,
+                ))
+            });
         Ok(Self {
             entries,
+            rss_split,
             attach_ms,
             libc: free
                 .and_then(|row| row["library"].as_str())
@@ -104,6 +119,7 @@ mod tests {
                 ]},
             "phases": [{"name": "kernel maps read", "millis": 377.04},
                        {"name": "stacks read", "millis": 27.0, "items": 10000}],
+            "sampling": [{"name": "rss split", "samples": 4, "mean_ms": 1.5, "max_ms": 3.0}],
             "outputs_ms": 12.0,
             "counters": {"allocations": 5}
         }"#;
@@ -118,6 +134,7 @@ mod tests {
                 "10000 stacks read in 27.0 ms"
             ]
         );
+        assert_eq!(stats.rss_split, Some((4, 1.5, 3.0)));
         assert!(LeakhoundStats::parse(r#"{"attach": null}"#).is_err());
     }
 }
