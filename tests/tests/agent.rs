@@ -31,6 +31,19 @@ fn wait_line(run: &Run, lines: &mut Vec<String>, what: &str, found: impl Fn(&str
 }
 
 /// Whether a pushed profile's name carries the label `pid=PID`.
+/// Ends the agent with SIGTERM (it must exit cleanly), then the targets; returns all the
+/// agent's stderr, `lines` read before and the rest.
+fn stop(run: Run, mut lines: Vec<String>, targets: &mut [&mut targets::Target]) -> String {
+    run.signal(libc::SIGTERM);
+    let outcome = run.finish();
+    lines.extend(outcome.stderr.iter().cloned());
+    outcome.assert_success();
+    for target in targets {
+        target.release();
+    }
+    lines.join("\n")
+}
+
 fn is_of(request: &Ingested, pid: libc::pid_t) -> bool {
     let name = request.param("name").unwrap_or_default();
     name.contains(&format!("pid={pid},")) || name.contains(&format!("pid={pid}}}"))
@@ -259,13 +272,7 @@ fn the_agent_traces_and_pushes_every_matching_process() {
         },
     );
 
-    run.signal(libc::SIGTERM);
-    let outcome = run.finish();
-    lines.extend(outcome.stderr.iter().cloned());
-    outcome.assert_success();
-    early.release();
-    other.release();
-    let stderr = lines.join("\n");
+    let stderr = stop(run, lines, &mut [&mut early, &mut other]);
     let early_pid = early.pid();
     assert!(
         stderr.contains(&format!(
@@ -448,14 +455,8 @@ fn the_agent_traces_only_the_processes_in_its_cgroup() {
         traced.len() == 1 && traced[0].contains(&format!("--pid {inside_pid} ")),
         "one child, for the target in the cgroup: {traced:?}"
     );
-    run.signal(libc::SIGTERM);
-    let outcome = run.finish();
-    lines.extend(outcome.stderr.iter().cloned());
-    outcome.assert_success();
-    inside.release();
-    outside.release();
+    let stderr = stop(run, lines, &mut [&mut inside, &mut outside]);
 
-    let stderr = lines.join("\n");
     let received = receiver.received();
     let outside_pid = outside.pid();
     assert!(

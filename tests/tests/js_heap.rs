@@ -183,6 +183,33 @@ fn check(test: &str, traced: &Traced) {
     );
 }
 
+/// Traces `pid` with `--js-heap` for `duration`, writing `json`; leakhound must succeed and say
+/// exactly one `--js-heap:` line, which is returned.
+fn the_one_js_heap_notice(test: &str, pid: &str, duration: &str, json: &Path) -> String {
+    let mut run = Run::start(&[
+        "record",
+        "--pid",
+        pid,
+        "--js-heap",
+        "--interval",
+        "200ms",
+        "--duration",
+        duration,
+        "-o",
+        arg(json),
+    ]);
+    run.wait_attached();
+    let outcome = run.finish();
+    outcome.assert_success();
+    let said: Vec<&String> = outcome
+        .stderr
+        .iter()
+        .filter(|l| l.contains("--js-heap:"))
+        .collect();
+    assert_eq!(said.len(), 1, "{test}: {:?}", outcome.stderr);
+    said[0].clone()
+}
+
 fn listener_pileup() -> Command {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/listener_pileup.js");
     let mut cmd = Command::new("node");
@@ -248,28 +275,8 @@ fn js_heap_refuses_a_process_without_an_inspector() {
         true,
     );
     let pid = target.pid().to_string();
-    let mut run = Run::start(&[
-        "record",
-        "--pid",
-        &pid,
-        "--js-heap",
-        "--interval",
-        "200ms",
-        "--duration",
-        "1s",
-        "-o",
-        arg(&json),
-    ]);
-    run.wait_attached();
-    let outcome = run.finish();
-    outcome.assert_success();
-    let said: Vec<&String> = outcome
-        .stderr
-        .iter()
-        .filter(|l| l.contains("--js-heap:"))
-        .collect();
-    assert_eq!(said.len(), 1, "{test}: {:?}", outcome.stderr);
-    assert!(said[0].contains("does not catch SIGUSR1"), "{said:?}");
+    let said = the_one_js_heap_notice(test, &pid, "1s", &json);
+    assert!(said.contains("does not catch SIGUSR1"), "{said}");
     assert!(
         target.try_status().is_none(),
         "{test}: the target did not survive"
@@ -334,28 +341,8 @@ fn js_heap_leaves_an_attached_inspector_alone() {
     let before = listening_ports(pid);
     assert!(before.contains(&9229), "{test}: no inspector: {before:?}");
     let pid = pid.to_string();
-    let mut run = Run::start(&[
-        "record",
-        "--pid",
-        &pid,
-        "--js-heap",
-        "--interval",
-        "200ms",
-        "--duration",
-        "4s",
-        "-o",
-        arg(&json),
-    ]);
-    run.wait_attached();
-    let outcome = run.finish();
-    outcome.assert_success();
-    let said: Vec<&String> = outcome
-        .stderr
-        .iter()
-        .filter(|l| l.contains("--js-heap:"))
-        .collect();
-    assert_eq!(said.len(), 1, "{test}: {:?}", outcome.stderr);
-    assert!(said[0].contains("already connected"), "{said:?}");
+    let said = the_one_js_heap_notice(test, &pid, "4s", &json);
+    assert!(said.contains("already connected"), "{said}");
     assert!(target.try_status().is_none(), "{test}: the target ended");
     assert_eq!(
         listening_ports(target.pid()),
