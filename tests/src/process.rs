@@ -98,6 +98,21 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Spawns a target that says `ready <pid>` first (with its own pid) and waits for that line.
+    pub fn spawn_ready(cmd: Command, name: &str) -> Self {
+        let proc = Self::spawn(cmd, name, true);
+        let ready = proc
+            .stdout
+            .next(Instant::now() + TIMEOUT, "`ready <pid>`")
+            .unwrap_or_else(|| panic!("{name} closed stdout before `ready`"));
+        assert_eq!(
+            ready.trim_end(),
+            format!("ready {}", proc.pid()),
+            "{name}'s first line"
+        );
+        proc
+    }
+
     /// Spawns `cmd` with stdin, stdout and stderr piped. `forward_stderr` echoes its stderr.
     pub fn spawn(mut cmd: Command, name: &str, forward_stderr: bool) -> Self {
         cmd.stdin(Stdio::piped())

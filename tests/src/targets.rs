@@ -224,14 +224,7 @@ impl Target {
         let mut cmd = Command::new(exe);
         cmd.args(args);
         cmd.envs(env.iter().copied());
-        let proc = Proc::spawn(cmd, &name, true);
-        let deadline = Instant::now() + TIMEOUT;
-        let line = proc
-            .stdout
-            .next(deadline, "`ready <pid>`")
-            .unwrap_or_else(|| panic!("{name} closed stdout before `ready`"));
-        let expected = format!("ready {}", proc.pid());
-        assert_eq!(line.trim_end(), expected, "{name}'s first line");
+        let proc = Proc::spawn_ready(cmd, &name);
         Target { proc }
     }
 

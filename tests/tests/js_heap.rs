@@ -66,12 +66,7 @@ fn trace(test: &str, mut target_cmd: Command) -> Traced {
         dir.join("out.folded"),
     );
     target_cmd.current_dir(&dir);
-    let mut target = Proc::spawn(target_cmd, test, true);
-    let ready = target
-        .stdout
-        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
-        .expect("ready line");
-    assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+    let mut target = Proc::spawn_ready(target_cmd, test);
     let before = listening_ports(target.pid());
     let pid = target.pid().to_string();
     let mut run = Run::start(&[
@@ -316,12 +311,7 @@ fn js_heap_leaves_an_attached_inspector_alone() {
     .arg(&script)
     .arg(client)
     .current_dir(&dir);
-    let mut target = Proc::spawn(cmd, test, true);
-    let ready = target
-        .stdout
-        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
-        .expect("ready line");
-    assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+    let mut target = Proc::spawn_ready(cmd, test);
     // Wait for the client's connection to show in the target's table.
     let pid = target.pid();
     let connected = || {

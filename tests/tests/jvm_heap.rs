@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use serde_json::Value;
 use tests::process::{Proc, TIMEOUT};
@@ -41,12 +40,7 @@ fn trace(test: &str, jvm_flags: &[&str], extra: &[&str]) -> (Truth, PathBuf, Str
         .arg(&classes)
         .args(["HeapGrowth", "4"])
         .current_dir(&dir);
-    let mut target = Proc::spawn(cmd, test, true);
-    let ready = target
-        .stdout
-        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
-        .expect("ready line");
-    assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+    let mut target = Proc::spawn_ready(cmd, test);
     let pid = target.pid().to_string();
     let outputs: Vec<PathBuf> = ["json", "txt", "folded", "diff.folded", "pb.gz", "svg"]
         .iter()

@@ -10,7 +10,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 use serde_json::Value;
 use tests::process::{Proc, TIMEOUT};
@@ -35,12 +34,7 @@ fn trace(test: &str, mut target_cmd: Command) -> (Truth, Value, String) {
     let json = dir.join("out.json");
     let text = dir.join("out.txt");
     target_cmd.current_dir(&dir);
-    let mut target = Proc::spawn(target_cmd, test, true);
-    let ready = target
-        .stdout
-        .next(Instant::now() + TIMEOUT, "`ready <pid>`")
-        .expect("ready line");
-    assert_eq!(ready.trim_end(), format!("ready {}", target.pid()));
+    let mut target = Proc::spawn_ready(target_cmd, test);
     let pid = target.pid().to_string();
     let mut run = Run::start(&[
         "record",
