@@ -24,6 +24,9 @@ const ARENA_BASE_OFFSET: u64 = 0xffff_8000_0000_0000;
 const MAX_ARENAS: u64 = 1 << 16;
 /// The most DWARF bytes decompressed to find one field (a large Go service has tens of MiB).
 const MAX_DWARF_BYTES: u64 = 256 << 20;
+/// The longest the search for the field may take: it runs at a sample, and the last sample
+/// is on the way to the report, which a crafted or huge executable must not hold up.
+const MAX_SEARCH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where `runtime.mheap_.allArenas` (a slice header: pointer, length, capacity) is in the
 /// target's memory.
@@ -70,14 +73,28 @@ fn member_offset<'data, R: object::ReadRef<'data>>(
             _ => None,
         };
     let dwarf_error = |err: gimli::Error| format!("its DWARF does not read: {err}");
+    let deadline = std::time::Instant::now() + MAX_SEARCH;
+    let late = || {
+        (std::time::Instant::now() > deadline).then(|| {
+            format!(
+                "{structure} not found in its DWARF within {MAX_SEARCH:?}; not looked for again"
+            )
+        })
+    };
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(dwarf_error)? {
+        if let Some(err) = late() {
+            return Err(err);
+        }
         let abbreviations = dwarf.abbreviations(&header).map_err(dwarf_error)?;
         let mut tree = header
             .entries_tree(&abbreviations, None)
             .map_err(dwarf_error)?;
         let mut types = tree.root().map_err(dwarf_error)?.children();
         while let Some(node) = types.next().map_err(dwarf_error)? {
+            if let Some(err) = late() {
+                return Err(err);
+            }
             let entry = node.entry();
             if entry.tag() != gimli::DW_TAG_structure_type
                 || name_of(entry).is_none_or(|name| name.slice() != structure.as_bytes())
