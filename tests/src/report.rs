@@ -110,6 +110,8 @@ pub struct Attribution {
     pub per_function: BTreeMap<String, (u64, Vec<FoldedLine>)>,
     /// Bytes on stacks that name no known function: the C runtime, stdio buffers, and so on.
     pub unattributed: u64,
+    /// The lines behind `unattributed`: where bytes missing from a function went.
+    pub unattributed_lines: Vec<FoldedLine>,
     /// Bytes that thread creation allocated, left out even when a known name appears root-ward.
     pub thread_machinery: u64,
 }
@@ -147,7 +149,10 @@ pub fn attribute(lines: &[FoldedLine], known: &BTreeSet<String>) -> Attribution 
             None if line.frames.iter().any(|f| is_thread_machinery(f)) => {
                 attribution.thread_machinery += line.bytes;
             }
-            None => attribution.unattributed += line.bytes,
+            None => {
+                attribution.unattributed += line.bytes;
+                attribution.unattributed_lines.push(line.clone());
+            }
         }
     }
     attribution
@@ -199,6 +204,12 @@ pub fn compare(truth: &Truth, attribution: &Attribution) -> Result<String, Strin
         attribution.unattributed, attribution.thread_machinery
     );
     if failed {
+        let mut largest: Vec<&FoldedLine> = attribution.unattributed_lines.iter().collect();
+        largest.sort_by_key(|line| std::cmp::Reverse(line.bytes));
+        evidence.push_str("largest unattributed stacks:\n");
+        for line in largest.iter().take(10) {
+            let _ = writeln!(evidence, "  {}", line.to_folded());
+        }
         Err(format!("{table}{evidence}"))
     } else {
         Ok(table)

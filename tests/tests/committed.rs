@@ -31,6 +31,24 @@ fn commits_match_truth_launched() {
     assert_matches_truth(&truth, &folded);
 }
 
+/// With unwind answers as late as a loaded machine gives them, every commit from a new call
+/// site misses and is repaired, and two commits that start at one address (commit_heap's last
+/// MiB and commit_overlap's range) are each repaired to their own stack.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn commits_match_truth_when_unwind_answers_are_late() {
+    let _serial = serial();
+    let mut via = std::process::Command::new(tests::leakhound_fault_bin());
+    via.env("LEAKHOUND_TEST_UNWIND_ANSWER_DELAY_MS", "30");
+    let (truth, folded) = trace_launched(
+        "commits_match_truth_when_unwind_answers_are_late",
+        Some(via),
+        &targets::committed(),
+        &[],
+    );
+    assert_matches_truth(&truth, &folded);
+}
+
 /// glibc opens each thread stack with mprotect: the committed bytes are the stack sizes the
 /// program asked for, under the function that created the threads.
 #[test]

@@ -33,6 +33,12 @@ pub struct StackFrames {
 /// space was asked for the rule, and repairs this allocation's stack from a copy.
 pub const TRUNCATED_PENDING: u32 = 2;
 
+/// The unwind tag of a mapping event: its `timestamp_ns` with this bit set. An allocation's
+/// tag is its address, which never has the bit. A mapping is not named by its start, which
+/// two events may share (a range committed, then committed again over its last pages), so
+/// that a repair moves only the pages its own event made.
+pub const MAP_EVENT_TAG: u64 = 1 << 63;
+
 /// How a stored walk ended: `StackFrames::truncated` decoded. The kernel writes the `u32`; user
 /// space decodes it with `TryFrom`, so an unknown value is an error, never a guess.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,7 +24,9 @@ use aya_ebpf::{
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use tracer_common::{MAP_INSIDE_PASSED_OVER, MapArgs, MapEvent, MapEventKind, counter};
+use tracer_common::{
+    MAP_EVENT_TAG, MAP_INSIDE_PASSED_OVER, MapArgs, MapEvent, MapEventKind, counter,
+};
 
 use crate::{
     args::entry_arg,
@@ -170,14 +172,8 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     let returns_status =
         args.kind == MapEventKind::Unmap as u32 || args.kind == MapEventKind::Protect as u32;
     let failed = ret == -1 || (returns_status && ret != 0);
-    // The unwind repair finds the region by its start: a commit's is the range it opened.
-    let start = if args.kind == MapEventKind::Protect as u32 {
-        args.addr
-    } else {
-        ret as u64
-    };
     emit(
-        || walk_user_stack(ctx.regs, start),
+        |tag| walk_user_stack(ctx.regs, tag),
         args,
         (!failed).then_some(ret as u64),
     );
@@ -241,11 +237,11 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ret = unsafe { ctx.read_at::<i64>(RET) }.map_err(i64::from)?;
     // A commit's stack is walked from the syscall itself: libc's mprotect has no uprobe where
     // stacks are walked with CFI rules (its first instruction would be single-stepped).
-    let (protect, start) = (args.kind == MapEventKind::Protect as u32, args.addr);
+    let protect = args.kind == MapEventKind::Protect as u32;
     emit(
-        || {
+        |tag| {
             if protect {
-                syscall_user_stack(ctx, start)
+                syscall_user_stack(ctx, tag)
             } else {
                 kernel_user_stack(ctx)
             }
@@ -264,12 +260,16 @@ fn take_args(pid_tgid: u64) -> Option<MapArgs> {
 }
 
 /// Sends one mapping change to user space. `result` is the call's return value, `None` when
-/// it failed; `stack` walks the stack, which only a new mapping or a commit needs.
-fn emit(stack: impl FnOnce() -> u64, args: MapArgs, result: Option<u64>) {
+/// it failed; `stack` walks the stack, which only a new mapping or a commit needs, with the
+/// event's unwind tag ([`MAP_EVENT_TAG`]).
+fn emit(stack: impl FnOnce(u64) -> u64, args: MapArgs, result: Option<u64>) {
     let Some(result) = result else {
         count(counter::FAILED_CALLS, 1);
         return;
     };
+    // SAFETY: a plain helper call with no arguments.
+    let timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    let stack = || stack(timestamp_ns | MAP_EVENT_TAG);
     let event = match MapEventKind::try_from(args.kind) {
         Ok(MapEventKind::Map) => MapEvent {
             kind: args.kind,
@@ -305,8 +305,7 @@ fn emit(stack: impl FnOnce() -> u64, args: MapArgs, result: Option<u64>) {
         Err(_) => return,
     };
     let event = MapEvent {
-        // SAFETY: a plain helper call with no arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns,
         ..event
     };
     if MAP_EVENTS.output::<MapEvent>(&event, 0).is_err() {

@@ -28,10 +28,6 @@ pub struct MappingTracker {
     /// Anonymous `PROT_NONE` address space, in which an `mprotect` that opens pages for
     /// writing commits them (counted on its stack) and one back to `PROT_NONE` releases them.
     reserved: Reservations,
-    /// A commit's unwind repair names the start of the range the mprotect asked for; where
-    /// the pieces it committed start elsewhere (part of the range was held already), their
-    /// starts, so the repair finds them.
-    commit_pieces: HashMap<u64, Vec<u64>>,
     /// Bytes and mappings ever made per stack while traced.
     made: HashMap<u64, Made>,
     counters: MappingCounters,
@@ -99,17 +95,13 @@ impl MappingTracker {
                 // Only pages of a reservation that nothing holds yet are committed here:
                 // memory mapped writable from the start is already counted where it was
                 // mapped, and file mappings are never reservations.
-                let mut starts = Vec::new();
+                // The pieces keep the event's time, by which an unwind repair finds them.
                 for (start, stop) in self.reserved.within(event.addr, end) {
                     for (gap, gap_end) in self.regions.gaps(start, stop) {
                         self.regions
                             .map(gap, gap_end - gap, event.stack_key, event.timestamp_ns);
                         self.count_made(event.stack_key, gap_end - gap);
-                        starts.push(gap);
                     }
-                }
-                if starts.iter().any(|start| *start != event.addr) {
-                    self.commit_pieces.insert(event.addr, starts);
                 }
             }
             Ok(MapEventKind::Protect) if event.prot == PROT_NONE => {
@@ -132,28 +124,28 @@ impl MappingTracker {
         made.mappings += 1;
     }
 
-    /// Moves the mapping at `start` to the whole stack an unwind repair found for it.
-    pub fn repair(&mut self, start: u64, repair: Repair) {
-        match self.commit_pieces.get(&start).cloned() {
-            Some(starts) => starts
-                .into_iter()
-                .for_each(|piece| self.repair_one(piece, repair)),
-            None => self.repair_one(start, repair),
-        }
-    }
-
-    fn repair_one(&mut self, start: u64, repair: Repair) {
-        let bytes = self.regions.rekey(start, repair.partial, repair.whole);
-        if bytes == 0 {
+    /// Moves what each repaired event (by its `timestamp_ns`) made and still holds on its
+    /// partial stack to the whole stack its unwind repair found.
+    pub fn repair(&mut self, by_event: &HashMap<u64, Repair>) {
+        if by_event.is_empty() {
             return;
         }
-        if let Some(made) = self.made.get_mut(&repair.partial) {
-            made.bytes = made.bytes.saturating_sub(bytes);
-            made.mappings = made.mappings.saturating_sub(1);
+        let moved = self.regions.rekey(|made_ns, key| {
+            by_event
+                .get(&made_ns)
+                .filter(|repair| repair.partial == key)
+                .map(|repair| repair.whole)
+        });
+        for (made_ns, bytes) in moved {
+            let repair = by_event[&made_ns];
+            if let Some(made) = self.made.get_mut(&repair.partial) {
+                made.bytes = made.bytes.saturating_sub(bytes);
+                made.mappings = made.mappings.saturating_sub(1);
+            }
+            let made = self.made.entry(repair.whole).or_default();
+            made.bytes += bytes;
+            made.mappings += 1;
         }
-        let made = self.made.entry(repair.whole).or_default();
-        made.bytes += bytes;
-        made.mappings += 1;
     }
 
     /// Everything still mapped goes, as at an exec; returns the mappings and bytes released.
@@ -166,7 +158,6 @@ impl MappingTracker {
             });
         self.regions = Regions::default();
         self.reserved = Reservations::default();
-        self.commit_pieces.clear();
         released
     }
 
@@ -254,8 +245,8 @@ mod tests {
     #[test]
     fn maps_unmaps_and_repairs_keep_made_and_held_apart() {
         let mut tracker = MappingTracker::default();
-        tracker.consume(&record(&event(MapEventKind::Map, 0x10000, 8192, 1)));
-        tracker.consume(&record(&event(MapEventKind::Map, 0x20000, 100, 1)));
+        tracker.consume(&record(&at(10, event(MapEventKind::Map, 0x10000, 8192, 1))));
+        tracker.consume(&record(&at(20, event(MapEventKind::Map, 0x20000, 100, 1))));
         tracker.consume(&record(&event(MapEventKind::Unmap, 0x10000, 4096, 0)));
         tracker.consume(&record(&event(MapEventKind::Unmap, 0x90000, 4096, 0)));
         assert_eq!(tracker.counters().untracked_unmaps, 1);
@@ -263,19 +254,27 @@ mod tests {
         assert_eq!(totals[&1].live_bytes, 8192);
         assert_eq!(totals[&1].live_allocations, 2);
         assert_eq!(totals[&1].total_bytes, 12288);
-        tracker.repair(
-            0x20000,
+        tracker.repair(&HashMap::from([(
+            20,
             Repair {
                 partial: 1,
                 whole: 7,
             },
-        );
+        )]));
         let totals: HashMap<u64, StackTotals> = tracker.totals().collect();
         assert_eq!(totals[&1].live_bytes, 4096);
         assert_eq!(totals[&7].live_bytes, 4096);
         assert_eq!(totals[&1].total_bytes + totals[&7].total_bytes, 12288);
         assert_eq!(tracker.release_all(), (2, 8192));
         assert_eq!(tracker.live().count(), 0);
+    }
+
+    /// The event as made at `timestamp_ns`, by which a repair names it.
+    fn at(timestamp_ns: u64, event: MapEvent) -> MapEvent {
+        MapEvent {
+            timestamp_ns,
+            ..event
+        }
     }
 
     fn with_prot(kind: MapEventKind, addr: u64, len: u64, prot: u32, stack_key: u64) -> MapEvent {
@@ -310,7 +309,10 @@ mod tests {
         );
         feed(
             &mut tracker,
-            with_prot(MapEventKind::Protect, 0x130000, 0x20000, RW, 2),
+            at(
+                13,
+                with_prot(MapEventKind::Protect, 0x130000, 0x20000, RW, 2),
+            ),
         );
         // Outside any reservation (a file mapping, or memory never reserved): nothing.
         feed(
@@ -324,22 +326,15 @@ mod tests {
         );
         assert_eq!(live_of(&tracker, 1), 0x40000);
         assert_eq!(live_of(&tracker, 2), 0x10000);
-        // Its unwind repair names the range it asked for, which starts on held pages.
-        tracker.repair(
-            0x130000,
+        // Its unwind repair names the event, whose range starts on held pages.
+        tracker.repair(&HashMap::from([(
+            13,
             Repair {
                 partial: 2,
                 whole: 7,
             },
-        );
+        )]));
         assert_eq!(live_of(&tracker, 7), 0x10000);
-        tracker.repair(
-            0x140000,
-            Repair {
-                partial: 7,
-                whole: 2,
-            },
-        );
         assert_eq!(live_of(&tracker, 3), 0);
         // Closing part of the first commit releases it; reopening counts on the new opener.
         feed(
@@ -367,7 +362,38 @@ mod tests {
         assert_eq!(live_of(&tracker, 6), 0);
         let totals: HashMap<u64, StackTotals> = tracker.totals().collect();
         assert_eq!(totals[&1].total_bytes, 0x40000);
-        assert_eq!(totals[&2].total_allocations, 1);
+        assert_eq!(totals[&7].total_allocations, 1);
+        assert_eq!(totals[&2].total_allocations, 0);
+    }
+
+    /// A range committed, then committed again from its last page on by another stack: both
+    /// events name the same start, and each repair moves only the pages its own event made
+    /// (with start-named repairs one of them was left on its partial stack).
+    #[test]
+    fn repairs_of_two_commits_at_one_start_move_their_own_pages() {
+        let mut tracker = MappingTracker::default();
+        feed(
+            &mut tracker,
+            with_prot(MapEventKind::Map, 0x100000, 0x100000, 0, 0),
+        );
+        feed(
+            &mut tracker,
+            at(1, with_prot(MapEventKind::Protect, 0x140000, 0x1000, RW, 9)),
+        );
+        feed(
+            &mut tracker,
+            at(2, with_prot(MapEventKind::Protect, 0x140000, 0x2000, RW, 9)),
+        );
+        assert_eq!(live_of(&tracker, 9), 0x2000);
+        let repair = |whole| Repair { partial: 9, whole };
+        tracker.repair(&HashMap::from([(2, repair(22)), (1, repair(11))]));
+        assert_eq!(live_of(&tracker, 9), 0);
+        assert_eq!(live_of(&tracker, 11), 0x1000);
+        assert_eq!(live_of(&tracker, 22), 0x1000);
+        let totals: HashMap<u64, StackTotals> = tracker.totals().collect();
+        assert_eq!(totals[&11].total_bytes, 0x1000);
+        assert_eq!(totals[&22].total_allocations, 1);
+        assert_eq!(totals[&9].total_bytes, 0);
     }
 
     #[test]

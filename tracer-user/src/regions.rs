@@ -65,16 +65,17 @@ impl Regions {
         true
     }
 
-    /// Moves the mapping that starts at `start` from stack `from` to stack `to` (an unwind
-    /// repair); returns its bytes, 0 when no such mapping is there.
-    pub fn rekey(&mut self, start: u64, from: u64, to: u64) -> u64 {
-        match self.by_start.get_mut(&start) {
-            Some(region) if region.stack_key == from => {
-                region.stack_key = to;
-                region.end - start
+    /// Moves pieces to another stack (unwind repairs): `to` gives, for a piece's `made_ns`
+    /// and stack, the stack it moves to, if any. Returns the bytes moved per `made_ns`.
+    pub fn rekey(&mut self, to: impl Fn(u64, u64) -> Option<u64>) -> HashMap<u64, u64> {
+        let mut moved: HashMap<u64, u64> = HashMap::new();
+        for (start, region) in &mut self.by_start {
+            if let Some(key) = to(region.made_ns, region.stack_key) {
+                region.stack_key = key;
+                *moved.entry(region.made_ns).or_default() += region.end - start;
             }
-            _ => 0,
         }
+        moved
     }
 
     /// The untracked parts of [start, end), in address order.

@@ -1,6 +1,8 @@
 //! Faults the tests inject into attaching, to check the paths a healthy kernel never takes:
 //! a failure part-way through the attach (everything must be detached), and the perf-event
-//! uprobes of kernels before 6.6 on a kernel that has multi-uprobe links.
+//! uprobes of kernels before 6.6 on a kernel that has multi-uprobe links. And one into
+//! tracing: unwind answers as late as a loaded machine gives them, so that every walk from a
+//! new call site misses and is repaired, as happens only now and then on a quiet one.
 //!
 //! Only a build with the `fault-injection` feature reads them (from the `LEAKHOUND_TEST_*`
 //! variables below); the binary that ships, demos and benchmarks has none, so no environment
@@ -14,6 +16,8 @@ pub struct Faults {
     fail_attach_after: Option<usize>,
     /// Refuse multi-uprobe links, as a kernel before 6.6 does.
     no_multi_uprobe_links: bool,
+    /// Wait this long before answering each unwind miss.
+    unwind_answer_delay: Option<std::time::Duration>,
 }
 
 impl Faults {
@@ -31,6 +35,10 @@ impl Faults {
                 .ok()
                 .and_then(|n| n.parse().ok()),
             no_multi_uprobe_links: std::env::var_os("LEAKHOUND_TEST_PERF_UPROBES").is_some(),
+            unwind_answer_delay: std::env::var("LEAKHOUND_TEST_UNWIND_ANSWER_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(std::time::Duration::from_millis),
         }
     }
 
@@ -43,6 +51,11 @@ impl Faults {
             });
         }
         Ok(())
+    }
+
+    /// How long to wait before answering an unwind miss: none unless injected.
+    pub fn unwind_answer_delay(&self) -> Option<std::time::Duration> {
+        self.unwind_answer_delay
     }
 
     /// Whether multi-uprobe links may be tried.

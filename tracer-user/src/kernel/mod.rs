@@ -3,7 +3,7 @@
 
 pub mod attach;
 pub mod batch;
-mod faults;
+pub(crate) mod faults;
 pub mod loader;
 pub mod maps;
 pub mod multi_uprobe;

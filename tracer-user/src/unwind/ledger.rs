@@ -1,14 +1,15 @@
-//! The repairs of one session: which allocation or mapping, by its address, moved from the
-//! partial stack the kernel stored to the whole stack user space walked from a copy.
+//! The repairs of one session: which allocation (by its address) or mapping (by the event
+//! that made it) moved from the partial stack the kernel stored to the whole stack user space
+//! walked from a copy.
 //!
 //! One ledger serves both origins, so that malloc-family blocks and anonymous mappings follow
-//! the same rule: a repair applies only while the address still holds what was repaired (the
-//! block may have been freed and its address reused by another stack), and totals are
-//! conserved, moved rather than dropped.
+//! the same rule: a repair applies only while what was repaired is still held on the partial
+//! stack (a block may have been freed and its address reused by another stack), and totals
+//! are conserved, moved rather than dropped.
 
 use std::collections::HashMap;
 
-use tracer_common::{AllocInfo, StackTotals};
+use tracer_common::{AllocInfo, MAP_EVENT_TAG, StackTotals};
 
 use crate::mapping_tracker::MappingTracker;
 
@@ -22,19 +23,27 @@ pub struct Repair {
 #[derive(Debug, Default)]
 pub struct RepairLedger {
     by_address: HashMap<u64, Repair>,
+    /// Mappings' repairs by the time of the event that made them (its `timestamp_ns`).
+    by_event: HashMap<u64, Repair>,
 }
 
 impl RepairLedger {
-    pub fn record(&mut self, address: u64, repair: Repair) {
-        self.by_address.insert(address, repair);
+    /// Records the repair of the walk tagged `tag`: an allocation's address, or a mapping
+    /// event's time with [`MAP_EVENT_TAG`] set.
+    pub fn record(&mut self, tag: u64, repair: Repair) {
+        if tag & MAP_EVENT_TAG != 0 {
+            self.by_event.insert(tag & !MAP_EVENT_TAG, repair);
+        } else {
+            self.by_address.insert(tag, repair);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.by_address.len()
+        self.by_address.len() + self.by_event.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_address.is_empty()
+        self.len() == 0
     }
 
     /// Moves repaired blocks that are still live from their partial stack to their whole one,
@@ -61,9 +70,7 @@ impl RepairLedger {
 
     /// Moves repaired mappings that are still mapped to their whole stack.
     pub fn apply_to_mappings(&self, mappings: &mut MappingTracker) {
-        for (start, repair) in &self.by_address {
-            mappings.repair(*start, *repair);
-        }
+        mappings.repair(&self.by_event);
     }
 }
 
@@ -109,6 +116,22 @@ mod tests {
             (2, 1)
         );
         assert_eq!(totals[&2].total_bytes, 100);
+    }
+
+    /// A mapping's repair is filed under its event's time, never under an address that an
+    /// allocation may hold.
+    #[test]
+    fn mapping_tags_and_addresses_are_kept_apart() {
+        let mut ledger = RepairLedger::default();
+        let repair = Repair {
+            partial: 1,
+            whole: 2,
+        };
+        ledger.record(MAP_EVENT_TAG | 0x1000, repair);
+        assert_eq!(ledger.by_event.get(&0x1000), Some(&repair));
+        assert!(ledger.by_address.is_empty());
+        ledger.record(0x1000, repair);
+        assert_eq!(ledger.len(), 2);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct MissHandler {
     rule_generation: u64,
     /// The runtimes' frame layout as last written to the kernel.
     layout_written: RuntimeLayout,
+    /// A wait before each answer, injected by tests (`kernel::faults`).
+    answer_delay: Option<std::time::Duration>,
 }
 
 /// How often frame-size rules are checked against the code cache.
@@ -66,6 +68,7 @@ impl MissHandler {
             jit_checked: None,
             rule_generation: 0,
             layout_written: RuntimeLayout::default(),
+            answer_delay: crate::kernel::faults::Faults::injected().unwind_answer_delay(),
         })
     }
 
@@ -162,6 +165,9 @@ impl MissHandler {
         modules: &Mutex<TargetCode>,
         target: &TargetProcess,
     ) -> Result<(), TracerError> {
+        if let Some(delay) = self.answer_delay {
+            std::thread::sleep(delay);
+        }
         let copied = (miss.copied as usize).min(miss.stack.len());
         log::trace!(
             "miss at {:#x} (in kernel: {}), {copied} bytes",
