@@ -44,6 +44,21 @@ static UNWIND_DWARF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static STACK_COPY_LIMIT: Global<u64> = Global::new(STACK_COPY_BYTES as u64);
 
+/// Bytes of the user stack that a CFI walk copies in one read: the frames whose saved words
+/// lie in it are stepped from the copy, without a read of their own (see [`StackWindow`]).
+const WINDOW_BYTES: u64 = 1024;
+
+/// A copy of a stretch of the user stack, per CPU, that a CFI walk reads its frames' return
+/// addresses and saved rbp from. One read of a kilobyte costs about what one of a word does,
+/// and a server's walk through twenty frames took twenty reads.
+#[repr(C)]
+pub struct StackWindow {
+    words: [u64; (WINDOW_BYTES / 8) as usize],
+}
+
+#[map]
+static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+
 /// Unwind rules by return address, inserted by user space as walks ask for them.
 #[map]
 pub static UNWIND_RULES: HashMap<u64, UnwindRule> =
@@ -235,6 +250,11 @@ fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> u6
         len: 1,
         missed: 0,
         identified: 0,
+        window: STACK_WINDOW
+            .get_ptr_mut(0)
+            .map_or(core::ptr::null_mut(), |window| window),
+        window_base: 0,
+        window_valid: 0,
         generation: RULE_GENERATION.get(0).copied().unwrap_or(0),
         layout: RUNTIME_LAYOUT
             .get_ptr(0)
@@ -275,6 +295,53 @@ struct CfiWalk {
     layout: *const RuntimeLayout,
     /// [`RULE_GENERATION`] when the walk began.
     generation: u64,
+    /// This CPU's stack window (null if the map cannot be read), holding the stack from
+    /// `window_base` when `window_valid` is 1.
+    window: *mut StackWindow,
+    window_base: u64,
+    window_valid: u32,
+}
+
+impl CfiWalk {
+    /// The user word at `at`: from the window, which is first moved to start at `at` when it
+    /// does not hold it. Where that read fails (the window would run past the end of the
+    /// stack's mapping) or the address is unaligned, the word is read alone.
+    #[inline(always)]
+    fn word(&mut self, at: u64) -> Option<u64> {
+        if self.window.is_null() || at & 7 != 0 {
+            return read_word(at);
+        }
+        let mut offset = at.wrapping_sub(self.window_base);
+        if self.window_valid == 0 || offset >= WINDOW_BYTES {
+            // SAFETY: the window is this CPU's scratch value, of the size passed, and the
+            // helper validates the user address.
+            let rc = unsafe {
+                probe_read_user_raw(
+                    self.window.cast(),
+                    WINDOW_BYTES as u32,
+                    at as *const core::ffi::c_void,
+                )
+            };
+            if rc != 0 {
+                self.window_valid = 0;
+                return read_word(at);
+            }
+            self.window_base = at;
+            self.window_valid = 1;
+            offset = 0;
+        }
+        // SAFETY: as above; the index is checked against the array.
+        unsafe { &*self.window }
+            .words
+            .get((offset / 8) as usize)
+            .copied()
+    }
+}
+
+#[inline(always)]
+fn read_word(at: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user validates the user address.
+    unsafe { bpf_probe_read_user(at as *const u64) }.ok()
 }
 
 /// One step of the CFI walk: from the frame at `pc` to its caller. Returns 1 to stop.
@@ -291,30 +358,16 @@ extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let Some(cfa) = rule.cfa(walk.sp, walk.bp) else {
         return 1;
     };
-    let ret = match rule.saved_bp_at(cfa) {
-        // rbp pushed first, right below the return address: one read takes both.
-        Some(at) if at == cfa - 16 => {
-            // SAFETY: bpf_probe_read_user validates the user address.
-            let Ok([bp, ret]) = (unsafe { bpf_probe_read_user(at as *const [u64; 2]) }) else {
-                return 1;
-            };
-            walk.bp = bp;
-            ret
+    // The saved rbp first: it lies below the return address, so a window moved to it holds
+    // the return address as well.
+    if let Some(at) = rule.saved_bp_at(cfa) {
+        match walk.word(at) {
+            Some(value) => walk.bp = value,
+            None => return 1,
         }
-        saved_bp => {
-            // SAFETY: as above.
-            let Ok(ret) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
-                return 1;
-            };
-            if let Some(at) = saved_bp {
-                // SAFETY: as above.
-                match unsafe { bpf_probe_read_user(at as *const u64) } {
-                    Ok(value) => walk.bp = value,
-                    Err(_) => return 1,
-                }
-            }
-            ret
-        }
+    }
+    let Some(ret) = walk.word(cfa - 8) else {
+        return 1;
     };
     let Some(len) = push_frame(walk.frames, index, ret) else {
         return 1;
