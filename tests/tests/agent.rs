@@ -475,3 +475,85 @@ fn the_agent_traces_only_the_processes_in_its_cgroup() {
     );
     eprintln!("checked against the truth: {pushes} profiles of pid {inside_pid} in {path}");
 }
+
+/// A trace that fails while its process lives on is tried again after `--retry-after`, then
+/// after twice as long each time, and left after four tries (said in one line); every try
+/// leaves no probe behind. The agent runs with fault injection, so each child's attach fails.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn the_agent_tries_a_failed_trace_again_then_leaves_it() {
+    let _serial = serial();
+    let receiver = Receiver::start(0);
+    let exe = targets::alloc_family();
+    let mut target = targets::Target::start(&exe, &["lh-fleet-retry"]);
+    let mut agent = std::process::Command::new(tests::leakhound_fault_bin());
+    agent.env("LEAKHOUND_TEST_FAIL_ATTACH_AFTER", "0");
+    let run = Run::start_with(
+        agent,
+        &[
+            "agent",
+            "--match-cmdline",
+            "alloc_family lh-fleet-retry$",
+            "--scan-every",
+            "100ms",
+            "--retry-after",
+            "300ms",
+            "--push",
+            &receiver.url,
+        ],
+    );
+    let pid = target.pid();
+    let tracing = format!("leakhound agent: pid {pid}: tracing");
+    let left = format!("leakhound agent: pid {pid}: its trace failed 4 times");
+    let mut lines = Vec::new();
+    let mut tries = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while let Some(line) = run
+        .proc
+        .stderr
+        .next(deadline, "that the agent left the target")
+    {
+        if line.starts_with(&tracing) {
+            tries.push(Instant::now());
+        }
+        let done = line.starts_with(&left);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(tries.len(), 4, "four tries:\n{}", lines.join("\n"));
+    // 300 ms, then 600 and 1,200: each wait at least as long as asked (a scan may add 100 ms).
+    for (n, pair) in tries.windows(2).enumerate() {
+        let waited = pair[1] - pair[0];
+        let asked = Duration::from_millis(300 << n);
+        assert!(
+            waited >= asked,
+            "try {} came {waited:?} after the one before, not after {asked:?}",
+            n + 2
+        );
+    }
+    // Left alone: no fifth try.
+    std::thread::sleep(Duration::from_secs(3));
+    target.go();
+    target.read_truth();
+    run.signal(libc::SIGTERM);
+    let outcome = run.finish();
+    outcome.assert_success();
+    target.release();
+    // The whole of the agent's stderr, the lines read above included.
+    let stderr = outcome.stderr.join("\n");
+    assert_eq!(
+        outcome
+            .stderr
+            .iter()
+            .filter(|l| l.starts_with(&tracing))
+            .count(),
+        4,
+        "no fifth try:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("injected failure"),
+        "each try says why it failed:\n{stderr}"
+    );
+}

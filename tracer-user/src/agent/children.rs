@@ -17,6 +17,8 @@ pub struct Traced {
     /// A hash of the command line when tracing started: a process that exec'd another
     /// program (which ends its trace) is picked up again if it still matches.
     pub cmdline_hash: u64,
+    /// Failed traces of this process and command line before this one.
+    pub failures: u32,
     child: Child,
     forward: Option<JoinHandle<()>>,
 }
@@ -27,6 +29,7 @@ impl Traced {
         identity: Identity,
         cmdline_hash: u64,
         record_args: &[String],
+        failures: u32,
     ) -> std::io::Result<Self> {
         let agent = std::process::id();
         let mut command = Command::new("/proc/self/exe");
@@ -68,6 +71,7 @@ impl Traced {
         Ok(Self {
             identity,
             cmdline_hash,
+            failures,
             child,
             forward,
         })

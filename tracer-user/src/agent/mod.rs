@@ -4,7 +4,10 @@
 //! and pushes as a record run by hand, and a trace that fails or ends (the target exited or
 //! exec'd) touches no other. New matches are attached at the next scan; exited ones are
 //! dropped. At most `--max-targets` are traced at once (each holds its own kernel maps), and
-//! the agent says when matching processes wait for a free place. SIGTERM or SIGINT ends every
+//! the agent says when matching processes wait for a free place. A trace that fails while
+//! its process lives on (a process caught before its dynamic loader mapped libc, a kernel
+//! short of memory for the maps) is tried again after `--retry-after`, then after twice as
+//! long each time, [`ATTEMPTS`] times in all. SIGTERM or SIGINT ends every
 //! trace: each child detaches its probes and pushes a final profile before the agent exits.
 
 pub mod children;
@@ -29,6 +32,10 @@ use selector::Selector;
 /// its last pushes, after writing its report.
 const END_WAIT: Duration = Duration::from_secs(40);
 
+/// Traces started for one process and command line whose traces all failed, before the agent
+/// leaves it untraced: a failure that repeats this often is not a passing one.
+pub const ATTEMPTS: u32 = 4;
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Trace processes whose command line (arguments joined by spaces) matches this regex.
@@ -47,6 +54,10 @@ pub struct AgentArgs {
     /// Processes traced at once at most; further matches wait for a place (and are said).
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_targets: u32,
+    /// After a trace fails while its process lives on, try again after this long (twice as
+    /// long after each further failure, 4 tries in all).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = crate::cli::parse_interval)]
+    pub retry_after: Duration,
     /// Record a sample of the allocations in each target (as `record --sample-bytes`).
     #[arg(long, value_name = "BYTES", value_parser = crate::cli::parse_bytes)]
     pub sample_bytes: Option<u64>,
@@ -60,6 +71,7 @@ pub struct AgentConfig {
     pub selector: Selector,
     pub scan_every: Duration,
     pub max_targets: usize,
+    pub retry_after: Duration,
     /// What follows `record --pid N` in each child.
     pub record_args: Vec<String>,
 }
@@ -87,6 +99,7 @@ impl AgentArgs {
             selector,
             scan_every: self.scan_every,
             max_targets: self.max_targets as usize,
+            retry_after: self.retry_after,
             record_args,
         })
     }
@@ -95,12 +108,23 @@ impl AgentArgs {
 /// What the agent knows of a pid that matched.
 enum Known {
     Traced(Traced),
-    /// Its trace ended while the process lives on (it failed to attach, or exec'd): not
-    /// traced again unless it runs another command line that matches.
+    /// Its trace ended while the process lives on (it failed, or the process exec'd): traced
+    /// again if it runs another command line that matches, or at `retry_at`.
     Ended {
         start: u64,
         cmdline_hash: u64,
+        /// Traces of this process and command line that failed, one after the other.
+        failures: u32,
+        /// When to try again after a failure; `None` after a trace that ended well, or after
+        /// [`ATTEMPTS`] failures.
+        retry_at: Option<Instant>,
     },
+}
+
+/// The wait before the next try after `failures` failed traces, or `None` once there were
+/// [`ATTEMPTS`]: `first`, then twice as long each time.
+fn retry_delay(first: Duration, failures: u32) -> Option<Duration> {
+    (failures < ATTEMPTS).then(|| first.saturating_mul(1 << failures.saturating_sub(1).min(16)))
 }
 
 pub struct Agent {
@@ -131,17 +155,28 @@ impl Agent {
 
     /// Reaps ended traces, starts new ones, forgets processes that are gone.
     pub fn scan(&mut self) {
+        let retry_after = self.config.retry_after;
         for (pid, known) in &mut self.known {
             if let Known::Traced(traced) = known
                 && let Some(status) = traced.exited()
             {
                 eprintln!("leakhound agent: pid {pid}: trace ended ({status})");
-                *known = Known::Ended {
-                    start: traced.identity.start,
-                    cmdline_hash: traced.cmdline_hash,
+                // A failure right after a good trace counts from one again.
+                let failures = if status.success() {
+                    0
+                } else {
+                    traced.failures + 1
                 };
+                *known = ended(
+                    *pid,
+                    traced.identity.start,
+                    traced.cmdline_hash,
+                    failures,
+                    retry_after,
+                );
             }
         }
+        let now = Instant::now();
         let pids = scan::pids();
         let own = std::process::id();
         let mut running = self.traced();
@@ -160,13 +195,19 @@ impl Agent {
                 continue;
             };
             let cmdline_hash = hash(&seen.cmdline);
+            let mut failures = 0;
             if let Some(Known::Ended {
                 start,
                 cmdline_hash: ended,
+                failures: failed,
+                retry_at,
             }) = self.known.get(&pid)
                 && (*start, *ended) == (identity.start, cmdline_hash)
             {
-                continue;
+                if !retry_at.is_some_and(|at| now >= at) {
+                    continue;
+                }
+                failures = *failed;
             }
             if !self.config.selector.matches(&seen)
                 || scan::executable(&pid.to_string()) == self.own_executable
@@ -177,7 +218,7 @@ impl Agent {
                 waiting += 1;
                 continue;
             }
-            self.start(identity, cmdline_hash, &seen.cmdline);
+            self.start(identity, cmdline_hash, &seen.cmdline, failures);
             running += 1;
         }
         if waiting != self.waiting {
@@ -197,23 +238,25 @@ impl Agent {
             .retain(|pid, known| matches!(known, Known::Traced(_)) || live.contains(pid));
     }
 
-    fn start(&mut self, identity: Identity, cmdline_hash: u64, cmdline: &str) {
+    /// Starts a trace of `identity`, after `failures` failed ones of the same command line.
+    fn start(&mut self, identity: Identity, cmdline_hash: u64, cmdline: &str, failures: u32) {
         let shown: String = crate::names::shown(cmdline).chars().take(200).collect();
         let pid = identity.pid;
-        match Traced::start(identity, cmdline_hash, &self.config.record_args) {
+        match Traced::start(identity, cmdline_hash, &self.config.record_args, failures) {
             Ok(traced) => {
                 eprintln!("leakhound agent: pid {pid}: tracing `{shown}`");
                 self.known.insert(pid, Known::Traced(traced));
             }
             Err(err) => {
                 eprintln!("leakhound agent: pid {pid}: cannot start its trace: {err}");
-                self.known.insert(
+                let known = ended(
                     pid,
-                    Known::Ended {
-                        start: identity.start,
-                        cmdline_hash,
-                    },
+                    identity.start,
+                    cmdline_hash,
+                    failures + 1,
+                    self.config.retry_after,
                 );
+                self.known.insert(pid, known);
             }
         }
     }
@@ -255,6 +298,36 @@ impl Agent {
             );
         }
         traced.len()
+    }
+}
+
+/// A trace of `pid` that ended after `failures` failures in a row, said in one line when it
+/// will be tried again or not.
+fn ended(pid: u32, start: u64, cmdline_hash: u64, failures: u32, retry_after: Duration) -> Known {
+    let retry_at = if failures == 0 {
+        None
+    } else {
+        match retry_delay(retry_after, failures) {
+            Some(delay) => {
+                eprintln!(
+                    "leakhound agent: pid {pid}: its trace failed ({failures} of {ATTEMPTS} tries): trying again in {} s",
+                    delay.as_secs_f64()
+                );
+                Some(Instant::now() + delay)
+            }
+            None => {
+                eprintln!(
+                    "leakhound agent: pid {pid}: its trace failed {ATTEMPTS} times (the lines above say why): not traced again unless it runs another command line"
+                );
+                None
+            }
+        }
+    };
+    Known::Ended {
+        start,
+        cmdline_hash,
+        failures,
+        retry_at,
     }
 }
 
@@ -362,6 +435,15 @@ mod tests {
         );
         assert_eq!(config.scan_every, std::time::Duration::from_secs(10));
         assert_eq!(config.max_targets, 16);
+    }
+
+    #[test]
+    fn failed_traces_wait_twice_as_long_each_time_then_stop() {
+        let first = std::time::Duration::from_secs(30);
+        let waits: Vec<_> = (1..=super::ATTEMPTS + 1)
+            .map(|failures| super::retry_delay(first, failures).map(|d| d.as_secs()))
+            .collect();
+        assert_eq!(waits, [Some(30), Some(60), Some(120), None, None]);
     }
 
     #[test]
