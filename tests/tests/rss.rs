@@ -4,6 +4,8 @@
 //! - Node.js, a loopback server whose `message` listeners pile up: V8's heap, committed with
 //!   mprotect inside reservations, must explain at least 80% of the RSS growth and be
 //!   classified growing.
+//! - Node.js attached after it built a heap of 48 MiB: the pages mapped before any probe are
+//!   named `v8-heap` from their own headers, with the resident bytes V8 says its heap has.
 //! - OpenJDK with no flags, a growing byte[] cache beside direct buffers and zlib state: the
 //!   Java heap (its range read from HotSpot's vmStructs) must hold the cache's growth within
 //!   10%, and named kinds must explain at least 90% of the RSS.
@@ -117,6 +119,42 @@ fn node_listener_pileup_is_v8_heap_growth() {
     assert!(
         text.contains("what grew") && text.contains("v8-heap +"),
         "the text report does not say that v8-heap grew:\n{split}"
+    );
+}
+
+/// Resident bytes of every row of `kind` at the last sample, summed.
+fn resident_of(report: &Value, kind: &str) -> u64 {
+    regions(report)
+        .iter()
+        .filter(|row| row["kind"] == kind)
+        .map(|row| row["resident_bytes"].as_u64().expect("resident bytes"))
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn node_heap_built_before_the_attach_is_v8_heap() {
+    let test = "node_heap_built_before_the_attach_is_v8_heap";
+    require_program!(test, "node", "--version");
+    let _serial = serial();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/prebuilt_heap.js");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script).arg("48");
+    let (truth, report, text) = trace(test, cmd);
+    let split = where_it_goes(&text);
+    let v8 = resident_of(&report, "v8-heap");
+    let physical = truth["v8_physical"];
+    eprintln!(
+        "node: V8 says {physical} bytes resident in its heap ({} committed); v8-heap {v8} bytes resident\n{split}",
+        truth["v8_committed"]
+    );
+    assert!(
+        physical > 40 << 20,
+        "the heap is smaller than built:\n{split}"
+    );
+    assert!(
+        within_percent(physical, v8, 10),
+        "v8-heap holds {v8} resident bytes, V8 says {physical}:\n{split}"
     );
 }
 

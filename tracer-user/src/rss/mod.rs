@@ -123,6 +123,9 @@ pub struct RssSampler {
     /// The VM, and its class space (read once: it does not move).
     hotspot: Lazy<(Box<HotspotVm<TargetMemory>>, Option<OwnedRange>)>,
     go: Lazy<ArenaIndex>,
+    /// Whether V8's pages are looked for: until a first look finds none (not a V8 process,
+    /// or one launched before V8 started, whose every page is then traced as it is mapped).
+    v8: bool,
     cut: bool,
     /// Reads of the split: how many, their total time and the longest.
     reads: (usize, std::time::Duration, std::time::Duration),
@@ -137,6 +140,7 @@ impl RssSampler {
             last: None,
             hotspot: Lazy::NotTried,
             go: Lazy::NotTried,
+            v8: true,
             cut: false,
             reads: Default::default(),
         }
@@ -187,6 +191,11 @@ impl RssSampler {
         let mut owned: Vec<OwnedRange> = owners::glibc_arenas(&vmas, &memory);
         owned.extend(self.hotspot_ranges());
         owned.extend(self.go_ranges(&memory));
+        if self.v8 {
+            let pages = owners::v8_pages(&vmas, &memory);
+            self.v8 = !pages.is_empty();
+            owned.extend(pages);
+        }
         Some(split::split(&vmas, &owned, tracked))
     }
 

@@ -1,5 +1,6 @@
 //! Address ranges that a runtime's own structures say it owns: glibc's arenas (their
-//! `heap_info` headers) and a JVM's Java heap and code heaps (HotSpot's vmStructs).
+//! `heap_info` headers), V8's heap pages (their page headers) and a JVM's Java heap and code
+//! heaps (HotSpot's vmStructs).
 //!
 //! Everything is read from the target's memory, which it controls: each range is checked
 //! against the mappings it claims, and lengths are capped.
@@ -53,6 +54,80 @@ pub fn glibc_arenas(vmas: &[Vma], memory: &impl Memory) -> Vec<OwnedRange> {
         }
     }
     arenas
+}
+
+/// V8 puts its heap in pages (`MemoryChunk`s) of 256 KiB aligned to it, larger ones for
+/// large objects, each mapped on its own.
+const V8_PAGE: u64 = 256 << 10;
+
+/// Page starts read at most per sample: those of 16 GiB of anonymous memory.
+const MAX_V8_CANDIDATES: usize = 65_536;
+
+/// The most header a V8 page has before its object area (0x1148 bytes in Node 20).
+const MAX_V8_HEADER: u64 = 64 << 10;
+
+/// Pages naming one heap that make it believed: a lone page-like header is not a heap.
+const MIN_V8_PAGES: usize = 2;
+
+/// V8's heap pages among `vmas`, so that a Node process attached after its start has the heap
+/// it built before named `v8-heap` rather than `other`. Each page starts with V8's chunk
+/// header (V8 11, Node 20): `size_`, flags, `heap_`, `area_start_`, `area_end_`. An aligned
+/// start in a readable anonymous mapping is a page when its size is whole 4 KiB pages of at
+/// least 64 KiB and lies in the mapping, its object area starts after a header of less than
+/// 64 KiB and ends within it, and at least two pages name the same heap.
+pub fn v8_pages(vmas: &[Vma], memory: &impl Memory) -> Vec<OwnedRange> {
+    let mut pages: Vec<(u64, u64, u64)> = Vec::new();
+    let mut read = 0usize;
+    'mappings: for vma in vmas {
+        if !vma.anonymous || vma.pseudo.is_some() || vma.perms[0] != b'r' {
+            continue;
+        }
+        let mut page = vma.start.next_multiple_of(V8_PAGE);
+        while page < vma.end {
+            if read == MAX_V8_CANDIDATES {
+                log::debug!("rss split: V8 pages looked for in the first {read} places only");
+                break 'mappings;
+            }
+            read += 1;
+            let mut words = [0u8; 40];
+            let header = memory.read(TargetAddr(page), &mut words).ok().map(|()| {
+                let word =
+                    |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap());
+                (word(0), word(2), word(3), word(4))
+            });
+            match header {
+                Some((size, heap, area_start, area_end))
+                    if size.is_multiple_of(4096)
+                        && size >= 64 << 10
+                        && page.checked_add(size).is_some_and(|end| end <= vma.end)
+                        && heap != 0
+                        && heap.is_multiple_of(8)
+                        && area_start > page
+                        && area_start - page < MAX_V8_HEADER
+                        && area_end > area_start
+                        && area_end <= page + size =>
+                {
+                    pages.push((page, page + size, heap));
+                    page = (page + size).next_multiple_of(V8_PAGE);
+                }
+                _ => page += V8_PAGE,
+            }
+        }
+    }
+    let mut per_heap: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for (_, _, heap) in &pages {
+        *per_heap.entry(*heap).or_default() += 1;
+    }
+    pages
+        .into_iter()
+        .filter(|(_, _, heap)| per_heap[heap] >= MIN_V8_PAGES)
+        .map(|(start, end, _)| OwnedRange {
+            start,
+            end,
+            kind: RegionKind::V8Heap,
+            label: "V8 heap pages",
+        })
+        .collect()
 }
 
 /// The most a Java heap's reservation is believed to be (the largest -Xmx is far below).
@@ -215,6 +290,56 @@ mod tests {
             arenas.iter().map(|a| a.start).collect::<Vec<_>>(),
             [first, second]
         );
+    }
+
+    #[test]
+    fn v8_pages_are_recognised_by_their_headers() {
+        let base = 0x2c3f_0000_0000u64;
+        let header = |page: u64, size: u64, heap: u64| {
+            [size, 4, heap, page + 0x1148, page + size]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let mut memory = FakeMemory::new();
+        let heap = 0x33a8_b150;
+        // Two regular pages of one heap, and a large page of 1 MiB.
+        memory.map(TargetAddr(base), header(base, V8_PAGE, heap));
+        let second = base + 4 * V8_PAGE;
+        memory.map(TargetAddr(second), header(second, V8_PAGE, heap));
+        let large = base + 8 * V8_PAGE;
+        memory.map(TargetAddr(large), header(large, 4 * V8_PAGE, heap));
+        // A page-like header of another heap, alone: not believed.
+        let lone = base + 16 * V8_PAGE;
+        memory.map(TargetAddr(lone), header(lone, V8_PAGE, 0x4000_0000));
+        // A size that runs past its mapping, and an object area outside the page.
+        let long = base + 20 * V8_PAGE;
+        memory.map(TargetAddr(long), header(long, 8 * V8_PAGE, heap));
+        let outside = base + 24 * V8_PAGE;
+        let mut bad_area = header(outside, V8_PAGE, heap);
+        bad_area[24..32].copy_from_slice(&(outside + V8_PAGE + 8).to_le_bytes());
+        memory.map(TargetAddr(outside), bad_area);
+        let vmas = [
+            vma(base, V8_PAGE, b"rw-p"),
+            vma(second, V8_PAGE, b"rw-p"),
+            vma(large, 4 * V8_PAGE, b"rw-p"),
+            vma(lone, V8_PAGE, b"rw-p"),
+            vma(long, V8_PAGE, b"rw-p"),
+            vma(outside, V8_PAGE, b"rw-p"),
+            // Unreadable memory and inaccessible mappings are passed over.
+            vma(base + 28 * V8_PAGE, V8_PAGE, b"rw-p"),
+            vma(base + 32 * V8_PAGE, V8_PAGE, b"---p"),
+        ];
+        let pages = v8_pages(&vmas, &memory);
+        assert_eq!(
+            pages.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>(),
+            [
+                (base, base + V8_PAGE),
+                (second, second + V8_PAGE),
+                (large, large + 4 * V8_PAGE)
+            ]
+        );
+        assert!(pages.iter().all(|p| p.kind == RegionKind::V8Heap));
     }
 
     /// A JVM whose class-pointer base is `base`, CDS archive ends at `top` and

@@ -36,6 +36,21 @@ impl Usage {
 /// inaccessible anonymous mapping this small right below a writable one marks a stack.
 const MAX_GUARD: u64 = 256 << 10;
 
+/// The runtime ranges sorted by start and disjoint: where two overlap, the one earlier in
+/// `owned` keeps its claim and the later one is left out. A V8 heap gives thousands of pages,
+/// so the split looks ranges up by address rather than trying each.
+fn claims(owned: &[OwnedRange]) -> Vec<OwnedRange> {
+    let mut kept: std::collections::BTreeMap<u64, OwnedRange> = std::collections::BTreeMap::new();
+    for range in owned.iter().filter(|r| r.end > r.start) {
+        let before = kept.range(..range.end).next_back();
+        if before.is_some_and(|(_, r)| r.end > range.start) {
+            continue;
+        }
+        kept.insert(range.start, *range);
+    }
+    kept.into_values().collect()
+}
+
 /// Splits the mappings of one sample. `owned` are runtime ranges (first claim), `tracked`
 /// the traced anonymous regions as (start, end, stack key), sorted by start and disjoint.
 pub fn split(
@@ -43,6 +58,7 @@ pub fn split(
     owned: &[OwnedRange],
     tracked: &[(u64, u64, u64)],
 ) -> HashMap<RegionKey, Usage> {
+    let owned = claims(owned);
     let mut usage: HashMap<RegionKey, Usage> = HashMap::new();
     let mut add = |key: RegionKey, vma: &Vma, len: u64| {
         if len > 0 {
@@ -101,18 +117,15 @@ pub fn split(
         // Walk the mapping once, giving each part to the first claim on it.
         let mut at = vma.start;
         while at < vma.end {
-            if let Some(range) = owned.iter().find(|r| r.start <= at && at < r.end) {
+            // The first range that ends after `at`: it holds `at`, or it is the next one.
+            let next = owned.partition_point(|r| r.end <= at);
+            if let Some(range) = owned.get(next).filter(|r| r.start <= at) {
                 let end = range.end.min(vma.end);
                 add(RegionKey::Kind(range.kind, range.label), vma, end - at);
                 at = end;
                 continue;
             }
-            let next_owned = owned
-                .iter()
-                .filter(|r| r.start > at)
-                .map(|r| r.start)
-                .min()
-                .unwrap_or(u64::MAX);
+            let next_owned = owned.get(next).map_or(u64::MAX, |r| r.start);
             let first = tracked.partition_point(|(_, end, _)| *end <= at);
             match tracked.get(first) {
                 Some(&(start, end, stack)) if start <= at => {
@@ -159,6 +172,27 @@ mod tests {
             rss,
             anon: rss,
         }
+    }
+
+    #[test]
+    fn overlapping_claims_go_to_the_first_range() {
+        let range = |start, end, label| OwnedRange {
+            start,
+            end,
+            kind: RegionKind::V8Heap,
+            label,
+        };
+        let kept = claims(&[
+            range(0x10000, 0x20000, "first"),
+            range(0x18000, 0x30000, "overlaps the first"),
+            range(0x30000, 0x40000, "after"),
+            range(0x8000, 0x11000, "overlaps the first from below"),
+            range(0x1000, 0x1000, "empty"),
+        ]);
+        assert_eq!(
+            kept.iter().map(|r| r.label).collect::<Vec<_>>(),
+            ["first", "after"]
+        );
     }
 
     #[test]
