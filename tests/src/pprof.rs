@@ -40,12 +40,16 @@ pub fn pprof_folded(profile: &Path, sample_index: &str) -> String {
             .filter(|line| !line.is_empty())
             .skip_while(|line| parse_value(line.split_whitespace().next().unwrap_or("")).is_none());
         let Some(first) = lines.next() else { continue };
-        let mut words = first.split_whitespace();
-        let (Some(value), Some(leaf)) = (words.next().and_then(parse_value), words.next()) else {
+        // A frame is the whole line: names may hold spaces (`operator new`, a JavaScript
+        // function's `(anonymous file.js:28)`).
+        let Some((value, leaf)) = first.split_once(char::is_whitespace) else {
             continue;
         };
-        let mut frames = vec![leaf.to_owned()];
-        frames.extend(lines.map(|line| line.split_whitespace().next().unwrap_or("").to_owned()));
+        let Some(value) = parse_value(value) else {
+            continue;
+        };
+        let mut frames = vec![leaf.trim().to_owned()];
+        frames.extend(lines.map(|line| (*line).to_owned()));
         frames.reverse();
         folded.push_str(&format!("{} {value}\n", frames.join(";")));
     }

@@ -354,3 +354,82 @@ fn js_heap_leaves_an_attached_inspector_alone() {
         let _ = target.wait_timeout(TIMEOUT);
     }
 }
+
+/// Continuous mode with `--js-heap`: a periodic push (not only the final report) carries the
+/// js-heap stacks of the last profile read, so a fleet's store sees the listener path grow.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn js_heap_stacks_are_in_periodic_pushes() {
+    let test = "js_heap_stacks_are_in_periodic_pushes";
+    if !runtimes::available("node", "--version") {
+        println!("skipped: {test} needs node");
+        return;
+    }
+    let _serial = serial();
+    let dir = paths::scratch(test);
+    let receiver = tests::ingest_receiver::Receiver::start(0);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/listener_pileup.js");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script).args(["4", "64"]).current_dir(&dir);
+    let mut target = Proc::spawn_ready(cmd, test);
+    let pid = target.pid().to_string();
+    let mut run = Run::start(&[
+        "record",
+        "--pid",
+        &pid,
+        "--js-heap",
+        "--interval",
+        "500ms",
+        "--push",
+        &receiver.url,
+        "--push-every",
+        "1s",
+        "-o",
+        arg(&dir.join("out.folded")),
+    ]);
+    run.wait_attached();
+    target.write_line("go");
+    let truth = read_truth(&target.stdout, test);
+    // A periodic push whose profile was read after the last listener was added.
+    let after = Instant::now() + std::time::Duration::from_millis(1600);
+    let deadline = Instant::now() + TIMEOUT;
+    let periodic = loop {
+        if let Some(request) = receiver
+            .received()
+            .into_iter()
+            .find(|r| r.accepted && r.at > after)
+        {
+            break request;
+        }
+        assert!(Instant::now() < deadline, "{test}: no periodic push");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    run.signal(libc::SIGINT);
+    run.finish().assert_success();
+    target.write_line("");
+    let status = target.wait_exit(TIMEOUT);
+    assert!(status.success(), "{test}: the target exited with {status}");
+
+    let profile = dir.join("periodic.pb.gz");
+    std::fs::write(&profile, periodic.profile()).expect("the profile written");
+    let folded = tests::pprof::pprof_folded(&profile, "inuse_space");
+    let lines = tests::report::parse_folded(&folded).unwrap_or_else(|e| panic!("{e}\n{folded}"));
+    let listener_bytes: u64 = lines
+        .iter()
+        .filter(|l| {
+            let frames: Vec<&str> = l.frames.iter().map(String::as_str).collect();
+            is_listener_path(&frames)
+        })
+        .map(|l| l.bytes)
+        .sum();
+    let payload = truth["listeners"] * BYTES_PER_LISTENER;
+    let off = (listener_bytes as f64 / payload as f64 - 1.0) * 100.0;
+    eprintln!(
+        "{test}: {} listeners, payload {payload} bytes; the periodic push's listener path {listener_bytes} bytes ({off:+.1}%)",
+        truth["listeners"]
+    );
+    assert!(
+        off.abs() <= BOUND_PERCENT,
+        "{test}: the periodic push's listener path holds {listener_bytes} bytes for a payload of {payload} ({off:+.1}%):\n{folded}"
+    );
+}

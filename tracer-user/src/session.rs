@@ -541,9 +541,19 @@ impl Session {
         let names = (&code.hotspot, &code.jit);
         let (space, jit): (_, &dyn NameSource) = (&code.space, &names);
         let mut namer = FrameNamer::default();
+        let go_heap = match &self.go_heap {
+            GoHeap::Reading(sampler) => Some(sampler),
+            _ => None,
+        };
         let unique: HashSet<CodeAddress> = frames
             .values()
             .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
+            .chain(
+                go_heap
+                    .iter()
+                    .flat_map(|sampler| sampler.addresses())
+                    .map(CodeAddress::ReturnAddress),
+            )
             .collect();
         namer.name_all(space, jit, unique);
         let trace = Trace {
@@ -555,7 +565,21 @@ impl Session {
             sample_bytes: config.sample_bytes,
             mapping_unavailable: self.mapping_unavailable.clone(),
         };
-        let recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        let mut recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
+        // The runtimes' own heap profiles as of their last sample; a JVM's class histogram is
+        // taken at the first and the last sample only (each one a full GC), so it is not here.
+        if let Some(sampler) = go_heap {
+            recording.stacks.extend(sampler.stacks(|ips| {
+                let addrs: Vec<CodeAddress> = ips
+                    .iter()
+                    .map(|ip| CodeAddress::ReturnAddress(*ip))
+                    .collect();
+                namer.stack(space, jit, &addrs)
+            }));
+        }
+        if let JsHeap::Running(sampler) = &self.js_heap {
+            recording.stacks.extend(sampler.stacks());
+        }
         drop(held);
         if let Some(push) = self.push.as_mut() {
             push.offer(&recording);

@@ -181,7 +181,12 @@ impl GoHeapSampler {
     }
 
     /// The stacks, named by `name` (innermost-first return addresses to root-first frames).
-    pub fn finish(self, mut name: impl FnMut(&[u64]) -> Vec<Frame>) -> Vec<StackRecord> {
+    pub fn finish(self, name: impl FnMut(&[u64]) -> Vec<Frame>) -> Vec<StackRecord> {
+        self.stacks(name)
+    }
+
+    /// The stacks as of the last sample (a periodic push), named by `name`.
+    pub fn stacks(&self, mut name: impl FnMut(&[u64]) -> Vec<Frame>) -> Vec<StackRecord> {
         self.last
             .iter()
             .map(|(key, record)| StackRecord {

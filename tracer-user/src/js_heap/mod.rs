@@ -234,6 +234,11 @@ impl JsHeapSampler {
 
     /// The stacks, root frame first.
     pub fn finish(self) -> Vec<StackRecord> {
+        self.stacks()
+    }
+
+    /// The stacks as of the last profile read (a periodic push), root frame first.
+    pub fn stacks(&self) -> Vec<StackRecord> {
         self.frames
             .iter()
             .filter_map(|(key, frames)| {
