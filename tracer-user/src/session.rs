@@ -47,8 +47,12 @@ use crate::{
     stats::Phase,
     symbolize::{CodeAddress, FrameNamer, NameSource},
     target,
-    unwind::MissHandler,
+    unwind::{DRAIN_BUDGET, MissHandler},
 };
+
+/// The longest the end answers the unwind requests still waiting: the report is not held
+/// up by a storm of them (each answer takes tens of microseconds; thousands fit).
+const FINAL_DRAIN_BUDGET: Duration = Duration::from_secs(5);
 
 /// How long a periodic push waits for the refresher's hold on the target's code.
 const PUSH_NAMES_WAIT: Duration = Duration::from_millis(200);
@@ -157,6 +161,11 @@ async fn record_async(config: &RecordConfig, events: Events) -> Outcome {
                 }
                 session.answer_misses();
             }
+            // A backlog the last drain left: its readiness was cleared, so it is asked for
+            // here, after a yield to the runtime. A branch that is always ready would keep the
+            // loop from ever yielding, and tokio's budget would then hold back the timers and
+            // signals: samples and SIGINT would wait for the backlog.
+            () = tokio::task::yield_now(), if session.misses_left => session.answer_misses(),
             ready = session.identities.ring().readable_mut() => {
                 if let Ok(mut guard) = ready {
                     guard.clear_ready();
@@ -268,6 +277,8 @@ struct Session {
     events: AsyncFd<RingBuf<MapData>>,
     /// Unwind misses from the kernel walk, answered as they come.
     misses: MissHandler,
+    /// The last answering stopped at its budget with misses possibly left.
+    misses_left: bool,
     /// New stacks with frames identified by their slots, named as they come.
     identities: IdentityWatch,
     exec_watch: ExecWatch,
@@ -452,6 +463,7 @@ impl Session {
             probes: Some(probes),
             events,
             misses,
+            misses_left: false,
             identities,
             exec_watch,
             exec_program: None,
@@ -487,10 +499,16 @@ impl Session {
         })
     }
 
+    /// Answers waiting unwind misses for at most [`DRAIN_BUDGET`]; a backlog is taken up
+    /// again at the loop's next turn.
     fn answer_misses(&mut self) {
         if let Some(probes) = self.probes.as_mut() {
-            self.misses
-                .drain(&mut probes.maps, &self.code, &self.target);
+            self.misses_left = self.misses.drain(
+                &mut probes.maps,
+                &self.code,
+                &self.target,
+                Some(DRAIN_BUDGET),
+            );
         }
     }
 
@@ -824,8 +842,18 @@ impl Session {
             ended_by = self.oom_ended(kill);
         }
         let mut probes = self.probes.take().expect("finish runs once");
-        self.misses
-            .drain(&mut probes.maps, &self.code, &self.target);
+        let left = self.misses.drain(
+            &mut probes.maps,
+            &self.code,
+            &self.target,
+            Some(FINAL_DRAIN_BUDGET),
+        );
+        if left {
+            self.said.notice(format!(
+                "unwind requests were still waiting after {} s of answering them at the end; their allocations stay under partial stacks marked [unwind pending]",
+                FINAL_DRAIN_BUDGET.as_secs()
+            ));
+        }
         self.identities.drain(&probes.maps, &self.code);
         let snapshot = KernelSnapshot::read(&probes.maps)?;
         let traced = started.elapsed();

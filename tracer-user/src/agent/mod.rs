@@ -161,8 +161,11 @@ impl Agent {
                 && let Some(status) = traced.exited()
             {
                 eprintln!("leakhound agent: pid {pid}: trace ended ({status})");
-                // A failure right after a good trace counts from one again.
-                let failures = if status.success() {
+                // A failure right after a good trace counts from one again; a process that is
+                // gone (it exited while its trace attached) is not tried again.
+                let gone =
+                    scan::identity(*pid).is_none_or(|now| now.start != traced.identity.start);
+                let failures = if status.success() || gone {
                     0
                 } else {
                     traced.failures + 1

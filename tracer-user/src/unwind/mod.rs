@@ -11,7 +11,7 @@ pub mod ledger;
 mod repair;
 
 pub use cfi::{CfiRules, rules_in_image};
-pub use repair::MissHandler;
+pub use repair::{DRAIN_BUDGET, MissHandler};
 use tracer_common::{
     FrameIdentity, MAX_STACK_DEPTH, Regs, STACK_HASH_SEED, Truncation, UnwindRule, stack_hash_step,
 };

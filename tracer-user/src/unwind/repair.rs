@@ -51,6 +51,11 @@ pub struct MissHandler {
     answer_delay: Option<std::time::Duration>,
 }
 
+/// The longest one call of [`MissHandler::drain`] answers for while tracing: a storm of
+/// misses must not keep the session from its samples, signals and pushes. What is left waits
+/// for the next call, which the session makes as soon as its other work allows.
+pub const DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How often frame-size rules are checked against the code cache.
 const JIT_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -125,19 +130,26 @@ impl MissHandler {
         log::debug!("forgot {} stale frame-size rules", stale.len());
     }
 
-    /// Answers every miss waiting in the ring buffer, each as soon as it is read: its rules go
+    /// Answers the misses waiting in the ring buffer, each as soon as it is read: its rules go
     /// into the kernel at once, so that in a burst of allocations from a new call site the
     /// kernel stops missing after the first answer instead of refilling the buffer while a
-    /// backlog is read.
+    /// backlog is read. Stops after `budget` (every miss when `None`); returns whether it
+    /// stopped with misses possibly left.
     pub fn drain(
         &mut self,
         maps: &mut KernelMaps,
         modules: &Mutex<TargetCode>,
         target: &TargetProcess,
-    ) {
+        budget: Option<std::time::Duration>,
+    ) -> bool {
         let started = std::time::Instant::now();
         let mut count = 0usize;
+        let mut left = false;
         loop {
+            if budget.is_some_and(|budget| started.elapsed() >= budget) {
+                left = true;
+                break;
+            }
             let miss = {
                 let Some(item) = self.ring.get_mut().next() else {
                     break;
@@ -156,6 +168,7 @@ impl MissHandler {
         if count > 0 {
             log::debug!("answered {count} unwind misses in {:?}", started.elapsed());
         }
+        left
     }
 
     fn answer(
