@@ -566,12 +566,7 @@ impl Session {
         let unique: HashSet<CodeAddress> = frames
             .values()
             .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
-            .chain(
-                go_heap
-                    .iter()
-                    .flat_map(|sampler| sampler.addresses())
-                    .map(CodeAddress::ReturnAddress),
-            )
+            .chain(go_heap.iter().flat_map(|sampler| sampler.addresses()))
             .collect();
         namer.name_all(space, jit, unique);
         let trace = Trace {
@@ -587,13 +582,9 @@ impl Session {
         // The runtimes' own heap profiles as of their last sample; a JVM's class histogram is
         // taken at the first and the last sample only (each one a full GC), so it is not here.
         if let Some(sampler) = go_heap {
-            recording.stacks.extend(sampler.stacks(|ips| {
-                let addrs: Vec<CodeAddress> = ips
-                    .iter()
-                    .map(|ip| CodeAddress::ReturnAddress(*ip))
-                    .collect();
-                namer.stack(space, jit, &addrs)
-            }));
+            recording
+                .stacks
+                .extend(sampler.stacks(|addrs| namer.stack(space, jit, addrs)));
         }
         if let JsHeap::Running(sampler) = &self.js_heap {
             recording.stacks.extend(sampler.stacks());
@@ -960,12 +951,7 @@ impl Session {
         let unique: HashSet<CodeAddress> = frames
             .values()
             .flat_map(|raw| raw.ips.iter().map(|ip| CodeAddress::of_stack_word(*ip)))
-            .chain(
-                go_heap
-                    .iter()
-                    .flat_map(|sampler| sampler.addresses())
-                    .map(CodeAddress::ReturnAddress),
-            )
+            .chain(go_heap.iter().flat_map(|sampler| sampler.addresses()))
             .collect();
         let unique_count = unique.len();
         namer.name_all(space, jit, unique);
@@ -987,16 +973,12 @@ impl Session {
         };
         let mut recording = gathered.build(trace, &frames, |addrs| namer.stack(space, jit, addrs));
         if let Some(sampler) = go_heap {
-            recording.stacks.extend(sampler.finish(|ips| {
-                let addrs: Vec<CodeAddress> = ips
-                    .iter()
-                    .map(|ip| CodeAddress::ReturnAddress(*ip))
-                    .collect();
-                namer.stack(space, jit, &addrs)
-            }));
+            recording
+                .stacks
+                .extend(sampler.stacks(|addrs| namer.stack(space, jit, addrs)));
         }
         if let JsHeap::Running(sampler) = std::mem::replace(&mut self.js_heap, JsHeap::Off) {
-            recording.stacks.extend(sampler.finish());
+            recording.stacks.extend(sampler.stacks());
         }
         if let Some(java_heap) = self.java_heap.take() {
             let secs: Vec<f64> = recording.samples.iter().map(|s| s.secs).collect();

@@ -18,6 +18,7 @@ use crate::{
     jit::hotspot::ProcessMemory as TargetMemory,
     model::{Frame, Origin, ProcessMemory, StackRecord},
     process::{TargetProcess, elf, root},
+    symbolize::CodeAddress,
     unwind::stack_key,
 };
 
@@ -176,22 +177,26 @@ impl GoHeapSampler {
     }
 
     /// Every return address of the stacks, to be named with the rest.
-    pub fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
-        self.last.values().flat_map(|r| r.stack.iter().copied())
+    pub fn addresses(&self) -> impl Iterator<Item = CodeAddress> + '_ {
+        self.last
+            .values()
+            .flat_map(|r| r.stack.iter().map(|ip| CodeAddress::ReturnAddress(*ip)))
     }
 
-    /// The stacks, named by `name` (innermost-first return addresses to root-first frames).
-    pub fn finish(self, name: impl FnMut(&[u64]) -> Vec<Frame>) -> Vec<StackRecord> {
-        self.stacks(name)
-    }
-
-    /// The stacks as of the last sample (a periodic push), named by `name`.
-    pub fn stacks(&self, mut name: impl FnMut(&[u64]) -> Vec<Frame>) -> Vec<StackRecord> {
+    /// The stacks as of the last sample, named by `name` (innermost-first addresses to
+    /// root-first frames, as the kernel's stacks are named).
+    pub fn stacks(&self, mut name: impl FnMut(&[CodeAddress]) -> Vec<Frame>) -> Vec<StackRecord> {
         self.last
             .iter()
             .map(|(key, record)| StackRecord {
                 origin: Origin::GoHeap,
-                frames: name(&record.stack),
+                frames: name(
+                    &record
+                        .stack
+                        .iter()
+                        .map(|ip| CodeAddress::ReturnAddress(*ip))
+                        .collect::<Vec<_>>(),
+                ),
                 live_bytes: record.inuse_bytes,
                 live_allocations: record.inuse_objects,
                 total_bytes: record.alloc_bytes,

@@ -232,12 +232,7 @@ impl JsHeapSampler {
         self.timeline.push(secs, memory, values);
     }
 
-    /// The stacks, root frame first.
-    pub fn finish(self) -> Vec<StackRecord> {
-        self.stacks()
-    }
-
-    /// The stacks as of the last profile read (a periodic push), root frame first.
+    /// The stacks as of the last profile read, root frame first.
     pub fn stacks(&self) -> Vec<StackRecord> {
         self.frames
             .iter()
@@ -381,7 +376,7 @@ mod tests {
             sampler.sample(0.5 + n as f64 * 0.5, None);
         }
         sampler.last_sample(3.0, None);
-        let mut stacks = sampler.finish();
+        let mut stacks = sampler.stacks();
         stacks.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));
         assert_eq!(stacks.len(), 2);
         assert_eq!(stacks[0].origin, Origin::JsHeap);

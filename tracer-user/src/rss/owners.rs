@@ -18,6 +18,18 @@ pub struct OwnedRange {
     pub label: &'static str,
 }
 
+/// The first `N` words at `addr` of the target, or `None` where they cannot be read: the
+/// header of a runtime's region, which the caller checks before believing anything.
+fn header_words<const N: usize>(memory: &impl Memory, addr: u64) -> Option<[u64; N]> {
+    let mut words = [0u64; N];
+    let mut bytes = vec![0u8; N * 8];
+    memory.read(TargetAddr(addr), &mut bytes).ok()?;
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        *word = u64::from_le_bytes(chunk.try_into().ok()?);
+    }
+    Some(words)
+}
+
 /// glibc's non-main arenas live in heaps of `HEAP_MAX_SIZE` (64 MiB on 64-bit), aligned to
 /// it, each starting with a `heap_info`: `ar_ptr`, `prev`, `size`, `mprotect_size`.
 const HEAP_MAX: u64 = 64 << 20;
@@ -35,12 +47,9 @@ pub fn glibc_arenas(vmas: &[Vma], memory: &impl Memory) -> Vec<OwnedRange> {
         {
             continue;
         }
-        let mut words = [0u8; 32];
-        if memory.read(TargetAddr(vma.start), &mut words).is_err() {
+        let Some([ar_ptr, prev, size, mprotect_size]) = header_words(memory, vma.start) else {
             continue;
-        }
-        let word = |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap());
-        let (ar_ptr, prev, size, mprotect_size) = (word(0), word(1), word(2), word(3));
+        };
         let sizes_fit = size > 0 && size <= HEAP_MAX && mprotect_size <= HEAP_MAX;
         let own_arena = (vma.start + 32..vma.start + 256).contains(&ar_ptr);
         let continues = prev != 0 && prev.is_multiple_of(HEAP_MAX) && ar_ptr != 0;
@@ -89,12 +98,9 @@ pub fn v8_pages(vmas: &[Vma], memory: &impl Memory) -> Vec<OwnedRange> {
                 break 'mappings;
             }
             read += 1;
-            let mut words = [0u8; 40];
-            let header = memory.read(TargetAddr(page), &mut words).ok().map(|()| {
-                let word =
-                    |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap());
-                (word(0), word(2), word(3), word(4))
-            });
+            let header = header_words::<5>(memory, page).map(
+                |[size, _flags, heap, area_start, area_end]| (size, heap, area_start, area_end),
+            );
             match header {
                 Some((size, heap, area_start, area_end))
                     if size.is_multiple_of(4096)
