@@ -337,6 +337,33 @@ pub struct AllocInfo {
     pub weight_count: u64,
 }
 
+/// One slot of the kernel's table of live blocks (`BLOCK_SLOTS`), which stands in front of
+/// the allocation map: a block goes to the slot its address hashes to ([`block_slot`]) when
+/// that slot is empty, and to the map otherwise.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockSlot {
+    /// The block's address; 0 when the slot is empty, or the address with
+    /// [`SLOT_BEING_WRITTEN`] set while its `info` is written.
+    pub addr: u64,
+    /// Blocks in the allocation map whose slot this is: while it is 0, no address of this
+    /// slot is in the map, so neither a free nor a new block has to look there.
+    pub spilled: u64,
+    pub info: AllocInfo,
+}
+
+/// Marks a slot whose new block's `info` is not written yet. Allocators return addresses
+/// aligned to 8 bytes or more; an odd address is never given a slot.
+pub const SLOT_BEING_WRITTEN: u64 = 1;
+
+/// The slot of the block at `addr` in a table of `2^bits` slots (`bits` 1 to 31): the address
+/// without its alignment bits, scattered by a Fibonacci multiply, so that neighbouring blocks
+/// take distant slots.
+#[inline(always)]
+pub fn block_slot(addr: u64, bits: u32) -> u32 {
+    ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as u32
+}
+
 /// Byte sampling (`--sample-bytes N`): each allocation is recorded with the probability that a
 /// Poisson process with one point every N bytes on average hits it, `p = 1 - exp(-size / N)`,
 /// independently of every other allocation, and then stands for `size / p` bytes and `1 / p`
@@ -695,13 +722,15 @@ pub mod counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AllocInfo, LifecycleEvent, MapEvent, RuntimeLayout, StackFrames, StackTotals, ThreadState,
-        UnwindMiss, UnwindRule,
+        AllocInfo, BlockSlot, LifecycleEvent, MapEvent, RuntimeLayout, StackFrames, StackTotals,
+        ThreadState, UnwindMiss, UnwindRule,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of `u64`/`u32` fields with explicit
     // padding, so every bit pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for AllocInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BlockSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StackTotals {}
     // SAFETY: as above.
@@ -723,6 +752,20 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_slots_stay_in_the_table_and_spread_neighbours() {
+        for bits in [1, 10, 16, 24, 31] {
+            for addr in [0u64, 16, 0x7f00_0000_1000, u64::MAX] {
+                assert!(block_slot(addr, bits) < 1 << bits);
+            }
+        }
+        // A run of 16-byte blocks, as a bump allocator hands them out, fills distinct slots.
+        let mut slots: [u32; 1024] =
+            core::array::from_fn(|i| block_slot(0x5555_0000_0000 + i as u64 * 16, 16));
+        slots.sort_unstable();
+        assert!(slots.windows(2).all(|pair| pair[0] != pair[1]));
+    }
 
     #[test]
     fn the_counter_list_is_complete_and_in_order() {

@@ -5,13 +5,13 @@
 //! hence the `target_arch` gates.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Atomic adds on map values: see state::add.
+// Atomic adds and compare-and-swaps on map values: see atomics.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(
     target_arch = "bpf",
     expect(
         internal_features,
-        reason = "atomic_xadd is the only atomic add on bpf"
+        reason = "atomic_xadd and atomic_cxchg are the only atomics on bpf"
     )
 )]
 // aya-ebpf's map methods take `impl Borrow<K>`: a reference keeps one copy of a key or value
@@ -28,6 +28,10 @@
 mod alloc;
 #[cfg(target_arch = "bpf")]
 mod args;
+#[cfg(target_arch = "bpf")]
+mod atomics;
+#[cfg(target_arch = "bpf")]
+mod blocks;
 #[cfg(target_arch = "bpf")]
 mod diag;
 #[cfg(target_arch = "bpf")]

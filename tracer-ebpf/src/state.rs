@@ -2,18 +2,19 @@
 //!
 //! Map sizes here are defaults; the loader sizes each map from the user's options at load time.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     Global,
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_pidns_info},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_ns_current_pid_tgid},
+    bindings::{BPF_NOEXIST, bpf_pidns_info},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_ns_current_pid_tgid, bpf_jiffies64},
+    },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter, probe_hits};
 
-use crate::{diag::diag, sampling};
+use crate::{atomics::add, blocks, diag::diag, sampling};
 
 /// The traced process, as leakhound's own PID namespace sees it. uprobes are already scoped to
 /// its memory, but syscall tracepoints fire for every process.
@@ -30,10 +31,6 @@ static PIDNS_INO: Global<u64> = Global::new(0);
 
 #[map]
 pub static THREADS: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(16384, 0);
-
-// No preallocation: memory follows the live allocations rather than the configured maximum.
-#[map]
-pub static ALLOCS: HashMap<u64, AllocInfo> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
 // Sized by the loader to the stack map's size + 1, so that every stack id (and LOST_STACK)
 // always has room: a full totals map would leave live allocations with no total to update.
@@ -130,6 +127,40 @@ pub fn inside_passed_over_call(pid_tgid: u64, sp: u64) -> bool {
     ret.is_ok_and(|ret| ret == state.passed_over_ret)
 }
 
+/// The clock as last read on this CPU, and the tick (jiffies) it was read in.
+#[repr(C)]
+pub struct TickClock {
+    jiffies: u64,
+    ktime_ns: u64,
+}
+
+#[map]
+static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
+
+/// An allocation's time (`bpf_ktime_get_ns`'s clock): read once per tick on each CPU, and for
+/// the rest of the tick the time it was read. Reading the clock cost about 65 ns here (a
+/// tenth of what full tracking adds to a pair), and an age needs no finer grain than a tick.
+#[inline(always)]
+fn allocation_time() -> u64 {
+    // SAFETY: plain helper calls with no arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(clock) = TICK_CLOCK.get_ptr_mut(0) else {
+        // SAFETY: as above.
+        return unsafe { bpf_ktime_get_ns() };
+    };
+    // SAFETY: this CPU's value. A program preempted between the two stores leaves a time from
+    // another moment of the same few ticks, no worse.
+    unsafe {
+        if (*clock).jiffies == jiffies && (*clock).ktime_ns != 0 {
+            return (*clock).ktime_ns;
+        }
+        let now = bpf_ktime_get_ns();
+        (*clock).jiffies = jiffies;
+        (*clock).ktime_ns = now;
+        now
+    }
+}
+
 /// Records a new live block at `addr`, picked with probability `probability` (a fraction of
 /// 2^32). What it stands for goes to the totals of the stack `stack_key`.
 #[inline(always)]
@@ -137,21 +168,20 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
     let (weight_bytes, weight_count) = sampling::weights(size, probability);
     let info = AllocInfo {
         size,
-        // SAFETY: a plain helper call with no arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns: allocation_time(),
         stack_key,
         weight_bytes,
         weight_count,
     };
-    // Inserted first and looked up only when that fails: the common case costs one map call.
-    let mut inserted = ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST));
-    if inserted == Err(EEXIST) {
+    // Inserted first and looked up only when that fails: the common case costs one call.
+    let mut inserted = blocks::insert(addr, &info);
+    if inserted == Err(blocks::EEXIST) {
         // An address that is still live had its free missed (freed before attach, or through
-        // a path that is not hooked). Retire it so the totals match the allocation map.
+        // a path that is not hooked). Retire it so the totals match the live blocks.
         if release_tracked(addr) {
             count(counter::ADDRESS_REUSED, 1);
         }
-        inserted = ALLOCS.insert(&addr, &info, u64::from(BPF_NOEXIST));
+        inserted = blocks::insert(addr, &info);
     }
     if let Err(err) = inserted {
         // E2BIG is the map being full, which the counters report; anything else is news.
@@ -166,16 +196,13 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
     add_to_totals(stack_key, weight_bytes, weight_count);
 }
 
-/// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is present.
-const EEXIST: i32 = -17;
 /// `-E2BIG`, what an insert into a full hash map returns.
 const E2BIG: i32 = -7;
 
 /// The live block at `addr`, if it is tracked.
 #[inline(always)]
 pub fn tracked(addr: u64) -> Option<AllocInfo> {
-    // SAFETY: the value is copied out at once.
-    unsafe { ALLOCS.get(&addr) }.copied()
+    blocks::find(addr)
 }
 
 /// Releases a block by address. Returns whether it was tracked.
@@ -188,7 +215,7 @@ pub fn release_tracked(addr: u64) -> bool {
 #[inline(always)]
 pub fn release(addr: u64, info: &AllocInfo) -> bool {
     // Only the caller whose delete succeeds subtracts, so a race cannot subtract twice.
-    if ALLOCS.remove(&addr).is_err() {
+    if !blocks::remove(addr) {
         return false;
     }
     if let Some(totals) = STACK_TOTALS.get_ptr_mut(&info.stack_key) {
@@ -241,15 +268,4 @@ fn add_to(totals: *mut StackTotals, bytes: u64, allocations: u64) {
         add(&raw mut (*totals).total_bytes, bytes);
         add(&raw mut (*totals).total_allocations, allocations);
     }
-}
-
-/// An atomic add whose result is unused, which the BPF backend lowers to `lock xadd`.
-/// `AtomicU64::fetch_add` is not offered on this target (it has no compare-and-swap).
-///
-/// # Safety
-/// `dst` must point to a live, aligned map value field.
-#[inline(always)]
-unsafe fn add(dst: *mut u64, value: u64) {
-    // SAFETY: guaranteed by the caller.
-    let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, value) };
 }

@@ -55,6 +55,43 @@ impl Default for MapSizes {
     }
 }
 
+/// How the live blocks are split between the kernel's slot table and its allocation map
+/// (tracer-ebpf's `blocks`): together they hold `--max-allocs` blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockTable {
+    /// log2 of the slot count, 0 for no table.
+    pub slot_bits: u32,
+    /// Entries of the allocation map.
+    pub map_entries: u32,
+}
+
+impl BlockTable {
+    /// A slot for every sixteenth block, a power of two (64 Ki slots, 3.5 MiB, by default);
+    /// none below 4,096 blocks, where a full map is what a user asked for.
+    pub fn for_max_allocs(max_allocs: u32) -> Self {
+        if max_allocs < 4096 {
+            return Self {
+                slot_bits: 0,
+                map_entries: max_allocs,
+            };
+        }
+        let slot_bits = (max_allocs / 16).ilog2();
+        Self {
+            slot_bits,
+            map_entries: max_allocs - (1 << slot_bits),
+        }
+    }
+
+    /// Entries of the slot array: at least one, which an array map needs.
+    pub fn slots(self) -> u32 {
+        if self.slot_bits == 0 {
+            1
+        } else {
+            1 << self.slot_bits
+        }
+    }
+}
+
 /// The loaded and attached programs.
 pub struct Probes {
     pub ebpf: Ebpf,
@@ -171,6 +208,7 @@ impl Probes {
         let unwind_dwarf = u32::from(cfi);
         let sample_bytes = sample_bytes.unwrap_or(0);
         let log_level = kernel_log_level();
+        let blocks = BlockTable::for_max_allocs(sizes.max_allocs);
         let oom = tracefs::with_tracefs(|| OomRecord::read(Path::new(tracefs::TRACEFS)))
             .unwrap_or_default();
         let mut loader = EbpfLoader::new();
@@ -188,7 +226,9 @@ impl Probes {
             .override_global("OOM_SHMEM_RSS_AT", &oom.shmem_rss, true)
             // aya-log's level in the kernel: nothing unless the kernel's log is asked for.
             .override_global("AYA_LOG_LEVEL", &log_level, false)
-            .map_max_entries("ALLOCS", sizes.max_allocs)
+            .override_global("SLOT_BITS", &blocks.slot_bits, true)
+            .map_max_entries("ALLOCS", blocks.map_entries)
+            .map_max_entries("BLOCK_SLOTS", blocks.slots())
             .map_max_entries("STACKS", sizes.max_stacks)
             // One more than the stacks, for LOST_STACK: this map must never fill.
             .map_max_entries("STACK_TOTALS", sizes.max_stacks + 1)
@@ -624,4 +664,32 @@ fn kernel_log_level() -> u8 {
 
 pub fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_table_and_the_map_together_hold_max_allocs() {
+        for max_allocs in [4096, 100_000, 131_072, 1 << 20, u32::MAX] {
+            let table = BlockTable::for_max_allocs(max_allocs);
+            assert_eq!(
+                table.slots() + table.map_entries,
+                max_allocs,
+                "{max_allocs}"
+            );
+            assert!(table.slots().is_power_of_two());
+            assert!(table.slots() <= max_allocs / 16, "{max_allocs}");
+            assert!((1..=31).contains(&table.slot_bits));
+        }
+        assert_eq!(BlockTable::for_max_allocs(1 << 20).slots(), 65_536);
+        assert_eq!(BlockTable::for_max_allocs(131_072).slots(), 8_192);
+        // A small maximum is the map alone: what it holds is exactly what the user gave.
+        let small = BlockTable::for_max_allocs(16);
+        assert_eq!(
+            (small.slot_bits, small.map_entries, small.slots()),
+            (0, 16, 1)
+        );
+    }
 }

@@ -10,15 +10,17 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, RuntimeLayout, StackFrames, StackTotals, UnwindRule};
+use tracer_common::{AllocInfo, BlockSlot, RuntimeLayout, StackFrames, StackTotals, UnwindRule};
 
 use crate::errors::TracerError;
 
 pub struct KernelMaps {
     /// Outstanding and total bytes per stack key (`STACK_TOTALS`).
     pub totals: HashMap<MapData, u64, StackTotals>,
-    /// Live allocations by address (`ALLOCS`).
+    /// Live allocations by address (`ALLOCS`), those that found their slot taken.
     pub allocs: HashMap<MapData, u64, AllocInfo>,
+    /// The slot table in front of it (`BLOCK_SLOTS`), where most live allocations are.
+    pub block_slots: Array<MapData, BlockSlot>,
     /// Stored stacks by key (`STACKS`); user space adds repaired ones.
     pub stacks: HashMap<MapData, u64, StackFrames>,
     /// Unwind rules by return address (`UNWIND_RULES`), added on demand.
@@ -55,6 +57,7 @@ impl KernelMaps {
             Self {
                 totals: typed(ebpf, "STACK_TOTALS")?,
                 allocs: typed(ebpf, "ALLOCS")?,
+                block_slots: typed(ebpf, "BLOCK_SLOTS")?,
                 stacks: typed(ebpf, "STACKS")?,
                 rules: typed(ebpf, "UNWIND_RULES")?,
                 rule_generation: typed(ebpf, "RULE_GENERATION")?,

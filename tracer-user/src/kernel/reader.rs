@@ -7,9 +7,9 @@ use std::{collections::HashMap, hash::Hash, os::fd::AsFd as _, time::Instant};
 
 use aya::{
     Pod,
-    maps::{HashMap as BpfHashMap, IterableMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, IterableMap, MapData},
 };
-use tracer_common::{AllocInfo, StackTotals, counter, probe_hits};
+use tracer_common::{AllocInfo, BlockSlot, SLOT_BEING_WRITTEN, StackTotals, counter, probe_hits};
 
 use super::{
     batch::{self, BatchError},
@@ -28,7 +28,8 @@ pub fn stack_totals(maps: &KernelMaps) -> Result<HashMap<u64, StackTotals>, Trac
 /// Every live allocation (address, info), and whether the batched read worked.
 pub fn live_allocations(maps: &KernelMaps) -> Result<(Vec<(u64, AllocInfo)>, bool), TracerError> {
     let started = Instant::now();
-    let (entries, batched) = read_hash(&maps.allocs, "ALLOCS")?;
+    let (mut entries, batched) = read_hash(&maps.allocs, "ALLOCS")?;
+    entries.extend(slotted_blocks(&maps.block_slots)?);
     log::info!(
         "read {} live allocations in {:.1} ms ({})",
         entries.len(),
@@ -40,6 +41,33 @@ pub fn live_allocations(maps: &KernelMaps) -> Result<(Vec<(u64, AllocInfo)>, boo
         }
     );
     Ok((entries, batched))
+}
+
+/// The blocks in the kernel's slot table: every slot that holds a block whose info is written.
+fn slotted_blocks(
+    slots: &Array<MapData, BlockSlot>,
+) -> Result<impl Iterator<Item = (u64, AllocInfo)>, TracerError> {
+    let fd = slots.map().fd().as_fd();
+    let entries: Vec<(u32, BlockSlot)> =
+        match batch::lookup_all::<u32, BlockSlot>(&Kernel, fd, batch::DEFAULT_CHUNK) {
+            Ok(entries) => entries,
+            Err(BatchError::Unsupported(err)) => {
+                log::debug!("no batched lookup for BLOCK_SLOTS ({err}); reading slot by slot");
+                (0..slots.len())
+                    .map(|index| slots.get(&index, 0).map(|slot| (index, slot)))
+                    .collect::<Result<_, _>>()
+                    .map_err(|source| TracerError::Map {
+                        map: "BLOCK_SLOTS",
+                        source: Box::new(source),
+                    })?
+            }
+            Err(BatchError::Failed(err)) => return Err(TracerError::Io(err)),
+        };
+    Ok(entries
+        .into_iter()
+        .map(|(_, slot)| slot)
+        .filter(|slot| slot.addr != 0 && slot.addr & SLOT_BEING_WRITTEN == 0)
+        .map(|slot| (slot.addr, slot.info)))
 }
 
 /// The clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC), in nanoseconds, to age the kernel's

@@ -81,13 +81,22 @@ pub(super) fn wait_line(
     patience: Duration,
 ) -> Result<String> {
     let deadline = Instant::now() + patience;
+    // The lines passed over, for the error: what the process said before it ended.
+    let mut before = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) if wanted(&line) => return Ok(line),
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => bail!("timed out waiting for a line"),
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the stream ended early"),
+            Ok(line) => before.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!(
+                    "timed out waiting for a line; it said:\n{}",
+                    before.join("\n")
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the stream ended early; it said:\n{}", before.join("\n"))
+            }
         }
     }
 }
