@@ -46,6 +46,22 @@ fn blocks_past_the_slot_table_match_truth() {
     assert_matches_truth(&truth, &folded);
 }
 
+/// More threads than thread slots: `--max-threads 4` gives four slots (by thread id), and
+/// the target's main thread and its four allocating threads run at once, so at least one
+/// thread keeps its state in the map beside the slots; the threads' exits give their slots
+/// back. Exact, with full tracking.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn threads_past_their_slots_match_truth() {
+    let _serial = serial();
+    let (truth, folded) = trace_attached(
+        "threads_past_their_slots_match_truth",
+        &targets::alloc_family(),
+        &["--max-threads", "4"],
+    );
+    assert_matches_truth(&truth, &folded);
+}
+
 /// Kernels before 6.6 have no multi-uprobe links: leakhound then attaches one perf event per
 /// probe. The tests' kernel has both, so this forces the older path and checks it too.
 #[test]

@@ -254,9 +254,9 @@ fn stats_json_lists_every_probe_phase_and_counter() {
             .iter()
             .filter(|row| row["mechanism"] == "tracepoint")
             .count(),
-        // Entry and exit of mmap, munmap, mremap and mprotect; the exec; the OOM killer's
-        // choice of victim.
-        10
+        // Entry and exit of mmap, munmap, mremap and mprotect; the exec; a thread's exit; the
+        // OOM killer's choice of victim.
+        11
     );
 
     let phases: Vec<&str> = stats["phases"]

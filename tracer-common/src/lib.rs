@@ -328,13 +328,17 @@ pub struct AllocInfo {
     pub size: u64,
     /// `bpf_ktime_get_ns` at the allocation's return.
     pub timestamp_ns: u64,
-    /// The stack's key in the per-stack totals, or [`LOST_STACK`].
+    /// The key of the stack that allocated it, or [`LOST_STACK`].
     pub stack_key: u64,
     /// The bytes this allocation stands for in the totals: its size, or under byte sampling
     /// the estimate `size / p` (see [`sampling`]). A free subtracts exactly this.
     pub weight_bytes: u64,
     /// The allocations it stands for: 1, or `1 / p` under byte sampling.
     pub weight_count: u64,
+    /// Where the stack's totals are (an index of the kernel's `STACK_TOTALS`), which its
+    /// free updates.
+    pub totals_index: u32,
+    pub _pad: u32,
 }
 
 /// One slot of the kernel's table of live blocks (`BLOCK_SLOTS`), which stands in front of
@@ -468,6 +472,37 @@ pub struct StackTotals {
     /// Allocations ever made on this stack since attach.
     pub total_allocations: u64,
 }
+
+/// One entry of the kernel's per-stack totals (`STACK_TOTALS`, an array): what the stack `key`
+/// allocated and what of it was freed, each only ever added to, so that an allocation costs
+/// two atomic adds and a free two. A stack is given an entry when its first allocation is
+/// recorded; an entry whose `key` is 0 was never given. A key may have more than one entry
+/// (two CPUs gave it one at once): its totals are their sum.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackTotalsSlot {
+    pub key: u64,
+    pub allocated_bytes: u64,
+    pub allocations: u64,
+    pub freed_bytes: u64,
+    pub frees: u64,
+}
+
+impl StackTotalsSlot {
+    /// The totals as the report counts them. Wrapping: a reader can see a free before the
+    /// allocation it frees.
+    pub fn totals(&self) -> StackTotals {
+        StackTotals {
+            live_bytes: self.allocated_bytes.wrapping_sub(self.freed_bytes),
+            live_allocations: self.allocations.wrapping_sub(self.frees),
+            total_bytes: self.allocated_bytes,
+            total_allocations: self.allocations,
+        }
+    }
+}
+
+/// The entry of `STACK_TOTALS` that holds [`LOST_STACK`]'s totals; its `key` is never written.
+pub const LOST_STACK_TOTALS: u32 = 0;
 
 /// Kinds of [`MapEvent`].
 #[repr(u32)]
@@ -723,7 +758,7 @@ pub mod counter {
 mod user {
     use super::{
         AllocInfo, BlockSlot, LifecycleEvent, MapEvent, RuntimeLayout, StackFrames, StackTotals,
-        ThreadState, UnwindMiss, UnwindRule,
+        StackTotalsSlot, ThreadState, UnwindMiss, UnwindRule,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of `u64`/`u32` fields with explicit
@@ -733,6 +768,8 @@ mod user {
     unsafe impl aya::Pod for BlockSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StackTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackTotalsSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MapEvent {}
     // SAFETY: as above.
@@ -929,8 +966,11 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ThreadState>(), 64);
-        assert_eq!(core::mem::size_of::<AllocInfo>(), 40);
+        assert_eq!(core::mem::size_of::<AllocInfo>(), 48);
+        // A slot is one cache line.
+        assert_eq!(core::mem::size_of::<BlockSlot>(), 64);
         assert_eq!(core::mem::size_of::<StackTotals>(), 32);
+        assert_eq!(core::mem::size_of::<StackTotalsSlot>(), 40);
         assert_eq!(core::mem::size_of::<MapEvent>(), 56);
         assert_eq!(core::mem::size_of::<MapArgs>(), 40);
         assert_eq!(core::mem::size_of::<LifecycleEvent>(), 24);

@@ -3,7 +3,6 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
     helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -15,9 +14,9 @@ use crate::{
     sampling,
     stacks::walk_user_stack,
     state::{
-        THREADS, count, hit, inside_allocator, record, release, release_tracked, target_thread,
-        tracked,
+        count, hit, inside_allocator, record, release, release_tracked, target_thread, tracked,
     },
+    threads,
 };
 
 const PAGE_SIZE: u64 = 4096;
@@ -75,6 +74,24 @@ enum Return {
     Skip,
 }
 
+/// Starts the outermost allocation call of a thread whose state is `state`. Field by field:
+/// a whole-struct store zeroes the last two fields through a call of `memset`, a subprogram.
+#[inline(always)]
+fn begin_call(state: &mut ThreadState, fresh: &ThreadState) {
+    state.entry_sp = fresh.entry_sp;
+    state.size = fresh.size;
+    state.old_ptr = fresh.old_ptr;
+    state.out_ptr = fresh.out_ptr;
+    state.kind = fresh.kind;
+    state.depth = fresh.depth;
+    state.probability = fresh.probability;
+    // SAFETY: plain stores to fields of a live reference; volatile so that they stay stores.
+    unsafe {
+        core::ptr::write_volatile(&raw mut state.passed_over_sp, 0);
+        core::ptr::write_volatile(&raw mut state.passed_over_ret, 0);
+    }
+}
+
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let _ = try_free_enter(&ctx);
@@ -83,6 +100,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 
 /// `may_skip`: the return may be cancelled (a session), so a call that byte sampling passes
 /// over keeps no state at all.
+// Inlined: as a subprogram, its call and return cost more than the rest of the program's
+// bookkeeping on a kernel whose returns go through a mitigation thunk.
+#[inline(always)]
 fn try_alloc_enter(ctx: &ProbeContext, may_skip: bool) -> Result<Return, i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(Return::Skip);
@@ -137,7 +157,7 @@ fn try_alloc_enter(ctx: &ProbeContext, may_skip: bool) -> Result<Return, i64> {
             ..fresh()
         }
     };
-    if let Some(state) = THREADS.get_ptr_mut(&pid_tgid) {
+    if let Some(state) = threads::state(pid_tgid) {
         // SAFETY: the pointer is to this thread's own live map value; only this thread writes it.
         let state = unsafe { &mut *state };
         if state.depth > 0 {
@@ -153,7 +173,7 @@ fn try_alloc_enter(ctx: &ProbeContext, may_skip: bool) -> Result<Return, i64> {
             *state = passed_over();
             return Ok(Return::Skip);
         }
-        *state = fresh();
+        begin_call(state, &fresh());
         return Ok(Return::Run);
     }
     let (state, returned) = if skip {
@@ -161,13 +181,7 @@ fn try_alloc_enter(ctx: &ProbeContext, may_skip: bool) -> Result<Return, i64> {
     } else {
         (fresh(), Return::Run)
     };
-    THREADS
-        .insert(&pid_tgid, &state, u64::from(BPF_NOEXIST))
-        .map(|()| returned)
-        .map_err(|err| {
-            count(counter::THREAD_MAP_FULL, 1);
-            i64::from(err)
-        })
+    threads::insert(pid_tgid, &state).map(|()| returned)
 }
 
 // Inlined into each program: as a subprogram returning through a pointer, the compiler may
@@ -178,7 +192,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
-    let Some(state) = THREADS.get_ptr_mut(&pid_tgid) else {
+    let Some(state) = threads::state(pid_tgid) else {
         count(counter::RETURN_WITHOUT_ENTRY, 1);
         return Ok(());
     };
@@ -201,26 +215,23 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
         ..
     } = *state;
     let ret: u64 = ctx.ret();
-    // Walked only for a call that allocated and that byte sampling picked.
-    let record_new = |addr: u64| {
-        if probability != 0 {
-            record(walk_user_stack(ctx.regs, addr), addr, size, probability);
-        }
-    };
-
-    match AllocKind::try_from(kind) {
+    // The block the call made, if any; the old block of a realloc is released on the way.
+    let made = match AllocKind::try_from(kind) {
         Ok(AllocKind::Realloc | AllocKind::Reallocarray) => {
             if ret != 0 {
                 if old_ptr != 0 {
                     release_tracked(old_ptr);
                 }
-                record_new(ret);
-            } else if size == 0 && old_ptr != 0 {
-                // glibc's realloc(p, 0) frees p and returns NULL.
-                release_tracked(old_ptr);
+                ret
             } else {
-                // A failed realloc leaves the old block untouched.
-                count(counter::FAILED_CALLS, 1);
+                if size == 0 && old_ptr != 0 {
+                    // glibc's realloc(p, 0) frees p and returns NULL.
+                    release_tracked(old_ptr);
+                } else {
+                    // A failed realloc leaves the old block untouched.
+                    count(counter::FAILED_CALLS, 1);
+                }
+                0
             }
         }
         Ok(AllocKind::PosixMemalign) => {
@@ -229,15 +240,24 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
                 count(counter::FAILED_CALLS, 1);
                 return Ok(());
             }
-            if probability != 0 {
-                // SAFETY: bpf_probe_read_user validates the user address.
-                let addr = unsafe { bpf_probe_read_user(out_ptr as *const u64) }?;
-                record_new(addr);
+            if probability == 0 {
+                return Ok(());
             }
+            // SAFETY: bpf_probe_read_user validates the user address.
+            unsafe { bpf_probe_read_user(out_ptr as *const u64) }?
         }
-        Ok(_) if ret != 0 => record_new(ret),
-        Ok(_) => count(counter::FAILED_CALLS, 1),
-        Err(_) => {}
+        Ok(_) if ret != 0 => ret,
+        Ok(_) => {
+            count(counter::FAILED_CALLS, 1);
+            0
+        }
+        Err(_) => 0,
+    };
+    // Walked only for a call that allocated and that byte sampling picked, from one place:
+    // a walk reached from each arm above was made a subprogram of its own, whose call and
+    // return cost more than they carry.
+    if made != 0 && probability != 0 {
+        record(walk_user_stack(ctx.regs, made), made, size, probability);
     }
     Ok(())
 }

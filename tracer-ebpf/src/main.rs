@@ -44,6 +44,10 @@ mod sampling;
 mod stacks;
 #[cfg(target_arch = "bpf")]
 mod state;
+#[cfg(target_arch = "bpf")]
+mod threads;
+#[cfg(target_arch = "bpf")]
+mod totals;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

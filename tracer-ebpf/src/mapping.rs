@@ -173,7 +173,7 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
         args.kind == MapEventKind::Unmap as u32 || args.kind == MapEventKind::Protect as u32;
     let failed = ret == -1 || (returns_status && ret != 0);
     emit(
-        |tag| walk_user_stack(ctx.regs, tag),
+        |tag| walk_user_stack(ctx.regs, tag).key,
         args,
         (!failed).then_some(ret as u64),
     );
@@ -241,9 +241,9 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     emit(
         |tag| {
             if protect {
-                syscall_user_stack(ctx, tag)
+                syscall_user_stack(ctx, tag).key
             } else {
-                kernel_user_stack(ctx)
+                kernel_user_stack(ctx).key
             }
         },
         args,

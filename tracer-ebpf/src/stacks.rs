@@ -22,12 +22,16 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    FrameIdentity, LOST_STACK, MAX_STACK_DEPTH, MAX_STACK_SPAN, MISS_IDENTIFIED_FRAMES,
-    RuntimeLayout, STACK_COPY_BYTES, STACK_HASH_SEED, StackFrames, TRUNCATED_PENDING, UnwindMiss,
-    UnwindRule, counter, identity_word, stack_hash_step, stack_key_of_hash,
+    FrameIdentity, MAX_STACK_DEPTH, MAX_STACK_SPAN, MISS_IDENTIFIED_FRAMES, RuntimeLayout,
+    STACK_COPY_BYTES, STACK_HASH_SEED, StackFrames, TRUNCATED_PENDING, UnwindMiss, UnwindRule,
+    counter, identity_word, stack_hash_step, stack_key_of_hash,
 };
 
-use crate::{diag::diag, state::count};
+use crate::{
+    diag::diag,
+    state::count,
+    totals::{self, StackRef},
+};
 
 #[map]
 pub static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
@@ -107,11 +111,11 @@ pub static NEW_IDENTIFIED: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 #[map]
 pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
 
-/// Walks the user stack from the registers of a uprobe or uretprobe and returns its key.
+/// Walks the user stack from the registers of a uprobe or uretprobe and returns it, stored.
 /// `tag` names what the stack is for (an allocation's address), so that user space can repair
 /// it if the walk has to stop for a missing unwind rule.
 #[inline(always)]
-pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> u64 {
+pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> StackRef {
     // SAFETY: the registers are the program's own context.
     let regs = unsafe { &*regs };
     walk_from(regs.rip, regs.rsp, regs.rbp, tag)
@@ -123,7 +127,7 @@ pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> u64 {
 /// a frame-pointer walk would skip its caller), so no uprobe on the wrapper is needed for its
 /// stack. Without CFI rules, the kernel's walker, as before.
 #[inline(always)]
-pub fn syscall_user_stack<C: EbpfContext>(ctx: &C, tag: u64) -> u64 {
+pub fn syscall_user_stack<C: EbpfContext>(ctx: &C, tag: u64) -> StackRef {
     if UNWIND_DWARF.load() == 0 {
         return kernel_user_stack(ctx);
     }
@@ -139,16 +143,16 @@ pub fn syscall_user_stack<C: EbpfContext>(ctx: &C, tag: u64) -> u64 {
     };
     let (Ok(pc), Ok(sp), Ok(bp)) = regs else {
         count(counter::STACK_FAILED, 1);
-        return LOST_STACK;
+        return StackRef::LOST;
     };
     walk_from(pc, sp, bp, tag)
 }
 
-/// Walks the user stack from a frame's `pc`, `sp` and `bp` and returns its key.
+/// Walks the user stack from a frame's `pc`, `sp` and `bp` and returns it, stored.
 #[inline(always)]
-fn walk_from(pc: u64, sp: u64, bp: u64, tag: u64) -> u64 {
+fn walk_from(pc: u64, sp: u64, bp: u64, tag: u64) -> StackRef {
     let Some(frames) = STACK_SCRATCH.get_ptr_mut(0) else {
-        return LOST_STACK;
+        return StackRef::LOST;
     };
     // SAFETY: a per-CPU scratch value that nothing else uses while this program runs.
     let frames = unsafe { &mut *frames };
@@ -239,7 +243,7 @@ fn run_loop<T>(count: u32, step: extern "C" fn(u64, *mut core::ffi::c_void) -> i
 /// which inserts rules for every frame in the copy and moves this allocation to its whole
 /// stack. Only the first allocation from a new call site pays that round trip.
 #[inline(always)]
-fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> u64 {
+fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> StackRef {
     frames.ips[0] = pc;
     frames.truncated = 0;
     let mut walk = CfiWalk {
@@ -262,7 +266,20 @@ fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> u6
     };
     // bpf_loop has the verifier check the step once, not once per frame: the unrolled walk
     // took a second to verify.
-    run_loop((MAX_STACK_DEPTH - 1) as u32, cfi_step, &mut walk);
+    let mut stopped = false;
+    for index in 0..INLINE_STEPS {
+        if step(&mut walk, index) != 0 {
+            stopped = true;
+            break;
+        }
+    }
+    if !stopped {
+        run_loop(
+            (MAX_STACK_DEPTH as u64 - 1 - INLINE_STEPS) as u32,
+            cfi_step,
+            &mut walk,
+        );
+    }
     let missed = walk.missed != 0;
     frames.len = walk.len;
     if walk.len as usize == MAX_STACK_DEPTH {
@@ -271,13 +288,13 @@ fn cfi_walk(frames: &mut StackFrames, pc: u64, sp: u64, bp: u64, tag: u64) -> u6
     if missed {
         frames.truncated = TRUNCATED_PENDING;
     }
-    let key = store(frames, walk.identified != 0);
+    let stack = store(frames, walk.identified != 0);
     if missed {
         // The copy starts where the walk stopped, not at the allocation: a deep stack would
         // otherwise keep its upper frames out of every copy, and their rules out of reach.
-        send_miss(walk.pc, walk.sp, walk.bp, key, tag);
+        send_miss(walk.pc, walk.sp, walk.bp, stack.key, tag);
     }
-    key
+    stack
 }
 
 /// The state of a CFI walk between steps.
@@ -344,10 +361,23 @@ fn read_word(at: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(at as *const u64) }.ok()
 }
 
-/// One step of the CFI walk: from the frame at `pc` to its caller. Returns 1 to stop.
+/// Steps of a CFI walk made inline, before its loop. Each step in the loop is a call of
+/// [`cfi_step`], a subprogram, and on this kernel a call and its return cost about 20 ns (the
+/// return goes through a mitigation thunk), as much as the step's own work; an allocation's
+/// stack is often only a few frames deep. More inline steps cost attach time: each is
+/// verified apart.
+const INLINE_STEPS: u64 = 2;
+
+/// One step of the CFI walk in its loop, for frame `INLINE_STEPS + index`. Returns 1 to stop.
 extern "C" fn cfi_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the CfiWalk that cfi_walk passed to bpf_loop.
     let walk = unsafe { &mut *ctx.cast::<CfiWalk>() };
+    step(walk, INLINE_STEPS + index)
+}
+
+/// One step of the CFI walk: from frame `index`, at `pc`, to its caller. Returns 1 to stop.
+#[inline(always)]
+fn step(walk: &mut CfiWalk, index: u64) -> i64 {
     let Some(rule) = rule_at(walk.pc, walk.generation) else {
         walk.missed = 1;
         return 1;
@@ -539,9 +569,9 @@ extern "C" fn js_prefetch_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// Takes the user stack with the kernel's walker, for tracepoints, whose context holds no user
 /// registers. Only raw mapping syscalls come here: Go's runtime, which keeps frame pointers.
 #[inline(always)]
-pub fn kernel_user_stack<C: EbpfContext>(ctx: &C) -> u64 {
+pub fn kernel_user_stack<C: EbpfContext>(ctx: &C) -> StackRef {
     let Some(frames) = STACK_SCRATCH.get_ptr_mut(0) else {
-        return LOST_STACK;
+        return StackRef::LOST;
     };
     // SAFETY: as above.
     let frames = unsafe { &mut *frames };
@@ -556,31 +586,38 @@ pub fn kernel_user_stack<C: EbpfContext>(ctx: &C) -> u64 {
     };
     if bytes <= 0 {
         count(counter::STACK_FAILED, 1);
-        return LOST_STACK;
+        return StackRef::LOST;
     }
     frames.len = (bytes as u64 / 8) as u32;
     frames.truncated = 0;
     store(frames, false)
 }
 
-/// Stores a walked stack under the hash of its frames (FNV-1a over the addresses). A new stack
-/// with `identified` frames is announced to user space.
+/// Stores a walked stack under the hash of its frames (FNV-1a over the addresses), and gives it
+/// an index in the totals. A new stack with `identified` frames is announced to user space.
 #[inline(always)]
-fn store(frames: &StackFrames, identified: bool) -> u64 {
-    let mut hashing = Hashing {
-        frames: frames as *const StackFrames,
-        hash: STACK_HASH_SEED,
-    };
-    run_loop(
-        frames.len.min(MAX_STACK_DEPTH as u32),
-        hash_step,
-        &mut hashing,
-    );
-    let hash = hashing.hash;
-    let key = stack_key_of_hash(hash);
+fn store(frames: &StackFrames, identified: bool) -> StackRef {
+    // A plain loop, which the compiler unrolls, rather than bpf_loop: each of its steps would
+    // be a call of a subprogram, about 20 ns each here (see INLINE_STEPS).
+    let len = frames.len.min(MAX_STACK_DEPTH as u32) as usize;
+    let mut hash = STACK_HASH_SEED;
+    for ip in frames.ips.iter().take(len) {
+        hash = stack_hash_step(hash, *ip);
+    }
+    store_hashed(frames, stack_key_of_hash(hash), identified)
+}
+
+/// Stores a walked stack under `key`, the hash of its frames, and gives it an index in the
+/// totals.
+#[inline(always)]
+fn store_hashed(frames: &StackFrames, key: u64, identified: bool) -> StackRef {
+    // A stack this CPU met lately is stored and has its index: most walks end here.
+    if let Some(stack) = totals::cached(key) {
+        return stack;
+    }
     // SAFETY: only checks for presence.
     if unsafe { STACKS.get(&key) }.is_some() {
-        return key;
+        return totals::index_of(key);
     }
     match STACKS.insert(&key, frames, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
@@ -588,35 +625,17 @@ fn store(frames: &StackFrames, identified: bool) -> u64 {
                 // A full ring only delays the names to the report.
                 let _ = NEW_IDENTIFIED.output::<u64>(key, 0);
             }
-            key
+            totals::index_of(key)
         }
         // EEXIST: another CPU stored the same stack first.
-        Err(-17) => key,
+        Err(-17) => totals::index_of(key),
         Err(err) => {
             // -E2BIG is the map being full, which the counter reports; anything else is news.
             if err != -7 {
                 diag!("stack map insert failed: error {}", err);
             }
             count(counter::STACK_FAILED, 1);
-            LOST_STACK
+            StackRef::LOST
         }
     }
-}
-
-#[repr(C)]
-struct Hashing {
-    frames: *const StackFrames,
-    hash: u64,
-}
-
-extern "C" fn hash_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the Hashing that store passed to bpf_loop; `frames` is live.
-    let hashing = unsafe { &mut *ctx.cast::<Hashing>() };
-    // SAFETY: as above.
-    let frames = unsafe { &*hashing.frames };
-    let Some(ip) = frames.ips.get(index as usize) else {
-        return 1;
-    };
-    hashing.hash = stack_hash_step(hashing.hash, *ip);
-    0
 }

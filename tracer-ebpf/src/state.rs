@@ -4,17 +4,17 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_NOEXIST, bpf_pidns_info},
+    bindings::bpf_pidns_info,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_ns_current_pid_tgid, bpf_jiffies64},
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, MapArgs, StackTotals, ThreadState, counter, probe_hits};
+use tracer_common::{AllocInfo, MapArgs, counter, probe_hits};
 
-use crate::{atomics::add, blocks, diag::diag, sampling};
+use crate::{blocks, diag::diag, sampling, threads, totals, totals::StackRef};
 
 /// The traced process, as leakhound's own PID namespace sees it. uprobes are already scoped to
 /// its memory, but syscall tracepoints fire for every process.
@@ -28,14 +28,6 @@ static TARGET_TGID: Global<u32> = Global::new(0);
 static PIDNS_DEV: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static PIDNS_INO: Global<u64> = Global::new(0);
-
-#[map]
-pub static THREADS: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(16384, 0);
-
-// Sized by the loader to the stack map's size + 1, so that every stack id (and LOST_STACK)
-// always has room: a full totals map would leave live allocations with no total to update.
-#[map]
-pub static STACK_TOTALS: HashMap<u64, StackTotals> = HashMap::with_max_entries(16385, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -106,8 +98,8 @@ pub fn count(index: u32, amount: u64) {
 /// allocator's mmaps) is accounted by that outer call.
 #[inline(always)]
 pub fn inside_allocator(pid_tgid: u64) -> bool {
-    // SAFETY: the value is copied out at once; a concurrent update can only change `depth`.
-    unsafe { THREADS.get(&pid_tgid) }.is_some_and(|state| state.depth > 0)
+    // SAFETY: the thread's own state: only this thread writes it.
+    unsafe { threads::state(pid_tgid).is_some_and(|state| (*state).depth > 0) }
 }
 
 /// Whether the thread, at user stack pointer `sp`, is inside an allocation call that byte
@@ -115,8 +107,8 @@ pub fn inside_allocator(pid_tgid: u64) -> bool {
 /// return address still in place. A return address that a later call overwrote ends it.
 #[inline(always)]
 pub fn inside_passed_over_call(pid_tgid: u64, sp: u64) -> bool {
-    // SAFETY: the value is copied out at once.
-    let Some(state) = (unsafe { THREADS.get(&pid_tgid) }).copied() else {
+    // SAFETY: the thread's own state, copied out at once.
+    let Some(state) = threads::state(pid_tgid).map(|state| unsafe { *state }) else {
         return false;
     };
     if state.passed_over_sp == 0 || sp >= state.passed_over_sp {
@@ -162,16 +154,18 @@ fn allocation_time() -> u64 {
 }
 
 /// Records a new live block at `addr`, picked with probability `probability` (a fraction of
-/// 2^32). What it stands for goes to the totals of the stack `stack_key`.
+/// 2^32). What it stands for goes to the totals of the stack `stack`.
 #[inline(always)]
-pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
+pub fn record(stack: StackRef, addr: u64, size: u64, probability: u64) {
     let (weight_bytes, weight_count) = sampling::weights(size, probability);
     let info = AllocInfo {
         size,
         timestamp_ns: allocation_time(),
-        stack_key,
+        stack_key: stack.key,
         weight_bytes,
         weight_count,
+        totals_index: stack.totals,
+        _pad: 0,
     };
     // Inserted first and looked up only when that fails: the common case costs one call.
     let mut inserted = blocks::insert(addr, &info);
@@ -193,7 +187,7 @@ pub fn record(stack_key: u64, addr: u64, size: u64, probability: u64) {
         return;
     }
     count(counter::ALLOCATIONS, 1);
-    add_to_totals(stack_key, weight_bytes, weight_count);
+    totals::add_allocation(stack.totals, weight_bytes, weight_count);
 }
 
 /// `-E2BIG`, what an insert into a full hash map returns.
@@ -218,54 +212,6 @@ pub fn release(addr: u64, info: &AllocInfo) -> bool {
     if !blocks::remove(addr) {
         return false;
     }
-    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&info.stack_key) {
-        // SAFETY: the pointer is to a live map value; the fields are updated atomically.
-        unsafe {
-            add(
-                &raw mut (*totals).live_bytes,
-                info.weight_bytes.wrapping_neg(),
-            );
-            add(
-                &raw mut (*totals).live_allocations,
-                info.weight_count.wrapping_neg(),
-            );
-        }
-    }
+    totals::add_free(info.totals_index, info.weight_bytes, info.weight_count);
     true
-}
-
-#[inline(always)]
-fn add_to_totals(stack_key: u64, bytes: u64, allocations: u64) {
-    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&stack_key) {
-        add_to(totals, bytes, allocations);
-        return;
-    }
-    let fresh = StackTotals {
-        live_bytes: bytes,
-        live_allocations: allocations,
-        total_bytes: bytes,
-        total_allocations: allocations,
-    };
-    if STACK_TOTALS
-        .insert(&stack_key, &fresh, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
-        return;
-    }
-    // Another CPU created it first, or the map is full.
-    match STACK_TOTALS.get_ptr_mut(&stack_key) {
-        Some(totals) => add_to(totals, bytes, allocations),
-        None => count(counter::TOTALS_MAP_FULL, 1),
-    }
-}
-
-#[inline(always)]
-fn add_to(totals: *mut StackTotals, bytes: u64, allocations: u64) {
-    // SAFETY: the pointer is to a live map value; the fields are updated atomically.
-    unsafe {
-        add(&raw mut (*totals).live_bytes, bytes);
-        add(&raw mut (*totals).live_allocations, allocations);
-        add(&raw mut (*totals).total_bytes, bytes);
-        add(&raw mut (*totals).total_allocations, allocations);
-    }
 }

@@ -351,6 +351,7 @@ mod tests {
             stack_key,
             weight_bytes: size,
             weight_count: 1,
+            ..AllocInfo::default()
         }
     }
 

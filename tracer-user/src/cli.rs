@@ -202,6 +202,11 @@ pub struct RecordArgs {
     /// Distinct stacks kept (kernel map size).
     #[arg(long, default_value_t = MapSizes::default().max_stacks, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: u32,
+    /// Threads of the target whose allocation calls are followed at once (kernel map size):
+    /// each takes a slot by thread id, and a thread whose slot is taken goes to a map of as
+    /// many entries beside the slots.
+    #[arg(long, default_value_t = MapSizes::default().max_threads, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_threads: u32,
     /// Also hook this allocator: a library (or executable) as the target sees it, or a bare
     /// file name, with the prefix of its symbols after a colon (`libmy.so:my_` hooks
     /// `my_malloc`, `my_free`, ...). Repeatable. Allocators that define `malloc`, or
@@ -240,6 +245,7 @@ impl RecordArgs {
             sizes: MapSizes {
                 max_allocs: self.max_allocs,
                 max_stacks: self.max_stacks,
+                max_threads: self.max_threads,
                 stack_copy: self.stack_copy,
                 ..MapSizes::default()
             },

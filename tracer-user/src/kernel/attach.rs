@@ -162,9 +162,10 @@ const fn tracepoint(
     }
 }
 
-/// The mapping syscalls, and the target's exec (see tracer-ebpf's lifecycle module). They
+/// The mapping syscalls, the target's exec (see tracer-ebpf's lifecycle module), and its
+/// threads' exits, which give back their state's slots (tracer-ebpf's threads module). They
 /// need tracefs; the loader attaches all of them or none.
-pub const TRACEPOINTS: [Attachment<'static>; 9] = [
+pub const TRACEPOINTS: [Attachment<'static>; 10] = [
     tracepoint("mmap_enter", "syscalls", "sys_enter_mmap"),
     tracepoint("munmap_enter", "syscalls", "sys_enter_munmap"),
     tracepoint("mremap_enter", "syscalls", "sys_enter_mremap"),
@@ -174,6 +175,7 @@ pub const TRACEPOINTS: [Attachment<'static>; 9] = [
     tracepoint("mapping_exit", "syscalls", "sys_exit_mremap"),
     tracepoint("mapping_exit", "syscalls", "sys_exit_mprotect"),
     tracepoint("exec_notice", "sched", "sched_process_exec"),
+    tracepoint("thread_exit", "sched", "sched_process_exit"),
 ];
 
 /// The OOM killer's choice of victim (see tracer-ebpf's lifecycle module). Optional: a kernel
@@ -397,6 +399,7 @@ mod tests {
                 "mprotect_enter",
                 "mapping_exit",
                 "exec_notice",
+                "thread_exit",
                 "oom_notice"
             ]
         );

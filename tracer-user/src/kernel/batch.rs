@@ -51,7 +51,19 @@ pub fn lookup_all<K: Pod, V: Pod>(
     fd: BorrowedFd<'_>,
     chunk: u32,
 ) -> Result<Vec<(K, V)>, BatchError> {
-    let mut chunk = chunk.max(1) as usize;
+    lookup_prefix(bpf, fd, chunk, usize::MAX)
+}
+
+/// The first `limit` entries of a map in the kernel's order (an array's: by index), in
+/// batches of at most `chunk`: an array used only as far as an index handed out is read only
+/// that far.
+pub fn lookup_prefix<K: Pod, V: Pod>(
+    bpf: &impl Bpf,
+    fd: BorrowedFd<'_>,
+    chunk: u32,
+    limit: usize,
+) -> Result<Vec<(K, V)>, BatchError> {
+    let mut chunk = (chunk.max(1) as usize).min(limit.max(1));
     let mut entries = Vec::new();
     let mut keys: Vec<u8> = Vec::new();
     let mut values: Vec<u8> = Vec::new();
@@ -118,7 +130,8 @@ pub fn lookup_all<K: Pod, V: Pod>(
             };
             entries.push((key, value));
         }
-        if done {
+        if done || entries.len() >= limit {
+            entries.truncate(limit);
             return Ok(entries);
         }
         std::mem::swap(&mut token_in, &mut token_out);
@@ -228,6 +241,20 @@ mod tests {
         assert_eq!(entries.len(), 12);
         // 2 fit, then 9 do not fit in 2, 4 or 8 (ENOSPC each), then 16 holds the rest.
         assert_eq!(*fake.calls.borrow(), [2, 2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn a_prefix_stops_once_it_has_its_entries() {
+        // An array as the kernel walks it: one entry per "bucket", by index.
+        let fake = map(&[1; 100]);
+        let fd = std::fs::File::open("/dev/null").expect("a descriptor to pass");
+        let entries = lookup_prefix::<u64, u64>(&fake, fd.as_fd(), 8, 12).expect("read");
+        assert_eq!(
+            entries.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            (1..=12).collect::<Vec<_>>()
+        );
+        // 8, then 8 more (4 of them past the prefix): not the other 84 entries.
+        assert_eq!(*fake.calls.borrow(), [8, 8]);
     }
 
     #[test]

@@ -92,6 +92,30 @@ impl BlockTable {
     }
 }
 
+/// Sizes of the per-stack totals (tracer-ebpf's `totals`) and the thread slots (its
+/// `threads`), from the user's map sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexedMaps {
+    /// Entries of the totals array: one per stack, one for LOST_STACK, and room for the few
+    /// entries left unused when two CPUs give the same new stack one at once.
+    pub totals_slots: u32,
+    /// Entries of the stack-to-index map: one per stack, and LOST_STACK's.
+    pub stack_index: u32,
+    /// log2 of the thread slots: the largest power of two up to `--max-threads`.
+    pub thread_slot_bits: u32,
+}
+
+impl IndexedMaps {
+    pub fn for_sizes(sizes: &MapSizes) -> Self {
+        let stacks = sizes.max_stacks.saturating_add(1);
+        Self {
+            totals_slots: stacks.saturating_add((stacks / 64).max(64)),
+            stack_index: stacks,
+            thread_slot_bits: sizes.max_threads.max(2).ilog2().min(24),
+        }
+    }
+}
+
 /// The loaded and attached programs.
 pub struct Probes {
     pub ebpf: Ebpf,
@@ -209,6 +233,7 @@ impl Probes {
         let sample_bytes = sample_bytes.unwrap_or(0);
         let log_level = kernel_log_level();
         let blocks = BlockTable::for_max_allocs(sizes.max_allocs);
+        let indexed = IndexedMaps::for_sizes(&sizes);
         let oom = tracefs::with_tracefs(|| OomRecord::read(Path::new(tracefs::TRACEFS)))
             .unwrap_or_default();
         let mut loader = EbpfLoader::new();
@@ -229,9 +254,12 @@ impl Probes {
             .override_global("SLOT_BITS", &blocks.slot_bits, true)
             .map_max_entries("ALLOCS", blocks.map_entries)
             .map_max_entries("BLOCK_SLOTS", blocks.slots())
+            .override_global("TOTALS_SLOTS", &indexed.totals_slots, true)
+            .override_global("THREAD_SLOT_BITS", &indexed.thread_slot_bits, true)
             .map_max_entries("STACKS", sizes.max_stacks)
-            // One more than the stacks, for LOST_STACK: this map must never fill.
-            .map_max_entries("STACK_TOTALS", sizes.max_stacks + 1)
+            .map_max_entries("STACK_TOTALS", indexed.totals_slots)
+            .map_max_entries("STACK_INDEX", indexed.stack_index)
+            .map_max_entries("THREAD_SLOTS", 1 << indexed.thread_slot_bits)
             .map_max_entries("THREADS", sizes.max_threads)
             .map_max_entries("MAP_ARGS", sizes.max_threads)
             .map_max_entries("MAP_EVENTS", sizes.event_buffer);
@@ -690,6 +718,35 @@ mod tests {
         assert_eq!(
             (small.slot_bits, small.map_entries, small.slots()),
             (0, 16, 1)
+        );
+    }
+
+    #[test]
+    fn every_stack_and_lost_stack_have_totals_and_threads_have_slots() {
+        for (max_stacks, max_threads) in [
+            (1, 1),
+            (16_384, 16_384),
+            (1 << 17, 1000),
+            (u32::MAX, u32::MAX),
+        ] {
+            let sizes = MapSizes {
+                max_stacks,
+                max_threads,
+                ..MapSizes::default()
+            };
+            let maps = IndexedMaps::for_sizes(&sizes);
+            // The index map holds every stack the stack map can and LOST_STACK; the array
+            // has room for all of them and for entries lost to races.
+            assert_eq!(maps.stack_index, max_stacks.saturating_add(1));
+            assert!(maps.totals_slots >= maps.stack_index.saturating_add(64));
+            let slots = 1u64 << maps.thread_slot_bits;
+            assert!(
+                slots <= u64::from(max_threads.max(2)) && (1..=24).contains(&maps.thread_slot_bits)
+            );
+        }
+        assert_eq!(
+            IndexedMaps::for_sizes(&MapSizes::default()).thread_slot_bits,
+            14
         );
     }
 }

@@ -10,13 +10,18 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, BlockSlot, RuntimeLayout, StackFrames, StackTotals, UnwindRule};
+use tracer_common::{
+    AllocInfo, BlockSlot, RuntimeLayout, StackFrames, StackTotalsSlot, UnwindRule,
+};
 
 use crate::errors::TracerError;
 
 pub struct KernelMaps {
-    /// Outstanding and total bytes per stack key (`STACK_TOTALS`).
-    pub totals: HashMap<MapData, u64, StackTotals>,
+    /// Outstanding and total bytes per stack (`STACK_TOTALS`), by the index each stack was
+    /// given; entry 0 is LOST_STACK's.
+    pub totals: Array<MapData, StackTotalsSlot>,
+    /// How many indexes of the totals were handed out (`TOTALS_HANDED_OUT`, one entry).
+    pub totals_handed_out: Array<MapData, u64>,
     /// Live allocations by address (`ALLOCS`), those that found their slot taken.
     pub allocs: HashMap<MapData, u64, AllocInfo>,
     /// The slot table in front of it (`BLOCK_SLOTS`), where most live allocations are.
@@ -56,6 +61,7 @@ impl KernelMaps {
         Ok((
             Self {
                 totals: typed(ebpf, "STACK_TOTALS")?,
+                totals_handed_out: typed(ebpf, "TOTALS_HANDED_OUT")?,
                 allocs: typed(ebpf, "ALLOCS")?,
                 block_slots: typed(ebpf, "BLOCK_SLOTS")?,
                 stacks: typed(ebpf, "STACKS")?,

@@ -9,7 +9,10 @@ use aya::{
     Pod,
     maps::{Array, HashMap as BpfHashMap, IterableMap, MapData},
 };
-use tracer_common::{AllocInfo, BlockSlot, SLOT_BEING_WRITTEN, StackTotals, counter, probe_hits};
+use tracer_common::{
+    AllocInfo, BlockSlot, LOST_STACK, LOST_STACK_TOTALS, SLOT_BEING_WRITTEN, StackTotals,
+    StackTotalsSlot, counter, probe_hits,
+};
 
 use super::{
     batch::{self, BatchError},
@@ -18,11 +21,62 @@ use super::{
 };
 use crate::{errors::TracerError, model::KernelCounters};
 
+/// Outstanding and total bytes per stack key: the entries of the totals array handed out so
+/// far, summed by key (a key given two entries by a race has its totals in both).
 pub fn stack_totals(maps: &KernelMaps) -> Result<HashMap<u64, StackTotals>, TracerError> {
-    Ok(read_hash(&maps.totals, "STACK_TOTALS")?
-        .0
-        .into_iter()
-        .collect())
+    let map_error = |map, source| TracerError::Map {
+        map,
+        source: Box::new(source),
+    };
+    let handed_out = maps
+        .totals_handed_out
+        .get(&0, 0)
+        .map_err(|source| map_error("TOTALS_HANDED_OUT", source))?;
+    // Entry 0 (LOST_STACK's) and the ones handed out, as far as the array goes.
+    let used = handed_out
+        .saturating_add(1)
+        .min(u64::from(maps.totals.len())) as usize;
+    let fd = maps.totals.map().fd().as_fd();
+    let entries: Vec<(u32, StackTotalsSlot)> =
+        match batch::lookup_prefix::<u32, StackTotalsSlot>(&Kernel, fd, batch::DEFAULT_CHUNK, used)
+        {
+            Ok(entries) => entries,
+            Err(BatchError::Unsupported(err)) => {
+                log::debug!("no batched lookup for STACK_TOTALS ({err}); reading entry by entry");
+                (0..used as u32)
+                    .map(|index| maps.totals.get(&index, 0).map(|slot| (index, slot)))
+                    .collect::<Result<_, _>>()
+                    .map_err(|source| map_error("STACK_TOTALS", source))?
+            }
+            Err(BatchError::Failed(err)) => return Err(TracerError::Io(err)),
+        };
+    Ok(sum_by_key(entries))
+}
+
+/// The totals of each key, from the array's entries by index.
+fn sum_by_key(entries: Vec<(u32, StackTotalsSlot)>) -> HashMap<u64, StackTotals> {
+    let mut totals: HashMap<u64, StackTotals> = HashMap::new();
+    for (index, slot) in entries {
+        let key = if index == LOST_STACK_TOTALS {
+            LOST_STACK
+        } else if slot.key != 0 {
+            slot.key
+        } else {
+            // Never given, or given a moment ago and nothing added yet.
+            continue;
+        };
+        let t = slot.totals();
+        // A stack with an entry but no allocation yet (a mapping's stack, say) has no totals.
+        if t == StackTotals::default() {
+            continue;
+        }
+        let sum = totals.entry(key).or_default();
+        sum.live_bytes = sum.live_bytes.wrapping_add(t.live_bytes);
+        sum.live_allocations = sum.live_allocations.wrapping_add(t.live_allocations);
+        sum.total_bytes = sum.total_bytes.wrapping_add(t.total_bytes);
+        sum.total_allocations = sum.total_allocations.wrapping_add(t.total_allocations);
+    }
+    totals
 }
 
 /// Every live allocation (address, info), and whether the batched read worked.
@@ -168,5 +222,57 @@ impl StackCache {
     /// How the walk of a stack read by [`Self::get`] ended (`StackFrames::truncated`).
     pub fn truncated(&self, key: u64) -> u32 {
         self.truncated.get(&key).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(key: u64, allocated: (u64, u64), freed: (u64, u64)) -> StackTotalsSlot {
+        StackTotalsSlot {
+            key,
+            allocated_bytes: allocated.0,
+            allocations: allocated.1,
+            freed_bytes: freed.0,
+            frees: freed.1,
+        }
+    }
+
+    #[test]
+    fn totals_are_summed_by_key_from_the_entries_given() {
+        let totals = sum_by_key(vec![
+            // LOST_STACK's entry, never keyed: counted under LOST_STACK when it holds anything.
+            (LOST_STACK_TOTALS, slot(0, (100, 2), (40, 1))),
+            (1, slot(7, (640, 10), (320, 5))),
+            // A second entry for key 7, from two CPUs giving it one at once.
+            (2, slot(7, (64, 1), (0, 0))),
+            // Never given.
+            (3, slot(0, (0, 0), (0, 0))),
+            // Given to a mapping's stack: no allocation, no totals.
+            (4, slot(9, (0, 0), (0, 0))),
+            // A free seen before its allocation: live below zero for a moment, as i64.
+            (5, slot(11, (0, 0), (32, 1))),
+        ]);
+        assert_eq!(totals.len(), 3, "{totals:?}");
+        let lost = totals[&LOST_STACK];
+        assert_eq!((lost.live_bytes, lost.live_allocations), (60, 1));
+        let seven = totals[&7];
+        assert_eq!(
+            (
+                seven.live_bytes,
+                seven.live_allocations,
+                seven.total_bytes,
+                seven.total_allocations
+            ),
+            (384, 6, 704, 11)
+        );
+        assert_eq!(totals[&11].live_bytes as i64, -32);
+        assert!(!totals.contains_key(&9) && !totals.contains_key(&0));
+    }
+
+    #[test]
+    fn an_empty_lost_stack_entry_is_no_stack() {
+        assert!(sum_by_key(vec![(LOST_STACK_TOTALS, StackTotalsSlot::default())]).is_empty());
     }
 }
