@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 /// leakhound's BPF program names; the kernel keeps 15 characters of a name, all of these fit.
 pub const PROGRAMS: &[&str] = &[
     "alloc_enter",
+    "malloc_enter",
     "alloc_exit",
+    "alloc_session",
     "free_enter",
+    "free_enter_moved",
     "mmap_enter",
     "munmap_enter",
     "mremap_enter",
@@ -18,6 +21,8 @@ pub const PROGRAMS: &[&str] = &[
     "map_call_enter",
     "map_call_exit",
     "exec_notice",
+    "thread_exit",
+    "oom_notice",
 ];
 
 const UPROBE_EVENTS: &str = "/sys/kernel/tracing/uprobe_events";

@@ -55,7 +55,10 @@ impl LeakhoundStats {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|row| row["what"] == "free" && row["program"] == "free_enter");
+            .find(|row| {
+                row["what"] == "free"
+                    && (row["program"] == "free_enter" || row["program"] == "free_enter_moved")
+            });
         let phases = stats["phases"]
             .as_array()
             .into_iter()
