@@ -161,11 +161,17 @@ pub fn stack_hash_step(hash: u64, ip: u64) -> u64 {
 pub const STACK_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// The key a stack is stored under, from the hash of its frames: [`LOST_STACK`] is reserved,
-/// so a hash that lands on it moves one down. The kernel and user space both end with this,
-/// so a stack repaired in user space gets the key the kernel would give it.
+/// so a hash that lands on it moves one down, and so is 0, which marks an entry of the totals
+/// array that no stack was given (a target that controls its stack's words could aim a stack
+/// at either). The kernel and user space both end with this, so a stack repaired in user space
+/// gets the key the kernel would give it.
 #[inline(always)]
 pub fn stack_key_of_hash(hash: u64) -> u64 {
-    if hash == LOST_STACK { hash - 1 } else { hash }
+    match hash {
+        LOST_STACK => LOST_STACK - 1,
+        0 => 1,
+        hash => hash,
+    }
 }
 
 /// How an [`UnwindRule`] finds the CFA. The kernel matches on the `u32` values (the
@@ -840,8 +846,9 @@ mod tests {
     }
 
     #[test]
-    fn no_stack_is_keyed_as_lost() {
+    fn no_stack_is_keyed_as_lost_or_as_no_stack() {
         assert_eq!(stack_key_of_hash(LOST_STACK), LOST_STACK - 1);
+        assert_eq!(stack_key_of_hash(0), 1);
         assert_eq!(stack_key_of_hash(42), 42);
     }
 
