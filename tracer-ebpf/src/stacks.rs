@@ -604,13 +604,7 @@ fn store(frames: &StackFrames, identified: bool) -> StackRef {
     for ip in frames.ips.iter().take(len) {
         hash = stack_hash_step(hash, *ip);
     }
-    store_hashed(frames, stack_key_of_hash(hash), identified)
-}
-
-/// Stores a walked stack under `key`, the hash of its frames, and gives it an index in the
-/// totals.
-#[inline(always)]
-fn store_hashed(frames: &StackFrames, key: u64, identified: bool) -> StackRef {
+    let key = stack_key_of_hash(hash);
     // A stack this CPU met lately is stored and has its index: most walks end here.
     if let Some(stack) = totals::cached(key) {
         return stack;
