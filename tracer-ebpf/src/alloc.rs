@@ -106,19 +106,21 @@ enum Return {
     Skip,
 }
 
-/// Starts the outermost allocation call of a thread whose state is `state`. Field by field:
-/// a whole-struct store zeroes the last two fields through a call of `memset`, a subprogram.
+/// Starts the outermost allocation call of a thread whose state is `state`. Field by field,
+/// and each store volatile: the compiler merges stores of known zeros (malloc's old pointer,
+/// out pointer and the padding around them) into a call of `memset`, a subprogram, whose
+/// call and return cost about 20 ns here.
 #[inline(always)]
 fn begin_call(state: &mut ThreadState, fresh: &ThreadState) {
-    state.entry_sp = fresh.entry_sp;
-    state.size = fresh.size;
-    state.old_ptr = fresh.old_ptr;
-    state.out_ptr = fresh.out_ptr;
-    state.kind = fresh.kind;
-    state.depth = fresh.depth;
-    state.probability = fresh.probability;
-    // SAFETY: plain stores to fields of a live reference; volatile so that they stay stores.
+    // SAFETY: plain stores to fields of a live reference.
     unsafe {
+        core::ptr::write_volatile(&raw mut state.entry_sp, fresh.entry_sp);
+        core::ptr::write_volatile(&raw mut state.size, fresh.size);
+        core::ptr::write_volatile(&raw mut state.old_ptr, fresh.old_ptr);
+        core::ptr::write_volatile(&raw mut state.out_ptr, fresh.out_ptr);
+        core::ptr::write_volatile(&raw mut state.kind, fresh.kind);
+        core::ptr::write_volatile(&raw mut state.depth, fresh.depth);
+        core::ptr::write_volatile(&raw mut state.probability, fresh.probability);
         core::ptr::write_volatile(&raw mut state.passed_over_sp, 0);
         core::ptr::write_volatile(&raw mut state.passed_over_ret, 0);
     }
