@@ -32,6 +32,11 @@ const ALLOCATORS: [(&str, Option<&str>); 4] = [
     ),
 ];
 
+/// Measurements of the floor and of full tracking per allocator, taken by turns. Taken once
+/// each, seconds apart, they put one build at 1.18× to 1.35× of its floor in five runs on
+/// this machine kind: a spell of a few seconds moves one side by 5%.
+const ALTERNATIONS: usize = 3;
+
 pub(super) fn allocator_rows(alloc_bench: &Path, leakhound: &Path) -> Result<Vec<AllocatorRow>> {
     let mut rows = Vec::new();
     for (name, library) in ALLOCATORS {
@@ -46,25 +51,44 @@ pub(super) fn allocator_rows(alloc_bench: &Path, leakhound: &Path) -> Result<Vec
             preload,
         };
         let untraced = bench.measure(PAIRS_UNTRACED, Tracer::None)?.ns;
-        let full = bench.measure(PAIRS_TRAPPED, Tracer::Leakhound(leakhound, &[]))?;
+        let first_full = bench.measure(PAIRS_TRAPPED, Tracer::Leakhound(leakhound, &[]))?;
         let sampled = bench
             .measure(
                 PAIRS_TRAPPED,
                 Tracer::Leakhound(leakhound, &["--sample-bytes", SAMPLE_BYTES]),
             )?
             .ns;
-        let allocator =
-            Libc::inspect(preload.or(full.stats.as_ref().and_then(|stats| stats.libc.as_deref())))?;
-        let skips = full.skips(&allocator);
-        let floor = bench
-            .measure(PAIRS_TRAPPED, Tracer::Noop(&allocator, skips, true))?
-            .ns;
+        let allocator = Libc::inspect(
+            preload.or(first_full
+                .stats
+                .as_ref()
+                .and_then(|stats| stats.libc.as_deref())),
+        )?;
+        let skips = first_full.skips(&allocator);
+        // The ratio's two sides, measured by turns and each taken as its median, so that a
+        // slow or fast spell of the machine lands on both.
+        let mut fulls = vec![first_full.ns];
+        let mut floors = Vec::new();
+        for turn in 0..ALTERNATIONS {
+            floors.push(
+                bench
+                    .measure(PAIRS_TRAPPED, Tracer::Noop(&allocator, skips, true))?
+                    .ns,
+            );
+            if turn + 1 < ALTERNATIONS {
+                fulls.push(
+                    bench
+                        .measure(PAIRS_TRAPPED, Tracer::Leakhound(leakhound, &[]))?
+                        .ns,
+                );
+            }
+        }
         rows.push(AllocatorRow {
             name,
             skips,
             untraced,
-            floor,
-            leakhound: full.ns,
+            floor: median(&mut floors),
+            leakhound: median(&mut fulls),
             sampled,
         });
     }
@@ -73,7 +97,8 @@ pub(super) fn allocator_rows(alloc_bench: &Path, leakhound: &Path) -> Result<Vec
 
 pub(super) fn print_allocator_table(rows: &[AllocatorRow]) {
     println!(
-        "\nmalloc(64)+free per allocator (LD_PRELOAD), one thread, ns per pair (median of {ROUNDS} rounds)\n"
+        "\nmalloc(64)+free per allocator (LD_PRELOAD), one thread, ns per pair (median of {ROUNDS} rounds; \
+         the floor and leakhound: median of {ALTERNATIONS} runs each, taken by turns)\n"
     );
     println!(
         "| allocator | probes at | untraced | no-op at leakhound's points | leakhound | × floor | --sample-bytes {SAMPLE_BYTES} | × floor |"
