@@ -1034,15 +1034,35 @@ pub mod entry_args {
     pub const R8: u8 = 8;
 
     /// The cookie for a hook of `kind` whose argument `n` is in register `locations[n]`.
-    pub fn cookie(kind: u32, locations: [u8; MOVABLE]) -> u64 {
-        let mut cookie = u64::from(kind);
+    pub const fn cookie(kind: u32, locations: [u8; MOVABLE]) -> u64 {
+        let mut cookie = kind as u64;
         let mut n = 0;
         while n < MOVABLE {
-            cookie |= u64::from(locations[n] & 0xf) << (32 + 4 * n);
+            cookie |= ((locations[n] & 0xf) as u64) << (32 + 4 * n);
             n += 1;
         }
         cookie
     }
+
+    /// The programs for malloc's entry where a moved probe finds the size in another register
+    /// than its own, by register code (tracer-ebpf's `malloc_in_*`): they know their cookie,
+    /// and do without reading it. `%rdi`, malloc's own register, is [`IN_PLACE`].
+    pub const MALLOC_MOVED_PROGRAMS: [(u8, &str); 14] = [
+        (RAX, "malloc_in_rax"),
+        (RBX, "malloc_in_rbx"),
+        (RCX, "malloc_in_rcx"),
+        (RDX, "malloc_in_rdx"),
+        (RSI, "malloc_in_rsi"),
+        (RBP, "malloc_in_rbp"),
+        (R8, "malloc_in_r8"),
+        (R8 + 1, "malloc_in_r9"),
+        (R8 + 2, "malloc_in_r10"),
+        (R8 + 3, "malloc_in_r11"),
+        (R8 + 4, "malloc_in_r12"),
+        (R8 + 5, "malloc_in_r13"),
+        (R8 + 6, "malloc_in_r14"),
+        (R8 + 7, "malloc_in_r15"),
+    ];
 
     /// The register code of argument `n` in `cookie`.
     #[inline(always)]

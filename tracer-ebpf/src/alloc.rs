@@ -7,7 +7,9 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{AllocKind, SESSION_IS_RETURN_PLACEHOLDER, ThreadState, counter, probe_hits};
+use tracer_common::{
+    AllocKind, SESSION_IS_RETURN_PLACEHOLDER, ThreadState, counter, entry_args, probe_hits,
+};
 
 use crate::{
     args::entry_arg,
@@ -34,6 +36,58 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
     let _ = try_alloc_enter(&ctx, Cookie::Known(AllocKind::Malloc as u64), false);
     0
+}
+
+/// malloc's entry where a moved probe finds the size in another register, one program per
+/// register, named and numbered as in tracer_common::entry_args::MALLOC_MOVED_PROGRAMS, by
+/// which tracer-user attaches them: each knows its cookie, as [`malloc_enter`] does, and
+/// does without reading it. mimalloc's `malloc` copies the size to `%rsi` before its first
+/// emulated instruction.
+macro_rules! malloc_entry_in {
+    ($($name:ident: $index:literal),* $(,)?) => {$(
+        #[uprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            const MOVED: (u8, &str) = entry_args::MALLOC_MOVED_PROGRAMS[$index];
+            const _: () = assert!(same_name(MOVED.1, stringify!($name)));
+            const COOKIE: u64 = entry_args::cookie(AllocKind::Malloc as u32, [MOVED.0, 0, 0, 0]);
+            let _ = try_alloc_enter(&ctx, Cookie::Known(COOKIE), false);
+            0
+        }
+    )*};
+}
+
+malloc_entry_in!(
+    malloc_in_rax: 0,
+    malloc_in_rbx: 1,
+    malloc_in_rcx: 2,
+    malloc_in_rdx: 3,
+    malloc_in_rsi: 4,
+    malloc_in_rbp: 5,
+    malloc_in_r8: 6,
+    malloc_in_r9: 7,
+    malloc_in_r10: 8,
+    malloc_in_r11: 9,
+    malloc_in_r12: 10,
+    malloc_in_r13: 11,
+    malloc_in_r14: 12,
+    malloc_in_r15: 13,
+);
+
+/// Whether two names are the same, at compile time: a program's name must be the one
+/// tracer-user attaches by.
+const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut n = 0;
+    while n < a.len() {
+        if a[n] != b[n] {
+            return false;
+        }
+        n += 1;
+    }
+    true
 }
 
 /// Where an entry program learns which function ran and where its arguments are.

@@ -8,7 +8,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use tracer_common::AllocKind;
+use tracer_common::{
+    AllocKind,
+    entry_args::{self, MALLOC_MOVED_PROGRAMS},
+};
 
 use crate::process::elf::{Hook, HookPoint};
 
@@ -65,8 +68,9 @@ pub enum Mechanism {
     Tracepoint,
 }
 
-/// The uprobe programs of the eBPF object, each loaded once per mechanism that needs it.
-pub const UPROBE_PROGRAMS: [&str; 7] = [
+/// The uprobe programs of the eBPF object, each loaded once per mechanism that needs it: these,
+/// and malloc's entries for a moved size ([`MALLOC_MOVED_PROGRAMS`]).
+const BASE_UPROBE_PROGRAMS: [&str; 7] = [
     "alloc_enter",
     "malloc_enter",
     "alloc_exit",
@@ -75,6 +79,34 @@ pub const UPROBE_PROGRAMS: [&str; 7] = [
     "map_call_enter",
     "map_call_exit",
 ];
+
+pub const UPROBE_PROGRAMS: [&str; BASE_UPROBE_PROGRAMS.len() + MALLOC_MOVED_PROGRAMS.len()] = {
+    let mut all = [""; BASE_UPROBE_PROGRAMS.len() + MALLOC_MOVED_PROGRAMS.len()];
+    let mut n = 0;
+    while n < BASE_UPROBE_PROGRAMS.len() {
+        all[n] = BASE_UPROBE_PROGRAMS[n];
+        n += 1;
+    }
+    let mut m = 0;
+    while m < MALLOC_MOVED_PROGRAMS.len() {
+        all[n + m] = MALLOC_MOVED_PROGRAMS[m].1;
+        m += 1;
+    }
+    all
+};
+
+/// malloc's entry and return programs where a moved probe finds the size in another
+/// register, in the order of [`MALLOC_MOVED_PROGRAMS`].
+const MALLOC_MOVED: [[(&str, Flavor); 2]; MALLOC_MOVED_PROGRAMS.len()] = {
+    let mut all =
+        [[("", Flavor::Entry), ("alloc_exit", Flavor::Return)]; MALLOC_MOVED_PROGRAMS.len()];
+    let mut n = 0;
+    while n < MALLOC_MOVED_PROGRAMS.len() {
+        all[n][0].0 = MALLOC_MOVED_PROGRAMS[n].1;
+        n += 1;
+    }
+    all
+};
 
 /// The session program that stands for an allocation hook's entry and return programs
 /// where the kernel has uprobe sessions and byte sampling makes them worth it.
@@ -90,7 +122,8 @@ const ALLOC_PROGRAMS: [(&str, Flavor); 2] = [
 /// ([`HookPoint::cookie`]) tells the shared programs which function of the family ran, and
 /// where a moved probe finds its arguments. Where the cookie says only what the program
 /// knows already (malloc's and free's arguments in their own registers), a program of their
-/// own does without reading it: the read is a helper call, about 20 ns a call here.
+/// own does without reading it: the read is a helper call, about 20 ns a call here. So does a
+/// malloc whose size a moved probe finds in another register: one program per register.
 fn programs(hook: Hook, cookie: u64) -> &'static [(&'static str, Flavor)] {
     let in_place = cookie >> 32 == 0;
     match hook {
@@ -98,6 +131,10 @@ fn programs(hook: Hook, cookie: u64) -> &'static [(&'static str, Flavor)] {
             ("malloc_enter", Flavor::Entry),
             ("alloc_exit", Flavor::Return),
         ],
+        Hook::Alloc(AllocKind::Malloc) => MALLOC_MOVED_PROGRAMS
+            .iter()
+            .position(|&(register, _)| register == entry_args::location(cookie, 0))
+            .map_or(&ALLOC_PROGRAMS, |n| &MALLOC_MOVED[n]),
         Hook::Alloc(_) => &ALLOC_PROGRAMS,
         Hook::Free if in_place => &[("free_enter", Flavor::Entry)],
         Hook::Free => &[("free_enter_moved", Flavor::Entry)],
@@ -460,7 +497,8 @@ mod tests {
     }
 
     /// A moved probe whose argument is in another register reads the cookie to find it: the
-    /// programs that know their cookie are attached only where it is the plain one.
+    /// programs that know their cookie are attached only where it is what they know (malloc's
+    /// size in a given register has a program per register).
     #[test]
     fn moved_arguments_go_to_the_programs_that_read_the_cookie() {
         let moved = |name: &str, hook| HookPoint {
@@ -474,12 +512,43 @@ mod tests {
         };
         let points = [
             moved("malloc", Hook::Alloc(AllocKind::Malloc)),
+            moved("calloc", Hook::Alloc(AllocKind::Calloc)),
             moved("free", Hook::Free),
         ];
         let table = uprobe_table(Path::new("/lib/libjemalloc.so.2"), &points, false);
         let programs: Vec<&str> = table.iter().map(|row| row.program).collect();
-        assert_eq!(programs, ["alloc_enter", "alloc_exit", "free_enter_moved"]);
+        assert_eq!(
+            programs,
+            [
+                "malloc_in_rax",
+                "alloc_exit",
+                "alloc_enter",
+                "alloc_exit",
+                "free_enter_moved"
+            ]
+        );
         assert!(table.iter().all(|row| row.cookie >> 32 != 0));
+    }
+
+    /// Each register a moved malloc size can be in has its program, which is loaded.
+    #[test]
+    fn a_moved_malloc_size_has_a_program_for_its_register() {
+        for &(register, name) in &MALLOC_MOVED_PROGRAMS {
+            let cookie = entry_args::cookie(AllocKind::Malloc as u32, [register, 0, 0, 0]);
+            assert_eq!(
+                programs(Hook::Alloc(AllocKind::Malloc), cookie),
+                [(name, Flavor::Entry), ("alloc_exit", Flavor::Return)]
+            );
+            assert!(UPROBE_PROGRAMS.contains(&name));
+        }
+        let registers: std::collections::HashSet<u8> = MALLOC_MOVED_PROGRAMS
+            .iter()
+            .map(|&(register, _)| register)
+            .collect();
+        // Every register but malloc's own, %rdi, which is no move.
+        assert_eq!(registers.len(), 14);
+        assert!(!registers.contains(&entry_args::RDI));
+        assert!(!registers.contains(&entry_args::IN_PLACE));
     }
 
     #[test]
