@@ -344,9 +344,7 @@ pub struct AllocInfo {
     /// Where the stack's totals are (an index of the kernel's `STACK_TOTALS`), which its
     /// free updates.
     pub totals_index: u32,
-    /// 1 while a realloc of the block is in flight, in the slot table only (tracer-ebpf's
-    /// `blocks::find`): a free of the block may then be that realloc's own.
-    pub reallocating: u32,
+    pub _pad: u32,
 }
 
 /// One slot of the kernel's table of live blocks (`BLOCK_SLOTS`), which stands in front of

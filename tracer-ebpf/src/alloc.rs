@@ -13,10 +13,10 @@ use tracer_common::{
 
 use crate::{
     args::entry_arg,
-    blocks, sampling,
+    sampling,
     stacks::walk_user_stack,
     state::{
-        count, hit, inside_allocator, probed_thread, record, release, release_tracked, tracked,
+        count, hit, inside_allocator, record, release, release_tracked, target_thread, tracked,
     },
     threads,
 };
@@ -201,7 +201,7 @@ pub fn free_enter_moved(ctx: ProbeContext) -> u32 {
 // bookkeeping on a kernel whose returns go through a mitigation thunk.
 #[inline(always)]
 fn try_alloc_enter(ctx: &ProbeContext, cookie: Cookie, may_skip: bool) -> Result<Return, i64> {
-    let Some(pid_tgid) = probed_thread() else {
+    let Some(pid_tgid) = target_thread() else {
         return Ok(Return::Skip);
     };
     hit(probe_hits::ALLOC);
@@ -270,26 +270,14 @@ fn try_alloc_enter(ctx: &ProbeContext, cookie: Cookie, may_skip: bool) -> Result
             return Ok(Return::Skip);
         }
         begin_call(state, &fresh());
-        reallocating(old_ptr);
         return Ok(Return::Run);
     }
     let (state, returned) = if skip {
         (passed_over(), Return::Skip)
     } else {
-        reallocating(old_ptr);
         (fresh(), Return::Run)
     };
     threads::insert(pid_tgid, &state).map(|()| returned)
-}
-
-/// Marks the block that an outermost realloc replaces (`old_ptr`; 0 for the other calls,
-/// and for a realloc of NULL): the realloc may free it from inside, which its return
-/// accounts for, so a free of it must look at the thread's state (see [`blocks::find`]).
-#[inline(always)]
-fn reallocating(old_ptr: u64) {
-    if old_ptr != 0 {
-        blocks::mark_reallocating(old_ptr, true);
-    }
 }
 
 // Inlined into each program: as a subprogram returning through a pointer, the compiler may
@@ -297,7 +285,7 @@ fn reallocating(old_ptr: u64) {
 // pointer to the caller").
 #[inline(always)]
 fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
-    let Some(pid_tgid) = probed_thread() else {
+    let Some(pid_tgid) = target_thread() else {
         return Ok(());
     };
     let Some(state) = threads::state(pid_tgid) else {
@@ -336,9 +324,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
                     // glibc's realloc(p, 0) frees p and returns NULL.
                     release_tracked(old_ptr);
                 } else {
-                    // A failed realloc leaves the old block untouched, and no longer in
-                    // a realloc.
-                    blocks::mark_reallocating(old_ptr, false);
+                    // A failed realloc leaves the old block untouched.
                     count(counter::FAILED_CALLS, 1);
                 }
                 0
@@ -374,11 +360,9 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), i64> {
 
 #[inline(always)]
 fn try_free_enter(ctx: &ProbeContext, cookie: Cookie) -> Result<(), i64> {
-    // No thread id unless a tracked block's free may be realloc's own (blocks::find): the
-    // helper call and the thread's lookup were two thirds of this program's own time.
-    if crate::lifecycle::ended() {
+    let Some(pid_tgid) = target_thread() else {
         return Ok(());
-    }
+    };
     hit(probe_hits::FREE);
     let cookie = cookie.read(ctx);
     let addr = entry_arg(ctx, cookie, 0);
@@ -387,16 +371,16 @@ fn try_free_enter(ctx: &ProbeContext, cookie: Cookie) -> Result<(), i64> {
         return Ok(());
     }
     // Most frees under byte sampling are of blocks passed over: the allocation map answers
-    // first, and only a block that a realloc may be freeing needs the thread's state.
-    let Some(found) = tracked(addr) else {
+    // first, and only a tracked block needs the thread's state.
+    let Some(info) = tracked(addr) else {
         count(counter::FREE_UNKNOWN, 1);
         return Ok(());
     };
     // A free inside realloc is accounted when realloc returns.
-    if found.maybe_inside_call && probed_thread().is_some_and(inside_allocator) {
+    if inside_allocator(pid_tgid) {
         return Ok(());
     }
-    if release(addr, &found.info) {
+    if release(addr, &info) {
         count(counter::FREES, 1);
     }
     Ok(())

@@ -80,34 +80,16 @@ pub fn insert(addr: u64, info: &AllocInfo) -> Result<(), i32> {
     Ok(())
 }
 
-/// A live block, and whether a free of it may come from inside an allocation call, which the
-/// caller then asks the thread's state about.
-pub struct Found {
-    pub info: AllocInfo,
-    pub maybe_inside_call: bool,
-}
-
 /// The live block at `addr`, if it is tracked.
-///
-/// The one allocation call that frees a block the program holds is realloc (and
-/// reallocarray), whose return accounts for it, and its entry marks the block's slot
-/// ([`mark_reallocating`]). A block in its slot without the mark is freed by the program
-/// itself, so its free needs no thread state, and no thread id: a helper call and a lookup,
-/// about a third of free's program. A block in the map carries no mark, and is always asked
-/// about.
 #[inline(always)]
-pub fn find(addr: u64) -> Option<Found> {
+pub fn find(addr: u64) -> Option<AllocInfo> {
     let slot = slot_of(addr);
     if let Some(slot) = slot {
         // SAFETY: the pointer is to a live array element. A block's slot cannot change hands
         // while the block is live, and the block is live until its own free removes it.
         unsafe {
             if core::ptr::read_volatile(&raw const (*slot).addr) == addr {
-                let info = (*slot).info;
-                return Some(Found {
-                    maybe_inside_call: info.reallocating != 0,
-                    info,
-                });
+                return Some((*slot).info);
             }
             if (*slot).spilled == 0 {
                 return None;
@@ -115,26 +97,7 @@ pub fn find(addr: u64) -> Option<Found> {
         }
     }
     // SAFETY: the value is copied out at once.
-    unsafe { ALLOCS.get(&addr) }.map(|info| Found {
-        info: *info,
-        maybe_inside_call: true,
-    })
-}
-
-/// Marks the block at `addr`, if it is in its slot, as being reallocated, or no longer. Only
-/// the thread that holds the block and passes it to realloc writes the mark; the block's own
-/// insert clears it.
-#[inline(always)]
-pub fn mark_reallocating(addr: u64, reallocating: bool) {
-    let Some(slot) = slot_of(addr) else {
-        return;
-    };
-    // SAFETY: the pointer is to a live array element; the block, live, keeps its slot.
-    unsafe {
-        if core::ptr::read_volatile(&raw const (*slot).addr) == addr {
-            core::ptr::write_volatile(&raw mut (*slot).info.reallocating, u32::from(reallocating));
-        }
-    }
+    unsafe { ALLOCS.get(&addr) }.copied()
 }
 
 /// Removes the block at `addr`. Returns whether this call removed it: only one caller's does,

@@ -57,20 +57,6 @@ pub fn target_thread() -> Option<u64> {
     target_process().filter(|_| !crate::lifecycle::ended())
 }
 
-/// The calling thread's `pid_tgid`, for the malloc family's uprobe programs, or `None` once the
-/// target exec'd. The kernel runs a uprobe program only in the process it was attached for
-/// (in the target's memory for a perf-event uprobe, in its thread group for a multi-uprobe
-/// link), so no process check is made again: in a debug pod's PID namespace that check is a
-/// helper call of its own, in each of the three programs of a malloc+free pair.
-#[inline(always)]
-pub fn probed_thread() -> Option<u64> {
-    if crate::lifecycle::ended() {
-        return None;
-    }
-    // SAFETY: a plain helper call with no arguments.
-    Some(bpf_get_current_pid_tgid())
-}
-
 /// The calling thread's `pid_tgid` when it belongs to the target process, whatever program
 /// it runs.
 #[inline(always)]
@@ -179,7 +165,7 @@ pub fn record(stack: StackRef, addr: u64, size: u64, probability: u64) {
         weight_bytes,
         weight_count,
         totals_index: stack.totals,
-        reallocating: 0,
+        _pad: 0,
     };
     // Inserted first and looked up only when that fails: the common case costs one call.
     let mut inserted = blocks::insert(addr, &info);
@@ -209,14 +195,14 @@ const E2BIG: i32 = -7;
 
 /// The live block at `addr`, if it is tracked.
 #[inline(always)]
-pub fn tracked(addr: u64) -> Option<blocks::Found> {
+pub fn tracked(addr: u64) -> Option<AllocInfo> {
     blocks::find(addr)
 }
 
 /// Releases a block by address. Returns whether it was tracked.
 #[inline(always)]
 pub fn release_tracked(addr: u64) -> bool {
-    tracked(addr).is_some_and(|found| release(addr, &found.info))
+    tracked(addr).is_some_and(|info| release(addr, &info))
 }
 
 /// Releases the block `info` found at `addr`. Returns whether this call removed it.
