@@ -625,7 +625,9 @@ pub mod lifecycle {
     pub const ENDED_AT: u32 = 1;
     /// The target's TGID in the root PID namespace, which the OOM killer's tracepoint names
     /// its victim by, or 0 while unknown: user space writes it when it runs in the root PID
-    /// namespace; otherwise the OOM program learns it when the target itself hits the limit.
+    /// namespace; otherwise the first program to run in the target learns it, and the
+    /// programs then check the calling task against it (tracer-ebpf's
+    /// `state::target_process`).
     pub const TARGET_ROOT_TGID: u32 = 2;
     /// When the OOM killer chose the target (`bpf_ktime_get_ns`), or 0.
     pub const OOM_KILLED_AT: u32 = 3;

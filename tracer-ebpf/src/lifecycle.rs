@@ -90,15 +90,12 @@ fn try_oom_notice(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: a read inside the tracepoint's record, at an offset from its format file.
     let victim = unsafe { ctx.read_at::<i32>(OOM_PID_AT.load() as usize) }.ok()? as u32;
     let known = LIFECYCLE.get_ptr_mut(lifecycle::TARGET_ROOT_TGID)?;
-    // The program runs in the task that ran out of memory, most often the target itself: then
-    // its root-namespace TGID is learnt here, where leakhound runs in a PID namespace of its
-    // own and could not tell it.
-    if let Some(pid_tgid) = target_process() {
-        // SAFETY: a live array value; the OOM killer runs one kill at a time (oom_lock).
-        unsafe { *known = pid_tgid >> 32 };
-    }
-    // SAFETY: as above.
-    let target = unsafe { *known };
+    // The program runs in the task that ran out of memory, most often the target itself: the
+    // check learns its root-namespace TGID then, if no program has yet, where leakhound runs
+    // in a PID namespace of its own and could not tell it.
+    let _ = target_process();
+    // SAFETY: a live array value.
+    let target = unsafe { core::ptr::read_volatile(known) };
     if target == 0 || u64::from(victim) != target {
         return Some(());
     }

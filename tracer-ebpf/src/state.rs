@@ -12,9 +12,11 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, MapArgs, counter, probe_hits};
+use tracer_common::{AllocInfo, MapArgs, counter, lifecycle, probe_hits};
 
-use crate::{blocks, diag::diag, sampling, threads, totals, totals::StackRef};
+use crate::{
+    blocks, diag::diag, lifecycle::LIFECYCLE, sampling, threads, totals, totals::StackRef,
+};
 
 /// The traced process, as leakhound's own PID namespace sees it. uprobes are already scoped to
 /// its memory, but syscall tracepoints fire for every process.
@@ -58,32 +60,48 @@ pub fn target_thread() -> Option<u64> {
 }
 
 /// The calling thread's `pid_tgid` when it belongs to the target process, whatever program
-/// it runs.
+/// it runs. Every program checks, the uprobes too: the probe-cost calibration places them on
+/// leakhound's own functions (tracer-user's `kernel::probe_cost`), where they must do nothing.
 #[inline(always)]
 pub fn target_process() -> Option<u64> {
     // Root-namespace ids: unique, so they also key per-thread state.
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = pid_tgid >> 32;
     let ino = PIDNS_INO.load();
-    let tgid = if ino == 0 {
-        (pid_tgid >> 32) as u32
-    } else {
-        let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
-        // SAFETY: `ids` is a valid, writable bpf_pidns_info of the size passed.
-        let rc = unsafe {
-            bpf_get_ns_current_pid_tgid(
-                PIDNS_DEV.load(),
-                ino,
-                &raw mut ids,
-                size_of::<bpf_pidns_info>() as u32,
-            )
-        };
-        if rc != 0 {
-            // The task is not visible in leakhound's namespace, so it is not the target.
-            return None;
+    if ino == 0 {
+        return (tgid == u64::from(TARGET_TGID.load())).then_some(pid_tgid);
+    }
+    // In a PID namespace of leakhound's own (a debug pod) the target's TGID as the kernel
+    // reports it is not the one the user gave, and asking the kernel is a helper call that
+    // each program of a malloc+free pair would make, about 120 ns each here: the first
+    // program to run in the target learns its root-namespace TGID instead.
+    let known = LIFECYCLE.get_ptr_mut(lifecycle::TARGET_ROOT_TGID);
+    if let Some(known) = known {
+        // SAFETY: a live array value; written once, with the same value by any writer.
+        let root_tgid = unsafe { core::ptr::read_volatile(known) };
+        if root_tgid != 0 {
+            return (tgid == root_tgid).then_some(pid_tgid);
         }
-        ids.tgid
+    }
+    let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `ids` is a valid, writable bpf_pidns_info of the size passed.
+    let rc = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            PIDNS_DEV.load(),
+            ino,
+            &raw mut ids,
+            size_of::<bpf_pidns_info>() as u32,
+        )
     };
-    (tgid == TARGET_TGID.load()).then_some(pid_tgid)
+    // A task not visible in leakhound's namespace is not the target.
+    if rc != 0 || ids.tgid != TARGET_TGID.load() {
+        return None;
+    }
+    if let Some(known) = known {
+        // SAFETY: as above. The kernel said this task is the target's, so its root TGID is.
+        unsafe { core::ptr::write_volatile(known, tgid) };
+    }
+    Some(pid_tgid)
 }
 
 #[inline(always)]
