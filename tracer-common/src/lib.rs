@@ -225,6 +225,10 @@ pub const STACK_COPY_BYTES: usize = 8192;
 /// Sent when a kernel walk met a return address with no rule: the walk's state at that frame
 /// (`ip` is the return address, `sp` and `bp` the registers there) and the stack above it.
 /// The frames below are those of the partial stack stored under `partial_key`.
+///
+/// A record in the ring holds the fields up to [`UnwindMiss::STACK_AT`] and then only the
+/// `copied` bytes of `stack`: near the top of a stack far less than the whole copy is taken,
+/// and a burst of requests from new call sites then fits twice as many in the ring.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct UnwindMiss {
@@ -237,13 +241,18 @@ pub struct UnwindMiss {
     pub bp: u64,
     /// How many bytes of `stack` are valid, from `sp` up.
     pub copied: u64,
-    pub stack: [u8; STACK_COPY_BYTES],
     /// How many entries of `identified` are filled.
     pub identified_count: u64,
     /// JavaScript frames above the miss, read at the allocation: (frame pointer, identity
     /// word or 0) along the frame-pointer chain from `bp`. V8 moves functions, so user space,
     /// which walks the copy later, takes a frame's function from here, not from the process.
     pub identified: [[u64; 2]; MISS_IDENTIFIED_FRAMES],
+    pub stack: [u8; STACK_COPY_BYTES],
+}
+
+impl UnwindMiss {
+    /// Where `stack` starts: the bytes of a record before its stack copy.
+    pub const STACK_AT: usize = core::mem::offset_of!(UnwindMiss, stack);
 }
 
 /// Frames of the frame-pointer chain above a miss whose JavaScript function the kernel reads.
@@ -989,6 +998,7 @@ mod tests {
             core::mem::size_of::<UnwindMiss>(),
             56 + STACK_COPY_BYTES + 16 * MISS_IDENTIFIED_FRAMES
         );
+        assert_eq!(UnwindMiss::STACK_AT, 56 + 16 * MISS_IDENTIFIED_FRAMES);
     }
 }
 

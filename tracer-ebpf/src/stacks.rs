@@ -105,11 +105,18 @@ pub static RUNTIME_LAYOUT: Array<RuntimeLayout> = Array::with_max_entries(1, 0);
 pub static NEW_IDENTIFIED: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 
 /// Walks that met a return address with no rule: user space unwinds their stack copies.
-// Room for about four thousand stack copies: a burst of allocations from new call sites can come
-// faster than user space answers the first of them. 16 MiB lost requests in a burst of 1,200
-// new call sites (tests/tests/unwind.rs) on a loaded 2-core machine; 32 MiB did not.
+// Room for about four thousand full stack copies, and twice as many of the shorter ones taken
+// near a stack's top: a burst of allocations from new call sites can come faster than user
+// space answers the first of them. 16 MiB lost requests in a burst of 1,200 new call sites
+// (tests/tests/unwind.rs) on a loaded 2-core machine; 32 MiB of full-size records lost a few
+// hundred in one run of 13.
 #[map]
 pub static UNWIND_MISSES: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
+
+/// Where a request is written before it goes into the ring with only the bytes it copied
+/// (a reserved record would have the full size whatever the copy).
+#[map]
+static MISS_SCRATCH: PerCpuArray<UnwindMiss> = PerCpuArray::with_max_entries(1, 0);
 
 /// Walks the user stack from the registers of a uprobe or uretprobe and returns it, stored.
 /// `tag` names what the stack is for (an allocation's address), so that user space can repair
@@ -470,14 +477,13 @@ fn identify(walk: &mut CfiWalk, rule: &UnwindRule, index: u64) {
 /// Asks user space for the rule at `pc`, the frame where a walk stopped (with its `sp` and
 /// `bp`), sending a copy of the stack from there.
 fn send_miss(pc: u64, sp: u64, bp: u64, partial_key: u64, tag: u64) {
-    let Some(mut entry) = UNWIND_MISSES.reserve::<UnwindMiss>(0) else {
+    let Some(miss) = MISS_SCRATCH.get_ptr_mut(0) else {
         count(counter::UNWIND_MISS_LOST, 1);
         return;
     };
-    let miss = entry.as_mut_ptr();
-    // SAFETY: `miss` points to a reserved ring buffer record of the right size; the stack copy
-    // is written by the helper into the record's own array.
-    unsafe {
+    // SAFETY: `miss` is this CPU's scratch value, of the right size; the stack copy is written
+    // by the helper into its own array.
+    let copied = unsafe {
         (*miss).tag = tag;
         (*miss).partial_key = partial_key;
         (*miss).ip = pc;
@@ -503,7 +509,8 @@ fn send_miss(pc: u64, sp: u64, bp: u64, partial_key: u64, tag: u64) {
         }
         (*miss).copied = copied;
         (*miss).identified_count = 0;
-    }
+        copied
+    };
     // JavaScript frames above the miss, read now: user space walks the copy later, when V8
     // may have moved the functions the frames point to.
     if let Some(layout) = RUNTIME_LAYOUT.get_ptr(0) {
@@ -522,7 +529,12 @@ fn send_miss(pc: u64, sp: u64, bp: u64, partial_key: u64, tag: u64) {
             );
         }
     }
-    entry.submit(0);
+    let size = (UnwindMiss::STACK_AT as u64 + copied).min(size_of::<UnwindMiss>() as u64);
+    // SAFETY: `miss` is the scratch value and `size` is at most its size.
+    let record = unsafe { core::slice::from_raw_parts(miss.cast::<u8>(), size as usize) };
+    if UNWIND_MISSES.output::<[u8]>(record, 0).is_err() {
+        count(counter::UNWIND_MISS_LOST, 1);
+    }
 }
 
 /// The state of the frame-pointer walk that reads JavaScript frames above a miss.

@@ -8,7 +8,10 @@
 //! address) is remembered, so that the report counts its bytes under the whole stack rather
 //! than the partial one: totals are conserved, nothing is dropped.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    sync::Mutex,
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -37,6 +40,12 @@ pub struct MissHandler {
     repairs: RepairLedger,
     /// Return addresses whose rule the kernel already has: a miss's walk reuses many.
     in_kernel: HashSet<u64>,
+    /// Partial stacks already read from the kernel's stack map, by key: a burst from one call
+    /// site sends many misses with the same partial stack, and a map read is a system call.
+    /// A key's frames never change (the key is their hash) and the map never drops a stack.
+    partials: HashMap<u64, Vec<u64>>,
+    /// Whole stacks already stored in the kernel's stack map, by key, for the same reason.
+    stored: HashSet<u64>,
     /// Return addresses in no mapping even after the mappings were read again (garbage in a
     /// stack, code unmapped since): they do not make every later miss reread the mappings,
     /// which takes milliseconds while requests pile up.
@@ -69,6 +78,8 @@ impl MissHandler {
             rules: CfiRules::default(),
             repairs: RepairLedger::default(),
             in_kernel: HashSet::new(),
+            partials: HashMap::new(),
+            stored: HashSet::new(),
             unmapped: HashSet::new(),
             jit_checked: None,
             rule_generation: 0,
@@ -154,11 +165,10 @@ impl MissHandler {
                 let Some(item) = self.ring.get_mut().next() else {
                     break;
                 };
-                if item.len() < size_of::<UnwindMiss>() {
+                let Some(miss) = read_miss(&item) else {
                     continue;
-                }
-                // SAFETY: the record holds one UnwindMiss, a plain-old-data type; read unaligned.
-                Box::new(unsafe { item.as_ptr().cast::<UnwindMiss>().read_unaligned() })
+                };
+                miss
             };
             count += 1;
             if let Err(err) = self.answer(&miss, maps, modules, target) {
@@ -268,7 +278,7 @@ impl MissHandler {
 
         // The walk stopped at `miss.ip`, the last frame of the partial stack; the frames
         // below it are the partial stack's.
-        let Ok(partial) = maps.stacks.get(&miss.partial_key, 0) else {
+        let Some(partial) = self.partial(maps, miss.partial_key) else {
             log::debug!(
                 "miss at {:#x}: partial stack {:#x} unreadable",
                 miss.ip,
@@ -276,8 +286,7 @@ impl MissHandler {
             );
             return Ok(());
         };
-        let below = &partial.ips[..(partial.len as usize).min(MAX_STACK_DEPTH)];
-        let Some((&last, below)) = below.split_last() else {
+        let Some((&last, below)) = partial.split_last() else {
             return Ok(());
         };
         if last != miss.ip {
@@ -289,18 +298,21 @@ impl MissHandler {
         }
         let (ips, truncation) = join(below, &walked.ips, walked.truncation);
         let whole = stack_key(&ips);
-        let mut frames = StackFrames {
-            len: ips.len() as u32,
-            truncated: truncation.into(),
-            ips: [0; MAX_STACK_DEPTH],
-        };
-        frames.ips[..ips.len()].copy_from_slice(&ips);
-        maps.stacks
-            .insert(whole, frames, 0)
-            .map_err(|source| TracerError::Map {
-                map: "STACKS",
-                source: Box::new(source),
-            })?;
+        if !self.stored.contains(&whole) {
+            let mut frames = StackFrames {
+                len: ips.len() as u32,
+                truncated: truncation.into(),
+                ips: [0; MAX_STACK_DEPTH],
+            };
+            frames.ips[..ips.len()].copy_from_slice(&ips);
+            maps.stacks
+                .insert(whole, frames, 0)
+                .map_err(|source| TracerError::Map {
+                    map: "STACKS",
+                    source: Box::new(source),
+                })?;
+            self.stored.insert(whole);
+        }
         if miss.tag != 0 && whole != miss.partial_key {
             self.repairs.record(
                 miss.tag,
@@ -313,10 +325,46 @@ impl MissHandler {
         Ok(())
     }
 
+    /// The frames of the partial stack stored under `key`, from the cache or the kernel.
+    fn partial(&mut self, maps: &KernelMaps, key: u64) -> Option<&[u64]> {
+        let frames = match self.partials.entry(key) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let frames = maps.stacks.get(&key, 0).ok()?;
+                let len = (frames.len as usize).min(MAX_STACK_DEPTH);
+                slot.insert(frames.ips[..len].to_vec())
+            }
+        };
+        Some(frames)
+    }
+
     /// The repairs made so far, for the report.
     pub fn ledger(&self) -> &RepairLedger {
         &self.repairs
     }
+}
+
+/// A request as the kernel sent it: the fields before the stack copy, then the bytes it
+/// copied. `None` for a record too short to hold them.
+fn read_miss(record: &[u8]) -> Option<Box<UnwindMiss>> {
+    if record.len() < UnwindMiss::STACK_AT || record.len() > size_of::<UnwindMiss>() {
+        return None;
+    }
+    // SAFETY: UnwindMiss is plain old data, for which all zeroes is a value.
+    let mut miss: Box<UnwindMiss> = unsafe { Box::new_zeroed().assume_init() };
+    // SAFETY: the record fits in the value (checked above), and any bytes are a value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            record.as_ptr(),
+            std::ptr::from_mut(miss.as_mut()).cast::<u8>(),
+            record.len(),
+        );
+    }
+    // The copy's bytes are those that came; `copied` cannot claim more.
+    miss.copied = miss
+        .copied
+        .min((record.len() - UnwindMiss::STACK_AT) as u64);
+    Some(miss)
 }
 
 /// The identity word the kernel read, at the allocation, for the JavaScript frame whose frame
