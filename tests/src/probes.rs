@@ -33,6 +33,7 @@ pub const PROGRAMS: &[&str] = &[
     "mprotect_enter",
     "mapping_exit",
     "map_call_enter",
+    "map_syscall_done",
     "map_call_exit",
     "exec_notice",
     "thread_exit",

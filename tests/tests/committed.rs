@@ -2,33 +2,64 @@
 //! and glibc its thread stacks: counted under the stack that opened it, once, and released
 //! by closing it again, by munmap, or by a fresh mapping over it.
 
-use tests::report::{parse_folded, within_tolerance};
+use tests::report::{Truth, parse_folded, within_tolerance};
+use tests::runtimes::bytes_through;
 use tests::targets;
 use tests::{assert_matches_truth, serial, trace_attached, trace_launched};
 
+/// The target's commit made with a raw `syscall` instruction, not through libc's wrapper.
+const RAW_COMMIT: &str = "commit_raw";
+
+/// Without the syscall tracepoints, libc's wrappers are seen after their system call and a
+/// raw `syscall` in a program that has libc is not seen at all (`--syscall-tracepoints` sees
+/// it): every other path must match its truth, and the raw commit must count nothing rather
+/// than land elsewhere.
+fn assert_matches_truth_but_raw(truth: &Truth, folded: &str) {
+    let mut wrapped = truth.clone();
+    assert!(wrapped.remove(RAW_COMMIT).is_some_and(|bytes| bytes > 0));
+    assert_matches_truth(&wrapped, folded);
+    let lines = parse_folded(folded).unwrap_or_else(|e| panic!("{e}\n{folded}"));
+    assert_eq!(bytes_through(&lines, RAW_COMMIT), 0, "{folded}");
+}
+
 /// Attached after the target reserved 64 MiB: the reservation is learnt from
-/// `/proc/PID/maps`, the others from the mapping events.
+/// `/proc/PID/maps`, the others from the probes after libc's mapping syscalls.
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn commits_match_truth_attached() {
     let _serial = serial();
     let (truth, folded) =
         trace_attached("commits_match_truth_attached", &targets::committed(), &[]);
+    assert_matches_truth_but_raw(&truth, &folded);
+}
+
+/// Launched with the syscall tracepoints: every reservation, the early one included, is seen
+/// as it is made, and so is the raw syscall's commit.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn commits_match_truth_launched_at_the_syscall_tracepoints() {
+    let _serial = serial();
+    let (truth, folded) = trace_launched(
+        "commits_match_truth_launched_at_the_syscall_tracepoints",
+        None,
+        &targets::committed(),
+        &["--syscall-tracepoints"],
+    );
     assert_matches_truth(&truth, &folded);
 }
 
-/// Launched: every reservation, the early one included, is seen as it is made.
+/// Attached, frame-pointer walks: at the probe after `mprotect`'s system call the walk starts
+/// from the return address on top of the stack, as the wrapper keeps no frame.
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
-fn commits_match_truth_launched() {
+fn commits_match_truth_with_frame_pointer_walks() {
     let _serial = serial();
-    let (truth, folded) = trace_launched(
-        "commits_match_truth_launched",
-        None,
+    let (truth, folded) = trace_attached(
+        "commits_match_truth_with_frame_pointer_walks",
         &targets::committed(),
-        &[],
+        &["--unwind", "fp"],
     );
-    assert_matches_truth(&truth, &folded);
+    assert_matches_truth_but_raw(&truth, &folded);
 }
 
 /// With unwind answers as late as a loaded machine gives them, every commit from a new call
@@ -46,7 +77,7 @@ fn commits_match_truth_when_unwind_answers_are_late() {
         &targets::committed(),
         &[],
     );
-    assert_matches_truth(&truth, &folded);
+    assert_matches_truth_but_raw(&truth, &folded);
 }
 
 /// glibc opens each thread stack with mprotect: the committed bytes are the stack sizes the

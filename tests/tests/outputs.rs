@@ -264,9 +264,19 @@ fn stats_json_lists_every_probe_phase_and_counter() {
             .iter()
             .filter(|row| row["mechanism"] == "tracepoint")
             .count(),
-        // Entry and exit of mmap, munmap, mremap and mprotect; the exec; a thread's exit; the
-        // OOM killer's choice of victim.
-        11
+        // The exec; a thread's exit; the OOM killer's choice of victim. No syscall
+        // tracepoint: libc's mapping wrappers are probed after their system call.
+        3
+    );
+    let after_syscall: Vec<&str> = placed
+        .iter()
+        .filter(|row| row["program"] == "map_syscall_done")
+        .filter_map(|row| row["what"].as_str())
+        .collect();
+    assert_eq!(
+        after_syscall,
+        ["munmap", "mprotect", "mremap"],
+        "{placed:?}"
     );
 
     let phases: Vec<&str> = stats["phases"]

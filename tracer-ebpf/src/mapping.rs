@@ -2,13 +2,20 @@
 //!
 //! Calls through libc's `mmap` are seen by a uprobe and a uretprobe on the wrapper, so that
 //! the stack is taken at the return, where its first frame is the caller (the wrapper keeps no
-//! frame pointer, so a frame-pointer walk inside it loses the caller). Raw syscalls, as the Go
-//! runtime makes them, are seen at the syscall tracepoints, which stand aside while a wrapper
-//! call is in flight on the thread. `munmap` and `mremap` need no stack, and `mprotect`'s is
-//! walked with CFI rules from the syscall's own registers, so their wrappers have no uprobe
-//! (each one's first instruction is single-stepped): the tracepoints see them. Only under
-//! `--unwind fp` does libc's `mprotect` keep its uprobe, for its caller's frame. Calls made inside a probed allocation function are the allocator's
-//! own chunks and are skipped: the allocations in them already count.
+//! frame pointer, so a frame-pointer walk inside it loses the caller). `munmap`, `mremap` and
+//! `mprotect` are seen by one uprobe each just after their `syscall`, at the branch on its
+//! result, which the kernel emulates: the arguments are still in the syscall's registers and
+//! the result is in `%rax` (`map_syscall_done`).
+//!
+//! Raw syscalls, as the Go runtime makes them, are seen at the syscall tracepoints, attached
+//! only for such targets (or on request): while any syscall tracepoint is attached, every
+//! system call on the machine takes the kernel's traced path, the `uretprobe` call that ends
+//! each return probe included. There, the tracepoints stand aside while a wrapper call is in
+//! flight on the thread, and they see `munmap`, `mremap` and `mprotect` themselves (the
+//! probes after the syscall are not placed); `mprotect`'s stack is walked with CFI rules from
+//! the syscall's own registers, and only under `--unwind fp` does libc's `mprotect` keep an
+//! entry uprobe, for its caller's frame. Calls made inside a probed allocation function are
+//! the allocator's own chunks and are skipped: the allocations in them already count.
 //!
 //! Tracepoint field offsets are those of `/sys/kernel/tracing/events/syscalls/sys_*/format`:
 //! eight bytes of common fields, the syscall number, then one 8-byte slot per argument from 16.
@@ -30,7 +37,7 @@ use tracer_common::{
 
 use crate::{
     args::entry_arg,
-    stacks::{kernel_user_stack, syscall_user_stack, walk_user_stack},
+    stacks::{kernel_user_stack, syscall_user_stack, walk_user_stack, wrapper_stack},
     state::{
         MAP_ARGS, MAP_EVENTS, count, inside_allocator, inside_passed_over_call, target_thread,
     },
@@ -51,6 +58,14 @@ pub fn map_call_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn map_call_exit(ctx: RetProbeContext) -> u32 {
     let _ = try_call_exit(&ctx);
+    0
+}
+
+/// After a wrapper's `syscall`, at the branch on its result (user space's `syscall_return`
+/// module): the arguments are still in the syscall's registers and the result is in `%rax`.
+#[uprobe]
+pub fn map_syscall_done(ctx: ProbeContext) -> u32 {
+    let _ = try_syscall_done(&ctx);
     0
 }
 
@@ -176,6 +191,39 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
         |tag| walk_user_stack(ctx.regs, tag).key,
         args,
         (!failed).then_some(ret as u64),
+    );
+    Ok(())
+}
+
+fn try_syscall_done(ctx: &ProbeContext) -> Result<(), i64> {
+    let Some(pid_tgid) = target_thread() else {
+        return Ok(());
+    };
+    if inside_allocator(pid_tgid) {
+        return Ok(());
+    }
+    // SAFETY: `ctx` is the kprobe-type context that the helper expects.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Ok(kind) = MapEventKind::try_from(cookie as u32) else {
+        return Ok(());
+    };
+    // SAFETY: kprobe-type programs may read their pt_regs context directly.
+    let regs = unsafe { &*ctx.regs };
+    if inside_passed_over_call(pid_tgid, regs.rsp) {
+        return Ok(());
+    }
+    // The syscall convention: the fourth argument is in %r10, not %rcx.
+    let raw = [regs.rdi, regs.rsi, regs.rdx, regs.r10];
+    let Some(args) = args_of(kind, raw, 1) else {
+        return Ok(());
+    };
+    // The kernel returns -errno, from -4095 to -1.
+    let ret = regs.rax;
+    let failed = ret >= (-4095i64) as u64;
+    emit(
+        |tag| wrapper_stack(ctx.regs, tag).key,
+        args,
+        (!failed).then_some(ret),
     );
     Ok(())
 }

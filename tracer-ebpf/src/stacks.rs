@@ -128,6 +128,27 @@ pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> StackRef {
     walk_from(regs.rip, regs.rsp, regs.rbp, tag)
 }
 
+/// The stack at a probe just after a frameless wrapper's `syscall` (glibc's `mprotect`), whose
+/// return address is on top of the stack. With CFI rules the walk steps through the wrapper;
+/// a frame-pointer walk starts at its caller, as a return probe's would, since the wrapper
+/// keeps no frame and the chain from `%rbp` would skip the caller.
+#[inline(always)]
+pub fn wrapper_stack(regs: *const pt_regs, tag: u64) -> StackRef {
+    // SAFETY: the registers are the program's own context.
+    let regs = unsafe { &*regs };
+    if UNWIND_DWARF.load() != 0 {
+        return walk_from(regs.rip, regs.rsp, regs.rbp, tag);
+    }
+    // SAFETY: bpf_probe_read_user validates the user address.
+    match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
+        Ok(ret) => walk_from(ret, regs.rsp + 8, regs.rbp, tag),
+        Err(_) => {
+            count(counter::STACK_FAILED, 1);
+            StackRef::LOST
+        }
+    }
+}
+
 /// The stack of a system call that the task is in, from the user registers it saved on
 /// entry, for a syscall tracepoint: with CFI rules the walk starts at the instruction after
 /// `syscall` and steps through the wrapper that made it (glibc's `mprotect` keeps no frame, so

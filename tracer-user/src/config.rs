@@ -45,6 +45,9 @@ pub struct RecordConfig {
     pub push: Option<crate::push::PushConfig>,
     /// Take a JVM's class histogram at the first and the last sample (`--jvm-heap-histogram`).
     pub jvm_heap_histogram: bool,
+    /// See mapping syscalls at the syscall tracepoints even where libc's wrappers are
+    /// probed (`--syscall-tracepoints`).
+    pub syscall_tracepoints: bool,
 }
 
 /// `leakhound report`: render saved recordings again.

@@ -39,8 +39,8 @@ use crate::{
     mapping_tracker::MappingTracker,
     model::{Origin, ProcessMemory, Recording},
     oom_kill::{self, OOM_KILL},
-    process::TargetProcess,
     process::cgroup_memory::CgroupMemory,
+    process::{TargetProcess, allocators},
     push::Continuous,
     reservations,
     rss::RssSampler,
@@ -339,10 +339,15 @@ impl Session {
         preflight()?;
         let attach_started = Instant::now();
         let mut prepared = target::prepare(&config.target, &config.alloc_libs)?;
+        let syscall_tracepoints = config.syscall_tracepoints
+            || prepared.raw_syscalls
+            || !allocators::wrappers_seen_after_syscalls(&prepared.objects);
         for object in &mut prepared.objects {
-            object
-                .points
-                .retain(|point| point.hook.probed(config.unwind.uses_cfi()));
+            object.points.retain(|point| {
+                point
+                    .hook
+                    .probed(config.unwind.uses_cfi(), syscall_tracepoints)
+            });
         }
         let pid = prepared.process.pid;
         let attached = (|| {
@@ -363,7 +368,7 @@ impl Session {
             for object in &prepared.objects {
                 probes.attach_allocator(&object.kernel_path(), &object.points)?;
             }
-            probes.attach_tracepoints()?;
+            probes.attach_tracepoints(syscall_tracepoints)?;
             Ok((probes, costs))
         })();
         let (mut probes, costs) = match attached {

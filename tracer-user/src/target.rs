@@ -25,6 +25,10 @@ pub struct PreparedTarget {
     pub objects: Vec<HookedObject>,
     /// Set when leakhound launched the target: it is waiting to run.
     pub child: Option<launch::GatedChild>,
+    /// Whether the program maps memory with system calls of its own rather than through
+    /// libc's wrappers: a Go runtime, a static executable, or a program whose executable
+    /// could not be read. Its mapping calls are then seen at the syscall tracepoints.
+    pub raw_syscalls: bool,
     pub command: String,
 }
 
@@ -118,6 +122,7 @@ fn attach(pid: u32, alloc_libs: &[AllocLib]) -> Result<PreparedTarget, TracerErr
         objects,
         child: None,
         command,
+        raw_syscalls: makes_raw_syscalls(exe.as_deref()),
     })
 }
 
@@ -252,7 +257,14 @@ fn spawn(
         objects,
         child: Some(child),
         command,
+        raw_syscalls: makes_raw_syscalls(Some(&loaded.program_data)),
     })
+}
+
+/// Whether a program's executable makes mapping syscalls without libc: see
+/// [`PreparedTarget::raw_syscalls`].
+fn makes_raw_syscalls(exe: Option<&[u8]>) -> bool {
+    exe.is_none_or(|data| elf::is_go(data) || !elf::is_dynamic(data).unwrap_or(false))
 }
 
 /// A process with no allocator to hook is traced only if it is a Go program, whose runtime

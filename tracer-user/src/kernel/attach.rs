@@ -70,7 +70,7 @@ pub enum Mechanism {
 
 /// The uprobe programs of the eBPF object, each loaded once per mechanism that needs it: these,
 /// and malloc's entries for a moved size ([`MALLOC_MOVED_PROGRAMS`]).
-const BASE_UPROBE_PROGRAMS: [&str; 7] = [
+const BASE_UPROBE_PROGRAMS: [&str; 8] = [
     "alloc_enter",
     "malloc_enter",
     "alloc_exit",
@@ -78,6 +78,7 @@ const BASE_UPROBE_PROGRAMS: [&str; 7] = [
     "free_enter_moved",
     "map_call_enter",
     "map_call_exit",
+    "map_syscall_done",
 ];
 
 pub const UPROBE_PROGRAMS: [&str; BASE_UPROBE_PROGRAMS.len() + MALLOC_MOVED_PROGRAMS.len()] = {
@@ -142,6 +143,7 @@ fn programs(hook: Hook, cookie: u64) -> &'static [(&'static str, Flavor)] {
             ("map_call_enter", Flavor::Entry),
             ("map_call_exit", Flavor::Return),
         ],
+        Hook::MapDone(_) => &[("map_syscall_done", Flavor::Entry)],
     }
 }
 
@@ -219,10 +221,21 @@ const fn tracepoint(
     }
 }
 
-/// The mapping syscalls, the target's exec (see tracer-ebpf's lifecycle module), and its
-/// threads' exits, which give back their state's slots (tracer-ebpf's threads module). They
-/// need tracefs; the loader attaches all of them or none.
-pub const TRACEPOINTS: [Attachment<'static>; 10] = [
+/// The target's exec (see tracer-ebpf's lifecycle module), and its threads' exits, which give
+/// back their state's slots (tracer-ebpf's threads module). They need tracefs; the loader
+/// attaches all of them or none.
+pub const TRACEPOINTS: [Attachment<'static>; 2] = [
+    tracepoint("exec_notice", "sched", "sched_process_exec"),
+    tracepoint("thread_exit", "sched", "sched_process_exit"),
+];
+
+/// The mapping syscalls, for a target that makes them without libc's wrappers (Go's runtime,
+/// a static executable), or when asked for (`--syscall-tracepoints`). While any syscall
+/// tracepoint is attached, every system call on the machine takes the kernel's traced path,
+/// the `uretprobe` call that ends each return probe (Linux 6.11+) included: about 95 ns of
+/// each malloc here. Elsewhere libc's wrappers are seen after their syscall
+/// ([`Hook::MapDone`]).
+pub const SYSCALL_TRACEPOINTS: [Attachment<'static>; 8] = [
     tracepoint("mmap_enter", "syscalls", "sys_enter_mmap"),
     tracepoint("munmap_enter", "syscalls", "sys_enter_munmap"),
     tracepoint("mremap_enter", "syscalls", "sys_enter_mremap"),
@@ -231,8 +244,6 @@ pub const TRACEPOINTS: [Attachment<'static>; 10] = [
     tracepoint("mapping_exit", "syscalls", "sys_exit_munmap"),
     tracepoint("mapping_exit", "syscalls", "sys_exit_mremap"),
     tracepoint("mapping_exit", "syscalls", "sys_exit_mprotect"),
-    tracepoint("exec_notice", "sched", "sched_process_exec"),
-    tracepoint("thread_exit", "sched", "sched_process_exit"),
 ];
 
 /// The OOM killer's choice of victim (see tracer-ebpf's lifecycle module). Optional: a kernel
@@ -241,7 +252,11 @@ pub const OOM_TRACEPOINT: Attachment<'static> = tracepoint("oom_notice", "oom", 
 
 /// The tracepoint programs to load, each once.
 pub fn tracepoint_programs() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = TRACEPOINTS.iter().map(|row| row.program).collect();
+    let mut names: Vec<&'static str> = SYSCALL_TRACEPOINTS
+        .iter()
+        .chain(&TRACEPOINTS)
+        .map(|row| row.program)
+        .collect();
     names.dedup();
     names.push(OOM_TRACEPOINT.program);
     names
@@ -564,7 +579,7 @@ mod tests {
                 "mechanism": "multi-uprobe-link",
             })
         );
-        let placed = Placed::new(&TRACEPOINTS[8], Mechanism::Tracepoint);
+        let placed = Placed::new(&TRACEPOINTS[0], Mechanism::Tracepoint);
         assert_eq!(
             placed.tracepoint.as_deref(),
             Some("sched/sched_process_exec")

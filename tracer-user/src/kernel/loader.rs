@@ -400,20 +400,34 @@ impl Probes {
         measured
     }
 
-    /// Attaches the tracepoints: the mapping syscalls, and the target's exec. Without tracefs
-    /// neither is available: mapping tracking is off and the report says so, and an exec is
-    /// not noticed; malloc tracking depends on neither.
-    pub fn attach_tracepoints(&mut self) -> Result<(), TracerError> {
+    /// Attaches the tracepoints: the target's exec and its threads' exits, and with
+    /// `syscalls` the mapping syscalls. Without tracefs none is available: an exec is not
+    /// noticed, and where the syscalls were to be seen there, mapping tracking is off and the
+    /// report says so; malloc tracking depends on neither.
+    pub fn attach_tracepoints(&mut self, syscalls: bool) -> Result<(), TracerError> {
+        let rows: Vec<Attachment<'static>> = if syscalls {
+            attach::SYSCALL_TRACEPOINTS
+                .iter()
+                .chain(&attach::TRACEPOINTS)
+                .copied()
+                .collect()
+        } else {
+            attach::TRACEPOINTS.to_vec()
+        };
         match tracefs::with_tracefs(|| {
-            self.attach_table(&attach::TRACEPOINTS)
+            self.attach_table(&rows)
                 .and_then(|()| self.attach_oom_notice())
         }) {
             Ok(attached) => attached,
-            Err(why) => {
+            Err(why) if syscalls => {
                 log::warn!(
                     "anonymous mmap tracking is off, and an exec will not be noticed: {why}"
                 );
                 self.mapping_unavailable = Some(why);
+                Ok(())
+            }
+            Err(why) => {
+                log::warn!("an exec will not be noticed: {why}");
                 Ok(())
             }
         }

@@ -84,7 +84,7 @@ impl ProbeCosts {
             self.stepped_ns
         };
         match point.hook {
-            Hook::Free => entry,
+            Hook::Free | Hook::MapDone(_) => entry,
             Hook::Alloc(_) | Hook::Map(_) => entry + self.return_ns,
         }
     }

@@ -13,10 +13,11 @@ use std::{
 };
 
 use super::{
-    elf::{self, HookPoint},
+    elf::{self, Hook, HookPoint},
     root::RootError,
 };
 use crate::errors::TracerError;
+use tracer_common::MapEventKind;
 
 /// `--alloc-lib PATH[:PREFIX]`: an allocator to hook that leakhound would not find by itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +81,37 @@ impl HookedObject {
     pub fn kernel_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
+}
+
+/// Whether every object that has libc's mapping wrappers (its `mmap` is hooked) also has a
+/// probe point after the system call of `munmap`, `mremap` and `mprotect`, so that the
+/// syscall tracepoints are not needed to see them. `false` with no such object: a Go
+/// program's raw syscalls are seen only at the tracepoints.
+pub fn wrappers_seen_after_syscalls(objects: &[HookedObject]) -> bool {
+    let with_wrappers: Vec<&HookedObject> = objects
+        .iter()
+        .filter(|object| {
+            object
+                .points
+                .iter()
+                .any(|point| point.hook == Hook::Map(MapEventKind::Map))
+        })
+        .collect();
+    !with_wrappers.is_empty()
+        && with_wrappers.iter().all(|object| {
+            [
+                MapEventKind::Unmap,
+                MapEventKind::Remap,
+                MapEventKind::Protect,
+            ]
+            .iter()
+            .all(|&kind| {
+                object
+                    .points
+                    .iter()
+                    .any(|point| point.hook == Hook::MapDone(kind))
+            })
+        })
 }
 
 /// A file the target has mapped (or will map): as it names it, and opened (through

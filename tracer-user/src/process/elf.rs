@@ -22,6 +22,10 @@ pub enum Hook {
     /// Entry and return probes on libc's mapping wrappers; the cookie is the
     /// [`MapEventKind`].
     Map(MapEventKind),
+    /// One probe after a mapping wrapper's system call, at the branch on its result
+    /// ([`super::syscall_return`]); the cookie is the [`MapEventKind`]. Placed where the
+    /// syscall tracepoints are not attached.
+    MapDone(MapEventKind),
 }
 
 impl Hook {
@@ -36,17 +40,27 @@ impl Hook {
             Hook::Alloc(AllocKind::Memalign) => 0b10,
             Hook::Free => 0b1,
             Hook::Map(_) => 0b1111,
+            // Placed by the shape of the syscall, not moved from the entry.
+            Hook::MapDone(_) => 0,
         })
     }
 
     /// Whether the hook is probed when stacks are walked with CFI rules (`cfi`) or frame
-    /// pointers. With CFI rules, the `sys_exit_mprotect` tracepoint walks a commit's stack
-    /// from the syscall's own registers through libc's frameless wrapper
-    /// (tracer-ebpf's `syscall_user_stack`), so its uprobe, whose first instruction
-    /// (`mov $0xa,%eax`) the kernel single-steps, is left out. A frame-pointer walk from there
-    /// would skip the wrapper's caller, so `--unwind fp` keeps it.
-    pub fn probed(self, cfi: bool) -> bool {
-        !(cfi && self == Hook::Map(MapEventKind::Protect))
+    /// pointers, and with the syscall tracepoints attached (`tracepoints`) or not.
+    ///
+    /// Without the tracepoints, the wrappers' calls are seen after their system call
+    /// ([`Hook::MapDone`]). With them, the tracepoints see `munmap`, `mremap` and `mprotect`;
+    /// with CFI rules, `sys_exit_mprotect` walks a commit's stack from the syscall's own
+    /// registers through libc's frameless wrapper (tracer-ebpf's `syscall_user_stack`), so its
+    /// uprobe, whose first instruction (`mov $0xa,%eax`) the kernel single-steps, is left out.
+    /// A frame-pointer walk from there would skip the wrapper's caller, so `--unwind fp` keeps
+    /// it.
+    pub fn probed(self, cfi: bool, tracepoints: bool) -> bool {
+        match self {
+            Hook::Map(MapEventKind::Protect) => tracepoints && !cfi,
+            Hook::MapDone(_) => !tracepoints,
+            _ => true,
+        }
     }
 
     /// The kind the programs find in the low half of the attach cookie.
@@ -54,7 +68,7 @@ impl Hook {
         match self {
             Hook::Alloc(kind) => kind as u32,
             Hook::Free => 0,
-            Hook::Map(kind) => kind as u32,
+            Hook::Map(kind) | Hook::MapDone(kind) => kind as u32,
         }
     }
 }
@@ -87,16 +101,30 @@ pub const ALLOCATOR_FUNCTIONS: &[(&str, Hook)] = &[
 /// libc's mapping wrappers, hooked in an object that defines an unprefixed `malloc` (libc, or
 /// a statically linked executable). Aliases (`mmap` and `mmap64`) share one probe.
 ///
-/// A wrapper is hooked only for the stack of the mapping it makes: `munmap` and `mremap`
-/// events carry none, so the syscall tracepoints see them whole, and their uprobes would
-/// only cost a single-step each (`mov $0xb,%eax` and `sub $0x58,%rsp` come first in glibc).
-/// `mprotect` is in the same case wherever stacks are walked with CFI rules (see
-/// [`Hook::probed`]).
+/// `mmap` is hooked at its entry and return, so that the stack is walked at the return,
+/// whose first frame is its caller. `munmap`, `mremap` and `mprotect` are seen after their
+/// system call ([`Hook::MapDone`]), or by the syscall tracepoints where those are attached;
+/// probes at their entries would cost a single-step each (`mov $0xb,%eax` and
+/// `sub $0x58,%rsp` come first in glibc). `mprotect` keeps its entry probe where the
+/// tracepoints see it and stacks are walked with frame pointers (see [`Hook::probed`]).
 pub const MAPPING_FUNCTIONS: &[(&str, Hook)] = &[
     ("mmap", Hook::Map(MapEventKind::Map)),
     ("mmap64", Hook::Map(MapEventKind::Map)),
     ("mprotect", Hook::Map(MapEventKind::Protect)),
+    ("munmap", Hook::MapDone(MapEventKind::Unmap)),
+    ("mremap", Hook::MapDone(MapEventKind::Remap)),
+    ("mprotect", Hook::MapDone(MapEventKind::Protect)),
 ];
+
+/// The x86-64 system call a wrapper of this kind makes.
+fn syscall_number(kind: MapEventKind) -> u32 {
+    match kind {
+        MapEventKind::Map => 9,
+        MapEventKind::Protect => 10,
+        MapEventKind::Unmap => 11,
+        MapEventKind::Remap => 25,
+    }
+}
 
 /// C++'s operator new and delete (Itanium names), hooked only where the object also defines
 /// `malloc`: jemalloc, tcmalloc and mimalloc implement them without calling `malloc`, so
@@ -295,6 +323,29 @@ pub fn hook_points_in(
             continue;
         };
         let start = vaddr - seg_addr + seg_offset;
+        if let Hook::MapDone(kind) = hook {
+            // mprotect's stack is walked from the probe: its return address must be on top.
+            let Some(point) = function_code(data, start, size)
+                .and_then(|code| {
+                    super::syscall_return::syscall_return_point(code, vaddr, syscall_number(kind))
+                })
+                .filter(|point| point.frameless || kind != MapEventKind::Protect)
+            else {
+                log::debug!("no probe point after {name}'s system call");
+                continue;
+            };
+            by_offset
+                .entry(start + point.skip)
+                .or_insert_with(|| HookPoint {
+                    name,
+                    hook,
+                    file_offset: start + point.skip,
+                    skip: point.skip,
+                    args: [entry_args::IN_PLACE; entry_args::MOVABLE],
+                    emulated: true,
+                });
+            continue;
+        }
         by_offset.entry(start).or_insert_with(|| {
             let point = entry_point(data, start, size, vaddr, hook.args_read());
             if point.skip > 0 {
@@ -317,15 +368,19 @@ pub fn hook_points_in(
     Ok(by_offset.into_values().collect())
 }
 
+/// A function's bytes in the file: `None` when the symbol has no size or they are not all in
+/// the file.
+fn function_code(data: &[u8], file_offset: u64, size: u64) -> Option<&[u8]> {
+    let start = usize::try_from(file_offset).ok()?;
+    let size = usize::try_from(size).ok().filter(|&size| size > 0)?;
+    data.get(start..start.checked_add(size)?)
+}
+
 /// [`probe_offset::entry_probe_point`] over the function's bytes in the file; the entry,
 /// taken as single-stepped, when the symbol has no size or its bytes are not all in the file.
 fn entry_point(data: &[u8], file_offset: u64, size: u64, vaddr: u64, read: ArgsRead) -> EntryPoint {
-    let code = usize::try_from(file_offset)
-        .ok()
-        .zip(usize::try_from(size).ok())
-        .and_then(|(start, size)| data.get(start..start.checked_add(size)?));
-    match code {
-        Some(code) if size > 0 => probe_offset::entry_probe_point(code, vaddr, read),
+    match function_code(data, file_offset, size) {
+        Some(code) => probe_offset::entry_probe_point(code, vaddr, read),
         _ => EntryPoint {
             skip: 0,
             args: [entry_args::IN_PLACE; entry_args::MOVABLE],
@@ -340,21 +395,41 @@ mod tests {
 
     const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
-    /// The mapping wrappers hooked: `mmap` always (its stack is taken at its return),
-    /// `mprotect` only where stacks are walked by frame pointers, `munmap` and `mremap` never
-    /// (their events carry no stack: the tracepoints see them whole).
+    /// The mapping wrappers hooked: `mmap` always (its stack is taken at its return); the
+    /// others after their system call where the syscall tracepoints are off, and where they
+    /// are on, only `mprotect`'s entry where stacks are walked by frame pointers.
     #[test]
     fn mapping_wrappers_are_hooked_only_for_their_stacks() {
-        let hooked = |cfi: bool| -> Vec<&str> {
+        let hooked = |cfi: bool, tracepoints: bool| -> Vec<(&str, Hook)> {
             MAPPING_FUNCTIONS
                 .iter()
-                .filter(|(_, hook)| hook.probed(cfi))
-                .map(|(name, _)| *name)
+                .filter(|(_, hook)| hook.probed(cfi, tracepoints))
+                .map(|(name, hook)| (*name, *hook))
                 .collect()
         };
-        assert_eq!(hooked(true), ["mmap", "mmap64"]);
-        assert_eq!(hooked(false), ["mmap", "mmap64", "mprotect"]);
-        assert!(Hook::Free.probed(true) && Hook::Alloc(AllocKind::Malloc).probed(true));
+        let map = Hook::Map(MapEventKind::Map);
+        let done = [
+            ("munmap", Hook::MapDone(MapEventKind::Unmap)),
+            ("mremap", Hook::MapDone(MapEventKind::Remap)),
+            ("mprotect", Hook::MapDone(MapEventKind::Protect)),
+        ];
+        assert_eq!(hooked(true, true), [("mmap", map), ("mmap64", map)]);
+        assert_eq!(
+            hooked(false, true),
+            [
+                ("mmap", map),
+                ("mmap64", map),
+                ("mprotect", Hook::Map(MapEventKind::Protect))
+            ]
+        );
+        for cfi in [true, false] {
+            let mut expected = vec![("mmap", map), ("mmap64", map)];
+            expected.extend(done);
+            assert_eq!(hooked(cfi, false), expected);
+        }
+        assert!(
+            Hook::Free.probed(true, false) && Hook::Alloc(AllocKind::Malloc).probed(true, true)
+        );
     }
 
     /// On the real libc: on Debian 12's glibc 2.36, `free` (`test %rdi,%rdi; je ...`) moves by
@@ -375,6 +450,14 @@ mod tests {
         let points =
             hook_points(&File::open(path).expect("libc"), path, None).expect("hook points");
         assert!(points.iter().any(|p| p.name == "malloc"));
+        let after_syscall = points
+            .iter()
+            .filter(|p| matches!(p.hook, Hook::MapDone(_)))
+            .count();
+        assert_eq!(
+            after_syscall, 3,
+            "munmap, mremap and mprotect after their syscall"
+        );
         for point in &points {
             // glibc's text segment is mapped at its file offset.
             let start = starts[point.name.as_str()];
@@ -385,6 +468,13 @@ mod tests {
                 if entry == [0x48, 0x85, 0xff] && data[start as usize + 3] == 0x0f {
                     assert_eq!(skip, 3, "free starts with test %rdi,%rdi; jcc");
                 }
+            }
+            if let Hook::MapDone(kind) = point.hook {
+                // mov $N,%eax; syscall; cmp $-4095,%rax: the probe on the jae after them.
+                if kind != MapEventKind::Remap {
+                    assert_eq!(skip, 13, "{}", point.name);
+                }
+                assert!(point.emulated);
             }
             if point.name == "malloc" && data[start as usize] == 0x41 {
                 assert_eq!(skip, 0, "malloc starts with push %r12, emulated");

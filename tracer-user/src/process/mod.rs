@@ -10,6 +10,7 @@ pub mod mapped_object;
 pub mod maps;
 pub mod probe_offset;
 pub mod root;
+pub mod syscall_return;
 
 use std::{fs, io::ErrorKind, path::PathBuf};
 

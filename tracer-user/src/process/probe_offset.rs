@@ -127,7 +127,7 @@ pub fn entry_probe_point(code: &[u8], address: u64, read: ArgsRead) -> EntryPoin
 }
 
 /// Every instruction of the function, or `None` if any byte range does not decode.
-fn decode_all(code: &[u8], address: u64) -> Option<Vec<Instruction>> {
+pub(super) fn decode_all(code: &[u8], address: u64) -> Option<Vec<Instruction>> {
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut instructions = Vec::new();
     while decoder.can_decode() {
@@ -237,7 +237,7 @@ fn kernel_emulates_start(code: &[u8]) -> bool {
 /// Whether the kernel emulates this instruction rather than single-stepping it, by the
 /// opcode tests of `branch_setup_xol_ops` and `push_setup_xol_ops` (Linux 4.x to 6.18).
 /// Prefixed branches are left out: the kernel rejects some (0x66) and others gain nothing.
-fn kernel_emulates(bytes: &[u8]) -> bool {
+pub(super) fn kernel_emulates(bytes: &[u8]) -> bool {
     match bytes {
         // jmp rel8, jmp rel32, call rel32, jcc rel8, nop
         [0xeb, _] | [0xe9, _, _, _, _] | [0xe8, _, _, _, _] | [0x90] => true,
