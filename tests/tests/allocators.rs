@@ -143,6 +143,50 @@ fn tcmalloc_preloaded_launch() {
     assert_probes_moved(&stderr);
 }
 
+/// tcmalloc replaces `munmap` and `mremap` with its own, which make the system call through
+/// libc's `syscall()`: with no syscall tracepoint attached they are probed at their entry and
+/// return, and the committed target's unmaps still match its truth (all but the commit made
+/// with a raw `syscall` instruction, which only `--syscall-tracepoints` sees).
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn tcmalloc_own_munmap_is_probed_at_its_entry() {
+    let test = "tcmalloc_own_munmap_is_probed_at_its_entry";
+    let Some(lib) = library(test, "libtcmalloc_minimal.so.4", "libtcmalloc-minimal4") else {
+        return;
+    };
+    let _serial = serial();
+    let out = paths::scratch(test).join("out.folded");
+    let mut cmd = Command::new(tests::leakhound_bin());
+    cmd.env("LD_PRELOAD", &lib);
+    cmd.env("RUST_LOG", "tracer_user::process::elf=debug");
+    let exe = targets::committed();
+    let run = Run::start_with(
+        cmd,
+        &[
+            "record",
+            "-o",
+            arg(&out),
+            "--",
+            arg(&exe),
+            "--now",
+            "--exit",
+        ],
+    );
+    let mut truth = read_truth(&run.proc.stdout, test);
+    let outcome = run.finish();
+    outcome.assert_success();
+    for name in ["munmap", "mremap"] {
+        let line = format!("no probe point after {name}'s system call: probed at its entry");
+        assert!(
+            outcome.stderr.iter().any(|l| l.contains(&line)),
+            "{name}: {:?}",
+            outcome.stderr
+        );
+    }
+    assert!(truth.remove("commit_raw").is_some());
+    assert_matches_truth(&truth, &read_report(&out));
+}
+
 #[test]
 #[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
 fn mimalloc_preloaded_launch() {

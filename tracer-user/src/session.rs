@@ -341,7 +341,7 @@ impl Session {
         let mut prepared = target::prepare(&config.target, &config.alloc_libs)?;
         let syscall_tracepoints = config.syscall_tracepoints
             || prepared.raw_syscalls
-            || !allocators::wrappers_seen_after_syscalls(&prepared.objects);
+            || !allocators::mapping_wrappers_hooked(&prepared.objects);
         for object in &mut prepared.objects {
             object.points.retain(|point| {
                 point

@@ -118,10 +118,10 @@ mod tests {
         stats.counters.insert("allocations".into(), 3);
         let json = serde_json::to_value(&stats).expect("json");
         assert_eq!(json["attach"]["millis"], 81.5);
-        assert_eq!(json["attach"]["placed"][0]["program"], "mmap_enter");
+        assert_eq!(json["attach"]["placed"][0]["program"], "exec_notice");
         assert_eq!(
             json["attach"]["placed"][0]["tracepoint"],
-            "syscalls/sys_enter_mmap"
+            "sched/sched_process_exec"
         );
         assert_eq!(
             json["phases"],

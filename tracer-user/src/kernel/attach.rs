@@ -139,7 +139,7 @@ fn programs(hook: Hook, cookie: u64) -> &'static [(&'static str, Flavor)] {
         Hook::Alloc(_) => &ALLOC_PROGRAMS,
         Hook::Free if in_place => &[("free_enter", Flavor::Entry)],
         Hook::Free => &[("free_enter_moved", Flavor::Entry)],
-        Hook::Map(_) => &[
+        Hook::Map(_) | Hook::MapCall(_) => &[
             ("map_call_enter", Flavor::Entry),
             ("map_call_exit", Flavor::Return),
         ],

@@ -85,7 +85,7 @@ impl ProbeCosts {
         };
         match point.hook {
             Hook::Free | Hook::MapDone(_) => entry,
-            Hook::Alloc(_) | Hook::Map(_) => entry + self.return_ns,
+            Hook::Alloc(_) | Hook::Map(_) | Hook::MapCall(_) => entry + self.return_ns,
         }
     }
 }

@@ -83,35 +83,18 @@ impl HookedObject {
     }
 }
 
-/// Whether every object that has libc's mapping wrappers (its `mmap` is hooked) also has a
-/// probe point after the system call of `munmap`, `mremap` and `mprotect`, so that the
-/// syscall tracepoints are not needed to see them. `false` with no such object: a Go
-/// program's raw syscalls are seen only at the tracepoints.
-pub fn wrappers_seen_after_syscalls(objects: &[HookedObject]) -> bool {
-    let with_wrappers: Vec<&HookedObject> = objects
-        .iter()
-        .filter(|object| {
-            object
-                .points
-                .iter()
-                .any(|point| point.hook == Hook::Map(MapEventKind::Map))
-        })
-        .collect();
-    !with_wrappers.is_empty()
-        && with_wrappers.iter().all(|object| {
-            [
-                MapEventKind::Unmap,
-                MapEventKind::Remap,
-                MapEventKind::Protect,
-            ]
+/// Whether libc's mapping wrappers are hooked (some object's `mmap` is), so that the
+/// syscall tracepoints are not needed to see the mapping calls: every `munmap`, `mremap` and
+/// `mprotect` defined beside them then has a probe after its system call
+/// ([`Hook::MapDone`]) or at its entry and return ([`Hook::MapCall`]). `false` with no such
+/// object: a Go program's raw syscalls are seen only at the tracepoints.
+pub fn mapping_wrappers_hooked(objects: &[HookedObject]) -> bool {
+    objects.iter().any(|object| {
+        object
+            .points
             .iter()
-            .all(|&kind| {
-                object
-                    .points
-                    .iter()
-                    .any(|point| point.hook == Hook::MapDone(kind))
-            })
-        })
+            .any(|point| point.hook == Hook::Map(MapEventKind::Map))
+    })
 }
 
 /// A file the target has mapped (or will map): as it names it, and opened (through

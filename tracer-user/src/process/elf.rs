@@ -26,6 +26,11 @@ pub enum Hook {
     /// ([`super::syscall_return`]); the cookie is the [`MapEventKind`]. Placed where the
     /// syscall tracepoints are not attached.
     MapDone(MapEventKind),
+    /// Entry and return probes, as [`Hook::Map`], on a `munmap`, `mremap` or `mprotect` that
+    /// is no wrapper of that shape: tcmalloc replaces `munmap` and `mremap` with its own,
+    /// which make the system call through libc's `syscall()`. Placed where the syscall
+    /// tracepoints are not attached.
+    MapCall(MapEventKind),
 }
 
 impl Hook {
@@ -42,6 +47,9 @@ impl Hook {
             Hook::Map(_) => 0b1111,
             // Placed by the shape of the syscall, not moved from the entry.
             Hook::MapDone(_) => 0,
+            // munmap(addr, len); mremap(old, old_len, new_len, ...); mprotect(addr, len, prot).
+            Hook::MapCall(MapEventKind::Unmap) => 0b11,
+            Hook::MapCall(_) => 0b111,
         })
     }
 
@@ -58,7 +66,7 @@ impl Hook {
     pub fn probed(self, cfi: bool, tracepoints: bool) -> bool {
         match self {
             Hook::Map(MapEventKind::Protect) => tracepoints && !cfi,
-            Hook::MapDone(_) => !tracepoints,
+            Hook::MapDone(_) | Hook::MapCall(_) => !tracepoints,
             _ => true,
         }
     }
@@ -68,7 +76,7 @@ impl Hook {
         match self {
             Hook::Alloc(kind) => kind as u32,
             Hook::Free => 0,
-            Hook::Map(kind) | Hook::MapDone(kind) => kind as u32,
+            Hook::Map(kind) | Hook::MapDone(kind) | Hook::MapCall(kind) => kind as u32,
         }
     }
 }
@@ -323,28 +331,33 @@ pub fn hook_points_in(
             continue;
         };
         let start = vaddr - seg_addr + seg_offset;
+        let mut hook = hook;
         if let Hook::MapDone(kind) = hook {
             // mprotect's stack is walked from the probe: its return address must be on top.
-            let Some(point) = function_code(data, start, size)
+            match function_code(data, start, size)
                 .and_then(|code| {
                     super::syscall_return::syscall_return_point(code, vaddr, syscall_number(kind))
                 })
                 .filter(|point| point.frameless || kind != MapEventKind::Protect)
-            else {
-                log::debug!("no probe point after {name}'s system call");
-                continue;
-            };
-            by_offset
-                .entry(start + point.skip)
-                .or_insert_with(|| HookPoint {
-                    name,
-                    hook,
-                    file_offset: start + point.skip,
-                    skip: point.skip,
-                    args: [entry_args::IN_PLACE; entry_args::MOVABLE],
-                    emulated: true,
-                });
-            continue;
+            {
+                Some(point) => {
+                    by_offset
+                        .entry(start + point.skip)
+                        .or_insert_with(|| HookPoint {
+                            name,
+                            hook,
+                            file_offset: start + point.skip,
+                            skip: point.skip,
+                            args: [entry_args::IN_PLACE; entry_args::MOVABLE],
+                            emulated: true,
+                        });
+                    continue;
+                }
+                None => {
+                    log::debug!("no probe point after {name}'s system call: probed at its entry");
+                    hook = Hook::MapCall(kind);
+                }
+            }
         }
         by_offset.entry(start).or_insert_with(|| {
             let point = entry_point(data, start, size, vaddr, hook.args_read());
