@@ -136,17 +136,20 @@ pub fn walk_user_stack(regs: *const pt_regs, tag: u64) -> StackRef {
 pub fn wrapper_stack(regs: *const pt_regs, tag: u64) -> StackRef {
     // SAFETY: the registers are the program's own context.
     let regs = unsafe { &*regs };
-    if UNWIND_DWARF.load() != 0 {
-        return walk_from(regs.rip, regs.rsp, regs.rbp, tag);
-    }
-    // SAFETY: bpf_probe_read_user validates the user address.
-    match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
-        Ok(ret) => walk_from(ret, regs.rsp + 8, regs.rbp, tag),
-        Err(_) => {
-            count(counter::STACK_FAILED, 1);
-            StackRef::LOST
+    // One walk_from, which is inlined: a second copy would double what the verifier checks.
+    let (pc, sp) = if UNWIND_DWARF.load() != 0 {
+        (regs.rip, regs.rsp)
+    } else {
+        // SAFETY: bpf_probe_read_user validates the user address.
+        match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
+            Ok(ret) => (ret, regs.rsp + 8),
+            Err(_) => {
+                count(counter::STACK_FAILED, 1);
+                return StackRef::LOST;
+            }
         }
-    }
+    };
+    walk_from(pc, sp, regs.rbp, tag)
 }
 
 /// The stack of a system call that the task is in, from the user registers it saved on

@@ -359,6 +359,7 @@ impl Session {
                 config.unwind.uses_cfi(),
                 config.sample_bytes,
                 execs_before_trace,
+                syscall_tracepoints,
             )?;
             // Before the target's probes, so that nothing of the target runs meanwhile.
             let costs = probes
@@ -368,7 +369,7 @@ impl Session {
             for object in &prepared.objects {
                 probes.attach_allocator(&object.kernel_path(), &object.points)?;
             }
-            probes.attach_tracepoints(syscall_tracepoints)?;
+            probes.attach_tracepoints()?;
             Ok((probes, costs))
         })();
         let (mut probes, costs) = match attached {

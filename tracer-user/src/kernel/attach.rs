@@ -96,6 +96,9 @@ pub const UPROBE_PROGRAMS: [&str; BASE_UPROBE_PROGRAMS.len() + MALLOC_MOVED_PROG
     all
 };
 
+/// The program after a mapping wrapper's syscall ([`Hook::MapDone`]).
+const MAP_SYSCALL_DONE: &str = "map_syscall_done";
+
 /// malloc's entry and return programs where a moved probe finds the size in another
 /// register, in the order of [`MALLOC_MOVED_PROGRAMS`].
 const MALLOC_MOVED: [[(&str, Flavor); 2]; MALLOC_MOVED_PROGRAMS.len()] = {
@@ -143,7 +146,7 @@ fn programs(hook: Hook, cookie: u64) -> &'static [(&'static str, Flavor)] {
             ("map_call_enter", Flavor::Entry),
             ("map_call_exit", Flavor::Return),
         ],
-        Hook::MapDone(_) => &[("map_syscall_done", Flavor::Entry)],
+        Hook::MapDone(_) => &[(MAP_SYSCALL_DONE, Flavor::Entry)],
     }
 }
 
@@ -250,9 +253,24 @@ pub const SYSCALL_TRACEPOINTS: [Attachment<'static>; 8] = [
 /// without the event still traces, and the report then cannot say that an OOM kill ended it.
 pub const OOM_TRACEPOINT: Attachment<'static> = tracepoint("oom_notice", "oom", "mark_victim");
 
-/// The tracepoint programs to load, each once.
-pub fn tracepoint_programs() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = SYSCALL_TRACEPOINTS
+/// The uprobe programs to load: the probe after a wrapper's syscall only where the syscall
+/// tracepoints are not attached.
+pub fn uprobe_programs(syscall_tracepoints: bool) -> Vec<&'static str> {
+    UPROBE_PROGRAMS
+        .into_iter()
+        .filter(|&name| !(syscall_tracepoints && name == MAP_SYSCALL_DONE))
+        .collect()
+}
+
+/// The tracepoint programs to load, each once: the mapping syscalls' only with
+/// `syscall_tracepoints`.
+pub fn tracepoint_programs(syscall_tracepoints: bool) -> Vec<&'static str> {
+    let syscalls: &[Attachment<'static>] = if syscall_tracepoints {
+        &SYSCALL_TRACEPOINTS
+    } else {
+        &[]
+    };
+    let mut names: Vec<&'static str> = syscalls
         .iter()
         .chain(&TRACEPOINTS)
         .map(|row| row.program)
@@ -456,17 +474,27 @@ mod tests {
             Hook::Alloc(AllocKind::Malloc),
             Hook::Free,
             Hook::Map(MapEventKind::Map),
+            Hook::Map(MapEventKind::Protect),
+            Hook::MapDone(MapEventKind::Unmap),
+            Hook::MapCall(MapEventKind::Remap),
         ];
-        for hook in hooks {
-            for (program, _) in [0, 1 << 32]
-                .into_iter()
-                .flat_map(|cookie| programs(hook, cookie))
-            {
-                assert!(UPROBE_PROGRAMS.contains(program), "{program} is not loaded");
+        for syscall_tracepoints in [false, true] {
+            let loaded = uprobe_programs(syscall_tracepoints);
+            for hook in hooks {
+                if !hook.probed(false, syscall_tracepoints) {
+                    continue;
+                }
+                for (program, _) in [0, 1 << 32]
+                    .into_iter()
+                    .flat_map(|cookie| programs(hook, cookie))
+                {
+                    assert!(loaded.contains(program), "{program} is not loaded");
+                }
             }
         }
+        assert!(!uprobe_programs(true).contains(&MAP_SYSCALL_DONE));
         assert_eq!(
-            tracepoint_programs(),
+            tracepoint_programs(true),
             [
                 "mmap_enter",
                 "munmap_enter",
@@ -477,6 +505,10 @@ mod tests {
                 "thread_exit",
                 "oom_notice"
             ]
+        );
+        assert_eq!(
+            tracepoint_programs(false),
+            ["exec_notice", "thread_exit", "oom_notice"]
         );
     }
 

@@ -20,7 +20,7 @@ use aya_log::EbpfLogger;
 use tracer_common::{lifecycle, sampling};
 
 use super::{
-    attach::{self, Attachment, Mechanism, Placed, Site, UPROBE_PROGRAMS},
+    attach::{self, Attachment, Mechanism, Placed, Site},
     faults::Faults,
     maps::{KernelMaps, Rings},
     multi_uprobe::MultiUprobePrograms,
@@ -138,6 +138,9 @@ pub struct Probes {
     uprobes: Uprobes,
     /// The traced process, as the root PID namespace sees it.
     tgid: u32,
+    /// Whether the mapping syscalls are seen at their tracepoints (else libc's wrappers are
+    /// probed after their syscall): which programs are loaded and attached.
+    syscall_tracepoints: bool,
     faults: Faults,
     /// Every attached link, owned here rather than by its program so that they can be closed
     /// together (see the `Drop` impl).
@@ -226,6 +229,7 @@ impl Probes {
         cfi: bool,
         sample_bytes: Option<u64>,
         execs_before_trace: u32,
+        syscall_tracepoints: bool,
     ) -> Result<Self, TracerError> {
         raise_memlock_limit();
         let (pidns_dev, pidns_ino) = own_pid_namespace();
@@ -276,7 +280,9 @@ impl Probes {
         if sample_bytes != 0 {
             write_sample_curve(&mut ebpf)?;
         }
-        for name in attach::tracepoint_programs() {
+        // Only the programs this session places are loaded: each walking program takes a
+        // few hundred milliseconds to verify.
+        for name in attach::tracepoint_programs(syscall_tracepoints) {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
                 .load()
@@ -287,7 +293,8 @@ impl Probes {
             // Sessions save the return trap of a call that byte sampling passes over;
             // without sampling no call is passed over.
             let session = (sample_bytes != 0).then_some(attach::ALLOC_SESSION);
-            MultiUprobePrograms::load(&ebpf, OBJECT, &UPROBE_PROGRAMS, session)
+            let names = attach::uprobe_programs(syscall_tracepoints);
+            MultiUprobePrograms::load(&ebpf, OBJECT, &names, session)
         });
         let uprobes = match multi {
             Ok(multi) => Uprobes::MultiLink(multi),
@@ -328,6 +335,7 @@ impl Probes {
             tgid,
             faults,
             links: Vec::new(),
+            syscall_tracepoints,
         };
         if let Uprobes::PerfEvent = probes.uprobes {
             probes.load_perf_programs()?;
@@ -342,7 +350,7 @@ impl Probes {
 
     /// Loads the uprobe programs that aya attaches, one perf event per probe.
     fn load_perf_programs(&mut self) -> Result<(), TracerError> {
-        for name in UPROBE_PROGRAMS {
+        for name in attach::uprobe_programs(self.syscall_tracepoints) {
             let program: &mut UProbe = program(&mut self.ebpf, name)?;
             program
                 .load()
@@ -404,7 +412,8 @@ impl Probes {
     /// `syscalls` the mapping syscalls. Without tracefs none is available: an exec is not
     /// noticed, and where the syscalls were to be seen there, mapping tracking is off and the
     /// report says so; malloc tracking depends on neither.
-    pub fn attach_tracepoints(&mut self, syscalls: bool) -> Result<(), TracerError> {
+    pub fn attach_tracepoints(&mut self) -> Result<(), TracerError> {
+        let syscalls = self.syscall_tracepoints;
         let rows: Vec<Attachment<'static>> = if syscalls {
             attach::SYSCALL_TRACEPOINTS
                 .iter()
