@@ -19,6 +19,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # and builds the Go target; jemalloc (shared and static), tcmalloc and mimalloc are the
 # allocators tests/tests/allocators.rs traces; binutils strips the static target.
 DEB_PACKAGES=(gcc g++ libc6-dev binutils bpftool golang-go libjemalloc2 libjemalloc-dev libtcmalloc-minimal4 libmimalloc2.0)
+# musl-gcc builds a target against musl, whose mapping functions differ from glibc's
+# (tests/tests/committed.rs).
+DEB_PACKAGES+=(musl-tools)
 # The runtimes whose JIT frames tests/tests/runtimes.rs names (javac compiles its target).
 DEB_PACKAGES+=(nodejs openjdk-17-jdk-headless)
 # `ip` brings up the loopback of the network namespace that tests/tests/js_heap.rs gives Node.

@@ -149,6 +149,29 @@ pub fn cxx_strings() -> PathBuf {
 /// after the source, into `<target dir>/leakhound-targets/<output>`, unless that is newer
 /// than its sources.
 pub fn build_source(source: &str, output: &str, flags: &[&str], libs: &[&str]) -> PathBuf {
+    build_source_with(None, source, output, flags, libs)
+}
+
+/// `targets/committed.c` built against musl (`musl-gcc`, Debian's musl-tools), dynamically
+/// linked: its mapping functions have another shape than glibc's.
+pub fn committed_musl() -> PathBuf {
+    build_source_with(
+        Some("musl-gcc"),
+        "committed.c",
+        "committed_musl",
+        CFLAGS,
+        &[],
+    )
+}
+
+/// [`build_source`] with `compiler` instead of `$CC`/`$CXX` or `cc`/`c++`.
+fn build_source_with(
+    compiler: Option<&str>,
+    source: &str,
+    output: &str,
+    flags: &[&str],
+    libs: &[&str],
+) -> PathBuf {
     // Tests in one binary run on parallel threads; one compiler at a time is plenty.
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD
@@ -172,7 +195,10 @@ pub fn build_source(source: &str, output: &str, flags: &[&str], libs: &[&str]) -
     } else {
         ("CC", "cc")
     };
-    let cc = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
+    let cc = compiler.map_or_else(
+        || std::env::var(variable).unwrap_or_else(|_| default.to_owned()),
+        str::to_owned,
+    );
     let mut cmd = Command::new(&cc);
     cmd.args(flags)
         .arg("-o")

@@ -62,6 +62,21 @@ fn commits_match_truth_with_frame_pointer_walks() {
     assert_matches_truth_but_raw(&truth, &folded);
 }
 
+/// Against musl, whose mapping functions have another shape than glibc's (no `cmp` on the
+/// result after the `syscall`, and `mprotect` rounds its arguments before it): they are probed
+/// at their entry and return, and every path but the raw syscall's still matches its truth.
+#[test]
+#[ignore = "needs root: attaches real probes (cargo xtask test runs it)"]
+fn commits_match_truth_against_musl() {
+    let _serial = serial();
+    let (truth, folded) = trace_attached(
+        "commits_match_truth_against_musl",
+        &targets::committed_musl(),
+        &[],
+    );
+    assert_matches_truth_but_raw(&truth, &folded);
+}
+
 /// With unwind answers as late as a loaded machine gives them, every commit from a new call
 /// site misses and is repaired, and two commits that start at one address (commit_heap's last
 /// MiB and commit_overlap's range) are each repaired to their own stack.

@@ -63,9 +63,12 @@ impl Hook {
     /// uprobe, whose first instruction (`mov $0xa,%eax`) the kernel single-steps, is left out.
     /// A frame-pointer walk from there would skip the wrapper's caller, so `--unwind fp` keeps
     /// it.
+    ///
+    /// A [`Hook::MapCall`] `mprotect` (one of another shape than glibc's) stands for both.
     pub fn probed(self, cfi: bool, tracepoints: bool) -> bool {
         match self {
             Hook::Map(MapEventKind::Protect) => tracepoints && !cfi,
+            Hook::MapCall(MapEventKind::Protect) => !tracepoints || !cfi,
             Hook::MapDone(_) | Hook::MapCall(_) => !tracepoints,
             _ => true,
         }
@@ -356,6 +359,14 @@ pub fn hook_points_in(
                 None => {
                     log::debug!("no probe point after {name}'s system call: probed at its entry");
                     hook = Hook::MapCall(kind);
+                    // mprotect's entry hook for frame-pointer walks at the tracepoints is at
+                    // the same offset; the entry and return probes serve that too.
+                    if by_offset
+                        .get(&start)
+                        .is_some_and(|point: &HookPoint| point.hook == Hook::Map(kind))
+                    {
+                        by_offset.remove(&start);
+                    }
                 }
             }
         }
@@ -443,6 +454,18 @@ mod tests {
         assert!(
             Hook::Free.probed(true, false) && Hook::Alloc(AllocKind::Malloc).probed(true, true)
         );
+        // An mprotect of another shape, probed at its entry and return, is wherever either
+        // glibc's probe after the syscall or its entry probe would be.
+        let other_shape = Hook::MapCall(MapEventKind::Protect);
+        for cfi in [true, false] {
+            for tracepoints in [true, false] {
+                assert_eq!(
+                    other_shape.probed(cfi, tracepoints),
+                    Hook::MapDone(MapEventKind::Protect).probed(cfi, tracepoints)
+                        || Hook::Map(MapEventKind::Protect).probed(cfi, tracepoints)
+                );
+            }
+        }
     }
 
     /// On the real libc: on Debian 12's glibc 2.36, `free` (`test %rdi,%rdi; je ...`) moves by
