@@ -8,10 +8,11 @@ use anyhow::{Context as _, Result, bail};
 use crate::run;
 
 /// Every fuzz target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "perf_map",
     "recording",
     "cfi_rules",
+    "probe_points",
     "jvm_reply",
     "jvm_histogram",
 ];

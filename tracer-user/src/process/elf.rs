@@ -327,13 +327,16 @@ pub fn hook_points_in(
         let Some(&(vaddr, size)) = defined.get(name.as_str()) else {
             continue;
         };
-        let Some(&(seg_addr, _, seg_offset)) = segments
-            .iter()
-            .find(|(addr, size, _)| (*addr..addr + size).contains(&vaddr))
-        else {
+        // The target's file: its segment fields may be crafted to overflow.
+        let Some(&(seg_addr, _, seg_offset)) = segments.iter().find(|(addr, size, _)| {
+            addr.checked_add(*size)
+                .is_some_and(|end| (*addr..end).contains(&vaddr))
+        }) else {
             continue;
         };
-        let start = vaddr - seg_addr + seg_offset;
+        let Some(start) = (vaddr - seg_addr).checked_add(seg_offset) else {
+            continue;
+        };
         let mut hook = hook;
         if let Hook::MapDone(kind) = hook {
             // mprotect's stack is walked from the probe: its return address must be on top.
