@@ -143,16 +143,22 @@ fn args_of(kind: MapEventKind, args: [u64; 4], from_wrapper: u32) -> Option<MapA
     }
 }
 
-fn try_call_enter(ctx: &ProbeContext) -> Result<(), i64> {
-    let Some(pid_tgid) = target_thread() else {
-        return Ok(());
-    };
+/// The calling thread, the attach cookie and the kind of a mapping call that a wrapper's
+/// probe should see: one of the target's, made outside an allocation function.
+#[inline(always)]
+fn wrapper_call(ctx: &ProbeContext) -> Option<(u64, u64, MapEventKind)> {
+    let pid_tgid = target_thread()?;
     if inside_allocator(pid_tgid) {
-        return Ok(());
+        return None;
     }
     // SAFETY: `ctx` is the kprobe-type context that the helper expects.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let Ok(kind) = MapEventKind::try_from(cookie as u32) else {
+    let kind = MapEventKind::try_from(cookie as u32).ok()?;
+    Some((pid_tgid, cookie, kind))
+}
+
+fn try_call_enter(ctx: &ProbeContext) -> Result<(), i64> {
+    let Some((pid_tgid, cookie, kind)) = wrapper_call(ctx) else {
         return Ok(());
     };
     let raw = [0, 1, 2, 3].map(|n| entry_arg(ctx, cookie, n));
@@ -196,15 +202,7 @@ fn try_call_exit(ctx: &RetProbeContext) -> Result<(), i64> {
 }
 
 fn try_syscall_done(ctx: &ProbeContext) -> Result<(), i64> {
-    let Some(pid_tgid) = target_thread() else {
-        return Ok(());
-    };
-    if inside_allocator(pid_tgid) {
-        return Ok(());
-    }
-    // SAFETY: `ctx` is the kprobe-type context that the helper expects.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let Ok(kind) = MapEventKind::try_from(cookie as u32) else {
+    let Some((pid_tgid, _, kind)) = wrapper_call(ctx) else {
         return Ok(());
     };
     // SAFETY: kprobe-type programs may read their pt_regs context directly.

@@ -28,8 +28,8 @@
 //! entry, which is always correct.
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess,
-    OpKind, Register,
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfo,
+    InstructionInfoFactory, OpAccess, OpKind, Register,
 };
 use tracer_common::entry_args::{self, IN_PLACE, MOVABLE};
 
@@ -105,19 +105,10 @@ pub fn entry_probe_point(code: &[u8], address: u64, read: ArgsRead) -> EntryPoin
         return entry;
     };
     let guarded = address..=address + skip;
-    for instruction in &instructions {
-        match instruction.flow_control() {
-            FlowControl::IndirectBranch => return entry,
-            FlowControl::ConditionalBranch
-            | FlowControl::UnconditionalBranch
-            | FlowControl::Call
-            | FlowControl::XbeginXabortXend
-                if guarded.contains(&instruction.near_branch_target()) =>
-            {
-                return entry;
-            }
-            _ => {}
-        }
+    if has_indirect_branch(&instructions)
+        || branch_targets(&instructions).any(|target| guarded.contains(&target))
+    {
+        return entry;
     }
     EntryPoint {
         skip,
@@ -140,6 +131,48 @@ pub(super) fn decode_all(code: &[u8], address: u64) -> Option<Vec<Instruction>> 
     (!instructions.is_empty()).then_some(instructions)
 }
 
+/// Whether the function has an indirect jump, whose targets cannot be checked.
+pub(super) fn has_indirect_branch(instructions: &[Instruction]) -> bool {
+    instructions
+        .iter()
+        .any(|i| i.flow_control() == FlowControl::IndirectBranch)
+}
+
+/// Where the function's direct branches and calls go.
+pub(super) fn branch_targets(instructions: &[Instruction]) -> impl Iterator<Item = u64> + '_ {
+    instructions
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.flow_control(),
+                FlowControl::ConditionalBranch
+                    | FlowControl::UnconditionalBranch
+                    | FlowControl::Call
+                    | FlowControl::XbeginXabortXend
+            )
+        })
+        .map(Instruction::near_branch_target)
+}
+
+/// Whether an instruction falls through, writes no memory and leaves the stack pointer alone;
+/// `info` describes it. Such instructions may be passed over by a probe placed after them.
+pub(super) fn falls_through_in_place(instruction: &Instruction, info: &InstructionInfo) -> bool {
+    instruction.flow_control() == FlowControl::Next
+        && !info.used_memory().iter().any(|m| writes(m.access()))
+        && !info
+            .used_registers()
+            .iter()
+            .any(|r| writes(r.access()) && r.register().full_register() == Register::RSP)
+}
+
+/// Whether an operand access writes.
+fn writes(access: OpAccess) -> bool {
+    matches!(
+        access,
+        OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+    )
+}
+
 /// Which general-purpose registers hold each argument's entry value, as the skipped
 /// instructions run.
 struct ArgumentHolders([Vec<Register>; MOVABLE]);
@@ -152,20 +185,8 @@ impl ArgumentHolders {
     /// Follows one skipped instruction; false when it may not be skipped: it branches,
     /// writes memory or the stack pointer.
     fn step(&mut self, instruction: &Instruction, info: &mut InstructionInfoFactory) -> bool {
-        if instruction.flow_control() != FlowControl::Next {
-            return false;
-        }
         let info = info.info(instruction);
-        let writes = |access: OpAccess| {
-            matches!(
-                access,
-                OpAccess::Write
-                    | OpAccess::CondWrite
-                    | OpAccess::ReadWrite
-                    | OpAccess::ReadCondWrite
-            )
-        };
-        if info.used_memory().iter().any(|m| writes(m.access())) {
+        if !falls_through_in_place(instruction, info) {
             return false;
         }
         let written: Vec<Register> = info
@@ -174,9 +195,6 @@ impl ArgumentHolders {
             .filter(|used| writes(used.access()))
             .map(|used| used.register().full_register())
             .collect();
-        if written.contains(&Register::RSP) {
-            return false;
-        }
         // A 64-bit register-to-register copy gives the destination whatever the source held.
         let copied = (matches!(instruction.code(), Code::Mov_rm64_r64 | Code::Mov_r64_rm64)
             && instruction.op0_kind() == OpKind::Register

@@ -22,9 +22,11 @@
 //! memory and leaves `%rsp` alone, and no branch goes back into them: the return address is
 //! then on top of the stack at the probe, which a frame-pointer walk needs for the caller.
 
-use iced_x86::{Code, FlowControl, InstructionInfoFactory, OpAccess, OpKind, Register};
+use iced_x86::{Code, FlowControl, InstructionInfoFactory, OpKind, Register};
 
-use super::probe_offset::{decode_all, kernel_emulates};
+use super::probe_offset::{
+    branch_targets, decode_all, falls_through_in_place, has_indirect_branch, kernel_emulates,
+};
 
 /// A probe point after a wrapper's system call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +41,7 @@ pub struct SyscallReturn {
 /// the shape above. `code` is the whole function and `address` its virtual address.
 pub fn syscall_return_point(code: &[u8], address: u64, number: u32) -> Option<SyscallReturn> {
     let instructions = decode_all(code, address)?;
-    if instructions
-        .iter()
-        .any(|i| i.flow_control() == FlowControl::IndirectBranch)
-    {
+    if has_indirect_branch(&instructions) {
         return None;
     }
     let mut syscalls = (0..instructions.len()).filter(|&n| instructions[n].code() == Code::Syscall);
@@ -69,44 +68,15 @@ pub fn syscall_return_point(code: &[u8], address: u64, number: u32) -> Option<Sy
     {
         return None;
     }
-    let targets: Vec<u64> = instructions
-        .iter()
-        .filter(|i| {
-            matches!(
-                i.flow_control(),
-                FlowControl::ConditionalBranch
-                    | FlowControl::UnconditionalBranch
-                    | FlowControl::Call
-                    | FlowControl::XbeginXabortXend
-            )
-        })
-        .map(|i| i.near_branch_target())
-        .collect();
+    let targets: Vec<u64> = branch_targets(&instructions).collect();
     let guarded = [instructions[at].ip(), cmp.ip(), branch.ip()];
     if targets.iter().any(|target| guarded.contains(target)) {
         return None;
     }
     let mut info = InstructionInfoFactory::new();
-    let straight = instructions[..at].iter().all(|instruction| {
-        if instruction.flow_control() != FlowControl::Next {
-            return false;
-        }
-        let info = info.info(instruction);
-        let writes = |access: OpAccess| {
-            matches!(
-                access,
-                OpAccess::Write
-                    | OpAccess::CondWrite
-                    | OpAccess::ReadWrite
-                    | OpAccess::ReadCondWrite
-            )
-        };
-        !info.used_memory().iter().any(|m| writes(m.access()))
-            && !info
-                .used_registers()
-                .iter()
-                .any(|r| writes(r.access()) && r.register().full_register() == Register::RSP)
-    });
+    let straight = instructions[..at]
+        .iter()
+        .all(|instruction| falls_through_in_place(instruction, info.info(instruction)));
     let before = address..instructions[at].ip();
     let frameless = straight && !targets.iter().any(|target| before.contains(target));
     Some(SyscallReturn {
