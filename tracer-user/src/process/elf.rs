@@ -395,11 +395,19 @@ pub fn hook_points_in(
     Ok(by_offset.into_values().collect())
 }
 
-/// A function's bytes in the file: `None` when the symbol has no size or they are not all in
-/// the file.
+/// The longest function whose code is decoded to place its probes. The largest exported
+/// function of Debian's glibc, jemalloc, tcmalloc and mimalloc is 15 KiB; a symbol size is the
+/// target's to write, and decoding a whole crafted file as one function would hold up the
+/// attach for seconds. A longer function keeps its entry.
+const MAX_FUNCTION_BYTES: usize = 64 << 10;
+
+/// A function's bytes in the file: `None` when the symbol has no size, is over
+/// [`MAX_FUNCTION_BYTES`], or its bytes are not all in the file.
 fn function_code(data: &[u8], file_offset: u64, size: u64) -> Option<&[u8]> {
     let start = usize::try_from(file_offset).ok()?;
-    let size = usize::try_from(size).ok().filter(|&size| size > 0)?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&size| size > 0 && size <= MAX_FUNCTION_BYTES)?;
     data.get(start..start.checked_add(size)?)
 }
 
@@ -469,6 +477,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_function_is_decoded_only_within_the_file_and_the_bound() {
+        let data = vec![0x90; MAX_FUNCTION_BYTES + 16];
+        assert_eq!(function_code(&data, 16, 32).map(<[u8]>::len), Some(32));
+        assert!(function_code(&data, 0, MAX_FUNCTION_BYTES as u64).is_some());
+        assert!(function_code(&data, 0, MAX_FUNCTION_BYTES as u64 + 1).is_none());
+        assert!(function_code(&data, 0, 0).is_none());
+        assert!(function_code(&data, u64::MAX, 8).is_none());
+        assert!(function_code(&data, 8, u64::MAX).is_none());
     }
 
     /// On the real libc: on Debian 12's glibc 2.36, `free` (`test %rdi,%rdi; je ...`) moves by
